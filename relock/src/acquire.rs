@@ -1,0 +1,366 @@
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::backend::Attempt;
+use crate::error::Error;
+use crate::guard::{Hold, LockGuard};
+use crate::key::{IntoLockKey, LockKey};
+use crate::local::{Busy, Enter};
+use crate::locker::Locker;
+use crate::scope::Frame;
+use crate::wait::Backoff;
+
+/// What [`Acquire::run`] does when the hold is lost while the body is still running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnLost {
+    /// Drop the body at its next `.await` and return [`Error::Lost`]. The default.
+    #[default]
+    Abort,
+    /// Let the body finish; it can watch [`LockGuard::is_held`] itself. `run` still returns
+    /// [`Error::Lost`] if the lease had ended by the time the lock was released.
+    Continue,
+}
+
+/// A lock request being configured: await it for a [`LockGuard`], or [`run`](Acquire::run) a
+/// future under it.
+///
+/// Created by [`Locker::lock`].
+///
+/// ```
+/// # use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+/// let locker = relock::Locker::in_memory();
+/// let guard = locker
+///     .lock("order:42")
+///     .wait(Duration::from_secs(2))
+///     .lease(Duration::from_secs(5))
+///     .await?;
+/// # drop(guard);
+/// # Ok(()) }
+/// ```
+#[must_use = "a lock request does nothing until it is awaited or run"]
+pub struct Acquire {
+    locker: Locker,
+    key: Result<LockKey, Error>,
+    wait: Option<Duration>,
+    lease: Option<Duration>,
+    on_lost: OnLost,
+}
+
+impl Acquire {
+    pub(crate) fn new(locker: Locker, key: impl IntoLockKey) -> Self {
+        Self {
+            locker,
+            key: key.into_lock_key(),
+            wait: None,
+            lease: None,
+            on_lost: OnLost::Abort,
+        }
+    }
+
+    /// How long to wait for another owner to release the lock before giving up with
+    /// [`Error::Timeout`]. `Duration::ZERO` makes one attempt. Defaults to the locker's wait.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// How long the lock stays held if this process stops renewing it (it crashed, or lost the
+    /// server). Defaults to the locker's lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// What [`run`](Acquire::run) does when the hold is lost mid-body. Defaults to
+    /// [`OnLost::Abort`].
+    pub fn on_lost(mut self, on_lost: OnLost) -> Self {
+        self.on_lost = on_lost;
+        self
+    }
+
+    /// Acquires the lock, runs `fut` inside a scope that holds it, then releases it.
+    ///
+    /// Code inside `fut` — however deeply nested, across `.await`s and `join!`s — that locks the
+    /// same key re-enters at once, without a round trip. The future may borrow from the caller.
+    /// If `fut` panics or the returned future is dropped, the lock is released in the background.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::in_memory();
+    /// let total = locker
+    ///     .lock("order:42")
+    ///     .run(async {
+    ///         // A nested lock on the same key re-enters instead of deadlocking.
+    ///         let inner = locker.lock("order:42").await?;
+    ///         assert!(inner.is_reentrant());
+    ///         Ok::<_, relock::Error>(40 + 2)
+    ///     })
+    ///     .await??;
+    /// assert_eq!(total, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn run<F: Future>(self, fut: F) -> impl Future<Output = Result<F::Output, Error>> {
+        let on_lost = self.on_lost;
+        async move {
+            let guard = self.await?;
+            run_holding(vec![guard], on_lost, fut).await
+        }
+    }
+
+    /// Checks the key and the scope; `Err` carries the request on to the backend.
+    fn start(self) -> Result<Result<Option<LockGuard>, Error>, Acquire> {
+        let key = match self.key {
+            Ok(ref key) => key,
+            Err(err) => return Ok(Err(err)),
+        };
+        match Frame::find(&self.locker, key) {
+            Some(hold) if hold.is_lost() => Ok(Err(Error::Lost {
+                key: key.to_string(),
+            })),
+            Some(hold) => Ok(Ok(Some(LockGuard {
+                hold,
+                reentrant: true,
+            }))),
+            None => Err(self),
+        }
+    }
+
+    pub(crate) async fn try_acquire(self) -> Result<Option<LockGuard>, Error> {
+        match self.start() {
+            Ok(done) => done,
+            Err(request) => request.acquire(true).await,
+        }
+    }
+
+    async fn acquire(self, try_only: bool) -> Result<Option<LockGuard>, Error> {
+        let Acquire {
+            locker,
+            key,
+            wait,
+            lease,
+            ..
+        } = self;
+        let key = key?;
+        let started = Instant::now();
+        let wait = if try_only {
+            Duration::ZERO
+        } else {
+            wait.unwrap_or(locker.config().wait)
+        };
+        let lease = lease.unwrap_or(locker.config().lease);
+        let deadline = started + wait;
+        let owner = Frame::owner_for(&locker);
+
+        let gate = loop {
+            match locker.local().enter(&key) {
+                Enter::Entered(gate) => break gate,
+                Enter::Busy(busy) => {
+                    if try_only {
+                        return Ok(None);
+                    }
+                    wait_for_slot(busy, &key, started, deadline).await?;
+                }
+            }
+        };
+
+        locker.start_background();
+        let mut backoff = Backoff::new();
+        loop {
+            let sent = Instant::now();
+            match locker.backend().acquire(&key, &owner, lease).await? {
+                Attempt::Acquired { fencing_token } => {
+                    let hold = Arc::new(Hold::new(
+                        locker,
+                        key,
+                        owner,
+                        fencing_token,
+                        gate.id(),
+                        lease,
+                        sent,
+                    ));
+                    gate.commit(&hold);
+                    return Ok(Some(LockGuard {
+                        hold,
+                        reentrant: false,
+                    }));
+                }
+                Attempt::Held { ttl } => {
+                    if try_only {
+                        return Ok(None);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            key: key.to_string(),
+                            waited: started.elapsed(),
+                            holder_ttl: ttl,
+                        });
+                    }
+                    backoff.sleep(ttl, deadline).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the slot is freed, its holder's lease ends, or the caller's deadline passes.
+async fn wait_for_slot(
+    busy: Busy,
+    key: &LockKey,
+    started: Instant,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let holder_deadline = busy.holder.as_ref().map(|hold| hold.deadline());
+    let wake = holder_deadline.map_or(deadline, |end| end.min(deadline));
+    tokio::select! {
+        () = busy.freed => return Ok(()),
+        () = tokio::time::sleep_until(wake.into()) => {}
+    }
+    if Instant::now() < deadline {
+        return Ok(());
+    }
+    let Some(holder) = busy.holder else {
+        return Err(Error::Timeout {
+            key: key.to_string(),
+            waited: started.elapsed(),
+            holder_ttl: None,
+        });
+    };
+    let same_task = holder.task.is_some() && holder.task == tokio::task::try_id();
+    if same_task && !holder.scoped.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Error::WouldDeadlock {
+            key: key.to_string(),
+        });
+    }
+    Err(Error::Timeout {
+        key: key.to_string(),
+        waited: started.elapsed(),
+        holder_ttl: Some(holder.deadline().saturating_duration_since(Instant::now())),
+    })
+}
+
+/// Runs `fut` in a child scope that holds `guards`, then releases them in reverse order.
+pub(crate) async fn run_holding<F: Future>(
+    guards: Vec<LockGuard>,
+    on_lost: OnLost,
+    fut: F,
+) -> Result<F::Output, Error> {
+    let fresh: Vec<Arc<Hold>> = guards
+        .iter()
+        .filter(|guard| !guard.reentrant)
+        .map(|guard| guard.hold.clone())
+        .collect();
+    for hold in &fresh {
+        hold.scoped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    let body = async move {
+        match Frame::child(fresh) {
+            Some(frame) => frame.enter(fut).await,
+            None => fut.await,
+        }
+    };
+    let output = match on_lost {
+        OnLost::Continue => body.await,
+        OnLost::Abort => tokio::select! {
+            biased;
+            output = body => output,
+            key = first_lost(&guards) => return Err(Error::Lost { key }),
+        },
+    };
+    let mut result = Ok(output);
+    for guard in guards.into_iter().rev() {
+        if let Err(err) = guard.release().await {
+            if result.is_ok() {
+                result = Err(err);
+            }
+        }
+    }
+    result
+}
+
+/// Resolves with the key of the first of `guards` to lose its hold.
+async fn first_lost(guards: &[LockGuard]) -> String {
+    if let [guard] = guards {
+        guard.lost().await;
+        return guard.key().to_owned();
+    }
+    let mut losts: Vec<_> = guards.iter().map(|guard| Box::pin(guard.lost())).collect();
+    std::future::poll_fn(|cx| {
+        for (guard, lost) in guards.iter().zip(&mut losts) {
+            if lost.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(guard.key().to_owned());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+impl IntoFuture for Acquire {
+    type Output = Result<LockGuard, Error>;
+    type IntoFuture = LockFuture;
+
+    fn into_future(self) -> LockFuture {
+        LockFuture {
+            state: State::Start(Some(self)),
+        }
+    }
+}
+
+/// The future of an awaited [`Acquire`]: resolves to the [`LockGuard`].
+///
+/// A re-entrant acquisition or an invalid key completes on the first poll without allocating;
+/// only a request that must reach the backend boxes its state.
+#[must_use = "futures do nothing unless polled"]
+pub struct LockFuture {
+    state: State,
+}
+
+enum State {
+    Start(Option<Acquire>),
+    Waiting(Pin<Box<dyn Future<Output = Result<Option<LockGuard>, Error>> + Send>>),
+}
+
+impl Future for LockFuture {
+    type Output = Result<LockGuard, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let State::Start(request) = &mut self.state {
+            let request = request.take().expect("LockFuture polled after completion");
+            match request.start() {
+                Ok(done) => return Poll::Ready(done.map(|guard| guard.expect("waiting lock"))),
+                Err(request) => self.state = State::Waiting(Box::pin(request.acquire(false))),
+            }
+        }
+        let State::Waiting(waiting) = &mut self.state else {
+            unreachable!("the start state is left above");
+        };
+        waiting
+            .as_mut()
+            .poll(cx)
+            .map(|result| result.map(|guard| guard.expect("a waiting lock yields a guard")))
+    }
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("key", &self.key.as_ref().map(LockKey::as_str).ok())
+            .field("wait", &self.wait)
+            .field("lease", &self.lease)
+            .field("on_lost", &self.on_lost)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LockFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,104 @@
+//! Where locks live: a Redis server (through a multiplexed connection or a bb8 pool) or this
+//! process's memory. Both speak the same small protocol of attempts and releases.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::info::LockInfo;
+use crate::key::LockKey;
+use crate::owner::Owner;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+/// The answer to one acquisition attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The owner holds the lock now, under this fencing token.
+    Acquired { fencing_token: u64 },
+    /// Another owner holds it; its lease has this much left, when the backend knows.
+    Held { ttl: Option<Duration> },
+}
+
+/// The answer to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The lock is free.
+    Free,
+    /// The owner still holds this many holds (re-entry from another process).
+    Remaining(u64),
+    /// The owner did not hold the lock any more: its lease had ended.
+    NotHeld,
+}
+
+/// A lock's storage.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Redis(redis::RedisBackend),
+    Memory(memory::MemoryBackend),
+}
+
+impl Backend {
+    pub(crate) async fn acquire(
+        &self,
+        key: &LockKey,
+        owner: &Owner,
+        lease: Duration,
+    ) -> Result<Attempt, Error> {
+        match self {
+            Self::Redis(redis) => redis.acquire(key, owner, lease).await,
+            Self::Memory(memory) => Ok(memory.acquire(key, owner, lease)),
+        }
+    }
+
+    pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
+        match self {
+            Self::Redis(redis) => redis.release(key, owner).await,
+            Self::Memory(memory) => Ok(memory.release(key, owner)),
+        }
+    }
+
+    pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
+        match self {
+            Self::Redis(redis) => redis.inspect(key).await,
+            Self::Memory(memory) => Ok(memory.inspect(key)),
+        }
+    }
+
+    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
+        match self {
+            Self::Redis(redis) => redis.force_release(key).await,
+            Self::Memory(memory) => Ok(memory.force_release(key)),
+        }
+    }
+
+    /// The in-memory backend can release without waiting, which lets a dropped guard free its
+    /// lock before `drop` returns.
+    pub(crate) fn as_memory(&self) -> Option<&memory::MemoryBackend> {
+        match self {
+            Self::Memory(memory) => Some(memory),
+            Self::Redis(_) => None,
+        }
+    }
+}
+
+/// Host name and process id written beside each hold, so `inspect` can say who holds a lock.
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+}
+
+pub(crate) static HOLDER: std::sync::LazyLock<Holder> = std::sync::LazyLock::new(|| Holder {
+    host: host_name(),
+    pid: std::process::id(),
+});
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,337 @@
+//! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bb8_redis::RedisConnectionManager;
+use redis::aio::ConnectionManager;
+use redis::{ScriptInvocation, Value};
+
+use super::{Attempt, Released, HOLDER};
+use crate::error::Error;
+use crate::info::LockInfo;
+use crate::key::LockKey;
+use crate::owner::Owner;
+use crate::scripts;
+
+/// How commands reach the server.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    /// One multiplexed connection shared by every task, reconnecting on failure.
+    Multiplexed(ConnectionManager),
+    /// A pool the application already has; one checkout per command.
+    Pool(bb8::Pool<RedisConnectionManager>),
+}
+
+pub(crate) struct RedisBackend {
+    connection: Connection,
+    prefix: String,
+    fence_retention: Duration,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let connection = match self.connection {
+            Connection::Multiplexed(_) => "multiplexed",
+            Connection::Pool(_) => "bb8 pool",
+        };
+        f.debug_struct("RedisBackend")
+            .field("connection", &connection)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    pub(crate) fn new(connection: Connection, prefix: String, fence_retention: Duration) -> Self {
+        Self {
+            connection,
+            prefix,
+            fence_retention,
+        }
+    }
+
+    /// `P:{K}`: the lock's hash.
+    pub(crate) fn hash_key(&self, key: &LockKey) -> String {
+        format!("{}:{{{}}}", self.prefix, key.as_str())
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
+        match &self.connection {
+            Connection::Multiplexed(connection) => {
+                Ok(invocation.invoke_async(&mut connection.clone()).await?)
+            }
+            Connection::Pool(pool) => {
+                let mut connection = pool.get().await?;
+                Ok(invocation.invoke_async(&mut *connection).await?)
+            }
+        }
+    }
+
+    /// Checks that the server answers; `Locker::connect` calls this so that a wrong URL fails there.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        let ping = redis::cmd("PING");
+        match &self.connection {
+            Connection::Multiplexed(connection) => {
+                ping.query_async::<()>(&mut connection.clone()).await?;
+            }
+            Connection::Pool(pool) => {
+                ping.query_async::<()>(&mut *pool.get().await?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+        key: &LockKey,
+        owner: &Owner,
+        lease: Duration,
+    ) -> Result<Attempt, Error> {
+        let hash = self.hash_key(key);
+        let mut invocation = scripts::ACQUIRE.key(&hash);
+        invocation
+            .key(format!("{hash}:fence"))
+            .arg(owner.as_str())
+            .arg(millis(lease))
+            .arg(millis(self.fence_retention))
+            .arg(&HOLDER.host)
+            .arg(HOLDER.pid);
+        parse_acquire(self.invoke(&invocation).await?)
+    }
+
+    pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
+        let hash = self.hash_key(key);
+        let mut invocation = scripts::RELEASE.key(&hash);
+        invocation
+            .arg(owner.as_str())
+            .arg(format!("{hash}:released"));
+        parse_release(self.invoke(&invocation).await?)
+    }
+
+    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
+        let hash = self.hash_key(key);
+        let mut invocation = scripts::FORCE_RELEASE.key(&hash);
+        invocation.arg(format!("{hash}:released"));
+        Ok(as_int(&self.invoke(&invocation).await?)? == 1)
+    }
+
+    pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
+        let invocation = scripts::INSPECT.key(self.hash_key(key));
+        parse_inspect(self.invoke(&invocation).await?)
+    }
+}
+
+/// Lease and retention go to Redis in whole milliseconds, at least one (PEXPIRE 0 deletes).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn unexpected(script: &str, value: &Value) -> Error {
+    Error::backend(format!(
+        "unexpected reply from the {script} script: {value:?}"
+    ))
+}
+
+fn as_int(value: &Value) -> Result<i64, Error> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => Err(unexpected("lock", other)),
+    }
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A PTTL reply: -1 (no expiry) and -2 (gone) have no remaining time to report.
+fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+fn parse_acquire(value: Value) -> Result<Attempt, Error> {
+    if let Value::Array(items) = &value {
+        match items.as_slice() {
+            [Value::Int(1), Value::Int(token), Value::Int(_holds)] if *token > 0 => {
+                return Ok(Attempt::Acquired {
+                    fencing_token: *token as u64,
+                });
+            }
+            [Value::Int(0), Value::Int(pttl)] => {
+                return Ok(Attempt::Held {
+                    ttl: ttl_from_pttl(*pttl),
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(unexpected("acquire", &value))
+}
+
+fn parse_release(value: Value) -> Result<Released, Error> {
+    match value {
+        Value::Int(0) => Ok(Released::Free),
+        Value::Int(-1) => Ok(Released::NotHeld),
+        Value::Int(n) if n > 0 => Ok(Released::Remaining(n as u64)),
+        other => Err(unexpected("release", &other)),
+    }
+}
+
+fn parse_inspect(value: Value) -> Result<Option<LockInfo>, Error> {
+    let Value::Array(items) = &value else {
+        return Err(unexpected("inspect", &value));
+    };
+    let Some((pttl, fields)) = items.split_first() else {
+        return Ok(None);
+    };
+    let Value::Int(pttl) = pttl else {
+        return Err(unexpected("inspect", &value));
+    };
+    let mut info = LockInfo {
+        owner: String::new(),
+        holds: 0,
+        ttl: ttl_from_pttl(*pttl).unwrap_or_default(),
+        fencing_token: 0,
+        host: None,
+        pid: None,
+        acquired_at: None,
+    };
+    for pair in fields.chunks(2) {
+        let [field, text] = pair else {
+            return Err(unexpected("inspect", &value));
+        };
+        let (Some(field), Some(text)) = (as_string(field), as_string(text)) else {
+            return Err(unexpected("inspect", &value));
+        };
+        match field.as_str() {
+            "_fence" => info.fencing_token = text.parse().unwrap_or_default(),
+            "_host" => info.host = Some(text),
+            "_pid" => info.pid = text.parse().ok(),
+            "_since" => {
+                info.acquired_at = text
+                    .parse()
+                    .ok()
+                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            }
+            _ if !field.starts_with('_') => {
+                info.holds = text.parse().unwrap_or_default();
+                info.owner = field;
+            }
+            _ => {}
+        }
+    }
+    if info.owner.is_empty() {
+        return Err(unexpected("inspect", &value));
+    }
+    Ok(Some(info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn acquire_reply_acquired() {
+        let reply = Value::Array(vec![Value::Int(1), Value::Int(7), Value::Int(1)]);
+        assert_eq!(
+            parse_acquire(reply).unwrap(),
+            Attempt::Acquired { fencing_token: 7 }
+        );
+    }
+
+    #[test]
+    fn acquire_reply_held_carries_the_ttl() {
+        let reply = Value::Array(vec![Value::Int(0), Value::Int(1500)]);
+        assert_eq!(
+            parse_acquire(reply).unwrap(),
+            Attempt::Held {
+                ttl: Some(Duration::from_millis(1500))
+            }
+        );
+        let no_expiry = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
+        assert_eq!(
+            parse_acquire(no_expiry).unwrap(),
+            Attempt::Held { ttl: None }
+        );
+    }
+
+    #[test]
+    fn acquire_reply_malformed_is_a_backend_error() {
+        for reply in [
+            Value::Nil,
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1), Value::Int(0), Value::Int(1)]),
+            Value::Array(vec![Value::Int(2), Value::Int(1)]),
+        ] {
+            assert!(parse_acquire(reply).unwrap_err().is_backend());
+        }
+    }
+
+    #[test]
+    fn release_replies() {
+        assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::Free);
+        assert_eq!(parse_release(Value::Int(-1)).unwrap(), Released::NotHeld);
+        assert_eq!(
+            parse_release(Value::Int(2)).unwrap(),
+            Released::Remaining(2)
+        );
+        assert!(parse_release(Value::Nil).is_err());
+    }
+
+    #[test]
+    fn inspect_reply_free() {
+        assert_eq!(parse_inspect(Value::Array(vec![])).unwrap(), None);
+    }
+
+    #[test]
+    fn inspect_reply_held() {
+        let owner = "0123456789abcdef0123456789abcdef";
+        let reply = Value::Array(vec![
+            Value::Int(2500),
+            bulk(owner),
+            bulk("1"),
+            bulk("_fence"),
+            bulk("42"),
+            bulk("_host"),
+            bulk("box"),
+            bulk("_pid"),
+            bulk("77"),
+            bulk("_since"),
+            bulk("1700000000123"),
+        ]);
+        let info = parse_inspect(reply).unwrap().unwrap();
+        assert_eq!(info.owner, owner);
+        assert_eq!(info.holds, 1);
+        assert_eq!(info.ttl, Duration::from_millis(2500));
+        assert_eq!(info.fencing_token, 42);
+        assert_eq!(info.host.as_deref(), Some("box"));
+        assert_eq!(info.pid, Some(77));
+        assert_eq!(
+            info.acquired_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+    }
+
+    #[test]
+    fn inspect_reply_without_owner_is_an_error() {
+        let reply = Value::Array(vec![Value::Int(10), bulk("_fence"), bulk("1")]);
+        assert!(parse_inspect(reply).is_err());
+    }
+
+    #[test]
+    fn lease_is_sent_in_whole_milliseconds_never_zero() {
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+    }
+}

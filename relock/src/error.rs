@@ -1,0 +1,224 @@
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong while taking, holding or releasing a lock.
+///
+/// Each variant tells the caller what to do next: retry later ([`Error::Timeout`]), stop
+/// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]), restructure the call
+/// ([`Error::WouldDeadlock`]), configure a locker ([`Error::NoLocker`]) or check the server
+/// ([`Error::Backend`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock was held by another owner for the whole wait; try again later.
+    Timeout {
+        /// The key that could not be locked.
+        key: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The holder's remaining lease when the wait ended, if it was known.
+        holder_ttl: Option<Duration>,
+    },
+    /// The lease ended (expired, or was force-released) before the holder released it.
+    ///
+    /// Work done under the lock after this point was not protected; the fencing token is what
+    /// lets the resource reject such late writes.
+    Lost {
+        /// The key whose hold was lost.
+        key: String,
+    },
+    /// The key cannot be used as a lock key; nothing was sent to the server.
+    InvalidKey {
+        /// The rejected key (cut to 64 characters).
+        key: String,
+        /// Why it was rejected.
+        reason: InvalidKeyReason,
+    },
+    /// The task waits for a lock that it holds itself through a guard taken outside any scope,
+    /// so the wait could never end.
+    ///
+    /// Take the outer lock with [`Acquire::run`](crate::Acquire::run) or `#[locked]` so that the
+    /// nested call re-enters it.
+    WouldDeadlock {
+        /// The key the task was waiting for.
+        key: String,
+    },
+    /// No locker was given, none is in scope, and no global locker was set with
+    /// [`set_global`](crate::set_global).
+    NoLocker,
+    /// The Redis server could not be reached or answered with an error; check the server.
+    Backend(BackendError),
+}
+
+/// Why a key was rejected by [`Error::InvalidKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidKeyReason {
+    /// The key is empty.
+    Empty,
+    /// The key is longer than [`LockKey::MAX_LEN`](crate::LockKey::MAX_LEN) bytes.
+    TooLong {
+        /// The key's length in bytes.
+        len: usize,
+    },
+    /// The key contains `{` or `}`, which would change the Redis Cluster hash slot.
+    Brace,
+    /// The key contains a control character (such as a newline or NUL).
+    ControlCharacter,
+}
+
+impl fmt::Display for InvalidKeyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("key is empty"),
+            Self::TooLong { len } => write!(
+                f,
+                "key is {len} bytes long, the limit is {}",
+                crate::LockKey::MAX_LEN
+            ),
+            Self::Brace => f.write_str("key contains `{` or `}`"),
+            Self::ControlCharacter => f.write_str("key contains a control character"),
+        }
+    }
+}
+
+/// A failure of the storage behind a [`Locker`](crate::Locker): the Redis connection or the pool.
+#[derive(Debug)]
+pub struct BackendError {
+    inner: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl BackendError {
+    pub(crate) fn new(err: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Self { inner: err.into() }
+    }
+
+    /// The underlying error, for example a [`redis::RedisError`].
+    pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.inner
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner.source()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout {
+                key,
+                waited,
+                holder_ttl,
+            } => {
+                write!(f, "lock `{key}` is held elsewhere; gave up after {waited:?}")?;
+                if let Some(ttl) = holder_ttl {
+                    write!(f, " (holder's lease ends in {ttl:?})")?;
+                }
+                Ok(())
+            }
+            Self::Lost { key } => write!(f, "lock `{key}` was lost before it was released"),
+            Self::InvalidKey { key, reason } => write!(f, "invalid lock key `{key}`: {reason}"),
+            Self::WouldDeadlock { key } => write!(
+                f,
+                "lock `{key}` is held by this task through an unscoped guard, so waiting for it \
+                 would never end; take the outer lock with `run` or `#[locked]` so nested calls re-enter it"
+            ),
+            Self::NoLocker => f.write_str(
+                "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",
+            ),
+            Self::Backend(_) => f.write_str("lock backend failed"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Backend(err) => Some(err.get_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn backend(err: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Self::Backend(BackendError::new(err))
+    }
+
+    /// Returns `true` for [`Error::Timeout`]: the lock was busy and a later attempt may succeed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    /// Returns `true` for [`Error::Lost`].
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Self::Lost { .. })
+    }
+
+    /// Returns `true` for [`Error::Backend`].
+    pub fn is_backend(&self) -> bool {
+        matches!(self, Self::Backend(_))
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        Self::backend(err)
+    }
+}
+
+impl From<bb8::RunError<redis::RedisError>> for Error {
+    fn from(err: bb8::RunError<redis::RedisError>) -> Self {
+        match err {
+            bb8::RunError::User(err) => Self::backend(err),
+            bb8::RunError::TimedOut => {
+                Self::backend("timed out waiting for a connection from the pool")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_without_trailing_period() {
+        let errors = [
+            Error::Timeout {
+                key: "k".into(),
+                waited: Duration::from_millis(5),
+                holder_ttl: Some(Duration::from_secs(1)),
+            },
+            Error::Lost { key: "k".into() },
+            Error::InvalidKey {
+                key: String::new(),
+                reason: InvalidKeyReason::Empty,
+            },
+            Error::WouldDeadlock { key: "k".into() },
+            Error::NoLocker,
+            Error::backend("connection refused"),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(text.starts_with(char::is_lowercase), "{text}");
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
+
+    #[test]
+    fn backend_error_exposes_its_source() {
+        let err = Error::backend("connection refused");
+        assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    }
+}

@@ -1,0 +1,89 @@
+//! Reentrant distributed locks on Redis whose ownership follows the async call tree.
+//!
+//! A lock taken with [`Acquire::run`] (or `#[locked]`) is held by a *scope*: everything the
+//! future does — however deeply nested, across `.await`s and `join!`s — sees the hold, so a nested
+//! lock on the same key re-enters at once with **no Redis round trip**, while two sibling futures
+//! that are not nested exclude each other like any two owners. `tokio::spawn` does not inherit a
+//! scope; [`inherit`] carries it across explicitly.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+//! // `Locker::connect("redis://127.0.0.1:6379").await?` for Redis; in memory here.
+//! let locker = relock::Locker::in_memory();
+//!
+//! async fn charge(locker: &relock::Locker, order: u64) -> Result<u64, relock::Error> {
+//!     // Re-enters the caller's hold: no round trip, no deadlock.
+//!     let guard = locker.lock(format!("order:{order}")).await?;
+//!     Ok(guard.fencing_token())
+//! }
+//!
+//! let token = locker
+//!     .lock("order:42")
+//!     .run(async { charge(&locker, 42).await })
+//!     .await??;
+//! assert_eq!(token, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Redis layout
+//!
+//! For a key `K` and prefix `P` (default `relock`): the hash `P:{K}` holds the owner token and its
+//! hold count, the fencing token and holder metadata, with `PEXPIRE` = lease; `P:{K}:fence` counts
+//! fencing tokens; `P:{K}:released` is the channel announcing releases. All share the hash tag
+//! `{K}`, so each operation is one Lua script on one Redis Cluster slot.
+//!
+//! # What a Redis lock can and cannot promise
+//!
+//! A Redis lock is for efficiency and coordination. A holder can be paused (GC, swapping, a
+//! stalled network) past its lease while another owner takes the lock; no lock service can stop
+//! that holder's late write. Where a stale write would corrupt data, pass
+//! [`LockGuard::fencing_token`] to the resource and have it reject tokens older than the newest it
+//! has seen.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod acquire;
+mod backend;
+mod error;
+mod guard;
+mod info;
+mod key;
+mod local;
+mod locker;
+mod owner;
+mod scope;
+mod scripts;
+mod wait;
+
+pub use acquire::{Acquire, LockFuture, OnLost};
+pub use error::{BackendError, Error, InvalidKeyReason};
+pub use guard::LockGuard;
+pub use info::LockInfo;
+pub use key::{IntoLockKey, LockKey};
+pub use locker::{global, set_global, Locker, LockerBuilder};
+pub use scope::inherit;
+
+/// The connection pool crate, for [`LockerBuilder::pool`].
+pub use bb8;
+/// bb8's Redis connection manager, for [`LockerBuilder::pool`].
+pub use bb8_redis;
+/// The Redis client crate relock speaks through.
+pub use redis;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod __private;
+
+/// Wraps an `async fn` in acquire → body → release; see the `relock-macros` crate docs.
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use relock_macros::locked;

@@ -1,0 +1,242 @@
+//! The Redis test harness: private `redis-server` processes that tests may flush, restart, kill
+//! or count commands on, and helpers to run one test body against every backend.
+//!
+//! A test that needs Redis and cannot start it **fails** with an install hint; nothing skips.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str =
+    "relock's tests start private `redis-server` processes: install Redis 7 \
+(`apt-get install redis-server`, `brew install redis`) so that `redis-server` is on PATH";
+
+/// A `redis-server` process of this test's own: free port, no persistence, a temporary
+/// directory, killed (and the directory removed) on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is missing or does not come up, with a message saying how to install it.
+    pub fn start() -> RedisServer {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "relock-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the test server's directory");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "redis.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start redis-server ({err}). {INSTALL_HINT}"));
+        self.child = Some(child);
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(self.port) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut stderr = String::new();
+                if let Some(pipe) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        stderr.push_str(&line);
+                        stderr.push('\n');
+                    }
+                }
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                panic!("redis-server exited with {status}: {stderr}{log}\n{INSTALL_HINT}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s. {INSTALL_HINT}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit; the port stays reserved for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A plain client for assertions and fault injection (`DEL`, `FLUSHALL`, `INFO`).
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid url")
+    }
+
+    /// A new multiplexed connection to the server.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Commands the server has executed, by `INFO commandstats` (lowercase names, e.g. `evalsha`),
+    /// summed over all commands except the `info` and `config` calls the harness makes itself.
+    pub async fn commands_processed(&self) -> u64 {
+        command_stats(&mut self.connection().await)
+            .await
+            .into_iter()
+            .filter(|(name, _)| name != "info" && name != "config" && !name.starts_with("client"))
+            .map(|(_, calls)| calls)
+            .sum()
+    }
+
+    /// Resets `INFO commandstats`.
+    pub async fn reset_stats(&self) {
+        let mut connection = self.connection().await;
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut connection)
+            .await
+            .expect("CONFIG RESETSTAT");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `INFO commandstats` as (command, calls) pairs.
+pub async fn command_stats(
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A Redis server for tests that only lock and unlock: `REDIS_URL` when set (the server is
+/// shared, so such tests use unique keys), else a private server.
+#[derive(Debug)]
+pub struct BasicRedis {
+    url: String,
+    _server: Option<RedisServer>,
+}
+
+impl BasicRedis {
+    /// `REDIS_URL`, or a fresh private server.
+    pub fn get() -> BasicRedis {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => BasicRedis { url, _server: None },
+            _ => {
+                let server = RedisServer::start();
+                BasicRedis {
+                    url: server.url(),
+                    _server: Some(server),
+                }
+            }
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A key no other test (or earlier run against a shared `REDIS_URL`) uses.
+pub fn unique_key(name: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{name}:{}:{}:{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
+}
