@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Attempt;
 use crate::error::Error;
-use crate::guard::{Hold, LockGuard};
+use crate::guard::{Hold, LockGuard, Runner};
 use crate::key::{IntoLockKey, LockKey};
 use crate::local::{Busy, Enter};
 use crate::locker::Locker;
 use crate::scope::Frame;
-use crate::wait::Backoff;
+use crate::wait::Waiter;
 
 /// What [`Acquire::run`] does when the hold is lost while the body is still running.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,8 +170,9 @@ impl Acquire {
         };
 
         locker.start_background();
-        let mut backoff = Backoff::new();
+        let mut waiter: Option<Waiter> = None;
         loop {
+            let armed = waiter.as_ref().and_then(Waiter::arm);
             let sent = Instant::now();
             match locker.backend().acquire(&key, &owner, lease).await? {
                 Attempt::Acquired { fencing_token } => {
@@ -185,6 +186,7 @@ impl Acquire {
                         sent,
                     ));
                     gate.commit(&hold);
+                    hold.locker.watchdog().register(&hold);
                     return Ok(Some(LockGuard {
                         hold,
                         reentrant: false,
@@ -201,7 +203,11 @@ impl Acquire {
                             holder_ttl: ttl,
                         });
                     }
-                    backoff.sleep(ttl, deadline).await;
+                    match &mut waiter {
+                        // First refusal: subscribe, then try again at once.
+                        None => waiter = Some(Waiter::new(locker.release_signal(&key).await)),
+                        Some(waiter) => waiter.sleep(armed, ttl, deadline).await,
+                    }
                 }
             }
         }
@@ -215,7 +221,7 @@ async fn wait_for_slot(
     started: Instant,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let holder_deadline = busy.holder.as_ref().map(|hold| hold.deadline());
+    let holder_deadline = busy.holder.upgrade().map(|hold| hold.deadline());
     let wake = holder_deadline.map_or(deadline, |end| end.min(deadline));
     tokio::select! {
         () = busy.freed => return Ok(()),
@@ -224,24 +230,24 @@ async fn wait_for_slot(
     if Instant::now() < deadline {
         return Ok(());
     }
-    let Some(holder) = busy.holder else {
-        return Err(Error::Timeout {
-            key: key.to_string(),
-            waited: started.elapsed(),
-            holder_ttl: None,
-        });
+    let timeout = |holder_ttl| Error::Timeout {
+        key: key.to_string(),
+        waited: started.elapsed(),
+        holder_ttl,
     };
-    let same_task = holder.task.is_some() && holder.task == tokio::task::try_id();
-    if same_task && !holder.scoped.load(std::sync::atomic::Ordering::Acquire) {
+    let Some(holder) = busy.holder.upgrade() else {
+        return Err(timeout(None));
+    };
+    if holder.runner == Runner::current()
+        && !holder.scoped.load(std::sync::atomic::Ordering::Acquire)
+    {
         return Err(Error::WouldDeadlock {
             key: key.to_string(),
         });
     }
-    Err(Error::Timeout {
-        key: key.to_string(),
-        waited: started.elapsed(),
-        holder_ttl: Some(holder.deadline().saturating_duration_since(Instant::now())),
-    })
+    Err(timeout(Some(
+        holder.deadline().saturating_duration_since(Instant::now()),
+    )))
 }
 
 /// Runs `fut` in a child scope that holds `guards`, then releases them in reverse order.

@@ -21,13 +21,12 @@ pub(crate) struct Hold {
     pub(crate) fencing_token: u64,
     /// This hold's slot in the locker's [`LocalHolds`](crate::local::LocalHolds).
     pub(crate) slot: u64,
-    /// The task that took it, to tell a self-deadlock from a legitimate wait.
-    pub(crate) task: Option<tokio::task::Id>,
+    /// What took it, to tell a self-deadlock from a legitimate wait.
+    pub(crate) runner: Runner,
     /// Whether the hold is carried by a scope (`run`, `#[locked]`) rather than a bare guard.
     pub(crate) scoped: AtomicBool,
     pub(crate) lease: Duration,
-    /// When the lease ends without a renewal, by this process's monotonic clock.
-    deadline: Mutex<Instant>,
+    lease_state: Mutex<LeaseState>,
     lost: AtomicBool,
     lost_changed: Notify,
     released: bool,
@@ -52,28 +51,62 @@ impl Hold {
             owner,
             fencing_token,
             slot,
-            task: tokio::task::try_id(),
+            runner: Runner::current(),
             scoped: AtomicBool::new(false),
             lease,
-            deadline: Mutex::new(local_deadline(sent, lease)),
+            lease_state: Mutex::new(LeaseState::from_request(sent, lease)),
             lost: AtomicBool::new(false),
             lost_changed: Notify::new(),
             released: false,
         }
     }
 
+    fn lease_state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.lease_state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the lease ends unless it is renewed first.
     pub(crate) fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+        self.lease_state().deadline
     }
 
+    /// When the watchdog should renew it.
+    pub(crate) fn renew_at(&self) -> Instant {
+        self.lease_state().renew_at
+    }
+
+    /// A renewal requested at `sent` succeeded.
+    pub(crate) fn renewed(&self, sent: Instant) {
+        if self.is_lost() {
+            // Too late: the lease may have ended on the server before the renewal reached it.
+            return;
+        }
+        let renewed = LeaseState::from_request(sent, self.lease);
+        let mut state = self.lease_state();
+        state.deadline = state.deadline.max(renewed.deadline);
+        state.renew_at = renewed.renew_at;
+    }
+
+    /// Lost once, lost for good: a renewal that arrives after the local deadline cannot vouch
+    /// for the time in between.
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire) || Instant::now() >= self.deadline()
+        if self.lost.load(Ordering::Acquire) {
+            return true;
+        }
+        if Instant::now() >= self.deadline() {
+            self.lost.store(true, Ordering::Release);
+            return true;
+        }
+        false
     }
 
-    /// The lease is known to be gone (force-released here, or a renewal found it missing).
+    /// The lease is known to be gone (force-released here, or a renewal found it missing): wake
+    /// whoever watches `lost()`, and free the local slot for the tasks of this process waiting
+    /// for the key.
     pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::Release);
         self.lost_changed.notify_waiters();
+        self.locker.local().remove(&self.key, self.slot);
     }
 
     pub(crate) async fn lost(&self) {
@@ -92,6 +125,7 @@ impl Hold {
     }
 
     async fn release(mut self) -> Result<(), Error> {
+        self.locker.watchdog().unregister(self.slot);
         let was_lost = self.is_lost();
         let released = self.locker.backend().release(&self.key, &self.owner).await;
         self.released = true;
@@ -100,6 +134,40 @@ impl Hold {
             _ => Err(Error::Lost {
                 key: self.key.to_string(),
             }),
+        }
+    }
+}
+
+/// What is running the current code: a tokio task, or (for the future passed to `block_on`,
+/// which has no task id) the thread that blocks on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runner {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Runner {
+    pub(crate) fn current() -> Self {
+        tokio::task::try_id()
+            .map(Runner::Task)
+            .unwrap_or_else(|| Runner::Thread(std::thread::current().id()))
+    }
+}
+
+/// A hold's lease as this process sees it.
+#[derive(Debug, Clone, Copy)]
+struct LeaseState {
+    /// When the lease ends without a renewal, by this process's monotonic clock.
+    deadline: Instant,
+    /// When the watchdog renews it next.
+    renew_at: Instant,
+}
+
+impl LeaseState {
+    fn from_request(sent: Instant, lease: Duration) -> Self {
+        Self {
+            deadline: local_deadline(sent, lease),
+            renew_at: sent + lease / 3,
         }
     }
 }
@@ -113,6 +181,7 @@ fn local_deadline(sent: Instant, lease: Duration) -> Instant {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        self.locker.watchdog().unregister(self.slot);
         if !self.released {
             self.locker
                 .release_in_background(&self.key, &self.owner, self.slot);

@@ -79,6 +79,14 @@ impl fmt::Display for LockKey {
     }
 }
 
+impl std::str::FromStr for LockKey {
+    type Err = Error;
+
+    fn from_str(key: &str) -> Result<Self, Error> {
+        Self::new(key)
+    }
+}
+
 impl AsRef<str> for LockKey {
     fn as_ref(&self) -> &str {
         &self.0

@@ -59,7 +59,9 @@ mod locker;
 mod owner;
 mod scope;
 mod scripts;
+mod subscriber;
 mod wait;
+mod watchdog;
 
 pub use acquire::{Acquire, LockFuture, OnLost};
 pub use error::{BackendError, Error, InvalidKeyReason};
@@ -67,7 +69,7 @@ pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
-pub use scope::inherit;
+pub use scope::{current_guard, inherit};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
 pub use bb8;
@@ -87,3 +89,8 @@ pub mod __private;
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use relock_macros::locked;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

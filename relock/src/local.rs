@@ -44,9 +44,12 @@ pub(crate) enum Enter {
 }
 
 /// What a task waiting for a slot needs: a wake-up when it is freed, and who is in it.
+///
+/// The holder is weak: a waiter must never keep a hold alive, or the holder's last release would
+/// find a share outstanding and the two would wait for each other.
 pub(crate) struct Busy {
     pub(crate) freed: OwnedNotified,
-    pub(crate) holder: Option<Arc<Hold>>,
+    pub(crate) holder: Weak<Hold>,
 }
 
 impl LocalHolds {
@@ -61,9 +64,10 @@ impl LocalHolds {
     pub(crate) fn enter(self: &Arc<Self>, key: &LockKey) -> Enter {
         let mut slots = self.slots();
         if let Some(slot) = slots.get(key) {
-            let holder = slot.hold.upgrade();
-            if !holder.as_ref().is_some_and(|hold| hold.is_lost()) {
+            let lost = slot.hold.upgrade().is_some_and(|hold| hold.is_lost());
+            if !lost {
                 let freed = slot.freed.clone().notified_owned();
+                let holder = slot.hold.clone();
                 return Enter::Busy(Busy { freed, holder });
             }
         }
@@ -155,7 +159,7 @@ mod tests {
         let Enter::Busy(busy) = local.enter(&key("k")) else {
             panic!("second enter must find the slot busy");
         };
-        assert!(busy.holder.is_none());
+        assert!(busy.holder.upgrade().is_none());
         let waiter = tokio::spawn(busy.freed);
         drop(gate);
         waiter.await.unwrap();

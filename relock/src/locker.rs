@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -17,6 +17,9 @@ use crate::key::{IntoLockKey, LockKey};
 use crate::local::LocalHolds;
 use crate::owner::Owner;
 use crate::scope::Frame;
+use crate::subscriber::Subscriber;
+use crate::wait::ReleaseSignal;
+use crate::watchdog::Watchdog;
 
 const DEFAULT_PREFIX: &str = "relock";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -60,10 +63,21 @@ pub struct Locker {
 struct Shared {
     backend: Arc<Backend>,
     local: Arc<LocalHolds>,
+    watchdog: Arc<Watchdog>,
     config: Config,
     /// Releases of guards dropped without `release()`, for the background task.
     releases: mpsc::UnboundedSender<ReleaseJob>,
     background: Mutex<Option<mpsc::UnboundedReceiver<ReleaseJob>>>,
+    /// The client for the release subscriber's dedicated connection, when there is a URL.
+    subscriber_client: Option<redis::Client>,
+    subscriber: OnceLock<Subscriber>,
+    connect_timeout: Duration,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.watchdog.stop();
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,15 +115,24 @@ impl Locker {
         Self::builder().build_in_memory()
     }
 
-    fn new(backend: Backend, config: Config) -> Locker {
+    fn new(
+        backend: Backend,
+        config: Config,
+        subscriber_client: Option<redis::Client>,
+        connect_timeout: Duration,
+    ) -> Locker {
         let (releases, background) = mpsc::unbounded_channel();
         let locker = Locker {
             shared: Arc::new(Shared {
                 backend: Arc::new(backend),
                 local: Arc::default(),
+                watchdog: Arc::default(),
                 config,
                 releases,
                 background: Mutex::new(Some(background)),
+                subscriber_client,
+                subscriber: OnceLock::new(),
+                connect_timeout,
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -191,11 +214,37 @@ impl Locker {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
-    /// Starts the task that performs the releases of dropped guards, once, in the current runtime.
-    pub(crate) fn start_background(&self) {
-        if self.shared.backend.as_memory().is_some() {
-            return;
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.shared.watchdog
+    }
+
+    /// How a waiter learns that `key` was released: a confirmed subscription to its release
+    /// channel, the in-memory backend's notification, or `None` (no subscriber connection: the
+    /// waiter retries with backoff, never past the holder's lease).
+    pub(crate) async fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        let redis = match &*self.shared.backend {
+            Backend::Memory(memory) => return Some(ReleaseSignal::Memory(memory.released(key))),
+            Backend::Redis(redis) => redis,
+        };
+        let Some(client) = &self.shared.subscriber_client else {
+            return None;
+        };
+        let subscriber = self
+            .shared
+            .subscriber
+            .get_or_init(|| Subscriber::start(client.clone(), self.shared.connect_timeout));
+        match subscriber.subscribe(redis.channel(key)).await {
+            Ok(subscription) => Some(ReleaseSignal::Subscribed(subscription)),
+            Err(err) => {
+                tracing::debug!(%key, error = %err, "relock: waiting without release notifications");
+                None
+            }
         }
+    }
+
+    /// Starts, once and in the current runtime, the watchdog and the task that performs the
+    /// releases of dropped guards.
+    pub(crate) fn start_background(&self) {
         let Some(mut jobs) = self
             .shared
             .background
@@ -206,6 +255,10 @@ impl Locker {
             return;
         };
         let backend = self.shared.backend.clone();
+        tokio::spawn(self.shared.watchdog.clone().run(backend.clone()));
+        if backend.as_memory().is_some() {
+            return;
+        }
         let local = self.shared.local.clone();
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
@@ -278,7 +331,8 @@ impl AsRef<Locker> for Locker {
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct LockerBuilder {
-    source: Option<Source>,
+    url: Option<String>,
+    pool: Option<bb8::Pool<RedisConnectionManager>>,
     prefix: Option<String>,
     lease: Option<Duration>,
     wait: Option<Duration>,
@@ -287,25 +341,25 @@ pub struct LockerBuilder {
     response_timeout: Option<Duration>,
 }
 
-enum Source {
-    Url(String),
-    Pool(bb8::Pool<RedisConnectionManager>),
-}
-
 impl LockerBuilder {
-    /// Connects to the Redis server at `url` (`redis://host:port/db`, `rediss://` with TLS
-    /// support, `redis+unix:///path`) through one multiplexed, reconnecting connection.
+    /// Connects to the Redis server at `url` (`redis://host:port/db`, `redis+unix:///path`)
+    /// through one multiplexed, reconnecting connection for commands, plus one dedicated
+    /// connection for release notifications.
     ///
-    /// The connection is opened on first use; [`Locker::connect`] opens it at once instead.
+    /// The connections are opened on first use; [`Locker::connect`] opens the first at once.
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.source = Some(Source::Url(url.into()));
+        self.url = Some(url.into());
         self
     }
 
     /// Sends every command through a connection checked out of `pool`, a bb8 pool the
-    /// application already has. Its settings are the pool's own (size, `test_on_check_out`).
+    /// application already has; its settings are the pool's own (size, `test_on_check_out`).
+    ///
+    /// bb8 pools do not reveal where they connect, so give the same server's [`url`](Self::url)
+    /// as well to have waiters woken by release notifications; without it, a waiter retries with
+    /// a short backoff, never sleeping past the holder's remaining lease.
     pub fn pool(mut self, pool: bb8::Pool<RedisConnectionManager>) -> Self {
-        self.source = Some(Source::Pool(pool));
+        self.pool = Some(pool);
         self
     }
 
@@ -363,35 +417,47 @@ impl LockerBuilder {
                 "invalid prefix `{prefix}`: it must be non-empty, without braces or control characters"
             )));
         }
-        let connection = match &self.source {
-            None => {
-                return Err(Error::backend(
-                    "no Redis server configured: call `url` or `pool` on the builder",
-                ))
-            }
-            Some(Source::Pool(pool)) => Connection::Pool(pool.clone()),
-            Some(Source::Url(url)) => {
-                let client = redis::Client::open(url.as_str())?;
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let client = self.url.as_deref().map(redis::Client::open).transpose()?;
+        let connection = match (&self.pool, &client) {
+            (Some(pool), _) => Connection::Pool(pool.clone()),
+            (None, Some(client)) => {
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(
-                        self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                    ))
+                    .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(
                         self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
                     ))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Multiplexed(ConnectionManager::new_lazy_with_config(client, config)?)
+                Connection::Multiplexed(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?)
+            }
+            (None, None) => {
+                return Err(Error::backend(
+                    "no Redis server configured: call `url` or `pool` on the builder",
+                ))
             }
         };
         let backend = RedisBackend::new(connection, prefix, self.retention());
-        Ok(Locker::new(Backend::Redis(backend), self.config()))
+        Ok(Locker::new(
+            Backend::Redis(backend),
+            self.config(),
+            client,
+            connect_timeout,
+        ))
     }
 
     /// Builds a locker over a new in-memory store, ignoring the URL, pool and prefix.
     pub fn build_in_memory(self) -> Locker {
         let backend = MemoryBackend::new(self.retention());
-        Locker::new(Backend::Memory(backend), self.config())
+        Locker::new(
+            Backend::Memory(backend),
+            self.config(),
+            None,
+            DEFAULT_CONNECT_TIMEOUT,
+        )
     }
 
     fn retention(&self) -> Duration {
@@ -408,13 +474,9 @@ impl LockerBuilder {
 
 impl fmt::Debug for LockerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let source = match &self.source {
-            None => "none",
-            Some(Source::Url(_)) => "url",
-            Some(Source::Pool(_)) => "pool",
-        };
         f.debug_struct("LockerBuilder")
-            .field("source", &source)
+            .field("url", &self.url.is_some())
+            .field("pool", &self.pool.is_some())
             .field("prefix", &self.prefix)
             .field("lease", &self.lease)
             .field("wait", &self.wait)

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::guard::Hold;
+use crate::guard::{Hold, LockGuard};
 use crate::key::LockKey;
 use crate::locker::Locker;
 use crate::owner::Owner;
@@ -65,6 +65,14 @@ impl Frame {
         FRAME.try_with(|frame| frame.locker.clone()).ok()
     }
 
+    /// The innermost hold of the current frame.
+    fn innermost() -> Option<Arc<Hold>> {
+        FRAME
+            .try_with(|frame| frame.holds.as_ref().map(|node| node.hold.clone()))
+            .ok()
+            .flatten()
+    }
+
     /// A child of the current frame (or a root frame) that adds `holds`.
     pub(crate) fn child(holds: impl IntoIterator<Item = Arc<Hold>>) -> Option<Frame> {
         let mut frame = Frame::current();
@@ -119,4 +127,31 @@ pub fn inherit<F: Future>(fut: F) -> impl Future<Output = F::Output> {
             None => fut.await,
         }
     }
+}
+
+/// A re-entrant guard on the innermost lock the current scope holds, if any.
+///
+/// Lets code deep inside [`Acquire::run`](crate::Acquire::run) or `#[locked]` read the fencing
+/// token or check [`is_held`](LockGuard::is_held) without being handed the guard — useful with
+/// [`OnLost::Continue`](crate::OnLost::Continue), where the body decides what a loss means.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+/// let locker = relock::Locker::in_memory();
+/// locker
+///     .lock("ledger")
+///     .run(async {
+///         let guard = relock::current_guard().expect("inside run");
+///         assert_eq!(guard.key(), "ledger");
+///         assert!(guard.is_held());
+///     })
+///     .await?;
+/// assert!(relock::current_guard().is_none());
+/// # Ok(()) }
+/// ```
+pub fn current_guard() -> Option<LockGuard> {
+    Frame::innermost().map(|hold| LockGuard {
+        hold,
+        reentrant: true,
+    })
 }

@@ -1,12 +1,82 @@
 //! How a waiting acquisition spends its time between attempts.
 //!
-//! This is the only place that decides when to try again: bounded exponential backoff with jitter,
-//! never past the holder's remaining lease (the lock is free then at the latest) nor past the
-//! caller's own deadline.
+//! A waiter that holds a [`ReleaseSignal`] sleeps until the release is announced, the holder's
+//! lease would end (a crashed holder announces nothing), or its own deadline — no polling. One
+//! without (no subscriber connection) retries with bounded exponential backoff and jitter, never
+//! past the holder's remaining lease nor its own deadline.
+//!
+//! The acquisition loop is: try → obtain the signal (subscription confirmed) → try again → sleep
+//! with the signal armed *before* each try, so a release between a try and the sleep is never
+//! missed.
 
-use std::time::Duration;
+/// How a waiter learns that a lock was released.
+#[derive(Debug)]
+pub(crate) enum ReleaseSignal {
+    /// A confirmed subscription to the lock's release channel.
+    Subscribed(Subscription),
+    /// The in-memory backend's notification for the key.
+    Memory(Arc<Notify>),
+}
 
-use std::time::Instant;
+impl ReleaseSignal {
+    fn notify(&self) -> &Arc<Notify> {
+        match self {
+            Self::Subscribed(subscription) => subscription.released(),
+            Self::Memory(notify) => notify,
+        }
+    }
+}
+
+/// Waits between attempts, with or without a release signal.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    signal: Option<ReleaseSignal>,
+    backoff: Backoff,
+}
+
+impl Waiter {
+    pub(crate) fn new(signal: Option<ReleaseSignal>) -> Self {
+        Self {
+            signal,
+            backoff: Backoff::new(),
+        }
+    }
+
+    /// Arms the wake-up for the next sleep; call before the attempt it follows. (Releases are
+    /// announced with `notify_waiters`, which reaches every `Notified` created before it, polled
+    /// or not.)
+    pub(crate) fn arm(&self) -> Option<OwnedNotified> {
+        let signal = self.signal.as_ref()?;
+        Some(signal.notify().clone().notified_owned())
+    }
+
+    /// Sleeps until `armed` fires, the holder's lease would end, or `deadline`.
+    pub(crate) async fn sleep(
+        &mut self,
+        armed: Option<OwnedNotified>,
+        holder_ttl: Option<Duration>,
+        deadline: Instant,
+    ) {
+        match armed {
+            Some(armed) => {
+                let until = holder_ttl.map_or(deadline, |ttl| (Instant::now() + ttl).min(deadline));
+                tokio::select! {
+                    () = armed => {}
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
+            None => self.backoff.sleep(holder_ttl, deadline).await,
+        }
+    }
+}
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+use crate::subscriber::Subscription;
 
 const FIRST: Duration = Duration::from_millis(2);
 const LONGEST: Duration = Duration::from_millis(50);

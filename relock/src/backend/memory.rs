@@ -2,8 +2,10 @@
 //! inspect) over a map in this process.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
 
 use super::{Attempt, Released, HOLDER};
 use crate::info::LockInfo;
@@ -19,6 +21,8 @@ pub(crate) struct MemoryBackend {
 #[derive(Debug, Default)]
 struct State {
     locks: HashMap<LockKey, Entry>,
+    /// Wakes the waiters of a key when it is released, force-released, or found expired.
+    released: HashMap<LockKey, Arc<Notify>>,
     fences: HashMap<LockKey, Fence>,
     writes_since_sweep: usize,
 }
@@ -107,14 +111,35 @@ impl MemoryBackend {
         if entry.holds > 0 {
             return Released::Remaining(entry.holds);
         }
-        state.locks.remove(key);
+        state.remove(key);
         Released::Free
+    }
+
+    pub(crate) fn renew(&self, key: &LockKey, owner: &Owner, lease: Duration) -> bool {
+        let now = Instant::now();
+        let mut state = self.state();
+        match state.live(key, now).filter(|entry| entry.owner == *owner) {
+            Some(entry) => {
+                entry.expires = now + lease;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The notification a release of `key` triggers; shared by all waiters on the key.
+    pub(crate) fn released(&self, key: &LockKey) -> Arc<Notify> {
+        self.state()
+            .released
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn force_release(&self, key: &LockKey) -> bool {
         let now = Instant::now();
         let mut state = self.state();
-        state.live(key, now).is_some() && state.locks.remove(key).is_some()
+        state.live(key, now).is_some() && state.remove(key)
     }
 
     pub(crate) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
@@ -141,9 +166,17 @@ impl State {
             .get(key)
             .is_some_and(|entry| entry.expires <= now)
         {
-            self.locks.remove(key);
+            self.remove(key);
         }
         self.locks.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &LockKey) -> bool {
+        let removed = self.locks.remove(key).is_some();
+        if let Some(released) = self.released.get(key) {
+            released.notify_waiters();
+        }
+        removed
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -154,6 +187,8 @@ impl State {
         self.writes_since_sweep = 0;
         self.locks.retain(|_, entry| entry.expires > now);
         self.fences.retain(|_, fence| fence.expires > now);
+        self.released
+            .retain(|_, released| Arc::strong_count(released) > 1);
     }
 }
 

@@ -1,9 +1,11 @@
 //! Where locks live: a Redis server (through a multiplexed connection or a bb8 pool) or this
 //! process's memory. Both speak the same small protocol of attempts and releases.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::guard::Hold;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::owner::Owner;
@@ -55,6 +57,17 @@ impl Backend {
         match self {
             Self::Redis(redis) => redis.release(key, owner).await,
             Self::Memory(memory) => Ok(memory.release(key, owner)),
+        }
+    }
+
+    /// Extends the leases of `holds`, in one round trip; `false` for a hold the owner no longer has.
+    pub(crate) async fn renew(&self, holds: &[Arc<Hold>]) -> Result<Vec<bool>, Error> {
+        match self {
+            Self::Redis(redis) => redis.renew(holds).await,
+            Self::Memory(memory) => Ok(holds
+                .iter()
+                .map(|hold| memory.renew(&hold.key, &hold.owner, hold.lease))
+                .collect()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bb8_redis::RedisConnectionManager;
@@ -9,6 +10,7 @@ use redis::{ScriptInvocation, Value};
 
 use super::{Attempt, Released, HOLDER};
 use crate::error::Error;
+use crate::guard::Hold;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::owner::Owner;
@@ -103,16 +105,73 @@ impl RedisBackend {
     pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
         let hash = self.hash_key(key);
         let mut invocation = scripts::RELEASE.key(&hash);
-        invocation
-            .arg(owner.as_str())
-            .arg(format!("{hash}:released"));
+        invocation.arg(owner.as_str()).arg(self.channel(key));
         parse_release(self.invoke(&invocation).await?)
+    }
+
+    pub(crate) async fn renew(&self, holds: &[Arc<Hold>]) -> Result<Vec<bool>, Error> {
+        let hashes: Vec<String> = holds.iter().map(|hold| self.hash_key(&hold.key)).collect();
+        let mut pipe = redis::pipe();
+        for (hold, hash) in holds.iter().zip(&hashes) {
+            let mut invocation = scripts::RENEW.key(hash);
+            invocation.arg(hold.owner.as_str()).arg(millis(hold.lease));
+            pipe.invoke_script(&invocation);
+        }
+        let replies = match self.query_pipe(&pipe).await {
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // The server lost its script cache (a restart, SCRIPT FLUSH): load and resend.
+                self.load_script(&scripts::RENEW).await?;
+                self.query_pipe(&pipe).await?
+            }
+            replies => replies?,
+        };
+        if replies.len() != holds.len() {
+            return Err(Error::backend(format!(
+                "renewal pipeline answered {} of {} holds",
+                replies.len(),
+                holds.len()
+            )));
+        }
+        Ok(replies.into_iter().map(|renewed| renewed == 1).collect())
+    }
+
+    async fn query_pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<i64>> {
+        match &self.connection {
+            Connection::Multiplexed(connection) => pipe.query_async(&mut connection.clone()).await,
+            Connection::Pool(pool) => match pool.get().await {
+                Ok(mut connection) => pipe.query_async(&mut *connection).await,
+                Err(bb8::RunError::User(err)) => Err(err),
+                Err(bb8::RunError::TimedOut) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "timed out waiting for a connection from the pool",
+                ))),
+            },
+        }
+    }
+
+    async fn load_script(&self, script: &redis::Script) -> Result<(), Error> {
+        match &self.connection {
+            Connection::Multiplexed(connection) => {
+                script.load_async(&mut connection.clone()).await?;
+            }
+            Connection::Pool(pool) => {
+                script.load_async(&mut *pool.get().await?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `P:{K}:released`: the channel a release of `key` is announced on.
+    pub(crate) fn channel(&self, key: &LockKey) -> String {
+        format!("{}:released", self.hash_key(key))
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
         let hash = self.hash_key(key);
         let mut invocation = scripts::FORCE_RELEASE.key(&hash);
-        invocation.arg(format!("{hash}:released"));
+        invocation.arg(self.channel(key));
         Ok(as_int(&self.invoke(&invocation).await?)? == 1)
     }
 

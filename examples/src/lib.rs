@@ -1,1 +1,0 @@
-//! relock examples

@@ -1,0 +1,262 @@
+//! Release notifications: one dedicated pub/sub connection per `Locker`, shared by every waiter.
+//!
+//! Waiters on one key share one subscription (counted; unsubscribed when the last leaves). A
+//! single task owns the connection and handles subscribe/unsubscribe requests in order, so an
+//! unsubscribe can never overtake a later subscribe to the same channel. When the connection
+//! drops, every waiter is woken to retry (messages may have been missed), requests fail fast so
+//! waiters fall back to TTL-bounded retries, and the task reconnects with backoff and
+//! re-subscribes what is still wanted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LONGEST_RETRY: Duration = Duration::from_secs(2);
+
+/// Handle to the subscriber task of one `Locker`; the task ends when every handle is gone.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+#[derive(Debug)]
+enum Request {
+    Subscribe {
+        channel: String,
+        reply: oneshot::Sender<Result<Arc<Notify>, Error>>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+}
+
+/// A confirmed subscription to one release channel; unsubscribes when dropped.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    channel: String,
+    released: Arc<Notify>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Subscription {
+    /// Notified on every release message on the channel and on every reconnection.
+    pub(crate) fn released(&self) -> &Arc<Notify> {
+        &self.released
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.requests.send(Request::Unsubscribe {
+            channel: std::mem::take(&mut self.channel),
+        });
+    }
+}
+
+impl Subscriber {
+    /// Starts the subscriber task in the current runtime; it connects on first use.
+    pub(crate) fn start(client: redis::Client, connect_timeout: Duration) -> Self {
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let task = Task {
+            client,
+            connect_timeout,
+            channels: HashMap::new(),
+            connection: None,
+            retry: FIRST_RETRY,
+            next_attempt: Instant::now(),
+        };
+        tokio::spawn(task.run(inbox));
+        Self { requests }
+    }
+
+    /// Subscribes to `channel`; returns once the server has confirmed the subscription (or the
+    /// channel was already subscribed), so a release published after this returns is seen.
+    pub(crate) async fn subscribe(&self, channel: String) -> Result<Subscription, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Subscribe {
+                channel: channel.clone(),
+                reply,
+            })
+            .map_err(|_| Error::backend("the release subscriber has stopped"))?;
+        let released = answer
+            .await
+            .map_err(|_| Error::backend("the release subscriber has stopped"))??;
+        Ok(Subscription {
+            channel,
+            released,
+            requests: self.requests.clone(),
+        })
+    }
+}
+
+struct Channel {
+    waiters: usize,
+    released: Arc<Notify>,
+}
+
+struct Task {
+    client: redis::Client,
+    connect_timeout: Duration,
+    channels: HashMap<String, Channel>,
+    connection: Option<(PubSubSink, PubSubStream)>,
+    retry: Duration,
+    next_attempt: Instant,
+}
+
+impl Task {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        loop {
+            let reconnect = self.connection.is_none() && !self.channels.is_empty();
+            tokio::select! {
+                request = inbox.recv() => match request {
+                    Some(request) => self.handle(request).await,
+                    None => return,
+                },
+                message = next_message(&mut self.connection) => match message {
+                    Some(message) => {
+                        if let Some(channel) = self.channels.get(message.get_channel_name()) {
+                            channel.released.notify_waiters();
+                        }
+                    }
+                    None => self.disconnected(),
+                },
+                () = tokio::time::sleep_until(self.next_attempt), if reconnect => {
+                    self.connect().await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Subscribe { channel, reply } => {
+                if let Some(entry) = self.channels.get_mut(&channel) {
+                    if self.connection.is_some() {
+                        entry.waiters += 1;
+                        let _ = reply.send(Ok(entry.released.clone()));
+                        return;
+                    }
+                }
+                let _ = reply.send(self.subscribe(channel).await);
+            }
+            Request::Unsubscribe { channel } => {
+                let Some(entry) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                entry.waiters -= 1;
+                if entry.waiters > 0 {
+                    return;
+                }
+                self.channels.remove(&channel);
+                if let Some((sink, _)) = &mut self.connection {
+                    if sink.unsubscribe(&channel).await.is_err() {
+                        self.disconnected();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: String) -> Result<Arc<Notify>, Error> {
+        if self.connection.is_none() {
+            if Instant::now() < self.next_attempt {
+                return Err(Error::backend(
+                    "the release subscriber is reconnecting to the server",
+                ));
+            }
+            self.connect().await;
+        }
+        let Some((sink, _)) = &mut self.connection else {
+            return Err(Error::backend(
+                "the release subscriber cannot reach the server",
+            ));
+        };
+        let confirmed = tokio::time::timeout(self.connect_timeout, sink.subscribe(&channel)).await;
+        match confirmed {
+            Ok(Ok(())) => {
+                let entry = self.channels.entry(channel).or_insert_with(|| Channel {
+                    waiters: 0,
+                    released: Arc::new(Notify::new()),
+                });
+                entry.waiters += 1;
+                Ok(entry.released.clone())
+            }
+            Ok(Err(err)) => {
+                self.disconnected();
+                Err(err.into())
+            }
+            Err(_) => {
+                self.disconnected();
+                Err(Error::backend(
+                    "the server did not confirm a subscription in time",
+                ))
+            }
+        }
+    }
+
+    async fn connect(&mut self) {
+        let connected =
+            tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub()).await;
+        let mut connection = match connected {
+            Ok(Ok(pubsub)) => pubsub.split(),
+            Ok(Err(err)) => return self.failed(&err.to_string()),
+            Err(_) => return self.failed("connect timed out"),
+        };
+        let wanted: Vec<String> = self.channels.keys().cloned().collect();
+        if !wanted.is_empty() {
+            let resubscribed =
+                tokio::time::timeout(self.connect_timeout, connection.0.subscribe(&wanted)).await;
+            if !matches!(resubscribed, Ok(Ok(()))) {
+                return self.failed("re-subscribing failed");
+            }
+        }
+        tracing::debug!(
+            channels = wanted.len(),
+            "relock: release subscriber connected"
+        );
+        self.connection = Some(connection);
+        self.retry = FIRST_RETRY;
+        // Releases published while disconnected were missed: let every waiter look again.
+        self.wake_all();
+    }
+
+    fn failed(&mut self, reason: &str) {
+        tracing::warn!(
+            reason,
+            retry_in = ?self.retry,
+            "relock: release subscriber cannot connect; waiters retry when the holder's lease ends"
+        );
+        self.next_attempt = Instant::now() + self.retry;
+        self.retry = (self.retry * 2).min(LONGEST_RETRY);
+    }
+
+    fn disconnected(&mut self) {
+        if self.connection.take().is_some() {
+            tracing::warn!("relock: release subscriber lost its connection; reconnecting");
+            self.next_attempt = Instant::now();
+        }
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for channel in self.channels.values() {
+            channel.released.notify_waiters();
+        }
+    }
+}
+
+async fn next_message(connection: &mut Option<(PubSubSink, PubSubStream)>) -> Option<redis::Msg> {
+    match connection {
+        Some((_, stream)) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}

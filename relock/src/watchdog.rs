@@ -1,0 +1,176 @@
+//! Lease renewal: one task per `Locker` renews every live hold every lease/3, all holds due in a
+//! tick in one pipelined round trip, whatever their number.
+//!
+//! Holds register when taken and leave the moment they are released (or dropped). A renewal that
+//! finds a hold gone marks it lost; a renewal that cannot reach the server changes nothing, so
+//! the hold's local deadline passes and it is lost by time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::backend::Backend;
+use crate::guard::Hold;
+
+/// The holds a watchdog renews.
+#[derive(Debug, Default)]
+pub(crate) struct Watchdog {
+    holds: Mutex<HashMap<u64, Weak<Hold>>>,
+    /// A hold was added (it may be due before the current sleep ends), or the locker is gone.
+    changed: Notify,
+    stopped: AtomicBool,
+}
+
+/// A failed renewal is retried after this long (or sooner, for short leases).
+const RETRY: Duration = Duration::from_millis(250);
+
+impl Watchdog {
+    fn holds(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Hold>>> {
+        self.holds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, hold: &Arc<Hold>) {
+        self.holds().insert(hold.slot, Arc::downgrade(hold));
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn unregister(&self, slot: u64) {
+        self.holds().remove(&slot);
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.holds().len()
+    }
+
+    /// The holds due by `now` (with the coalescing window), and when the next one falls due.
+    fn due(&self, now: Instant) -> (Vec<Arc<Hold>>, Option<Instant>) {
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        self.holds().retain(|_, weak| {
+            let Some(hold) = weak.upgrade() else {
+                return false;
+            };
+            if hold.is_lost() {
+                return false;
+            }
+            let renew_at = hold.renew_at();
+            // Renewing up to lease/6 early lets holds taken at nearby moments share a round trip.
+            if renew_at <= now + hold.lease / 6 {
+                due.push(hold);
+            } else {
+                next = Some(next.map_or(renew_at, |next| next.min(renew_at)));
+            }
+            true
+        });
+        (due, next)
+    }
+
+    /// Renews until the locker is dropped.
+    pub(crate) async fn run(self: Arc<Self>, backend: Arc<Backend>) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let (due, next) = self.due(Instant::now());
+            let mut next = next;
+            if !due.is_empty() {
+                let sent = Instant::now();
+                match backend.renew(&due).await {
+                    Ok(renewed) => {
+                        for (hold, still_held) in due.iter().zip(renewed) {
+                            if still_held {
+                                hold.renewed(sent);
+                            } else {
+                                tracing::warn!(key = %hold.key, "relock: lock lost: a renewal found it gone");
+                                hold.mark_lost();
+                            }
+                        }
+                        let (_, after) = self.due(Instant::now());
+                        next = after;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, holds = due.len(), "relock: lease renewal failed; retrying");
+                        let retry = due
+                            .iter()
+                            .map(|hold| hold.lease / 10)
+                            .min()
+                            .unwrap_or(RETRY);
+                        let at = Instant::now() + retry.min(RETRY);
+                        next = Some(next.map_or(at, |next| next.min(at)));
+                    }
+                }
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Locker;
+
+    #[tokio::test]
+    async fn holds_leave_the_watchdog_when_released_or_dropped() {
+        let locker = Locker::in_memory();
+        let guard = locker.lock("a").await.unwrap();
+        let dropped = locker.lock("b").await.unwrap();
+        assert_eq!(locker.watchdog().len(), 2);
+        guard.release().await.unwrap();
+        drop(dropped);
+        assert_eq!(locker.watchdog().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_short_lease_is_renewed_while_held() {
+        let locker = Locker::in_memory();
+        let guard = locker
+            .lock("renewed")
+            .lease(Duration::from_millis(150))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(guard.is_held());
+        let info = locker.inspect("renewed").await.unwrap().expect("still held");
+        assert!(info.ttl > Duration::ZERO);
+        guard.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_finds_the_hold_gone_marks_it_lost() {
+        let locker = Locker::in_memory();
+        let guard = locker
+            .lock("gone")
+            .lease(Duration::from_millis(300))
+            .await
+            .unwrap();
+        // Remove it behind the locker's back, as `DEL` from redis-cli would.
+        let other = locker.clone();
+        other.backend().as_memory().unwrap().force_release(&"gone".parse().unwrap());
+        tokio::time::timeout(Duration::from_secs(1), guard.lost())
+            .await
+            .expect("the next renewal notices");
+        assert!(!guard.is_held());
+    }
+}
