@@ -25,6 +25,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Waiting, leases and loss
+//!
+//! * A request for a held lock waits up to its `wait` (default 10 s) and then fails with
+//!   [`Error::Timeout`]. Waiters do not poll: each [`Locker`] keeps one pub/sub connection, and a
+//!   waiter sleeps until the holder's release is announced, the holder's lease would end (a
+//!   crashed holder announces nothing), or its own deadline.
+//! * A hold's lease (default 30 s) is renewed by the locker's watchdog every lease/3, all holds
+//!   due at once in one pipelined round trip. If the process dies, the lock frees itself when the
+//!   lease ends.
+//! * A hold knows its *local deadline*: when its lease would end without a renewal, measured from
+//!   before the acquire request was sent, less a drift margin (1% of the lease + 2 ms). When a
+//!   renewal finds the hold gone, or the deadline passes while the server cannot be reached, the
+//!   hold is **lost**: [`LockGuard::lost`] resolves and [`LockGuard::is_held`] turns false, with no
+//!   round trip. [`Acquire::run`] then drops the body and returns [`Error::Lost`] (unless
+//!   [`OnLost::Continue`] is chosen).
+//! * A guard dropped without [`LockGuard::release`] — an early return, a panic, a cancelled
+//!   future — is released by the locker's background task, so the lock is free again within a
+//!   round trip.
+//!
+//! The background work (renewal, releases of dropped guards, release notifications) runs as
+//! tasks on the Tokio runtime where the locker first takes a lock; use a locker within that
+//! runtime, as with any Redis connection.
+//!
+//! # Failure contract
+//!
+//! | situation | what the caller sees |
+//! |---|---|
+//! | lock held elsewhere past `wait` | [`Error::Timeout`], with the holder's remaining lease |
+//! | Redis unreachable at acquire | [`Error::Backend`] within the connect/response timeout (2 s) |
+//! | Redis unreachable while holding | [`LockGuard::lost`] fires by the local deadline; `run` aborts |
+//! | holder process killed | the lock is free again within one lease |
+//! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
+//! | guard dropped in a panic or cancellation | released in the background |
+//! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched |
+//! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
+//!
 //! # Redis layout
 //!
 //! For a key `K` and prefix `P` (default `relock`): the hash `P:{K}` holds the owner token and its

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -68,6 +69,7 @@ struct Shared {
     /// Releases of guards dropped without `release()`, for the background task.
     releases: mpsc::UnboundedSender<ReleaseJob>,
     background: Mutex<Option<mpsc::UnboundedReceiver<ReleaseJob>>>,
+    started: AtomicBool,
     /// The client for the release subscriber's dedicated connection, when there is a URL.
     subscriber_client: Option<redis::Client>,
     subscriber: OnceLock<Subscriber>,
@@ -130,6 +132,7 @@ impl Locker {
                 config,
                 releases,
                 background: Mutex::new(Some(background)),
+                started: AtomicBool::new(false),
                 subscriber_client,
                 subscriber: OnceLock::new(),
                 connect_timeout,
@@ -245,6 +248,9 @@ impl Locker {
     /// Starts, once and in the current runtime, the watchdog and the task that performs the
     /// releases of dropped guards.
     pub(crate) fn start_background(&self) {
+        if self.shared.started.load(Ordering::Acquire) {
+            return;
+        }
         let Some(mut jobs) = self
             .shared
             .background
@@ -254,6 +260,7 @@ impl Locker {
         else {
             return;
         };
+        self.shared.started.store(true, Ordering::Release);
         let backend = self.shared.backend.clone();
         tokio::spawn(self.shared.watchdog.clone().run(backend.clone()));
         if backend.as_memory().is_some() {

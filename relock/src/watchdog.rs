@@ -18,27 +18,42 @@ use crate::guard::Hold;
 /// The holds a watchdog renews.
 #[derive(Debug, Default)]
 pub(crate) struct Watchdog {
-    holds: Mutex<HashMap<u64, Weak<Hold>>>,
+    holds: Mutex<Holds>,
     /// A hold was added (it may be due before the current sleep ends), or the locker is gone.
     changed: Notify,
     stopped: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Holds {
+    by_slot: HashMap<u64, Weak<Hold>>,
+    /// When the task wakes next on its own; `None` while it sleeps with nothing to renew.
+    wake_at: Option<Instant>,
 }
 
 /// A failed renewal is retried after this long (or sooner, for short leases).
 const RETRY: Duration = Duration::from_millis(250);
 
 impl Watchdog {
-    fn holds(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Hold>>> {
+    fn holds(&self) -> std::sync::MutexGuard<'_, Holds> {
         self.holds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds a hold; wakes the task only if the hold falls due before the task's next wake-up,
+    /// so that taking a lock does not cost the watchdog a scan.
     pub(crate) fn register(&self, hold: &Arc<Hold>) {
-        self.holds().insert(hold.slot, Arc::downgrade(hold));
-        self.changed.notify_one();
+        let due = hold.renew_at();
+        let mut holds = self.holds();
+        holds.by_slot.insert(hold.slot, Arc::downgrade(hold));
+        if holds.wake_at.is_none_or(|wake_at| due < wake_at) {
+            holds.wake_at = Some(due);
+            drop(holds);
+            self.changed.notify_one();
+        }
     }
 
     pub(crate) fn unregister(&self, slot: u64) {
-        self.holds().remove(&slot);
+        self.holds().by_slot.remove(&slot);
     }
 
     pub(crate) fn stop(&self) {
@@ -48,14 +63,14 @@ impl Watchdog {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.holds().len()
+        self.holds().by_slot.len()
     }
 
     /// The holds due by `now` (with the coalescing window), and when the next one falls due.
     fn due(&self, now: Instant) -> (Vec<Arc<Hold>>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        self.holds().retain(|_, weak| {
+        self.holds().by_slot.retain(|_, weak| {
             let Some(hold) = weak.upgrade() else {
                 return false;
             };
@@ -112,6 +127,7 @@ impl Watchdog {
                     }
                 }
             }
+            self.holds().wake_at = next;
             match next {
                 Some(at) => {
                     tokio::select! {
