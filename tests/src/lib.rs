@@ -136,7 +136,13 @@ impl RedisServer {
         command_stats(&mut self.connection().await)
             .await
             .into_iter()
-            .filter(|(name, _)| name != "info" && name != "config" && !name.starts_with("client"))
+            // Redis 7 names subcommands `config|resetstat`, `client|setinfo`.
+            .filter(|(name, _)| {
+                !matches!(
+                    name.split('|').next(),
+                    Some("info" | "config" | "client" | "hello")
+                )
+            })
             .map(|(_, calls)| calls)
             .sum()
     }
@@ -176,6 +182,39 @@ pub async fn command_stats(
             Some((name.to_owned(), calls.parse().ok()?))
         })
         .collect()
+}
+
+/// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
+pub async fn subscribers(connection: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
+    let (_, count): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(connection)
+        .await
+        .expect("PUBSUB NUMSUB");
+    count
+}
+
+/// A numeric field of `INFO <section>`, such as `total_reads_processed` in `stats`.
+pub async fn info_number(
+    connection: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(connection)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("INFO {section} has no numeric field {field}"))
 }
 
 fn ping(port: u16) -> bool {
