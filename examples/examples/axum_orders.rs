@@ -1,0 +1,148 @@
+//! An order service whose payments run one at a time per order, in every process that shares
+//! the Redis server: `LockLayer` locks `order:{id}` for each `POST /orders/{id}/pay`, and the
+//! payment code, which locks the same key with `#[relock::locked]`, re-enters that hold.
+//!
+//! ```text
+//! cargo run -p relock-examples --example axum_orders
+//! REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run -p relock-examples --example axum_orders
+//! ```
+//!
+//! Then, in another terminal:
+//!
+//! ```text
+//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay     # 200: paid under fencing token 1
+//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay     # 409: already paid
+//! curl -i http://127.0.0.1:3000/orders/42                 # the order's state
+//! # Two payments of one order at once: one waits for the other, then finds it paid.
+//! curl -s -X POST http://127.0.0.1:3000/orders/7/pay & curl -s -X POST http://127.0.0.1:3000/orders/7/pay; wait
+//! ```
+//!
+//! With `REDIS_URL` set, start a second copy on another `PORT` and pay the same order through
+//! both: the lock is shared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use relock::Locker;
+use relock_tower::{key, LockLayer};
+
+/// The orders, as a database would keep them.
+#[derive(Clone, Default)]
+struct Orders {
+    paid: Arc<Mutex<HashMap<u64, Payment>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Payment {
+    /// The fencing token of the lock the payment was made under.
+    fencing_token: u64,
+}
+
+enum PayError {
+    AlreadyPaid(u64),
+    Lock(relock::Error),
+}
+
+impl From<relock::Error> for PayError {
+    fn from(err: relock::Error) -> Self {
+        PayError::Lock(err)
+    }
+}
+
+impl IntoResponse for PayError {
+    fn into_response(self) -> Response {
+        match self {
+            PayError::AlreadyPaid(id) => (
+                StatusCode::CONFLICT,
+                format!("order {id} is already paid\n"),
+            )
+                .into_response(),
+            PayError::Lock(err) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response()
+            }
+        }
+    }
+}
+
+/// `POST /orders/{id}/pay`: runs inside the layer's hold on `order:{id}`.
+async fn pay(Path(id): Path<u64>, State(orders): State<Orders>) -> Result<String, PayError> {
+    let payment = charge(&orders, id).await?;
+    Ok(format!(
+        "order {id} paid under fencing token {}\n",
+        payment.fencing_token
+    ))
+}
+
+/// Charges an order once. Also callable outside HTTP (a batch job, a queue consumer), where it
+/// takes the lock itself; under `LockLayer` it re-enters the request's hold: no wait, no round
+/// trip to Redis.
+#[relock::locked("order:{id}")]
+async fn charge(orders: &Orders, id: u64) -> Result<Payment, PayError> {
+    if orders.paid.lock().unwrap().contains_key(&id) {
+        return Err(PayError::AlreadyPaid(id));
+    }
+    // The payment provider is slow; the lock keeps a second payment of this order out meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A resource that must reject stale writers checks this token (see relock's docs).
+    let guard = Locker::current()?.lock(format!("order:{id}")).await?;
+    let payment = Payment {
+        fencing_token: guard.fencing_token(),
+    };
+    orders.paid.lock().unwrap().insert(id, payment);
+    Ok(payment)
+}
+
+/// `GET /orders/{id}`: reads without a lock.
+async fn show(Path(id): Path<u64>, State(orders): State<Orders>) -> String {
+    match orders.paid.lock().unwrap().get(&id) {
+        Some(payment) => format!(
+            "order {id}: paid under fencing token {}\n",
+            payment.fencing_token
+        ),
+        None => format!("order {id}: not paid\n"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let locker = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            println!("using Redis at {url}");
+            Locker::connect(&url).await?
+        }
+        Err(_) => {
+            println!("REDIS_URL is not set: using the in-memory backend (one process)");
+            Locker::in_memory()
+        }
+    };
+
+    // In `/orders/42/pay`, path segment 2 is `42`: the request locks `order:42`. A payment
+    // that waits longer than 2 s for another one gets `423 Locked` with `Retry-After`.
+    let lock = LockLayer::new(key::path_segment(2).prefix("order:"))
+        .locker(locker)
+        .wait(Duration::from_secs(2))
+        .lease(Duration::from_secs(10));
+    let app = Router::new()
+        .route("/orders/{id}", get(show))
+        .route("/orders/{id}/pay", post(pay).layer(lock))
+        .with_state(Orders::default());
+
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port.parse()?,
+        Err(_) => 3000,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("listening on {base}; try:");
+    println!("  curl -i -X POST {base}/orders/42/pay");
+    println!("  curl -i {base}/orders/42");
+    println!("  curl -s -X POST {base}/orders/7/pay & curl -s -X POST {base}/orders/7/pay; wait");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

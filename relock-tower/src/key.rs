@@ -1,0 +1,329 @@
+//! Ready-made key extractors for [`http::Request`]s: a header, a path segment, a query
+//! parameter and (feature `tonic`) gRPC metadata.
+//!
+//! Each takes the value as it appears in the request — the URI's parts are not percent-decoded —
+//! and gives `None`, so no lock, when the value is missing or empty. [`prefix`](Header::prefix)
+//! puts a namespace in front, so that `42` becomes `order:42`.
+//!
+//! ```
+//! use relock_tower::{key, LockLayer};
+//!
+//! // `/orders/42/pay` locks `order:42`.
+//! let by_path = LockLayer::new(key::path_segment(2).prefix("order:"));
+//! // `x-order-id: 42` locks `order:42`.
+//! let by_header = LockLayer::new(key::header("x-order-id").prefix("order:"));
+//! // `/checkout?cart=7` locks `cart:7`.
+//! let by_query = LockLayer::new(key::query("cart").prefix("cart:"));
+//! # drop((by_path, by_header, by_query));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::Request;
+
+use crate::extract::ExtractKey;
+
+/// Keys requests by the value of the header `name` (its first value when it repeats).
+///
+/// Bytes that are not UTF-8 are replaced by `U+FFFD` rather than skipped, so an odd value still
+/// takes a lock.
+///
+/// # Panics
+///
+/// When `name` is not a valid header name.
+///
+/// ```
+/// let extractor = relock_tower::key::header("x-order-id").prefix("order:");
+/// # drop(extractor);
+/// ```
+#[track_caller]
+pub fn header<N>(name: N) -> Header
+where
+    N: TryInto<HeaderName>,
+    N::Error: fmt::Debug,
+{
+    let name = name
+        .try_into()
+        .unwrap_or_else(|err| panic!("invalid header name for a lock key: {err:?}"));
+    Header {
+        name,
+        prefix: Prefix::default(),
+    }
+}
+
+/// Keys requests by segment `index` of the URI path.
+///
+/// Segments are counted from 1, as the path splits on `/`: in `/orders/42/pay`, segment 1 is
+/// `orders`, 2 is `42` and 3 is `pay` (segment 0 is the empty text before the leading `/`, so it
+/// never gives a key). The segment is taken as written, without percent-decoding.
+///
+/// ```
+/// // For the route `/orders/{id}/pay`.
+/// let extractor = relock_tower::key::path_segment(2).prefix("order:");
+/// # drop(extractor);
+/// ```
+pub fn path_segment(index: usize) -> PathSegment {
+    PathSegment {
+        index,
+        prefix: Prefix::default(),
+    }
+}
+
+/// Keys requests by the query parameter `name` (its first occurrence), as written in the URI,
+/// without percent-decoding.
+///
+/// ```
+/// // `/checkout?cart=7` locks `cart:7`.
+/// let extractor = relock_tower::key::query("cart").prefix("cart:");
+/// # drop(extractor);
+/// ```
+pub fn query(name: impl Into<Arc<str>>) -> Query {
+    Query {
+        name: name.into(),
+        prefix: Prefix::default(),
+    }
+}
+
+/// Keys gRPC requests by the metadata entry `name`.
+///
+/// gRPC metadata travel as HTTP/2 headers, so this reads the header `name` of the
+/// [`http::Request`] a tonic server hands its layers; clients set it with
+/// `request.metadata_mut().insert(..)`. Keys of binary entries (`-bin`) are their base64 text.
+///
+/// # Panics
+///
+/// When `name` is not a valid metadata key (lowercase ASCII letters, digits, `-`, `_`, `.`).
+///
+/// ```
+/// use relock_tower::{key, GrpcRejection, LockLayer};
+///
+/// let layer = LockLayer::new(key::metadata("x-order-id").prefix("order:"))
+///     .on_reject(GrpcRejection::new());
+/// # drop(layer);
+/// ```
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+#[track_caller]
+pub fn metadata(name: &str) -> Metadata {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    assert!(valid, "invalid gRPC metadata key for a lock key: {name:?}");
+    Metadata(header(name))
+}
+
+/// The extractor made by [`header`].
+#[derive(Debug, Clone)]
+pub struct Header {
+    name: HeaderName,
+    prefix: Prefix,
+}
+
+/// The extractor made by [`path_segment`].
+#[derive(Debug, Clone)]
+pub struct PathSegment {
+    index: usize,
+    prefix: Prefix,
+}
+
+/// The extractor made by [`query`].
+#[derive(Debug, Clone)]
+pub struct Query {
+    name: Arc<str>,
+    prefix: Prefix,
+}
+
+/// The extractor made by [`metadata`].
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+#[derive(Debug, Clone)]
+pub struct Metadata(Header);
+
+/// Text put in front of every key, so that `42` becomes `order:42`.
+#[derive(Debug, Clone, Default)]
+struct Prefix(Option<Arc<str>>);
+
+impl Prefix {
+    fn key(&self, value: &str) -> Option<String> {
+        if value.is_empty() {
+            return None;
+        }
+        Some(match &self.0 {
+            Some(prefix) => format!("{prefix}{value}"),
+            None => value.to_owned(),
+        })
+    }
+}
+
+macro_rules! prefix_setter {
+    ($($extractor:ty),*) => {$(
+        impl $extractor {
+            /// Puts `prefix` in front of every key this extractor finds, e.g. `"order:"`.
+            /// Defaults to no prefix.
+            #[must_use]
+            pub fn prefix(mut self, prefix: impl Into<Arc<str>>) -> Self {
+                self.prefix = Prefix(Some(prefix.into()));
+                self
+            }
+        }
+    )*};
+}
+
+prefix_setter!(Header, PathSegment, Query);
+
+#[cfg(feature = "tonic")]
+impl Metadata {
+    /// Puts `prefix` in front of every key this extractor finds, e.g. `"order:"`.
+    /// Defaults to no prefix.
+    #[must_use]
+    pub fn prefix(self, prefix: impl Into<Arc<str>>) -> Self {
+        Metadata(self.0.prefix(prefix))
+    }
+}
+
+impl<B> ExtractKey<Request<B>> for Header {
+    type Key = String;
+
+    fn extract(&self, request: &Request<B>) -> Option<String> {
+        let value = request.headers().get(&self.name)?;
+        self.prefix.key(&String::from_utf8_lossy(value.as_bytes()))
+    }
+}
+
+impl<B> ExtractKey<Request<B>> for PathSegment {
+    type Key = String;
+
+    fn extract(&self, request: &Request<B>) -> Option<String> {
+        let segment = request.uri().path().split('/').nth(self.index)?;
+        self.prefix.key(segment)
+    }
+}
+
+impl<B> ExtractKey<Request<B>> for Query {
+    type Key = String;
+
+    fn extract(&self, request: &Request<B>) -> Option<String> {
+        let value = request.uri().query()?.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (name == &*self.name).then_some(value)
+        })?;
+        self.prefix.key(value)
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl<B> ExtractKey<Request<B>> for Metadata {
+    type Key = String;
+
+    fn extract(&self, request: &Request<B>) -> Option<String> {
+        self.0.extract(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> Request<()> {
+        Request::builder().uri(uri).body(()).unwrap()
+    }
+
+    #[test]
+    fn header_gives_its_value_after_the_prefix() {
+        let mut req = request("/");
+        req.headers_mut()
+            .insert("x-order-id", http::HeaderValue::from_static("42"));
+        assert_eq!(
+            header("x-order-id").prefix("order:").extract(&req),
+            Some("order:42".to_owned())
+        );
+        assert_eq!(header("X-Order-Id").extract(&req), Some("42".to_owned()));
+    }
+
+    #[test]
+    fn missing_or_empty_header_gives_no_key() {
+        let mut req = request("/");
+        assert_eq!(header("x-order-id").extract(&req), None);
+        req.headers_mut()
+            .insert("x-order-id", http::HeaderValue::from_static(""));
+        assert_eq!(header("x-order-id").prefix("order:").extract(&req), None);
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_utf8_still_give_a_key() {
+        let mut req = request("/");
+        req.headers_mut().insert(
+            "x-order-id",
+            http::HeaderValue::from_bytes(b"4\xff2").unwrap(),
+        );
+        assert_eq!(
+            header("x-order-id").extract(&req),
+            Some("4\u{fffd}2".to_owned())
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid header name")]
+    fn invalid_header_name_panics() {
+        let _ = header("x order");
+    }
+
+    #[test]
+    fn path_segments_count_from_one() {
+        let req = request("/orders/42/pay?x=1");
+        assert_eq!(path_segment(1).extract(&req), Some("orders".to_owned()));
+        assert_eq!(
+            path_segment(2).prefix("order:").extract(&req),
+            Some("order:42".to_owned())
+        );
+        assert_eq!(path_segment(3).extract(&req), Some("pay".to_owned()));
+        assert_eq!(path_segment(0).extract(&req), None);
+        assert_eq!(path_segment(4).extract(&req), None);
+    }
+
+    #[test]
+    fn path_segment_is_not_percent_decoded() {
+        let req = request("/orders/a%20b/pay");
+        assert_eq!(path_segment(2).extract(&req), Some("a%20b".to_owned()));
+    }
+
+    #[test]
+    fn empty_path_segment_gives_no_key() {
+        assert_eq!(path_segment(2).extract(&request("/orders//pay")), None);
+    }
+
+    #[test]
+    fn query_gives_the_first_matching_parameter() {
+        let req = request("/checkout?other=1&cart=7&cart=8");
+        assert_eq!(
+            query("cart").prefix("cart:").extract(&req),
+            Some("cart:7".to_owned())
+        );
+        assert_eq!(query("cartx").extract(&req), None);
+        assert_eq!(query("cart").extract(&request("/checkout")), None);
+        assert_eq!(query("cart").extract(&request("/checkout?cart")), None);
+        assert_eq!(query("cart").extract(&request("/checkout?cart=")), None);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn metadata_reads_the_grpc_header() {
+        let mut req = request("/orders.Orders/Pay");
+        req.headers_mut()
+            .insert("x-order-id", http::HeaderValue::from_static("42"));
+        assert_eq!(
+            metadata("x-order-id").prefix("order:").extract(&req),
+            Some("order:42".to_owned())
+        );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    #[should_panic(expected = "invalid gRPC metadata key")]
+    fn uppercase_metadata_key_panics() {
+        let _ = metadata("X-Order-Id");
+    }
+}
