@@ -7,7 +7,13 @@ pub(crate) struct Owner(Arc<str>);
 
 impl Owner {
     pub(crate) fn random() -> Self {
-        Self(Arc::from(format!("{:032x}", rand::random::<u128>())))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bits = rand::random::<u128>();
+        let mut text = [0u8; 32];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        Self(Arc::from(std::str::from_utf8(&text).expect("hex digits are ASCII")))
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -32,5 +38,12 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn tokens_are_the_big_endian_hex_of_128_random_bits() {
+        let token = Owner::random();
+        let parsed = u128::from_str_radix(token.as_str(), 16).unwrap();
+        assert_eq!(format!("{parsed:032x}"), token.as_str());
     }
 }

@@ -55,7 +55,19 @@ impl RedisBackend {
 
     /// `P:{K}`: the lock's hash.
     pub(crate) fn hash_key(&self, key: &LockKey) -> String {
-        format!("{}:{{{}}}", self.prefix, key.as_str())
+        self.key_name(key, "")
+    }
+
+    /// `P:{K}<suffix>`, built without the formatting machinery: it runs twice per lock.
+    fn key_name(&self, key: &LockKey, suffix: &str) -> String {
+        let key = key.as_str();
+        let mut name = String::with_capacity(self.prefix.len() + key.len() + suffix.len() + 3);
+        name.push_str(&self.prefix);
+        name.push_str(":{");
+        name.push_str(key);
+        name.push('}');
+        name.push_str(suffix);
+        name
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
@@ -90,21 +102,18 @@ impl RedisBackend {
         owner: &Owner,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let hash = self.hash_key(key);
-        let mut invocation = scripts::ACQUIRE.key(&hash);
+        let mut invocation = scripts::ACQUIRE.key(self.hash_key(key));
         invocation
-            .key(format!("{hash}:fence"))
+            .key(self.key_name(key, ":fence"))
             .arg(owner.as_str())
             .arg(millis(lease))
             .arg(millis(self.fence_retention))
-            .arg(&HOLDER.host)
-            .arg(HOLDER.pid);
+            .arg(holder_metadata());
         parse_acquire(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
-        let hash = self.hash_key(key);
-        let mut invocation = scripts::RELEASE.key(&hash);
+        let mut invocation = scripts::RELEASE.key(self.hash_key(key));
         invocation.arg(owner.as_str()).arg(self.channel(key));
         parse_release(self.invoke(&invocation).await?)
     }
@@ -165,12 +174,11 @@ impl RedisBackend {
 
     /// `P:{K}:released`: the channel a release of `key` is announced on.
     pub(crate) fn channel(&self, key: &LockKey) -> String {
-        format!("{}:released", self.hash_key(key))
+        self.key_name(key, ":released")
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
-        let hash = self.hash_key(key);
-        let mut invocation = scripts::FORCE_RELEASE.key(&hash);
+        let mut invocation = scripts::FORCE_RELEASE.key(self.hash_key(key));
         invocation.arg(self.channel(key));
         Ok(as_int(&self.invoke(&invocation).await?)? == 1)
     }
@@ -179,6 +187,26 @@ impl RedisBackend {
         let invocation = scripts::INSPECT.key(self.hash_key(key));
         parse_inspect(self.invoke(&invocation).await?)
     }
+}
+
+/// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`.
+fn holder_metadata() -> String {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{} {since} {}", HOLDER.pid, HOLDER.host)
+}
+
+/// Parses what [`holder_metadata`] wrote.
+fn parse_holder(text: &str, info: &mut LockInfo) {
+    let mut parts = text.splitn(3, ' ');
+    info.pid = parts.next().and_then(|pid| pid.parse().ok());
+    info.acquired_at = parts
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    info.host = parts.next().map(str::to_owned);
 }
 
 /// Lease and retention go to Redis in whole milliseconds, at least one (PEXPIRE 0 deletes).
@@ -271,14 +299,7 @@ fn parse_inspect(value: Value) -> Result<Option<LockInfo>, Error> {
         };
         match field.as_str() {
             "_fence" => info.fencing_token = text.parse().unwrap_or_default(),
-            "_host" => info.host = Some(text),
-            "_pid" => info.pid = text.parse().ok(),
-            "_since" => {
-                info.acquired_at = text
-                    .parse()
-                    .ok()
-                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-            }
+            "_holder" => parse_holder(&text, &mut info),
             _ if !field.starts_with('_') => {
                 info.holds = text.parse().unwrap_or_default();
                 info.owner = field;
@@ -362,12 +383,8 @@ mod tests {
             bulk("1"),
             bulk("_fence"),
             bulk("42"),
-            bulk("_host"),
-            bulk("box"),
-            bulk("_pid"),
-            bulk("77"),
-            bulk("_since"),
-            bulk("1700000000123"),
+            bulk("_holder"),
+            bulk("77 1700000000123 box"),
         ]);
         let info = parse_inspect(reply).unwrap().unwrap();
         assert_eq!(info.owner, owner);
@@ -386,6 +403,42 @@ mod tests {
     fn inspect_reply_without_owner_is_an_error() {
         let reply = Value::Array(vec![Value::Int(10), bulk("_fence"), bulk("1")]);
         assert!(parse_inspect(reply).is_err());
+    }
+
+    #[test]
+    fn holder_metadata_round_trips() {
+        let mut info = parse_inspect(Value::Array(vec![
+            Value::Int(1),
+            bulk("0123456789abcdef0123456789abcdef"),
+            bulk("1"),
+        ]))
+        .unwrap()
+        .unwrap();
+        parse_holder(&holder_metadata(), &mut info);
+        assert_eq!(info.pid, Some(std::process::id()));
+        assert_eq!(info.host.as_deref(), Some(HOLDER.host.as_str()));
+        let age = SystemTime::now()
+            .duration_since(info.acquired_at.unwrap())
+            .unwrap();
+        assert!(age < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn key_names_share_the_hash_tag() {
+        let backend = RedisBackend {
+            connection: Connection::Pool(dummy_pool()),
+            prefix: "app".into(),
+            fence_retention: Duration::from_secs(1),
+        };
+        let key = LockKey::new("order:42").unwrap();
+        assert_eq!(backend.hash_key(&key), "app:{order:42}");
+        assert_eq!(backend.key_name(&key, ":fence"), "app:{order:42}:fence");
+        assert_eq!(backend.channel(&key), "app:{order:42}:released");
+    }
+
+    fn dummy_pool() -> bb8::Pool<RedisConnectionManager> {
+        let manager = RedisConnectionManager::new("redis://127.0.0.1:1").unwrap();
+        bb8::Pool::builder().build_unchecked(manager)
     }
 
     #[test]

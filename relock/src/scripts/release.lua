@@ -8,13 +8,13 @@
 --          n   n > 0 holds of this owner remain (cross-process re-entry)
 --          -1  this owner does not hold the lock (the lease ended or it was force-released);
 --              nothing was changed
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+local holds = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if not holds then
     return -1
 end
 
-local holds = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if holds > 0 then
-    return holds
+if holds > 1 then
+    return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 end
 
 redis.call('DEL', KEYS[1])
