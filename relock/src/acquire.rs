@@ -11,6 +11,7 @@ use crate::guard::{Hold, LockGuard, Runner};
 use crate::key::{IntoLockKey, LockKey};
 use crate::local::{Busy, Enter};
 use crate::locker::Locker;
+use crate::owner::Owner;
 use crate::scope::Frame;
 use crate::wait::Waiter;
 
@@ -174,7 +175,15 @@ impl Acquire {
         loop {
             let armed = waiter.as_ref().and_then(Waiter::arm);
             let sent = Instant::now();
-            match locker.backend().acquire(&key, &owner, lease).await? {
+            let in_flight = InFlight {
+                locker: &locker,
+                key: &key,
+                owner: &owner,
+                slot: gate.id(),
+            };
+            let attempt = locker.backend().acquire(&key, &owner, lease).await;
+            std::mem::forget(in_flight);
+            match attempt? {
                 Attempt::Acquired { fencing_token } => {
                     let hold = Arc::new(Hold::new(
                         locker,
@@ -211,6 +220,23 @@ impl Acquire {
                 }
             }
         }
+    }
+}
+
+/// An acquisition request on its way to the server. If the future is dropped before the reply
+/// arrives (a timeout, a disconnected client), the server may still grant the lock, to an owner
+/// nobody knows: dropping this hands a release to the background task, which frees it if so.
+struct InFlight<'a> {
+    locker: &'a Locker,
+    key: &'a LockKey,
+    owner: &'a Owner,
+    slot: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.locker
+            .release_in_background(self.key, self.owner, self.slot);
     }
 }
 
