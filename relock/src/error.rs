@@ -40,6 +40,12 @@ pub enum Error {
     ///
     /// Take the outer lock with [`Acquire::run`](crate::Acquire::run) or `#[locked]` so that the
     /// nested call re-enters it.
+    ///
+    /// Reported when the wait ends, never earlier: two futures joined in one task may legitimately
+    /// wait for each other, and a guard is not a future, so nothing shows whether the guard's
+    /// owner encloses the waiter (a deadlock) or runs beside it (a sibling that may still let
+    /// go). A sibling that holds a bare guard for longer than another waits is therefore reported
+    /// the same way.
     WouldDeadlock {
         /// The key the task was waiting for.
         key: String,

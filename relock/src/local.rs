@@ -124,10 +124,12 @@ impl Gate {
     }
 
     /// The backend granted the lock: the slot now belongs to `hold`, which frees it on release.
+    /// Tasks already waiting are woken to look again, now that the holder's deadline is known.
     pub(crate) fn commit(mut self, hold: &Arc<Hold>) {
         if let Some(slot) = self.local.slots().get_mut(&self.key) {
             if slot.id == self.id {
                 slot.hold = Arc::downgrade(hold);
+                slot.freed.notify_waiters();
             }
         }
         self.committed = true;

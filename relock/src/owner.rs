@@ -13,7 +13,9 @@ impl Owner {
         for (i, digit) in text.iter_mut().enumerate() {
             *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
         }
-        Self(Arc::from(std::str::from_utf8(&text).expect("hex digits are ASCII")))
+        Self(Arc::from(
+            std::str::from_utf8(&text).expect("hex digits are ASCII"),
+        ))
     }
 
     pub(crate) fn as_str(&self) -> &str {

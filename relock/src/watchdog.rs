@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 
 use crate::backend::Backend;
 use crate::guard::Hold;
+use crate::key::LockKey;
+use crate::owner::Owner;
 
 /// The holds a watchdog renews.
 #[derive(Debug, Default)]
@@ -29,6 +31,19 @@ struct Holds {
     by_slot: HashMap<u64, Weak<Hold>>,
     /// When the task wakes next on its own; `None` while it sleeps with nothing to renew.
     wake_at: Option<Instant>,
+}
+
+/// What renewing one hold takes, without keeping the hold alive.
+#[derive(Debug)]
+pub(crate) struct Renewal {
+    pub(crate) key: LockKey,
+    pub(crate) owner: Owner,
+    pub(crate) lease: Duration,
+}
+
+struct Due {
+    hold: Weak<Hold>,
+    renewal: Renewal,
 }
 
 /// A failed renewal is retried after this long (or sooner, for short leases).
@@ -67,7 +82,10 @@ impl Watchdog {
     }
 
     /// The holds due by `now` (with the coalescing window), and when the next one falls due.
-    fn due(&self, now: Instant) -> (Vec<Arc<Hold>>, Option<Instant>) {
+    ///
+    /// Only weak references leave this function: a hold must stay releasable while its renewal
+    /// is in flight, or `release()` would find a share outstanding and leave the lock held.
+    fn due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         self.holds().by_slot.retain(|_, weak| {
@@ -80,7 +98,14 @@ impl Watchdog {
             let renew_at = hold.renew_at();
             // Renewing up to lease/6 early lets holds taken at nearby moments share a round trip.
             if renew_at <= now + hold.lease / 6 {
-                due.push(hold);
+                due.push(Due {
+                    hold: weak.clone(),
+                    renewal: Renewal {
+                        key: hold.key.clone(),
+                        owner: hold.owner.clone(),
+                        lease: hold.lease,
+                    },
+                });
             } else {
                 next = Some(next.map_or(renew_at, |next| next.min(renew_at)));
             }
@@ -101,10 +126,14 @@ impl Watchdog {
             let (due, next) = self.due(Instant::now());
             let mut next = next;
             if !due.is_empty() {
+                let (holds, renewals): (Vec<_>, Vec<_>) =
+                    due.into_iter().map(|due| (due.hold, due.renewal)).unzip();
                 let sent = Instant::now();
-                match backend.renew(&due).await {
+                match backend.renew(&renewals).await {
                     Ok(renewed) => {
-                        for (hold, still_held) in due.iter().zip(renewed) {
+                        // A hold released meanwhile is gone from `holds`: nothing to apply.
+                        for (hold, still_held) in holds.iter().zip(renewed) {
+                            let Some(hold) = hold.upgrade() else { continue };
                             if still_held {
                                 hold.renewed(sent);
                             } else {
@@ -116,10 +145,10 @@ impl Watchdog {
                         next = after;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, holds = due.len(), "relock: lease renewal failed; retrying");
-                        let retry = due
+                        tracing::warn!(error = %err, holds = renewals.len(), "relock: lease renewal failed; retrying");
+                        let retry = renewals
                             .iter()
-                            .map(|hold| hold.lease / 10)
+                            .map(|renewal| renewal.lease / 10)
                             .min()
                             .unwrap_or(RETRY);
                         let at = Instant::now() + retry.min(RETRY);
@@ -168,9 +197,26 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(guard.is_held());
-        let info = locker.inspect("renewed").await.unwrap().expect("still held");
+        let info = locker
+            .inspect("renewed")
+            .await
+            .unwrap()
+            .expect("still held");
         assert!(info.ttl > Duration::ZERO);
         guard.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_release_after_a_renewal_frees_the_lock_at_once() {
+        let locker = Locker::in_memory();
+        let guard = locker
+            .lock("released")
+            .lease(Duration::from_millis(150))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        guard.release().await.unwrap();
+        assert!(locker.inspect("released").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -183,7 +229,11 @@ mod tests {
             .unwrap();
         // Remove it behind the locker's back, as `DEL` from redis-cli would.
         let other = locker.clone();
-        other.backend().as_memory().unwrap().force_release(&"gone".parse().unwrap());
+        other
+            .backend()
+            .as_memory()
+            .unwrap()
+            .force_release(&"gone".parse().unwrap());
         tokio::time::timeout(Duration::from_secs(1), guard.lost())
             .await
             .expect("the next renewal notices");

@@ -1,7 +1,6 @@
 //! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bb8_redis::RedisConnectionManager;
@@ -10,11 +9,11 @@ use redis::{ScriptInvocation, Value};
 
 use super::{Attempt, Released, HOLDER};
 use crate::error::Error;
-use crate::guard::Hold;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::owner::Owner;
 use crate::scripts;
+use crate::watchdog::Renewal;
 
 /// How commands reach the server.
 #[derive(Clone)]
@@ -118,12 +117,17 @@ impl RedisBackend {
         parse_release(self.invoke(&invocation).await?)
     }
 
-    pub(crate) async fn renew(&self, holds: &[Arc<Hold>]) -> Result<Vec<bool>, Error> {
-        let hashes: Vec<String> = holds.iter().map(|hold| self.hash_key(&hold.key)).collect();
+    pub(crate) async fn renew(&self, renewals: &[Renewal]) -> Result<Vec<bool>, Error> {
+        let hashes: Vec<String> = renewals
+            .iter()
+            .map(|renewal| self.hash_key(&renewal.key))
+            .collect();
         let mut pipe = redis::pipe();
-        for (hold, hash) in holds.iter().zip(&hashes) {
+        for (renewal, hash) in renewals.iter().zip(&hashes) {
             let mut invocation = scripts::RENEW.key(hash);
-            invocation.arg(hold.owner.as_str()).arg(millis(hold.lease));
+            invocation
+                .arg(renewal.owner.as_str())
+                .arg(millis(renewal.lease));
             pipe.invoke_script(&invocation);
         }
         let replies = match self.query_pipe(&pipe).await {
@@ -136,11 +140,11 @@ impl RedisBackend {
             }
             replies => replies?,
         };
-        if replies.len() != holds.len() {
+        if replies.len() != renewals.len() {
             return Err(Error::backend(format!(
                 "renewal pipeline answered {} of {} holds",
                 replies.len(),
-                holds.len()
+                renewals.len()
             )));
         }
         Ok(replies.into_iter().map(|renewed| renewed == 1).collect())
