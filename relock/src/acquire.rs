@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Attempt;
 use crate::error::Error;
-use crate::guard::{Hold, LockGuard, Runner};
+use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
+use crate::lease::{Lease, Runner};
 use crate::local::{Busy, Enter};
 use crate::locker::Locker;
 use crate::owner::Owner;
@@ -121,7 +122,7 @@ impl Acquire {
             Err(err) => return Ok(Err(err)),
         };
         match Frame::find(&self.locker, key) {
-            Some(hold) if hold.is_lost() => Ok(Err(Error::Lost {
+            Some(hold) if hold.lease.is_lost() => Ok(Err(Error::Lost {
                 key: key.to_string(),
             })),
             Some(hold) => Ok(Ok(Some(LockGuard {
@@ -185,17 +186,10 @@ impl Acquire {
             std::mem::forget(in_flight);
             match attempt? {
                 Attempt::Acquired { fencing_token } => {
-                    let hold = Arc::new(Hold::new(
-                        locker,
-                        key,
-                        owner,
-                        fencing_token,
-                        gate.id(),
-                        lease,
-                        sent,
-                    ));
-                    gate.commit(&hold);
-                    hold.locker.watchdog().register(&hold);
+                    let lease = Lease::new(key, owner, gate.id(), lease, sent);
+                    let hold = Arc::new(Hold::new(locker, fencing_token, lease));
+                    gate.commit(&hold.lease);
+                    hold.locker.watchdog().register(&hold.lease);
                     return Ok(Some(LockGuard {
                         hold,
                         reentrant: false,
@@ -247,7 +241,7 @@ async fn wait_for_slot(
     started: Instant,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let holder_deadline = busy.holder.upgrade().map(|hold| hold.deadline());
+    let holder_deadline = busy.holder.as_ref().map(|lease| lease.deadline());
     let wake = holder_deadline.map_or(deadline, |end| end.min(deadline));
     tokio::select! {
         () = busy.freed => return Ok(()),
@@ -261,12 +255,10 @@ async fn wait_for_slot(
         waited: started.elapsed(),
         holder_ttl,
     };
-    let Some(holder) = busy.holder.upgrade() else {
+    let Some(holder) = busy.holder else {
         return Err(timeout(None));
     };
-    if holder.runner == Runner::current()
-        && !holder.scoped.load(std::sync::atomic::Ordering::Acquire)
-    {
+    if holder.runner == Runner::current() && !holder.is_scoped() {
         return Err(Error::WouldDeadlock {
             key: key.to_string(),
         });
@@ -288,8 +280,7 @@ pub(crate) async fn run_holding<F: Future>(
         .map(|guard| guard.hold.clone())
         .collect();
     for hold in &fresh {
-        hold.scoped
-            .store(true, std::sync::atomic::Ordering::Release);
+        hold.lease.set_scoped();
     }
     let body = async move {
         match Frame::child(fresh) {

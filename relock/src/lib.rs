@@ -90,6 +90,7 @@ mod error;
 mod guard;
 mod info;
 mod key;
+mod lease;
 mod local;
 mod locker;
 mod owner;

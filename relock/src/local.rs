@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
-use crate::guard::Hold;
 use crate::key::LockKey;
+use crate::lease::Lease;
 
 #[derive(Debug, Default)]
 pub(crate) struct LocalHolds {
@@ -25,8 +25,8 @@ pub(crate) struct LocalHolds {
 struct Slot {
     id: u64,
     freed: Arc<Notify>,
-    /// Empty while the slot's task is still asking the backend.
-    hold: Weak<Hold>,
+    /// `None` while the slot's task is still asking the backend.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Drop for Slot {
@@ -43,13 +43,11 @@ pub(crate) enum Enter {
     Busy(Busy),
 }
 
-/// What a task waiting for a slot needs: a wake-up when it is freed, and who is in it.
-///
-/// The holder is weak: a waiter must never keep a hold alive, or the holder's last release would
-/// find a share outstanding and the two would wait for each other.
+/// What a task waiting for a slot needs: a wake-up when it is freed, and the holder's lease
+/// (never the hold: see [`Lease`]).
 pub(crate) struct Busy {
     pub(crate) freed: OwnedNotified,
-    pub(crate) holder: Weak<Hold>,
+    pub(crate) holder: Option<Arc<Lease>>,
 }
 
 impl LocalHolds {
@@ -64,10 +62,9 @@ impl LocalHolds {
     pub(crate) fn enter(self: &Arc<Self>, key: &LockKey) -> Enter {
         let mut slots = self.slots();
         if let Some(slot) = slots.get(key) {
-            let lost = slot.hold.upgrade().is_some_and(|hold| hold.is_lost());
-            if !lost {
+            if !slot.lease.as_ref().is_some_and(|lease| lease.is_lost()) {
                 let freed = slot.freed.clone().notified_owned();
-                let holder = slot.hold.clone();
+                let holder = slot.lease.clone();
                 return Enter::Busy(Busy { freed, holder });
             }
         }
@@ -77,7 +74,7 @@ impl LocalHolds {
             Slot {
                 id,
                 freed: Arc::new(Notify::new()),
-                hold: Weak::new(),
+                lease: None,
             },
         );
         Enter::Entered(Gate {
@@ -98,10 +95,10 @@ impl LocalHolds {
         }
     }
 
-    /// Empties the key's slot whoever has it, returning its hold (for `force_release`).
-    pub(crate) fn evict(&self, key: &LockKey) -> Option<Arc<Hold>> {
+    /// Empties the key's slot whoever has it, returning its lease (for `force_release`).
+    pub(crate) fn evict(&self, key: &LockKey) -> Option<Arc<Lease>> {
         let slot = self.slots().remove(key)?;
-        slot.hold.upgrade()
+        slot.lease.clone()
     }
 
     #[cfg(test)]
@@ -125,10 +122,10 @@ impl Gate {
 
     /// The backend granted the lock: the slot now belongs to `hold`, which frees it on release.
     /// Tasks already waiting are woken to look again, now that the holder's deadline is known.
-    pub(crate) fn commit(mut self, hold: &Arc<Hold>) {
+    pub(crate) fn commit(mut self, lease: &Arc<Lease>) {
         if let Some(slot) = self.local.slots().get_mut(&self.key) {
             if slot.id == self.id {
-                slot.hold = Arc::downgrade(hold);
+                slot.lease = Some(lease.clone());
                 slot.freed.notify_waiters();
             }
         }
@@ -161,7 +158,7 @@ mod tests {
         let Enter::Busy(busy) = local.enter(&key("k")) else {
             panic!("second enter must find the slot busy");
         };
-        assert!(busy.holder.upgrade().is_none());
+        assert!(busy.holder.is_none());
         let waiter = tokio::spawn(busy.freed);
         drop(gate);
         waiter.await.unwrap();

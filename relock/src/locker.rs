@@ -97,10 +97,20 @@ struct ReleaseJob {
 impl Locker {
     /// Connects to the Redis server at `url` with the default settings, checking that it answers.
     ///
-    /// Fails with [`Error::Backend`] within the connect timeout (2 s) if it does not.
+    /// Fails with [`Error::Backend`] if it does not: at once for a closed port, within the
+    /// connect timeout (2 s) for a server that does not accept or complete the handshake, and at
+    /// the latest after the connect and response timeouts together.
     pub async fn connect(url: &str) -> Result<Locker, Error> {
         let locker = Self::builder().url(url).build()?;
-        locker.ping().await?;
+        let limit = locker.shared.connect_timeout + DEFAULT_RESPONSE_TIMEOUT;
+        match tokio::time::timeout(limit, locker.ping()).await {
+            Ok(answered) => answered?,
+            Err(_) => {
+                return Err(Error::backend(format!(
+                    "the server at {url} did not answer within {limit:?}"
+                )))
+            }
+        }
         Ok(locker)
     }
 
@@ -172,8 +182,8 @@ impl Locker {
     pub async fn force_release(&self, key: impl IntoLockKey) -> Result<bool, Error> {
         let key = key.into_lock_key()?;
         let released = self.shared.backend.force_release(&key).await?;
-        if let Some(hold) = self.shared.local.evict(&key) {
-            hold.mark_lost();
+        if let Some(lease) = self.shared.local.evict(&key) {
+            lease.mark_lost();
         }
         Ok(released)
     }
@@ -262,7 +272,12 @@ impl Locker {
         };
         self.shared.started.store(true, Ordering::Release);
         let backend = self.shared.backend.clone();
-        tokio::spawn(self.shared.watchdog.clone().run(backend.clone()));
+        tokio::spawn(
+            self.shared
+                .watchdog
+                .clone()
+                .run(backend.clone(), self.shared.local.clone()),
+        );
         if backend.as_memory().is_some() {
             return;
         }
@@ -434,8 +449,9 @@ impl LockerBuilder {
                     .set_response_timeout(Some(
                         self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
                     ))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
+                    // One attempt per request that finds the connection broken: retries inside
+                    // the manager would stretch a dead server's error past the connect timeout.
+                    .set_number_of_retries(0);
                 Connection::Multiplexed(ConnectionManager::new_lazy_with_config(
                     client.clone(),
                     config,

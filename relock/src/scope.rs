@@ -39,7 +39,7 @@ impl Frame {
             .try_with(|frame| {
                 let mut node = frame.holds.as_deref();
                 while let Some(current) = node {
-                    if current.hold.key == *key && current.hold.locker.same_as(locker) {
+                    if current.hold.key() == key && current.hold.locker.same_as(locker) {
                         return Some(current.hold.clone());
                     }
                     node = current.parent.as_deref();
@@ -80,7 +80,7 @@ impl Frame {
             let parent = frame.map(|frame| frame.holds).unwrap_or_default();
             frame = Some(Frame {
                 locker: hold.locker.clone(),
-                owner: hold.owner.clone(),
+                owner: hold.lease.owner.clone(),
                 holds: Some(Arc::new(Node { hold, parent })),
             });
         }

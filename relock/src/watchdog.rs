@@ -1,21 +1,21 @@
 //! Lease renewal: one task per `Locker` renews every live hold every lease/3, all holds due in a
 //! tick in one pipelined round trip, whatever their number.
 //!
-//! Holds register when taken and leave the moment they are released (or dropped). A renewal that
+//! Holds register (their leases: the watchdog never keeps a hold alive) when taken, and leave
+//! the moment they are released or dropped. A renewal that
 //! finds a hold gone marks it lost; a renewal that cannot reach the server changes nothing, so
 //! the hold's local deadline passes and it is lost by time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use crate::backend::Backend;
-use crate::guard::Hold;
-use crate::key::LockKey;
-use crate::owner::Owner;
+use crate::lease::Lease;
+use crate::local::LocalHolds;
 
 /// The holds a watchdog renews.
 #[derive(Debug, Default)]
@@ -28,22 +28,9 @@ pub(crate) struct Watchdog {
 
 #[derive(Debug, Default)]
 struct Holds {
-    by_slot: HashMap<u64, Weak<Hold>>,
+    by_slot: HashMap<u64, Arc<Lease>>,
     /// When the task wakes next on its own; `None` while it sleeps with nothing to renew.
     wake_at: Option<Instant>,
-}
-
-/// What renewing one hold takes, without keeping the hold alive.
-#[derive(Debug)]
-pub(crate) struct Renewal {
-    pub(crate) key: LockKey,
-    pub(crate) owner: Owner,
-    pub(crate) lease: Duration,
-}
-
-struct Due {
-    hold: Weak<Hold>,
-    renewal: Renewal,
 }
 
 /// A failed renewal is retried after this long (or sooner, for short leases).
@@ -54,12 +41,12 @@ impl Watchdog {
         self.holds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a hold; wakes the task only if the hold falls due before the task's next wake-up,
+    /// Adds a hold's lease; wakes the task only if it falls due before the task's next wake-up,
     /// so that taking a lock does not cost the watchdog a scan.
-    pub(crate) fn register(&self, hold: &Arc<Hold>) {
-        let due = hold.renew_at();
+    pub(crate) fn register(&self, lease: &Arc<Lease>) {
+        let due = lease.renew_at();
         let mut holds = self.holds();
-        holds.by_slot.insert(hold.slot, Arc::downgrade(hold));
+        holds.by_slot.insert(lease.slot, lease.clone());
         if holds.wake_at.is_none_or(|wake_at| due < wake_at) {
             holds.wake_at = Some(due);
             drop(holds);
@@ -69,6 +56,12 @@ impl Watchdog {
 
     pub(crate) fn unregister(&self, slot: u64) {
         self.holds().by_slot.remove(&slot);
+    }
+
+    /// Whether the hold is still held by its owner here: one released while its renewal was in
+    /// flight is gone from the server by its own release, not lost.
+    fn is_registered(&self, lease: &Arc<Lease>) -> bool {
+        self.holds().by_slot.contains_key(&lease.slot)
     }
 
     pub(crate) fn stop(&self) {
@@ -81,31 +74,18 @@ impl Watchdog {
         self.holds().by_slot.len()
     }
 
-    /// The holds due by `now` (with the coalescing window), and when the next one falls due.
-    ///
-    /// Only weak references leave this function: a hold must stay releasable while its renewal
-    /// is in flight, or `release()` would find a share outstanding and leave the lock held.
-    fn due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+    /// The leases due by `now` (with the coalescing window), and when the next one falls due.
+    fn due(&self, now: Instant) -> (Vec<Arc<Lease>>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        self.holds().by_slot.retain(|_, weak| {
-            let Some(hold) = weak.upgrade() else {
-                return false;
-            };
-            if hold.is_lost() {
+        self.holds().by_slot.retain(|_, lease| {
+            if lease.is_lost() {
                 return false;
             }
-            let renew_at = hold.renew_at();
+            let renew_at = lease.renew_at();
             // Renewing up to lease/6 early lets holds taken at nearby moments share a round trip.
-            if renew_at <= now + hold.lease / 6 {
-                due.push(Due {
-                    hold: weak.clone(),
-                    renewal: Renewal {
-                        key: hold.key.clone(),
-                        owner: hold.owner.clone(),
-                        lease: hold.lease,
-                    },
-                });
+            if renew_at <= now + lease.duration / 6 {
+                due.push(lease.clone());
             } else {
                 next = Some(next.map_or(renew_at, |next| next.min(renew_at)));
             }
@@ -115,7 +95,7 @@ impl Watchdog {
     }
 
     /// Renews until the locker is dropped.
-    pub(crate) async fn run(self: Arc<Self>, backend: Arc<Backend>) {
+    pub(crate) async fn run(self: Arc<Self>, backend: Arc<Backend>, local: Arc<LocalHolds>) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -126,29 +106,26 @@ impl Watchdog {
             let (due, next) = self.due(Instant::now());
             let mut next = next;
             if !due.is_empty() {
-                let (holds, renewals): (Vec<_>, Vec<_>) =
-                    due.into_iter().map(|due| (due.hold, due.renewal)).unzip();
                 let sent = Instant::now();
-                match backend.renew(&renewals).await {
+                match backend.renew(&due).await {
                     Ok(renewed) => {
-                        // A hold released meanwhile is gone from `holds`: nothing to apply.
-                        for (hold, still_held) in holds.iter().zip(renewed) {
-                            let Some(hold) = hold.upgrade() else { continue };
+                        for (lease, still_held) in due.iter().zip(renewed) {
                             if still_held {
-                                hold.renewed(sent);
-                            } else {
-                                tracing::warn!(key = %hold.key, "relock: lock lost: a renewal found it gone");
-                                hold.mark_lost();
+                                lease.renewed(sent);
+                            } else if self.is_registered(lease) {
+                                tracing::warn!(key = %lease.key, "relock: lock lost: a renewal found it gone");
+                                lease.mark_lost();
+                                local.remove(&lease.key, lease.slot);
                             }
                         }
                         let (_, after) = self.due(Instant::now());
                         next = after;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, holds = renewals.len(), "relock: lease renewal failed; retrying");
-                        let retry = renewals
+                        tracing::warn!(error = %err, holds = due.len(), "relock: lease renewal failed; retrying");
+                        let retry = due
                             .iter()
-                            .map(|renewal| renewal.lease / 10)
+                            .map(|lease| lease.duration / 10)
                             .min()
                             .unwrap_or(RETRY);
                         let at = Instant::now() + retry.min(RETRY);

@@ -1,13 +1,14 @@
 //! Where locks live: a Redis server (through a multiplexed connection or a bb8 pool) or this
 //! process's memory. Both speak the same small protocol of attempts and releases.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
+use crate::lease::Lease;
 use crate::owner::Owner;
-use crate::watchdog::Renewal;
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -60,12 +61,12 @@ impl Backend {
     }
 
     /// Extends the leases of `holds`, in one round trip; `false` for a hold the owner no longer has.
-    pub(crate) async fn renew(&self, renewals: &[Renewal]) -> Result<Vec<bool>, Error> {
+    pub(crate) async fn renew(&self, leases: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
         match self {
-            Self::Redis(redis) => redis.renew(renewals).await,
-            Self::Memory(memory) => Ok(renewals
+            Self::Redis(redis) => redis.renew(leases).await,
+            Self::Memory(memory) => Ok(leases
                 .iter()
-                .map(|renewal| memory.renew(&renewal.key, &renewal.owner, renewal.lease))
+                .map(|lease| memory.renew(&lease.key, &lease.owner, lease.duration))
                 .collect()),
         }
     }

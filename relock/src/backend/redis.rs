@@ -1,6 +1,7 @@
 //! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bb8_redis::RedisConnectionManager;
@@ -11,9 +12,9 @@ use super::{Attempt, Released, HOLDER};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
+use crate::lease::Lease;
 use crate::owner::Owner;
 use crate::scripts;
-use crate::watchdog::Renewal;
 
 /// How commands reach the server.
 #[derive(Clone)]
@@ -117,7 +118,7 @@ impl RedisBackend {
         parse_release(self.invoke(&invocation).await?)
     }
 
-    pub(crate) async fn renew(&self, renewals: &[Renewal]) -> Result<Vec<bool>, Error> {
+    pub(crate) async fn renew(&self, renewals: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
         let hashes: Vec<String> = renewals
             .iter()
             .map(|renewal| self.hash_key(&renewal.key))
@@ -127,7 +128,7 @@ impl RedisBackend {
             let mut invocation = scripts::RENEW.key(hash);
             invocation
                 .arg(renewal.owner.as_str())
-                .arg(millis(renewal.lease));
+                .arg(millis(renewal.duration));
             pipe.invoke_script(&invocation);
         }
         let replies = match self.query_pipe(&pipe).await {
