@@ -3,6 +3,14 @@
 //!
 //! A test that needs Redis and cannot start it **fails** with an install hint; nothing skips.
 
+#![warn(missing_docs)]
+
+mod backend;
+mod bounded;
+
+pub use backend::{BackendKind, TestBackend};
+pub use bounded::{bounded, run_bounded};
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -122,6 +130,13 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("valid url")
     }
 
+    /// A locker on this server with a connection of its own (`Locker::connect`).
+    pub async fn locker(&self) -> relock::Locker {
+        relock::Locker::connect(&self.url())
+            .await
+            .expect("connect to the test server")
+    }
+
     /// A new multiplexed connection to the server.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         self.client()
@@ -184,6 +199,11 @@ pub async fn command_stats(
         .collect()
 }
 
+/// The channel relock publishes on when it releases `key` (default prefix).
+pub fn release_channel(key: &str) -> String {
+    format!("relock:{{{key}}}:released")
+}
+
 /// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
 pub async fn subscribers(connection: &mut redis::aio::MultiplexedConnection, channel: &str) -> u64 {
     let (_, count): (String, u64) = redis::cmd("PUBSUB")
@@ -193,6 +213,19 @@ pub async fn subscribers(connection: &mut redis::aio::MultiplexedConnection, cha
         .await
         .expect("PUBSUB NUMSUB");
     count
+}
+
+/// Returns once a client is subscribed to the release channel of `key` (a waiter on it, confirmed
+/// by `PUBSUB NUMSUB`), polling every 2 ms; fails the test after 10 s.
+pub async fn until_subscribed(connection: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers(connection, &release_channel(key)).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never subscribed to the release channel"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// A numeric field of `INFO <section>`, such as `total_reads_processed` in `stats`.

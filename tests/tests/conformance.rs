@@ -2,11 +2,11 @@
 //! (`redis::*`), against the in-memory backend (`memory::*`), and, for the core behaviours, through
 //! a bb8 pool the application hands in (`redis_pool::*`).
 //!
-//! Each behaviour is one `async fn(&Backend)` below; the macros at the bottom turn it into one test
-//! per backend, each on a two-worker multi-thread runtime of its own that fails the test (instead
-//! of hanging the run) if the body or the runtime's shutdown never finishes. "Another owner" is
-//! always code in another task (or, on Redis, another `Locker` with its own connection), so that
-//! the same body means the same thing on every backend.
+//! Each behaviour is one `async fn(&TestBackend)` below; the macros at the bottom turn it into one
+//! test per backend, each on a two-worker multi-thread runtime of its own that fails the test
+//! (instead of hanging the run) if the body or the runtime's shutdown never finishes. "Another
+//! owner" is always code in another task (or, on Redis, another `Locker` with its own connection),
+//! so that the same body means the same thing on every backend.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -15,13 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use relock::bb8_redis::RedisConnectionManager;
 use relock::{Error, InvalidKeyReason, LockGuard, Locker};
-use relock_tests::{unique_key, RedisServer};
+use relock_tests::{unique_key, BackendKind, RedisServer, TestBackend};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-mod support;
 
 /// The wait given to requests that are expected to time out.
 const WAIT: Duration = Duration::from_millis(300);
@@ -39,120 +36,12 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 // The backends
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// `Locker::connect`: one multiplexed connection per locker.
-    Redis,
-    /// `Locker::builder().pool(..)`: every command through a bb8 pool.
-    RedisPool,
-    /// `Locker::in_memory()`.
-    Memory,
-}
-
-/// One backend under test: a locker and, for Redis, the private server behind it.
-struct Backend {
-    kind: Kind,
-    server: Option<RedisServer>,
-    locker: Locker,
-}
-
-impl Backend {
-    async fn start(kind: Kind) -> Backend {
-        match kind {
-            Kind::Memory => Backend {
-                kind,
-                server: None,
-                locker: Locker::in_memory(),
-            },
-            Kind::Redis | Kind::RedisPool => {
-                let server = RedisServer::start();
-                let locker = redis_locker(kind, &server.url()).await;
-                Backend {
-                    kind,
-                    server: Some(server),
-                    locker,
-                }
-            }
-        }
-    }
-
-    fn locker(&self) -> &Locker {
-        &self.locker
-    }
-
-    /// Another locker on the same store. On Redis it has its own connection (or pool) and its
-    /// own local state, so it contends through the server like another process would; in-memory
-    /// stores are per `Locker::in_memory()` call, so there it is a clone.
-    async fn another_locker(&self) -> Locker {
-        match &self.server {
-            Some(server) => redis_locker(self.kind, &server.url()).await,
-            None => self.locker.clone(),
-        }
-    }
-
-    /// `n` lockers: this backend's own first, then [`another_locker`](Self::another_locker)s.
-    async fn lockers(&self, n: usize) -> Vec<Locker> {
-        let mut lockers = vec![self.locker.clone()];
-        while lockers.len() < n {
-            lockers.push(self.another_locker().await);
-        }
-        lockers
-    }
-
-    /// Commands the Redis server has executed so far; `None` for the in-memory backend.
-    async fn commands(&self) -> Option<u64> {
-        match &self.server {
-            Some(server) => Some(server.commands_processed().await),
-            None => None,
-        }
-    }
-
-    async fn reset_stats(&self) {
-        if let Some(server) = &self.server {
-            server.reset_stats().await;
-        }
-    }
-
-    /// How long a guard dropped without `release` may keep the lock: the in-memory backend
-    /// releases inside `drop`, Redis through the locker's background task.
-    fn background_release(&self) -> Duration {
-        match self.kind {
-            Kind::Memory => Duration::ZERO,
-            Kind::Redis | Kind::RedisPool => BACKGROUND_RELEASE,
-        }
-    }
-
-    /// A counter that loses updates unless its users exclude each other: a Redis string on the
-    /// test's server, or an in-process value.
-    async fn counter(&self, name: &str) -> Counter {
-        match &self.server {
-            Some(server) => Counter::Redis {
-                connection: server.connection().await,
-                key: format!("counter:{name}"),
-            },
-            None => Counter::Local(Arc::default()),
-        }
-    }
-}
-
-async fn redis_locker(kind: Kind, url: &str) -> Locker {
-    match kind {
-        Kind::Redis => Locker::connect(url)
-            .await
-            .expect("connect to the test server"),
-        Kind::RedisPool => {
-            let manager = RedisConnectionManager::new(url).expect("a valid url");
-            let pool = relock::bb8::Pool::builder()
-                .max_size(4)
-                .build(manager)
-                .await
-                .expect("build a bb8 pool");
-            Locker::builder()
-                .pool(pool)
-                .build()
-                .expect("build a locker over the pool")
-        }
-        Kind::Memory => unreachable!("the in-memory backend has no url"),
+/// How long a guard dropped without `release` may keep the lock: the in-memory backend
+/// releases inside `drop`, Redis through the locker's background task.
+fn background_release(b: &TestBackend) -> Duration {
+    match b.kind() {
+        BackendKind::Memory => Duration::ZERO,
+        BackendKind::Redis | BackendKind::RedisPool => BACKGROUND_RELEASE,
     }
 }
 
@@ -167,6 +56,18 @@ enum Counter {
 }
 
 impl Counter {
+    /// A counter that loses updates unless its users exclude each other: a Redis string on the
+    /// test's server, or an in-process value.
+    async fn new(b: &TestBackend, name: &str) -> Counter {
+        match b.server() {
+            Some(server) => Counter::Redis {
+                connection: server.connection().await,
+                key: format!("counter:{name}"),
+            },
+            None => Counter::Local(Arc::default()),
+        }
+    }
+
     async fn get(&mut self) -> u64 {
         match self {
             Counter::Redis { connection, key } => ::redis::cmd("GET")
@@ -322,11 +223,11 @@ fn assert_elapsed_between(elapsed: Duration, at_least: Duration, what: &str) {
 // Exclusion and fencing
 // ---------------------------------------------------------------------------------------------
 
-async fn concurrent_lockers_never_lose_an_update(b: &Backend) {
+async fn concurrent_lockers_never_lose_an_update(b: &TestBackend) {
     const WORKERS: usize = 8;
     const ROUNDS: u64 = 10;
     let key = unique_key("exclusion");
-    let counter = b.counter(&key).await;
+    let counter = Counter::new(b, &key).await;
     let inside = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for locker in b.lockers(WORKERS).await {
@@ -365,7 +266,7 @@ async fn increment(counter: &mut Counter, inside: &AtomicUsize) {
     inside.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn fencing_tokens_strictly_increase_across_owners_and_lockers(b: &Backend) {
+async fn fencing_tokens_strictly_increase_across_owners_and_lockers(b: &TestBackend) {
     let key = unique_key("fencing");
     let lockers = b.lockers(3).await;
     let mut tokens = Vec::new();
@@ -395,7 +296,7 @@ async fn fencing_tokens_strictly_increase_across_owners_and_lockers(b: &Backend)
     guard.release().await.expect("release");
 }
 
-async fn concurrent_acquisitions_get_increasing_fencing_tokens(b: &Backend) {
+async fn concurrent_acquisitions_get_increasing_fencing_tokens(b: &TestBackend) {
     let key = unique_key("fencing-concurrent");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
@@ -418,8 +319,8 @@ async fn concurrent_acquisitions_get_increasing_fencing_tokens(b: &Backend) {
     assert_strictly_increasing(&tokens);
 }
 
-async fn reentrant_guard_carries_the_outer_fencing_token(b: &Backend) {
-    let locker = b.locker();
+async fn reentrant_guard_carries_the_outer_fencing_token(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("fencing-reentrant");
     for _ in 0..2 {
         let guard = locker.lock(&key).await.expect("lock");
@@ -461,8 +362,8 @@ async fn reentrant_guard_carries_the_outer_fencing_token(b: &Backend) {
 // try_lock and waiting
 // ---------------------------------------------------------------------------------------------
 
-async fn try_lock_takes_a_free_lock(b: &Backend) {
-    let locker = b.locker();
+async fn try_lock_takes_a_free_lock(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("try-free");
     for _ in 0..2 {
         let guard = locker
@@ -478,8 +379,8 @@ async fn try_lock_takes_a_free_lock(b: &Backend) {
     }
 }
 
-async fn try_lock_never_waits_for_a_lock_held_by_another_owner(b: &Backend) {
-    let locker = b.locker();
+async fn try_lock_never_waits_for_a_lock_held_by_another_owner(b: &TestBackend) {
+    let locker = &b.locker;
     // Held through this very locker (another task) and through another locker.
     for holder_locker in [locker.clone(), b.another_locker().await] {
         let key = unique_key("try-held");
@@ -507,8 +408,8 @@ async fn try_lock_never_waits_for_a_lock_held_by_another_owner(b: &Backend) {
     }
 }
 
-async fn waiting_past_the_wait_fails_with_timeout(b: &Backend) {
-    let locker = b.locker();
+async fn waiting_past_the_wait_fails_with_timeout(b: &TestBackend) {
+    let locker = &b.locker;
     for holder_locker in [locker.clone(), b.another_locker().await] {
         let key = unique_key("timeout");
         let holder = hold_elsewhere(&holder_locker, &key).await;
@@ -536,10 +437,10 @@ async fn waiting_past_the_wait_fails_with_timeout(b: &Backend) {
     }
 }
 
-async fn a_waiter_gets_the_lock_when_the_holder_releases(b: &Backend) {
+async fn a_waiter_gets_the_lock_when_the_holder_releases(b: &TestBackend) {
     let key = unique_key("handover");
     let holder = hold_elsewhere(&b.another_locker().await, &key).await;
-    let (locker, waiter_key) = (b.locker().clone(), key.clone());
+    let (locker, waiter_key) = (b.locker.clone(), key.clone());
     let waiter = tokio::spawn(async move {
         let started = Instant::now();
         let guard = locker.lock(&waiter_key).wait(LONG_WAIT).await;
@@ -572,8 +473,8 @@ async fn a_waiter_gets_the_lock_when_the_holder_releases(b: &Backend) {
 // Re-entry inside a scope, exclusion between siblings
 // ---------------------------------------------------------------------------------------------
 
-async fn nested_lock_on_same_key_makes_no_round_trip(b: &Backend) {
-    let locker = b.locker();
+async fn nested_lock_on_same_key_makes_no_round_trip(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("nested");
 
     // Load the scripts and open the connection, then measure what one plain `run` costs.
@@ -590,7 +491,7 @@ async fn nested_lock_on_same_key_makes_no_round_trip(b: &Backend) {
         .await
         .expect("baseline run");
     let baseline = b.commands().await.zip(before).map(|(a, b)| a - b);
-    if b.server.is_some() {
+    if b.server().is_some() {
         assert!(
             baseline.is_some_and(|n| n > 0),
             "commands_processed does not see relock's commands"
@@ -673,8 +574,8 @@ fn reenter_deeply<'a>(
     })
 }
 
-async fn nested_lock_on_another_key_takes_it_with_the_scope_owner(b: &Backend) {
-    let locker = b.locker();
+async fn nested_lock_on_another_key_takes_it_with_the_scope_owner(b: &TestBackend) {
+    let locker = &b.locker;
     let (outer, inner) = (unique_key("owner-outer"), unique_key("owner-inner"));
     let owner_of = |key: String| async move {
         locker
@@ -726,8 +627,8 @@ async fn exclusive_section(locker: &Locker, key: &str, inside: &AtomicBool, done
         .expect("sibling run");
 }
 
-async fn sibling_runs_exclude_each_other(b: &Backend) {
-    let locker = b.locker();
+async fn sibling_runs_exclude_each_other(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("siblings");
     let (inside, done) = (AtomicBool::new(false), AtomicUsize::new(0));
     tokio::join!(
@@ -738,8 +639,8 @@ async fn sibling_runs_exclude_each_other(b: &Backend) {
     assert_eq!(done.load(Ordering::SeqCst), 3);
 }
 
-async fn sibling_runs_sharing_a_scope_owner_exclude_each_other(b: &Backend) {
-    let locker = b.locker();
+async fn sibling_runs_sharing_a_scope_owner_exclude_each_other(b: &TestBackend) {
+    let locker = &b.locker;
     let (outer, key) = (unique_key("siblings-outer"), unique_key("siblings"));
     let (inside, done) = (AtomicBool::new(false), AtomicUsize::new(0));
     locker
@@ -760,8 +661,8 @@ async fn sibling_runs_sharing_a_scope_owner_exclude_each_other(b: &Backend) {
 // Spawned tasks: inherit
 // ---------------------------------------------------------------------------------------------
 
-async fn inherit_keeps_the_hold_alive_until_the_spawned_task_ends(b: &Backend) {
-    let locker = b.locker().clone();
+async fn inherit_keeps_the_hold_alive_until_the_spawned_task_ends(b: &TestBackend) {
+    let locker = b.locker.clone();
     let other = b.another_locker().await;
     let key = unique_key("inherit");
     let (finish_tx, finish_rx) = oneshot::channel::<()>();
@@ -822,8 +723,8 @@ async fn inherit_keeps_the_hold_alive_until_the_spawned_task_ends(b: &Backend) {
     guard.release().await.expect("release");
 }
 
-async fn a_spawned_task_without_inherit_does_not_see_the_hold(b: &Backend) {
-    let locker = b.locker().clone();
+async fn a_spawned_task_without_inherit_does_not_see_the_hold(b: &TestBackend) {
+    let locker = b.locker.clone();
     let key = unique_key("no-inherit");
     locker
         .lock(&key)
@@ -866,8 +767,8 @@ fn assert_invalid_key<T: Debug>(result: Result<T, Error>, expected: InvalidKeyRe
     }
 }
 
-async fn invalid_keys_are_rejected_without_reaching_the_server(b: &Backend) {
-    let locker = b.locker();
+async fn invalid_keys_are_rejected_without_reaching_the_server(b: &TestBackend) {
+    let locker = &b.locker;
     let before = b.commands().await;
     for (key, reason) in invalid_keys() {
         let shown = format!("{:?}", key.chars().take(8).collect::<String>());
@@ -908,8 +809,8 @@ async fn invalid_keys_are_rejected_without_reaching_the_server(b: &Backend) {
     );
 }
 
-async fn inspect_reports_the_holder(b: &Backend) {
-    let locker = b.locker();
+async fn inspect_reports_the_holder(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("inspect");
     let lease = Duration::from_secs(20);
     let guard = locker.lock(&key).lease(lease).await.expect("lock");
@@ -942,8 +843,8 @@ async fn inspect_reports_the_holder(b: &Backend) {
     assert!(locker.inspect(&key).await.expect("inspect").is_none());
 }
 
-async fn force_release_frees_the_lock_for_another_locker(b: &Backend) {
-    let locker = b.locker();
+async fn force_release_frees_the_lock_for_another_locker(b: &TestBackend) {
+    let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("force");
     let guard = locker.lock(&key).await.expect("lock");
@@ -963,8 +864,8 @@ async fn force_release_frees_the_lock_for_another_locker(b: &Backend) {
     taken.release().await.expect("release");
 }
 
-async fn force_release_through_the_holders_locker_marks_the_guard_lost(b: &Backend) {
-    let locker = b.locker();
+async fn force_release_through_the_holders_locker_marks_the_guard_lost(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("force-own");
     let guard = locker.lock(&key).await.expect("lock");
     assert!(guard.is_held());
@@ -987,8 +888,8 @@ async fn force_release_through_the_holders_locker_marks_the_guard_lost(b: &Backe
     taken.release().await.expect("release");
 }
 
-async fn force_release_of_a_free_key_returns_false(b: &Backend) {
-    let locker = b.locker();
+async fn force_release_of_a_free_key_returns_false(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("force-free");
     assert!(!locker.force_release(&key).await.expect("force_release"));
     let guard = locker.lock(&key).await.expect("lock");
@@ -996,8 +897,8 @@ async fn force_release_of_a_free_key_returns_false(b: &Backend) {
     assert!(!locker.force_release(&key).await.expect("force_release"));
 }
 
-async fn run_aborts_the_body_when_the_lock_is_force_released(b: &Backend) {
-    let locker = b.locker();
+async fn run_aborts_the_body_when_the_lock_is_force_released(b: &TestBackend) {
+    let locker = &b.locker;
     let key = unique_key("force-run");
     let finished = AtomicBool::new(false);
     let (entered_tx, entered_rx) = oneshot::channel();
@@ -1022,8 +923,8 @@ async fn run_aborts_the_body_when_the_lock_is_force_released(b: &Backend) {
 // Release, drop, expiry, panics and cancellation
 // ---------------------------------------------------------------------------------------------
 
-async fn release_frees_the_lock_for_another_locker_at_once(b: &Backend) {
-    let locker = b.locker();
+async fn release_frees_the_lock_for_another_locker_at_once(b: &TestBackend) {
+    let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("release");
     let guard = locker.lock(&key).await.expect("lock");
@@ -1036,16 +937,16 @@ async fn release_frees_the_lock_for_another_locker_at_once(b: &Backend) {
     taken.release().await.expect("release");
 }
 
-async fn dropping_a_guard_frees_the_lock(b: &Backend) {
-    let locker = b.locker();
+async fn dropping_a_guard_frees_the_lock(b: &TestBackend) {
+    let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("drop");
     let guard = locker.lock(&key).await.expect("lock");
     drop(guard);
     assert!(
-        wait_until_free(locker, &key, b.background_release()).await,
+        wait_until_free(locker, &key, background_release(b)).await,
         "a dropped guard still held the lock after {:?}",
-        b.background_release()
+        background_release(b)
     );
     let taken = try_lock_elsewhere(&other, &key)
         .await
@@ -1053,8 +954,8 @@ async fn dropping_a_guard_frees_the_lock(b: &Backend) {
     taken.release().await.expect("release");
 }
 
-async fn releasing_a_reentrant_guard_keeps_the_outer_hold(b: &Backend) {
-    let locker = b.locker();
+async fn releasing_a_reentrant_guard_keeps_the_outer_hold(b: &TestBackend) {
+    let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("release-share");
     locker
@@ -1064,7 +965,7 @@ async fn releasing_a_reentrant_guard_keeps_the_outer_hold(b: &Backend) {
             assert!(nested.is_reentrant());
             nested.release().await.expect("releasing a share");
             drop(locker.lock(&key).await.expect("re-enter"));
-            tokio::time::sleep(b.background_release()).await;
+            tokio::time::sleep(background_release(b)).await;
             assert!(
                 locker.inspect(&key).await.expect("inspect").is_some(),
                 "releasing a re-entrant guard freed the outer hold"
@@ -1082,8 +983,8 @@ async fn releasing_a_reentrant_guard_keeps_the_outer_hold(b: &Backend) {
     );
 }
 
-async fn a_short_lease_is_renewed_while_its_holder_runs(b: &Backend) {
-    let locker = b.locker();
+async fn a_short_lease_is_renewed_while_its_holder_runs(b: &TestBackend) {
+    let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("renewed");
     let lease = Duration::from_millis(300);
@@ -1108,12 +1009,12 @@ struct AfterFreeze {
     released: Result<(), Error>,
 }
 
-async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(b: &Backend) {
+async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(b: &TestBackend) {
     const LEASE: Duration = Duration::from_millis(200);
     let key = unique_key("expired");
     // The holder runs on a runtime of its own whose only thread then blocks, as in a GC pause or
     // a stopped VM: nothing of that locker runs, so nothing renews the lease.
-    let url = b.server.as_ref().map(RedisServer::url);
+    let url = b.server().map(RedisServer::url);
     let (taken_tx, taken_rx) = oneshot::channel::<(Locker, u64)>();
     let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
     let holder_key = key.clone();
@@ -1145,9 +1046,9 @@ async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(
     });
     let (holder_locker, first_token) = taken_rx.await.expect("the holder took the lock");
     // In-memory stores are per locker, so there the next owner must use the holder's store.
-    let other = match b.kind {
-        Kind::Memory => holder_locker,
-        Kind::Redis | Kind::RedisPool => b.another_locker().await,
+    let other = match b.kind() {
+        BackendKind::Memory => holder_locker,
+        BackendKind::Redis | BackendKind::RedisPool => b.another_locker().await,
     };
 
     let started = Instant::now();
@@ -1184,10 +1085,10 @@ async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(
         .expect("the next owner releases normally");
 }
 
-async fn a_waiter_does_not_poll_while_the_lock_is_held(b: &Backend) {
+async fn a_waiter_does_not_poll_while_the_lock_is_held(b: &TestBackend) {
     let key = unique_key("no-polling");
     let holder = hold_elsewhere(&b.another_locker().await, &key).await;
-    let (locker, waiter_key) = (b.locker().clone(), key.clone());
+    let (locker, waiter_key) = (b.locker.clone(), key.clone());
     let before = b.commands().await;
     let waiter = tokio::spawn(async move { locker.lock(&waiter_key).wait(LONG_WAIT).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1208,8 +1109,8 @@ async fn a_waiter_does_not_poll_while_the_lock_is_held(b: &Backend) {
     }
 }
 
-async fn a_panicking_body_releases_the_lock(b: &Backend) {
-    let locker = b.locker().clone();
+async fn a_panicking_body_releases_the_lock(b: &TestBackend) {
+    let locker = b.locker.clone();
     let other = b.another_locker().await;
     let key = unique_key("panic");
     let (inner, inner_key) = (locker.clone(), key.clone());
@@ -1222,7 +1123,7 @@ async fn a_panicking_body_releases_the_lock(b: &Backend) {
     let err = task.await.expect_err("the task must panic");
     assert!(err.is_panic());
     assert!(
-        wait_until_free(&locker, &key, b.background_release()).await,
+        wait_until_free(&locker, &key, background_release(b)).await,
         "a panicking body left the lock held"
     );
     let taken = try_lock_elsewhere(&other, &key)
@@ -1231,8 +1132,8 @@ async fn a_panicking_body_releases_the_lock(b: &Backend) {
     taken.release().await.expect("release");
 }
 
-async fn an_aborted_task_inside_run_releases_the_lock(b: &Backend) {
-    let locker = b.locker().clone();
+async fn an_aborted_task_inside_run_releases_the_lock(b: &TestBackend) {
+    let locker = b.locker.clone();
     let other = b.another_locker().await;
     let key = unique_key("abort");
     let (entered_tx, entered_rx) = oneshot::channel();
@@ -1252,7 +1153,7 @@ async fn an_aborted_task_inside_run_releases_the_lock(b: &Backend) {
     let err = task.await.expect_err("the task was aborted");
     assert!(err.is_cancelled());
     assert!(
-        wait_until_free(&locker, &key, b.background_release()).await,
+        wait_until_free(&locker, &key, background_release(b)).await,
         "an aborted task left the lock held"
     );
     let taken = try_lock_elsewhere(&other, &key)
@@ -1261,13 +1162,13 @@ async fn an_aborted_task_inside_run_releases_the_lock(b: &Backend) {
     taken.release().await.expect("release");
 }
 
-async fn release_frees_the_lock_at_once_while_renewals_run(b: &Backend) {
+async fn release_frees_the_lock_at_once_while_renewals_run(b: &TestBackend) {
     const TASKS: usize = 6;
     const ROUNDS: usize = 25;
     let lease = Duration::from_millis(150);
     let mut workers = Vec::new();
     for task in 0..TASKS {
-        let locker = b.locker().clone();
+        let locker = b.locker.clone();
         workers.push(tokio::spawn(async move {
             let mut still_held = 0;
             for round in 0..ROUNDS {
@@ -1303,15 +1204,15 @@ async fn release_frees_the_lock_at_once_while_renewals_run(b: &Backend) {
     );
 }
 
-async fn many_short_holds_racing_the_watchdog_never_wedge_the_locker(b: &Backend) {
+async fn many_short_holds_racing_the_watchdog_never_wedge_the_locker(b: &TestBackend) {
     const TASKS: usize = 4;
-    let rounds = match b.kind {
-        Kind::Memory => 3000,
-        Kind::Redis | Kind::RedisPool => 600,
+    let rounds = match b.kind() {
+        BackendKind::Memory => 3000,
+        BackendKind::Redis | BackendKind::RedisPool => 600,
     };
     let mut workers = Vec::new();
     for task in 0..TASKS {
-        let locker = b.locker().clone();
+        let locker = b.locker.clone();
         workers.push(tokio::spawn(async move {
             for round in 0..rounds {
                 let key = format!("wedge:{task}:{}", round % 8);
@@ -1346,12 +1247,12 @@ async fn assert_waiting_on_own_guard_would_deadlock(locker: &Locker, key: &str) 
 }
 
 /// In the test's own body, as in a user's `#[tokio::main]`.
-async fn waiting_on_own_unscoped_guard_reports_would_deadlock(b: &Backend) {
-    assert_waiting_on_own_guard_would_deadlock(b.locker(), &unique_key("deadlock")).await;
+async fn waiting_on_own_unscoped_guard_reports_would_deadlock(b: &TestBackend) {
+    assert_waiting_on_own_guard_would_deadlock(&b.locker, &unique_key("deadlock")).await;
 }
 
-async fn waiting_on_own_unscoped_guard_in_a_spawned_task_reports_would_deadlock(b: &Backend) {
-    let locker = b.locker().clone();
+async fn waiting_on_own_unscoped_guard_in_a_spawned_task_reports_would_deadlock(b: &TestBackend) {
+    let locker = b.locker.clone();
     tokio::spawn(async move {
         assert_waiting_on_own_guard_would_deadlock(&locker, &unique_key("deadlock-task")).await;
     })
@@ -1359,8 +1260,8 @@ async fn waiting_on_own_unscoped_guard_in_a_spawned_task_reports_would_deadlock(
     .expect("the task panicked");
 }
 
-async fn joined_siblings_with_unscoped_guards_wait_for_each_other(b: &Backend) {
-    let locker = b.locker().clone();
+async fn joined_siblings_with_unscoped_guards_wait_for_each_other(b: &TestBackend) {
+    let locker = b.locker.clone();
     let key = unique_key("unscoped-siblings");
     tokio::spawn(async move {
         let (first, second) = tokio::join!(
@@ -1392,8 +1293,11 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $test() {
-                    crate::support::run_bounded(super::TEST_LIMIT, || async {
-                        let backend = super::Backend::start(super::Kind::$kind).await;
+                    relock_tests::run_bounded(super::TEST_LIMIT, || async {
+                        let backend = relock_tests::TestBackend::start(
+                            relock_tests::BackendKind::$kind,
+                        )
+                        .await;
                         super::$test(&backend).await;
                     });
                 }

@@ -12,7 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use relock::{Error, Locker};
-use relock_tests::{command_stats, subscribers, unique_key, RedisServer};
+use relock_tests::{
+    bounded, command_stats, on_every_backend, release_channel, subscribers, unique_key,
+    until_subscribed, RedisServer, TestBackend,
+};
 
 /// How soon a lock given up by a cancelled, panicking or dropping holder must be free again.
 const FREED_WITHIN: Duration = Duration::from_millis(500);
@@ -23,78 +26,8 @@ const BACKEND_ERROR_WITHIN: Duration = Duration::from_secs(6);
 /// A hung lock operation fails its test instead of stalling the run.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The backends
-// ---------------------------------------------------------------------------------------------
-
-/// One backend under test: the holder's locker, another owner's, and for Redis the private
-/// server.
-struct Backend {
-    _server: Option<RedisServer>,
-    locker: Locker,
-    other: Locker,
-}
-
-impl Backend {
-    async fn redis() -> Backend {
-        let server = RedisServer::start();
-        let locker = connect(&server).await;
-        let other = connect(&server).await;
-        Backend {
-            _server: Some(server),
-            locker,
-            other,
-        }
-    }
-
-    fn memory() -> Backend {
-        let locker = Locker::in_memory();
-        Backend {
-            _server: None,
-            other: locker.clone(),
-            locker,
-        }
-    }
-}
-
-async fn connect(server: &RedisServer) -> Locker {
-    Locker::connect(&server.url())
-        .await
-        .expect("connect to the test server")
-}
-
-fn release_channel(key: &str) -> String {
-    format!("relock:{{{key}}}:released")
-}
-
-/// Turns each `name: behaviour;` into `name::on_redis` and `name::in_memory` tests.
-macro_rules! on_every_backend {
-    ($($name:ident: $behaviour:ident;)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_redis() {
-                let backend = Backend::redis().await;
-                bounded($behaviour(&backend)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_memory() {
-                let backend = Backend::memory();
-                bounded($behaviour(&backend)).await;
-            }
-        }
-    )*};
-}
-
 on_every_backend! {
+    limit: TEST_LIMIT;
     cancelling_a_task_inside_run_frees_the_lock_within_500ms: cancelling_frees_the_lock;
     a_panic_inside_run_propagates_and_frees_the_lock_within_500ms: a_panic_frees_the_lock;
     a_guard_dropped_without_release_frees_the_lock_within_500ms: dropping_frees_the_lock;
@@ -137,9 +70,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_loses_the_hold_by_its_local_deadline() {
     const LEASE: Duration = Duration::from_secs(1);
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let mut server = RedisServer::start();
-        let locker = connect(&server).await;
+        let locker = server.locker().await;
         let key = unique_key("server-killed");
         let guard = locker.lock(&key).lease(LEASE).await.expect("lock");
         let acquired = Instant::now();
@@ -172,9 +105,9 @@ async fn a_killed_server_loses_the_hold_by_its_local_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_restart_the_same_locker_takes_locks_again() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let mut server = RedisServer::start();
-        let locker = connect(&server).await;
+        let locker = server.locker().await;
         let key = unique_key("restarted");
         let wiped = locker
             .lock(&key)
@@ -226,14 +159,7 @@ async fn handoff(server: &RedisServer, holder: &Locker, waiter: &Locker, key: &s
         let taken = waiter.lock(&waiter_key).wait(Duration::from_secs(10)).await;
         (taken, Instant::now())
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while subscribers(&mut admin, &release_channel(key)).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the waiter never subscribed to the release channel"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_subscribed(&mut admin, key).await;
     // Past the retry that follows the confirmed subscription, the waiter sends nothing.
     tokio::time::sleep(Duration::from_millis(20)).await;
     server.reset_stats().await;
@@ -255,10 +181,10 @@ async fn handoff(server: &RedisServer, holder: &Locker, waiter: &Locker, key: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_restart_waiters_are_woken_by_release_messages_again() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let mut server = RedisServer::start();
-        let holder = connect(&server).await;
-        let waiter = connect(&server).await;
+        let holder = server.locker().await;
+        let waiter = server.locker().await;
         let key = unique_key("handoff-restart");
         // The waiter's subscriber connection exists when the server dies.
         let before = handoff(&server, &holder, &waiter, &key).await;
@@ -289,9 +215,9 @@ async fn after_a_server_restart_waiters_are_woken_by_release_messages_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquiring_while_the_server_is_down_fails_with_a_backend_error_within_6s() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let mut server = RedisServer::start();
-        let locker = connect(&server).await;
+        let locker = server.locker().await;
         let key = unique_key("server-down");
         locker
             .lock(&key)
@@ -339,10 +265,10 @@ async fn acquiring_while_the_server_is_down_fails_with_a_backend_error_within_6s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_fails_with_a_backend_error_when_the_server_dies_mid_wait() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let mut server = RedisServer::start();
-        let holder = connect(&server).await;
-        let waiter = connect(&server).await;
+        let holder = server.locker().await;
+        let waiter = server.locker().await;
         let mut admin = server.connection().await;
         let key = unique_key("dies-mid-wait");
         let guard = holder
@@ -398,9 +324,9 @@ impl Drop for Holder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_by_a_killed_process_frees_when_its_lease_ends_and_not_before() {
     const LEASE: Duration = Duration::from_secs(2);
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = RedisServer::start();
-        let locker = connect(&server).await;
+        let locker = server.locker().await;
         let key = unique_key("killed-process");
         let mut holder = Holder(
             Command::new(env!("CARGO_BIN_EXE_hold_lock"))
@@ -486,7 +412,7 @@ async fn a_lock_held_by_a_killed_process_frees_when_its_lease_ends_and_not_befor
 // ---------------------------------------------------------------------------------------------
 
 /// Another owner takes `key` with a wait of [`FREED_WITHIN`].
-async fn assert_free_within_500ms(b: &Backend, key: &str, after: &str) {
+async fn assert_free_within_500ms(b: &TestBackend, key: &str, after: &str) {
     let (other, other_key) = (b.other.clone(), key.to_owned());
     let started = Instant::now();
     let taken = tokio::spawn(async move { other.lock(&other_key).wait(FREED_WITHIN).await })
@@ -499,7 +425,7 @@ async fn assert_free_within_500ms(b: &Backend, key: &str, after: &str) {
     guard.release().await.expect("release");
 }
 
-async fn cancelling_frees_the_lock(b: &Backend) {
+async fn cancelling_frees_the_lock(b: &TestBackend) {
     let key = unique_key("cancelled");
     let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
     let (locker, task_key) = (b.locker.clone(), key.clone());
@@ -519,7 +445,7 @@ async fn cancelling_frees_the_lock(b: &Backend) {
     assert_free_within_500ms(b, &key, "after the cancellation").await;
 }
 
-async fn a_panic_frees_the_lock(b: &Backend) {
+async fn a_panic_frees_the_lock(b: &TestBackend) {
     const MESSAGE: &str = "the body panics on purpose";
     let key = unique_key("panicked");
     let (locker, task_key) = (b.locker.clone(), key.clone());
@@ -543,7 +469,7 @@ async fn a_panic_frees_the_lock(b: &Backend) {
     assert_free_within_500ms(b, &key, "after the panic").await;
 }
 
-async fn dropping_frees_the_lock(b: &Backend) {
+async fn dropping_frees_the_lock(b: &TestBackend) {
     let key = unique_key("dropped");
     let guard = b.locker.lock(&key).await.expect("lock");
     drop(guard);
@@ -572,11 +498,11 @@ async fn assert_own_guard_would_deadlock(locker: &Locker, key: &str) {
 }
 
 /// In the test's own body, as in a user's `#[tokio::main]`: a future driven by `block_on`.
-async fn own_guard_in_the_root_future(b: &Backend) {
+async fn own_guard_in_the_root_future(b: &TestBackend) {
     assert_own_guard_would_deadlock(&b.locker, &unique_key("deadlock-root")).await;
 }
 
-async fn own_guard_in_a_spawned_task(b: &Backend) {
+async fn own_guard_in_a_spawned_task(b: &TestBackend) {
     let locker = b.locker.clone();
     tokio::spawn(async move {
         assert_own_guard_would_deadlock(&locker, &unique_key("deadlock-task")).await;
@@ -585,7 +511,7 @@ async fn own_guard_in_a_spawned_task(b: &Backend) {
     .expect("the task panicked");
 }
 
-async fn joined_siblings_wait_for_each_other(b: &Backend) {
+async fn joined_siblings_wait_for_each_other(b: &TestBackend) {
     let key = unique_key("siblings");
     let locker = &b.locker;
     let (first, second) = tokio::join!(
@@ -610,7 +536,7 @@ async fn joined_siblings_wait_for_each_other(b: &Backend) {
 /// apart from a self-deadlock inside the task (a guard is not a future: nothing shows whether its
 /// owner encloses the waiter or runs beside it), and the error is the one the contract gives for
 /// that case, `WouldDeadlock`, at the deadline.
-async fn a_joined_sibling_waits_its_whole_deadline(b: &Backend) {
+async fn a_joined_sibling_waits_its_whole_deadline(b: &TestBackend) {
     let key = unique_key("sibling-timeout");
     let locker = &b.locker;
     let (first, second) = tokio::join!(
@@ -638,7 +564,7 @@ async fn a_joined_sibling_waits_its_whole_deadline(b: &Backend) {
     );
 }
 
-async fn nested_locks_inside_run_re_enter(b: &Backend) {
+async fn nested_locks_inside_run_re_enter(b: &TestBackend) {
     let key = unique_key("nested");
     let locker = &b.locker;
     let nested = locker

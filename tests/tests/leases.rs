@@ -7,7 +7,7 @@
 //! connection, subscriber and local holds), so it contends through the server as another process
 //! would; an in-memory store belongs to one `Locker`, so there it is a clone used from another task.
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,103 +15,19 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use relock::{Error, LockGuard, Locker, OnLost};
-use relock_tests::{command_stats, info_number, subscribers, unique_key, RedisServer};
+use relock_tests::{
+    bounded, command_stats, info_number, on_every_backend, release_channel, subscribers,
+    unique_key, RedisServer, TestBackend,
+};
 
 /// The lease of the loss and renewal tests: renewed every 300 ms.
 const LEASE: Duration = Duration::from_millis(900);
 /// A hung lock operation fails its test instead of stalling the run.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The backends
 // ---------------------------------------------------------------------------------------------
-
-/// One backend under test: the holder's locker, another owner's, and for Redis the private server
-/// with a plain connection for assertions and fault injection.
-struct Backend {
-    server: Option<(RedisServer, MultiplexedConnection)>,
-    locker: Locker,
-    other: Locker,
-}
-
-impl Backend {
-    async fn redis() -> Backend {
-        let server = RedisServer::start();
-        let admin = server.connection().await;
-        let locker = connect(&server).await;
-        let other = connect(&server).await;
-        Backend {
-            server: Some((server, admin)),
-            locker,
-            other,
-        }
-    }
-
-    fn memory() -> Backend {
-        let locker = Locker::in_memory();
-        Backend {
-            server: None,
-            other: locker.clone(),
-            locker,
-        }
-    }
-
-    fn admin(&self) -> Option<MultiplexedConnection> {
-        self.server.as_ref().map(|(_, admin)| admin.clone())
-    }
-
-    /// Returns once a waiter on `key` is asleep: on Redis, once its subscription to the release
-    /// channel is confirmed (it retries once more right after, then sleeps); in memory, after a
-    /// moment (it sleeps on the local slot at once).
-    async fn until_waiting(&self, key: &str) {
-        if let Some(mut admin) = self.admin() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while subscribers(&mut admin, &release_channel(key)).await == 0 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the waiter never subscribed to the release channel"
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    /// Removes the hold on `key` behind its holder's back.
-    async fn remove(&self, key: &str, how: Removal) {
-        match how {
-            Removal::ForceRelease => assert!(
-                self.other.force_release(key).await.expect("force_release"),
-                "force_release found no holder"
-            ),
-            Removal::Del => {
-                let mut admin = self.admin().expect("DEL needs a Redis server");
-                let deleted: u64 = redis::cmd("DEL")
-                    .arg(format!("relock:{{{key}}}"))
-                    .query_async(&mut admin)
-                    .await
-                    .expect("DEL");
-                assert_eq!(deleted, 1, "the lock hash was not there to delete");
-            }
-        }
-    }
-}
-
-async fn connect(server: &RedisServer) -> Locker {
-    Locker::connect(&server.url())
-        .await
-        .expect("connect to the test server")
-}
-
-fn release_channel(key: &str) -> String {
-    format!("relock:{{{key}}}:released")
-}
 
 /// How a hold disappears behind its holder's back.
 #[derive(Debug, Clone, Copy)]
@@ -122,28 +38,27 @@ enum Removal {
     Del,
 }
 
-/// Turns each `name: behaviour(args);` into `name::on_redis` and `name::in_memory` tests.
-macro_rules! on_every_backend {
-    ($($name:ident: $behaviour:ident($($arg:expr),*);)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_redis() {
-                let backend = Backend::redis().await;
-                bounded($behaviour(&backend $(, $arg)*)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_memory() {
-                let backend = Backend::memory();
-                bounded($behaviour(&backend $(, $arg)*)).await;
-            }
+/// Removes the hold on `key` behind its holder's back.
+async fn remove(b: &TestBackend, key: &str, how: Removal) {
+    match how {
+        Removal::ForceRelease => assert!(
+            b.other.force_release(key).await.expect("force_release"),
+            "force_release found no holder"
+        ),
+        Removal::Del => {
+            let mut admin = b.admin().expect("DEL needs a Redis server");
+            let deleted: u64 = redis::cmd("DEL")
+                .arg(format!("relock:{{{key}}}"))
+                .query_async(&mut admin)
+                .await
+                .expect("DEL");
+            assert_eq!(deleted, 1, "the lock hash was not there to delete");
         }
-    )*};
+    }
 }
 
 on_every_backend! {
+    limit: TEST_LIMIT;
     a_waiter_gets_the_lock_within_milliseconds_of_the_release: handoffs_are_fast();
     a_renewed_900ms_lease_keeps_the_lock_through_a_3500ms_hold: a_renewed_lease_outlasts_itself();
     a_release_after_a_renewal_frees_the_lock_at_once: a_release_after_a_renewal_frees_the_lock();
@@ -162,7 +77,7 @@ on_every_backend! {
 /// The holder takes `key` with a 30 s lease, a waiter on the other locker starts waiting (up to
 /// 10 s), and the holder releases. Returns the time from the start of `release()` to the waiter's
 /// lock resolving.
-async fn handoff(b: &Backend, key: &str) -> Duration {
+async fn handoff(b: &TestBackend, key: &str) -> Duration {
     let guard = b
         .locker
         .lock(key)
@@ -188,7 +103,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-async fn handoffs_are_fast(b: &Backend) {
+async fn handoffs_are_fast(b: &TestBackend) {
     let key = unique_key("handoff");
     let mut latencies = Vec::new();
     for _ in 0..20 {
@@ -207,13 +122,9 @@ async fn handoffs_are_fast(b: &Backend) {
 /// timer) could not get the lock fast; and while it waits it sends nothing at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_woken_by_the_release_message_not_by_polling() {
-    bounded(async {
-        let b = Backend::redis().await;
-        let (server, mut admin) = b
-            .server
-            .as_ref()
-            .map(|(server, admin)| (server, admin.clone()))
-            .expect("a Redis backend");
+    bounded(TEST_LIMIT, async {
+        let b = TestBackend::redis().await;
+        let (server, mut admin) = b.server().zip(b.admin()).expect("a Redis backend");
         let key = unique_key("pubsub-wake");
         let guard = b
             .locker
@@ -265,7 +176,7 @@ async fn a_waiter_is_woken_by_the_release_message_not_by_polling() {
 // Renewal
 // ---------------------------------------------------------------------------------------------
 
-async fn a_renewed_lease_outlasts_itself(b: &Backend) {
+async fn a_renewed_lease_outlasts_itself(b: &TestBackend) {
     const HOLD: Duration = Duration::from_millis(3500);
     let key = unique_key("renewed");
     let guard = b.locker.lock(&key).lease(LEASE).await.expect("lock");
@@ -343,7 +254,7 @@ async fn assert_free_at_once(other: &Locker, key: &str, limit: Duration, what: &
 
 /// `release()` answers only once the lock is free: another owner can take it at once, however
 /// many times the watchdog has renewed it.
-async fn a_release_after_a_renewal_frees_the_lock(b: &Backend) {
+async fn a_release_after_a_renewal_frees_the_lock(b: &TestBackend) {
     let key = unique_key("released-after-renewal");
     let guard = b
         .locker
@@ -369,8 +280,8 @@ async fn a_release_after_a_renewal_frees_the_lock(b: &Backend) {
 /// renewal is in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_during_a_renewal_round_trip_frees_the_lock_before_it_returns() {
-    bounded(async {
-        let b = Backend::redis().await;
+    bounded(TEST_LIMIT, async {
+        let b = TestBackend::redis().await;
         let mut admin = b.admin().expect("a Redis backend");
         let key = unique_key("released-during-renewal");
         let asked = Instant::now();
@@ -408,11 +319,11 @@ async fn a_release_during_a_renewal_round_trip_frees_the_lock_before_it_returns(
 const NOTICED_WITHIN: Duration = Duration::from_millis(700);
 const REMOVE_AFTER: Duration = Duration::from_millis(50);
 
-async fn removal_marks_the_guard_lost(b: &Backend, how: Removal) {
+async fn removal_marks_the_guard_lost(b: &TestBackend, how: Removal) {
     let key = unique_key("removed");
     let guard = b.locker.lock(&key).lease(LEASE).await.expect("lock");
     tokio::time::sleep(REMOVE_AFTER).await;
-    b.remove(&key, how).await;
+    remove(b, &key, how).await;
     let removed_at = Instant::now();
     tokio::time::timeout(NOTICED_WITHIN, guard.lost())
         .await
@@ -437,7 +348,7 @@ impl Drop for SetOnDrop {
     }
 }
 
-async fn run_aborts_its_body_on_removal(b: &Backend, how: Removal) {
+async fn run_aborts_its_body_on_removal(b: &TestBackend, how: Removal) {
     let key = unique_key("run-aborted");
     let dropped = Arc::new(AtomicBool::new(false));
     let finished = AtomicBool::new(false);
@@ -459,7 +370,7 @@ async fn run_aborts_its_body_on_removal(b: &Backend, how: Removal) {
     let removing = async {
         started_rx.await.expect("the body started");
         tokio::time::sleep(REMOVE_AFTER).await;
-        b.remove(&key, how).await;
+        remove(b, &key, how).await;
         Instant::now()
     };
     let ((result, ended_at), removed_at) = tokio::join!(running, removing);
@@ -480,7 +391,7 @@ async fn run_aborts_its_body_on_removal(b: &Backend, how: Removal) {
     );
 }
 
-async fn run_continues_its_body_after_removal(b: &Backend, how: Removal) {
+async fn run_continues_its_body_after_removal(b: &TestBackend, how: Removal) {
     let key = unique_key("run-continued");
     // What the body saw through `current_guard()` once the loss was known, set as its last act.
     let held_at_the_end = std::sync::Mutex::new(None);
@@ -507,7 +418,7 @@ async fn run_continues_its_body_after_removal(b: &Backend, how: Removal) {
     let removing = async {
         started_rx.await.expect("the body started");
         tokio::time::sleep(REMOVE_AFTER).await;
-        b.remove(&key, how).await;
+        remove(b, &key, how).await;
     };
     let (result, ()) = tokio::join!(running, removing);
     assert_eq!(
@@ -523,20 +434,24 @@ async fn run_continues_its_body_after_removal(b: &Backend, how: Removal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_del_of_the_lock_hash_marks_the_guard_lost_within_a_renewal_period() {
-    let b = Backend::redis().await;
-    bounded(removal_marks_the_guard_lost(&b, Removal::Del)).await;
+    let b = TestBackend::redis().await;
+    bounded(TEST_LIMIT, removal_marks_the_guard_lost(&b, Removal::Del)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_aborts_its_body_when_the_lock_hash_is_deleted() {
-    let b = Backend::redis().await;
-    bounded(run_aborts_its_body_on_removal(&b, Removal::Del)).await;
+    let b = TestBackend::redis().await;
+    bounded(TEST_LIMIT, run_aborts_its_body_on_removal(&b, Removal::Del)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_on_lost_continue_finishes_its_body_after_the_lock_hash_is_deleted() {
-    let b = Backend::redis().await;
-    bounded(run_continues_its_body_after_removal(&b, Removal::Del)).await;
+    let b = TestBackend::redis().await;
+    bounded(
+        TEST_LIMIT,
+        run_continues_its_body_after_removal(&b, Removal::Del),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +522,7 @@ async fn evalsha_calls(admin: &mut MultiplexedConnection) -> u64 {
 async fn ten_thousand_holds_are_renewed_in_a_handful_of_round_trips() {
     const WINDOW: Duration = Duration::from_millis(2500);
     const SAMPLE_EVERY: Duration = Duration::from_millis(20);
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let server = RedisServer::start();
         let mut admin = server.connection().await;
         let locker = Locker::builder()

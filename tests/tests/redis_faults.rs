@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use relock::{Error, Locker};
+use relock_tests::run_bounded;
 use relock_tests::{free_port, unique_key, RedisServer};
-use support::run_bounded;
-
-mod support;
 
 /// The locker's default connect (and response) timeout: `Locker::connect` "fails with
 /// `Error::Backend` within the connect timeout (2 s)", and the failure contract promises the same

@@ -1,8 +1,19 @@
-//! What the conformance and fault tests share.
+//! Time limits on test bodies: a hung lock operation (or background task) fails its test instead
+//! of stalling the run.
 
 use std::future::Future;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
+
+/// Awaits `test`, and fails the test when it has not finished within `limit`.
+///
+/// This runs inside the test's runtime, so it cannot catch a worker thread blocked for good;
+/// [`run_bounded`] can.
+pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {limit:?}"))
+}
 
 /// Runs `test` on a runtime of its own — multi-threaded, two workers, as
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` builds — and fails the test when
