@@ -1,275 +1,350 @@
-//! relock against the physical limit (raw Redis round trips) and its own bb8-pool path, in one
-//! run: every contender runs in the same process against one private `redis-server`, in
-//! alternating rounds so that machine drift cancels out, and the headline is a ratio to the raw
+//! relock against the physical limit (raw Redis round trips) and a peer crate (`rslock`), in
+//! one run: every contender runs in this process against one private `redis-server`, in
+//! alternating rounds so that machine drift cancels out, and the headline is a ratio to a
 //! baseline measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p relock-benches            # full run
-//! cargo run --release -p relock-benches -- --quick # under a minute
+//! cargo run --release -p relock-benches                  # full run, a few minutes
+//! cargo run --release -p relock-benches -- --quick       # under a minute
+//! cargo run --release -p relock-benches -- --markdown    # tables as Markdown (BENCHMARKS.md)
 //! ```
+//!
+//! Every run also writes the handoff latency CDF to `benches/handoff.svg` (`--svg PATH` to
+//! change it).
+//!
+//! `--serve none|memory|redis [--port 3000] [--seconds 60]` serves the HTTP scenario's app (a
+//! trivial `POST /orders/{id}/pay`, without or with `LockLayer`) for an outside load tool such
+//! as `wrk -s benches/wrk/pay.lua`; `redis` starts a private `redis-server` for it.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+mod contender;
+mod cpu;
+mod handoff;
+mod plot;
+mod reentry;
+mod renewal;
+mod report;
+mod stats;
+mod throughput;
+mod tower;
 
-use bb8_redis::RedisConnectionManager;
-use redis::aio::MultiplexedConnection;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
 use relock::Locker;
 use relock_tests::RedisServer;
 
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+use crate::report::Report;
 
-/// One way of taking and releasing a lock on a key.
-trait Contender: Send + Sync {
-    fn name(&self) -> &str;
-    fn lock_unlock<'a>(&'a self, key: &'a str) -> BoxFuture<'a>;
+/// The scale of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Rounds of the 64-task runs.
+    pub(crate) rounds: usize,
+    /// Rounds of the one-task runs, each of `sequential_pairs` pairs per contender.
+    pub(crate) sequential_rounds: usize,
+    pub(crate) sequential_pairs: usize,
+    pub(crate) concurrent_pairs: usize,
+    pub(crate) tasks: usize,
+    pub(crate) reentries: u32,
+    pub(crate) handoff_rounds: usize,
+    pub(crate) handoff_time: Duration,
+    pub(crate) renewal_holds: usize,
+    pub(crate) renewal_lease: Duration,
+    pub(crate) http_rounds: usize,
+    pub(crate) http_time: Duration,
+    pub(crate) http_connections: usize,
+    /// The whole run is abandoned (and the server killed) past this.
+    pub(crate) limit: Duration,
 }
 
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
-
-/// The physical limit: `SET NX PX` then a compare-and-delete script, on one connection.
-struct RawMultiplexed {
-    connection: MultiplexedConnection,
-    release: redis::Script,
-}
-
-impl Contender for RawMultiplexed {
-    fn name(&self) -> &str {
-        "raw SET NX PX + Lua (multiplexed)"
-    }
-
-    fn lock_unlock<'a>(&'a self, key: &'a str) -> BoxFuture<'a> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let token = format!("{:032x}", rand::random::<u128>());
-            raw_cycle(&mut connection, &self.release, key, &token).await;
-        })
-    }
-}
-
-/// The same through a bb8 pool: a checkout per command.
-struct RawPool {
-    name: &'static str,
-    pool: bb8::Pool<RedisConnectionManager>,
-    release: redis::Script,
-}
-
-impl Contender for RawPool {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn lock_unlock<'a>(&'a self, key: &'a str) -> BoxFuture<'a> {
-        Box::pin(async move {
-            let token = format!("{:032x}", rand::random::<u128>());
-            let acquired: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(30_000)
-                .query_async(&mut *self.pool.get().await.expect("pool"))
-                .await
-                .expect("SET");
-            assert!(acquired.is_some(), "distinct keys are always free");
-            let _: i64 = self
-                .release
-                .key(key)
-                .arg(&token)
-                .invoke_async(&mut *self.pool.get().await.expect("pool"))
-                .await
-                .expect("release");
-        })
-    }
-}
-
-async fn raw_cycle(
-    connection: &mut MultiplexedConnection,
-    release: &redis::Script,
-    key: &str,
-    token: &str,
-) {
-    let acquired: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(token)
-        .arg("NX")
-        .arg("PX")
-        .arg(30_000)
-        .query_async(connection)
-        .await
-        .expect("SET");
-    assert!(acquired.is_some(), "distinct keys are always free");
-    let _: i64 = release
-        .key(key)
-        .arg(token)
-        .invoke_async(connection)
-        .await
-        .expect("release");
-}
-
-struct Relock {
-    name: &'static str,
-    locker: Locker,
-}
-
-impl Contender for Relock {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn lock_unlock<'a>(&'a self, key: &'a str) -> BoxFuture<'a> {
-        Box::pin(async move {
-            let guard = self.locker.lock(key).await.expect("lock");
-            guard.release().await.expect("release");
-        })
-    }
-}
-
-/// Pairs per second, one task doing `n` lock+unlock cycles on distinct keys.
-async fn sequential(contender: &dyn Contender, n: usize, round: usize) -> f64 {
-    let start = Instant::now();
-    for i in 0..n {
-        contender
-            .lock_unlock(&format!("bench:seq:{round}:{i}"))
-            .await;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Pairs per second, `tasks` tasks each doing `n / tasks` cycles on keys of their own.
-async fn concurrent(contender: Arc<dyn Contender>, tasks: usize, n: usize, round: usize) -> f64 {
-    let per_task = n / tasks;
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|task| {
-            let contender = contender.clone();
-            tokio::spawn(async move {
-                for i in 0..per_task {
-                    contender
-                        .lock_unlock(&format!("bench:par:{round}:{task}:{i}"))
-                        .await;
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.await.expect("bench task");
-    }
-    (per_task * tasks) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-async fn pool(server: &RedisServer, test_on_check_out: bool) -> bb8::Pool<RedisConnectionManager> {
-    let manager = RedisConnectionManager::new(server.url()).expect("url");
-    bb8::Pool::builder()
-        .test_on_check_out(test_on_check_out)
-        .build(manager)
-        .await
-        .expect("pool")
-}
-
-#[tokio::main]
-async fn main() {
-    let quick = std::env::args().any(|arg| arg == "--quick");
-    let (rounds, n) = if quick { (3, 2_000) } else { (7, 10_000) };
-    let server = RedisServer::start();
-    let client = server.client();
-    let connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-
-    let contenders: Vec<Arc<dyn Contender>> = vec![
-        Arc::new(RawMultiplexed {
-            connection: connection.clone(),
-            release: redis::Script::new(RELEASE_LUA),
-        }),
-        Arc::new(RawPool {
-            name: "raw SET NX PX + Lua (bb8 default)",
-            pool: pool(&server, true).await,
-            release: redis::Script::new(RELEASE_LUA),
-        }),
-        Arc::new(RawPool {
-            name: "raw SET NX PX + Lua (bb8 no check)",
-            pool: pool(&server, false).await,
-            release: redis::Script::new(RELEASE_LUA),
-        }),
-        Arc::new(Relock {
-            name: "relock Locker::connect",
-            locker: Locker::connect(&server.url()).await.expect("connect"),
-        }),
-        Arc::new(Relock {
-            name: "relock bb8 pool (default)",
-            locker: Locker::builder()
-                .pool(pool(&server, true).await)
-                .build()
-                .expect("build"),
-        }),
-        Arc::new(Relock {
-            name: "relock bb8 pool (no check)",
-            locker: Locker::builder()
-                .pool(pool(&server, false).await)
-                .build()
-                .expect("build"),
-        }),
-        Arc::new(Relock {
-            name: "relock in memory",
-            locker: Locker::in_memory(),
-        }),
-    ];
-
-    // Warm up: connections, script caches, allocator.
-    for contender in &contenders {
-        sequential(&**contender, 200, 1_000_000).await;
-        concurrent(contender.clone(), 64, 640, 1_000_000).await;
-    }
-
-    let mut seq = vec![Vec::new(); contenders.len()];
-    let mut par = vec![Vec::new(); contenders.len()];
-    for round in 0..rounds {
-        for (i, contender) in contenders.iter().enumerate() {
-            seq[i].push(sequential(&**contender, n / 4, round).await);
-            par[i].push(concurrent(contender.clone(), 64, n, round).await);
+impl Plan {
+    fn quick() -> Self {
+        Self {
+            rounds: 3,
+            sequential_rounds: 6,
+            sequential_pairs: 500,
+            concurrent_pairs: 4_000,
+            tasks: 64,
+            reentries: 200_000,
+            handoff_rounds: 2,
+            handoff_time: Duration::from_secs(1),
+            renewal_holds: 10_000,
+            renewal_lease: Duration::from_millis(1_500),
+            http_rounds: 2,
+            http_time: Duration::from_secs(1),
+            http_connections: 32,
+            limit: Duration::from_secs(180),
         }
+    }
+
+    fn full() -> Self {
+        Self {
+            rounds: 9,
+            sequential_rounds: 30,
+            sequential_pairs: 800,
+            concurrent_pairs: 10_000,
+            tasks: 64,
+            reentries: 1_000_000,
+            handoff_rounds: 4,
+            handoff_time: Duration::from_secs(3),
+            renewal_holds: 10_000,
+            renewal_lease: Duration::from_secs(3),
+            http_rounds: 5,
+            http_time: Duration::from_secs(2),
+            http_connections: 32,
+            limit: Duration::from_secs(900),
+        }
+    }
+}
+
+struct Options {
+    quick: bool,
+    markdown: bool,
+    svg: PathBuf,
+    serve: Option<Serve>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    None,
+    Memory,
+    Redis,
+}
+
+struct Serve {
+    backend: Backend,
+    port: u16,
+    seconds: u64,
+}
+
+const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH]
+       relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]";
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        quick: false,
+        markdown: false,
+        svg: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("handoff.svg"),
+        serve: None,
+    };
+    let (mut port, mut seconds) = (3000, 60);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--markdown" => options.markdown = true,
+            "--svg" => options.svg = value("--svg")?.into(),
+            "--serve" => {
+                let backend = match value("--serve")?.as_str() {
+                    "none" => Backend::None,
+                    "memory" => Backend::Memory,
+                    "redis" => Backend::Redis,
+                    other => {
+                        return Err(format!(
+                            "--serve takes none, memory or redis, not `{other}`"
+                        ))
+                    }
+                };
+                options.serve = Some(Serve {
+                    backend,
+                    port,
+                    seconds,
+                });
+            }
+            "--port" => {
+                port = value("--port")?
+                    .parse()
+                    .map_err(|_| "--port takes a number")?
+            }
+            "--seconds" => {
+                seconds = value("--seconds")?
+                    .parse()
+                    .map_err(|_| "--seconds takes a number")?
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    if let Some(serve) = &mut options.serve {
+        serve.port = port;
+        serve.seconds = seconds;
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(serve) = &options.serve {
+        return serve_for_load_tool(serve);
+    }
+    let plan = if options.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    // Started outside the runtime so that it is dropped (and the server killed) on every way
+    // out of `main`: success, panic, Ctrl-C, or the time limit.
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let finished = runtime.block_on(async {
+        tokio::select! {
+            outcome = tokio::time::timeout(plan.limit, run(&server, &plan, &options)) => match outcome {
+                Ok(()) => Ok(()),
+                Err(_) => Err(format!("the benchmark did not finish within {:?}", plan.limit)),
+            },
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(server);
+    match finished {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("relock-benches: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves the HTTP scenario's app on 127.0.0.1:`port` until Ctrl-C or `seconds` pass.
+fn serve_for_load_tool(serve: &Serve) -> ExitCode {
+    let server = (serve.backend == Backend::Redis).then(RedisServer::start);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let locker = match (&server, serve.backend) {
+            (Some(server), _) => Some(Locker::connect(&server.url()).await.expect("connect")),
+            (None, Backend::Memory) => Some(Locker::in_memory()),
+            (None, _) => None,
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", serve.port))
+            .await
+            .expect("bind the port");
+        println!(
+            "serving POST /orders/{{id}}/pay on http://127.0.0.1:{} ({:?} backend) for {} s",
+            serve.port, serve.backend, serve.seconds
+        );
+        let seconds = Duration::from_secs(serve.seconds);
+        let served = axum::serve(listener, tower::app(locker)).with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = tokio::time::sleep(seconds) => {}
+            }
+        });
+        // Clients still connected after the shutdown signal get 5 s before the server goes.
+        let bounded = tokio::time::timeout(seconds + Duration::from_secs(5), served);
+        if let Ok(Err(err)) = bounded.await {
+            eprintln!("relock-benches: {err}");
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(server);
+    ExitCode::SUCCESS
+}
+
+fn machine() -> Vec<String> {
+    let command = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|out| !out.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    vec![
+        format!("cores: {cores} ({cpu})"),
+        format!("redis: {}", command("redis-server", &["--version"])),
+        format!("rustc: {}", command("rustc", &["--version"])),
+    ]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|load| {
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// What every scenario needs: the server, the scale of the run, and where its plot goes.
+pub(crate) struct Bench<'a> {
+    pub(crate) server: &'a RedisServer,
+    pub(crate) url: String,
+    pub(crate) plan: &'a Plan,
+    /// The in-memory store that in-memory contenders share.
+    pub(crate) memory: Locker,
+    pub(crate) svg: &'a Path,
+    /// `quick` or `full`.
+    pub(crate) mode: &'static str,
+}
+
+impl Bench<'_> {
+    /// Empties the server between rounds.
+    pub(crate) async fn flush(&self) {
         redis::cmd("FLUSHALL")
-            .query_async::<()>(&mut connection.clone())
+            .query_async::<()>(&mut self.server.connection().await)
             .await
             .expect("FLUSHALL");
     }
+}
 
-    let seq: Vec<f64> = seq.iter_mut().map(|v| median(v)).collect();
-    let par: Vec<f64> = par.iter_mut().map(|v| median(v)).collect();
-    println!(
-        "acquire+release on distinct keys, loopback redis-server, median of {rounds} alternating rounds"
-    );
-    println!(
-        "{:<38} {:>12} {:>8} {:>14} {:>8}",
-        "contender", "seq pairs/s", "÷ raw", "64-task pairs/s", "÷ raw"
-    );
-    for (i, contender) in contenders.iter().enumerate() {
-        println!(
-            "{:<38} {:>12.0} {:>8.2} {:>14.0} {:>8.2}",
-            contender.name(),
-            seq[i],
-            seq[i] / seq[0],
-            par[i],
-            par[i] / par[0]
-        );
+async fn run(server: &RedisServer, plan: &Plan, options: &Options) {
+    let started = Instant::now();
+    let load_before = load_average();
+    let mode = if options.quick { "quick" } else { "full" };
+    let mut header = vec![format!(
+        "relock-benches ({mode} run): loopback redis-server on port {}",
+        server.port()
+    )];
+    header.extend(machine());
+    for line in &header {
+        eprintln!("{line}");
     }
-    let connect = 3;
-    println!(
-        "bb8-pool path ÷ multiplexed path (64 tasks): default {:.2}, no check {:.2}",
-        par[4] / par[connect],
-        par[5] / par[connect]
-    );
+    let bench = Bench {
+        server,
+        url: server.url(),
+        plan,
+        memory: Locker::in_memory(),
+        svg: &options.svg,
+        mode,
+    };
+    let mut report = Report::default();
+    throughput::scenario(&bench, &mut report).await;
+    reentry::scenario(&bench, &mut report).await;
+    let rtt = handoff::scenario(&bench, &mut report).await;
+    renewal::scenario(&bench, rtt, &mut report).await;
+    tower::scenario(&bench, &mut report).await;
+
+    header.push(format!(
+        "load average (1, 5, 15 min) before: {load_before}, after: {}; run took {:.0} s",
+        load_average(),
+        started.elapsed().as_secs_f64()
+    ));
+    print!("{}", report.render(&header, options.markdown));
 }

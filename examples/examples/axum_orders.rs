@@ -19,6 +19,10 @@
 //!
 //! With `REDIS_URL` set, start a second copy on another `PORT` and pay the same order through
 //! both: the lock is shared.
+//!
+//! `RELOCK_LAYER=off` serves the payment route without `LockLayer`: `charge` then takes the
+//! lock itself through `#[relock::locked]`, from the global locker. BENCHMARKS.md compares the
+//! two with `wrk`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -122,15 +126,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
+    // Without the layer, `#[locked]` on `charge` finds no scope and uses the global locker.
+    relock::set_global(locker.clone());
     // In `/orders/42/pay`, path segment 2 is `42`: the request locks `order:42`. A payment
     // that waits longer than 2 s for another one gets `423 Locked` with `Retry-After`.
     let lock = LockLayer::new(key::path_segment(2).prefix("order:"))
         .locker(locker)
         .wait(Duration::from_secs(2))
         .lease(Duration::from_secs(10));
+    let pay_route = match std::env::var("RELOCK_LAYER").as_deref() {
+        Ok("off") => {
+            println!("RELOCK_LAYER=off: payments lock through #[locked] alone");
+            post(pay)
+        }
+        _ => post(pay).layer(lock),
+    };
     let app = Router::new()
         .route("/orders/{id}", get(show))
-        .route("/orders/{id}/pay", post(pay).layer(lock))
+        .route("/orders/{id}/pay", pay_route)
         .with_state(Orders::default());
 
     let port: u16 = match std::env::var("PORT") {

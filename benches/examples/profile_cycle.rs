@@ -1,0 +1,94 @@
+//! `n` sequential acquire + release cycles of one contender on distinct keys, on a
+//! current-thread runtime, for instruction counting under callgrind. Run it at two values of
+//! `n`; the difference in instructions divided by the difference in `n` is the cost of one
+//! cycle in this process, without the fixed costs of starting up.
+//!
+//! ```text
+//! cargo build --release -p relock-benches --example profile_cycle
+//! valgrind --tool=callgrind --callgrind-out-file=relock.%p \
+//!     target/release/examples/profile_cycle relock 2000
+//! ```
+//!
+//! Contenders: `raw` (SET NX PX + Lua on a multiplexed connection), `relock`
+//! (`Locker::connect`), `relock-pool` (relock over a bb8 pool without checkout pings),
+//! `memory` (`Locker::in_memory`). A third argument `mt` runs on Tokio's multi-thread runtime
+//! (as the benchmark does), e.g. to count wake-ups with `strace -f -c -e futex`.
+
+use relock::Locker;
+use relock_tests::RedisServer;
+
+const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) end return 0";
+
+fn main() {
+    let which = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "relock".to_owned());
+    let n: usize = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let mut runtime = if std::env::args().nth(3).as_deref() == Some("mt") {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = runtime.enable_all().build().expect("runtime");
+    runtime.block_on(cycles(&which, n));
+}
+
+async fn cycles(which: &str, n: usize) {
+    let server = RedisServer::start();
+    let mut connection = server.connection().await;
+    let release = redis::Script::new(RELEASE_LUA);
+    let locker = match which {
+        "relock" => Some(Locker::connect(&server.url()).await.expect("connect")),
+        "relock-pool" => {
+            let manager = bb8_redis::RedisConnectionManager::new(server.url()).expect("url");
+            let pool = bb8::Pool::builder()
+                .test_on_check_out(false)
+                .build(manager)
+                .await
+                .expect("pool");
+            Some(Locker::builder().pool(pool).build().expect("build"))
+        }
+        "memory" => Some(Locker::in_memory()),
+        "raw" => None,
+        other => panic!("unknown contender `{other}`: raw, relock, relock-pool or memory"),
+    };
+    for i in 0..n {
+        let key = format!("profile:{i}");
+        match &locker {
+            Some(locker) => {
+                let guard = locker.lock(&key).await.expect("lock");
+                guard.release().await.expect("release");
+            }
+            None => {
+                let token = format!("{:032x}", rand::random::<u128>());
+                let acquired: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("SET");
+                assert!(acquired.is_some());
+                let _: i64 = release
+                    .key(&key)
+                    .arg(&token)
+                    .invoke_async(&mut connection)
+                    .await
+                    .expect("release");
+            }
+        }
+    }
+    // What the server spent per command (`usec_per_call`), Lua's inner calls included.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut server.connection().await)
+        .await
+        .expect("INFO commandstats");
+    eprintln!("{n} cycles of {which}; the server's command statistics:\n{stats}");
+}

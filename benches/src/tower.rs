@@ -1,0 +1,148 @@
+//! `LockLayer` in front of a trivial axum handler, served over real TCP on 127.0.0.1 and loaded
+//! by an in-process HTTP/1.1 client with a fixed number of keep-alive connections.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::report::{rate, ratio, Report, Table};
+use crate::stats::median;
+use crate::Bench;
+use axum::routing::post;
+use axum::Router;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use relock::Locker;
+use relock_tower::{key, LockLayer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The app: `POST /orders/{id}/pay` answering `paid`, with or without a lock on `order:{id}`.
+pub(crate) fn app(locker: Option<Locker>) -> Router {
+    let route = post(|| async { "paid\n" });
+    let route = match locker {
+        // In `/orders/42/pay`, path segment 2 is `42`: the request locks `order:42`.
+        Some(locker) => {
+            route.layer(LockLayer::new(key::path_segment(2).prefix("order:")).locker(locker))
+        }
+        None => route,
+    };
+    Router::new().route("/orders/{id}/pay", route)
+}
+
+/// A server running `app` on an ephemeral port until the returned sender is dropped or fired.
+pub(crate) async fn serve(
+    app: Router,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+    });
+    (addr, stop, task)
+}
+
+/// Requests per second answered `200` over `connections` keep-alive connections for
+/// `duration`, each request on a fresh order id; requests answered otherwise are counted apart.
+pub(crate) async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> (f64, u64) {
+    let start = Instant::now();
+    let end = start + duration;
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                let driver = tokio::spawn(connection);
+                let (mut ok, mut other) = (0u64, 0u64);
+                while Instant::now() < end {
+                    let request =
+                        http::Request::post(format!("/orders/{}/pay", rand::random::<u64>()))
+                            .header(http::header::HOST, "127.0.0.1")
+                            .body(Empty::<Bytes>::new())
+                            .expect("request");
+                    sender.ready().await.expect("connection ready");
+                    let response = sender.send_request(request).await.expect("response");
+                    let status = response.status();
+                    let _ = response.into_body().collect().await.expect("body");
+                    if status == http::StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        other += 1;
+                    }
+                }
+                drop(sender);
+                let _ = driver.await;
+                (ok, other)
+            })
+        })
+        .collect();
+    let (mut ok, mut other) = (0, 0);
+    for client in clients {
+        let (o, x) = tokio::time::timeout(duration + Duration::from_secs(15), client)
+            .await
+            .expect("a load connection did not finish in time")
+            .expect("load task");
+        ok += o;
+        other += x;
+    }
+    (ok as f64 / start.elapsed().as_secs_f64(), other)
+}
+
+/// `LockLayer` against no layer over real TCP, in alternating rounds.
+pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
+    let Bench { url, plan, .. } = bench;
+    let redis_locker = Locker::connect(url).await.expect("connect");
+    let variants: [(&str, Option<Locker>); 3] = [
+        ("no layer", None),
+        ("LockLayer, relock in memory", Some(Locker::in_memory())),
+        ("LockLayer, relock Locker::connect", Some(redis_locker)),
+    ];
+    let mut servers = Vec::new();
+    for (_, locker) in &variants {
+        servers.push(serve(app(locker.clone())).await);
+    }
+    let mut requests = vec![Vec::new(); variants.len()];
+    let mut rejected = vec![0u64; variants.len()];
+    for round in 0..plan.http_rounds {
+        eprintln!("http round {}/{}", round + 1, plan.http_rounds);
+        for offset in 0..variants.len() {
+            let index = (round + offset) % variants.len();
+            let (per_second, other) =
+                load(servers[index].0, plan.http_connections, plan.http_time).await;
+            requests[index].push(per_second);
+            rejected[index] += other;
+        }
+    }
+    for (_, stop, task) in servers {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let requests: Vec<f64> = requests.iter().map(|v| median(v)).collect();
+    let mut table = Table::new(
+        format!(
+            "POST /orders/{{id}}/pay, trivial axum handler, {} keep-alive connections over 127.0.0.1, a fresh id per request (median of {} rounds of {:?})",
+            plan.http_connections, plan.http_rounds, plan.http_time
+        ),
+        &["server", "requests/s", "÷ no layer", "non-200"],
+    );
+    for (index, (name, _)) in variants.iter().enumerate() {
+        table.row(vec![
+            (*name).to_owned(),
+            rate(requests[index]),
+            ratio(requests[index] / requests[0]),
+            rejected[index].to_string(),
+        ]);
+    }
+    table.note("The load generator (hyper client) shares the machine's cores with the server and redis-server.");
+    report.tables.push(table);
+}
