@@ -374,8 +374,12 @@ impl LockerBuilder {
         self
     }
 
-    /// Sends every command through a connection checked out of `pool`, a bb8 pool the
-    /// application already has; its settings are the pool's own (size, `test_on_check_out`).
+    /// Sends commands through `pool`, a bb8 pool the application already has (its URL,
+    /// credentials and database).
+    ///
+    /// bb8-redis pools hold multiplexed connections, so relock checks one out, shares it between
+    /// all its tasks, and checks out a fresh one after a connection failure: a checkout per
+    /// command would pay the pool's `PING` every time and queue tasks behind the pool's size.
     ///
     /// bb8 pools do not reveal where they connect, so give the same server's [`url`](Self::url)
     /// as well to have waiters woken by release notifications; without it, a waiter retries with
@@ -442,7 +446,7 @@ impl LockerBuilder {
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let client = self.url.as_deref().map(redis::Client::open).transpose()?;
         let connection = match (&self.pool, &client) {
-            (Some(pool), _) => Connection::Pool(pool.clone()),
+            (Some(pool), _) => Connection::pool(pool.clone()),
             (None, Some(client)) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))

@@ -29,9 +29,14 @@ pub(crate) struct Watchdog {
 #[derive(Debug, Default)]
 struct Holds {
     by_slot: HashMap<u64, Arc<Lease>>,
-    /// When the task wakes next on its own; `None` while it sleeps with nothing to renew.
+    /// When the task wakes next on its own; `None` until it first runs.
     wake_at: Option<Instant>,
 }
+
+/// With no holds to renew, the task still wakes this often, so that taking a lock with a usual
+/// lease (due in seconds) never has to wake it: a hold falling due before the task's next
+/// wake-up is the only one that does.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// A failed renewal is retried after this long (or sooner, for short leases).
 const RETRY: Duration = Duration::from_millis(250);
@@ -133,15 +138,11 @@ impl Watchdog {
                     }
                 }
             }
-            self.holds().wake_at = next;
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        () = changed => {}
-                        () = tokio::time::sleep_until(at.into()) => {}
-                    }
-                }
-                None => changed.await,
+            let wake_at = next.unwrap_or_else(|| Instant::now() + IDLE);
+            self.holds().wake_at = Some(wake_at);
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(wake_at.into()) => {}
             }
         }
     }

@@ -172,7 +172,7 @@ async fn redis_locker(kind: BackendKind, server: &RedisServer) -> Locker {
 /// multi-thread runtime, calling `behaviour(&backend, args..)` under [`bounded`](crate::bounded)
 /// with the limit given first:
 ///
-/// ```ignore
+/// ```text
 /// relock_tests::on_every_backend! {
 ///     limit: TEST_LIMIT;
 ///     dropping_a_guard_frees_the_lock: dropping_frees_the_lock;

@@ -1,11 +1,12 @@
 //! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bb8_redis::RedisConnectionManager;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::RedisFuture;
 use redis::{ScriptInvocation, Value};
 
 use super::{Attempt, Released, HOLDER};
@@ -17,12 +18,60 @@ use crate::owner::Owner;
 use crate::scripts;
 
 /// How commands reach the server.
-#[derive(Clone)]
 pub(crate) enum Connection {
     /// One multiplexed connection shared by every task, reconnecting on failure.
     Multiplexed(ConnectionManager),
-    /// A pool the application already has; one checkout per command.
-    Pool(bb8::Pool<RedisConnectionManager>),
+    /// A pool the application already has. bb8-redis pools hold multiplexed connections, so one
+    /// checked out is shared by every task (a clone shares the socket), and a fresh one is checked
+    /// out after it fails: a checkout per command would pay the pool's `PING` each time and queue
+    /// tasks behind its size.
+    Pool {
+        pool: bb8::Pool<RedisConnectionManager>,
+        shared: Mutex<Option<MultiplexedConnection>>,
+    },
+}
+
+impl Connection {
+    pub(crate) fn pool(pool: bb8::Pool<RedisConnectionManager>) -> Self {
+        Self::Pool {
+            pool,
+            shared: Mutex::new(None),
+        }
+    }
+}
+
+/// The connection one command is sent on.
+enum Conn {
+    Manager(ConnectionManager),
+    Pooled(MultiplexedConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Manager(connection) => connection.req_packed_command(cmd),
+            Self::Pooled(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Manager(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Pooled(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Manager(connection) => connection.get_db(),
+            Self::Pooled(connection) => connection.get_db(),
+        }
+    }
 }
 
 pub(crate) struct RedisBackend {
@@ -35,7 +84,7 @@ impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let connection = match self.connection {
             Connection::Multiplexed(_) => "multiplexed",
-            Connection::Pool(_) => "bb8 pool",
+            Connection::Pool { .. } => "bb8 pool",
         };
         f.debug_struct("RedisBackend")
             .field("connection", &connection)
@@ -70,30 +119,46 @@ impl RedisBackend {
         name
     }
 
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
+    /// The connection for the next command.
+    async fn conn(&self) -> Result<Conn, Error> {
         match &self.connection {
-            Connection::Multiplexed(connection) => {
-                Ok(invocation.invoke_async(&mut connection.clone()).await?)
-            }
-            Connection::Pool(pool) => {
-                let mut connection = pool.get().await?;
-                Ok(invocation.invoke_async(&mut *connection).await?)
+            Connection::Multiplexed(manager) => Ok(Conn::Manager(manager.clone())),
+            Connection::Pool { pool, shared } => {
+                if let Some(connection) = lock(shared).clone() {
+                    return Ok(Conn::Pooled(connection));
+                }
+                let checked_out: MultiplexedConnection = (*pool.get().await?).clone();
+                *lock(shared) = Some(checked_out.clone());
+                Ok(Conn::Pooled(checked_out))
             }
         }
     }
 
-    /// Checks that the server answers; `Locker::connect` calls this so that a wrong URL fails there.
-    pub(crate) async fn ping(&self) -> Result<(), Error> {
-        let ping = redis::cmd("PING");
-        match &self.connection {
-            Connection::Multiplexed(connection) => {
-                ping.query_async::<()>(&mut connection.clone()).await?;
-            }
-            Connection::Pool(pool) => {
-                ping.query_async::<()>(&mut *pool.get().await?).await?;
+    /// Sends `command` on the shared connection; a connection-level failure makes the next
+    /// command check out a fresh connection from the pool (the manager reconnects by itself).
+    async fn send<T>(
+        &self,
+        command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let mut connection = self.conn().await?;
+        let result = command(&mut connection).await;
+        if let (Err(err), Connection::Pool { shared, .. }) = (&result, &self.connection) {
+            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                lock(shared).take();
             }
         }
-        Ok(())
+        Ok(result?)
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
+        self.send(async |connection| invocation.invoke_async(connection).await)
+            .await
+    }
+
+    /// Checks that the server answers; `Locker::connect` calls this so that a wrong URL fails there.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        self.send(async |connection| redis::cmd("PING").query_async::<()>(connection).await)
+            .await
     }
 
     pub(crate) async fn acquire(
@@ -131,13 +196,13 @@ impl RedisBackend {
                 .arg(millis(renewal.duration));
             pipe.invoke_script(&invocation);
         }
-        let replies = match self.query_pipe(&pipe).await {
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+        let query = async |connection: &mut Conn| pipe.query_async::<Vec<i64>>(connection).await;
+        let replies = match self.send(query).await {
+            Err(Error::Backend(err)) if is_noscript(&err) => {
                 // The server lost its script cache (a restart, SCRIPT FLUSH): load and resend.
-                self.load_script(&scripts::RENEW).await?;
-                self.query_pipe(&pipe).await?
+                self.send(async |connection| scripts::RENEW.load_async(connection).await)
+                    .await?;
+                self.send(query).await?
             }
             replies => replies?,
         };
@@ -149,32 +214,6 @@ impl RedisBackend {
             )));
         }
         Ok(replies.into_iter().map(|renewed| renewed == 1).collect())
-    }
-
-    async fn query_pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<i64>> {
-        match &self.connection {
-            Connection::Multiplexed(connection) => pipe.query_async(&mut connection.clone()).await,
-            Connection::Pool(pool) => match pool.get().await {
-                Ok(mut connection) => pipe.query_async(&mut *connection).await,
-                Err(bb8::RunError::User(err)) => Err(err),
-                Err(bb8::RunError::TimedOut) => Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "timed out waiting for a connection from the pool",
-                ))),
-            },
-        }
-    }
-
-    async fn load_script(&self, script: &redis::Script) -> Result<(), Error> {
-        match &self.connection {
-            Connection::Multiplexed(connection) => {
-                script.load_async(&mut connection.clone()).await?;
-            }
-            Connection::Pool(pool) => {
-                script.load_async(&mut *pool.get().await?).await?;
-            }
-        }
-        Ok(())
     }
 
     /// `P:{K}:released`: the channel a release of `key` is announced on.
@@ -194,13 +233,45 @@ impl RedisBackend {
     }
 }
 
-/// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_noscript(err: &crate::error::BackendError) -> bool {
+    err.get_ref()
+        .downcast_ref::<redis::RedisError>()
+        .is_some_and(|err| err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
+/// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`. Built by hand: it runs on
+/// every acquisition.
 fn holder_metadata() -> String {
+    static PID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| HOLDER.pid.to_string());
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    format!("{} {since} {}", HOLDER.pid, HOLDER.host)
+    let mut digits = [0u8; 39];
+    let mut at = digits.len();
+    let mut rest = since;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let since = std::str::from_utf8(&digits[at..]).expect("ASCII digits");
+    let mut text = String::with_capacity(PID.len() + since.len() + HOLDER.host.len() + 2);
+    text.push_str(&PID);
+    text.push(' ');
+    text.push_str(since);
+    text.push(' ');
+    text.push_str(&HOLDER.host);
+    text
 }
 
 /// Parses what [`holder_metadata`] wrote.
@@ -431,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn key_names_share_the_hash_tag() {
         let backend = RedisBackend {
-            connection: Connection::Pool(dummy_pool()),
+            connection: Connection::pool(dummy_pool()),
             prefix: "app".into(),
             fence_retention: Duration::from_secs(1),
         };
