@@ -45,10 +45,8 @@ fn validate(key: &str) -> Result<(), Error> {
         InvalidKeyReason::Empty
     } else if key.len() > LockKey::MAX_LEN {
         InvalidKeyReason::TooLong { len: key.len() }
-    } else if key.contains(['{', '}']) {
-        InvalidKeyReason::Brace
-    } else if key.contains(char::is_control) {
-        InvalidKeyReason::ControlCharacter
+    } else if let Some(reason) = scan(key.as_bytes()) {
+        reason
     } else {
         return Ok(());
     };
@@ -56,6 +54,25 @@ fn validate(key: &str) -> Result<(), Error> {
         key: shorten(key),
         reason,
     })
+}
+
+/// Finds braces and control characters (Unicode `Cc`: C0, DEL and C1) in one pass over the
+/// bytes: C0 and DEL are single bytes, and C1 is encoded as `0xC2` followed by `0x80..=0x9F`
+/// (neither byte of which can start another character). Braces are reported first, as
+/// `str::contains` did.
+fn scan(bytes: &[u8]) -> Option<InvalidKeyReason> {
+    let mut control = false;
+    let mut previous = 0u8;
+    for &byte in bytes {
+        match byte {
+            b'{' | b'}' => return Some(InvalidKeyReason::Brace),
+            0x00..=0x1f | 0x7f => control = true,
+            0x80..=0x9f if previous == 0xc2 => control = true,
+            _ => {}
+        }
+        previous = byte;
+    }
+    control.then_some(InvalidKeyReason::ControlCharacter)
 }
 
 /// Keeps error messages readable when a megabyte of garbage is passed as a key.
@@ -198,6 +215,21 @@ mod tests {
                 Some(InvalidKeyReason::ControlCharacter),
                 "{key:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_byte_scan_agrees_with_char_is_control() {
+        for code in 0..=0x2000u32 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            if c == '{' || c == '}' {
+                continue;
+            }
+            let key = format!("a{c}b");
+            let expected = c.is_control().then_some(InvalidKeyReason::ControlCharacter);
+            assert_eq!(scan(key.as_bytes()), expected, "U+{code:04X}");
         }
     }
 
