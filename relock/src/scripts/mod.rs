@@ -11,8 +11,6 @@ pub(crate) static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("acquire.lua")));
 pub(crate) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("release.lua")));
-// Sent by the lease watchdog, which arrives with lease renewal.
-#[allow(dead_code)]
 pub(crate) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("renew.lua")));
 pub(crate) static FORCE_RELEASE: LazyLock<Script> =
