@@ -55,10 +55,10 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let lease = &self.lease;
-        self.locker.watchdog().unregister(lease.slot);
         if self.released {
             self.locker.local().remove(&lease.key, lease.slot);
         } else {
+            self.locker.watchdog().unregister(lease.slot);
             self.locker
                 .release_in_background(&lease.key, &lease.owner, lease.slot);
         }
@@ -144,10 +144,12 @@ impl LockGuard {
     /// touched.
     pub async fn release(self) -> Result<(), Error> {
         let lost = self.hold.lease.is_lost();
-        let key = self.hold.key().to_string();
+        let key = self.hold.key().clone();
         match Arc::into_inner(self.hold) {
             Some(hold) => hold.release().await,
-            None if lost => Err(Error::Lost { key }),
+            None if lost => Err(Error::Lost {
+                key: key.to_string(),
+            }),
             None => Ok(()),
         }
     }

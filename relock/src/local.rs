@@ -24,14 +24,23 @@ pub(crate) struct LocalHolds {
 #[derive(Debug)]
 struct Slot {
     id: u64,
-    freed: Arc<Notify>,
+    /// Created by the first task that waits: an uncontended lock allocates none.
+    freed: Option<Arc<Notify>>,
     /// `None` while the slot's task is still asking the backend.
     lease: Option<Arc<Lease>>,
 }
 
+impl Slot {
+    fn wake_waiters(&self) {
+        if let Some(freed) = &self.freed {
+            freed.notify_waiters();
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.freed.notify_waiters();
+        self.wake_waiters();
     }
 }
 
@@ -61,9 +70,9 @@ impl LocalHolds {
     /// over, as the backend would let another owner take the lock.
     pub(crate) fn enter(self: &Arc<Self>, key: &LockKey) -> Enter {
         let mut slots = self.slots();
-        if let Some(slot) = slots.get(key) {
+        if let Some(slot) = slots.get_mut(key) {
             if !slot.lease.as_ref().is_some_and(|lease| lease.is_lost()) {
-                let freed = slot.freed.clone().notified_owned();
+                let freed = slot.freed.get_or_insert_default().clone().notified_owned();
                 let holder = slot.lease.clone();
                 return Enter::Busy(Busy { freed, holder });
             }
@@ -73,7 +82,7 @@ impl LocalHolds {
             key.clone(),
             Slot {
                 id,
-                freed: Arc::new(Notify::new()),
+                freed: None,
                 lease: None,
             },
         );
@@ -90,6 +99,7 @@ impl LocalHolds {
         let mut slots = self.slots();
         if slots.get(key).is_some_and(|slot| slot.id == id) {
             let slot = slots.remove(key);
+            // Wake the waiters after unlocking: they go straight for the map.
             drop(slots);
             drop(slot);
         }
@@ -126,7 +136,7 @@ impl Gate {
         if let Some(slot) = self.local.slots().get_mut(&self.key) {
             if slot.id == self.id {
                 slot.lease = Some(lease.clone());
-                slot.freed.notify_waiters();
+                slot.wake_waiters();
             }
         }
         self.committed = true;

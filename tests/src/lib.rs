@@ -270,35 +270,6 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// A Redis server for tests that only lock and unlock: `REDIS_URL` when set (the server is
-/// shared, so such tests use unique keys), else a private server.
-#[derive(Debug)]
-pub struct BasicRedis {
-    url: String,
-    _server: Option<RedisServer>,
-}
-
-impl BasicRedis {
-    /// `REDIS_URL`, or a fresh private server.
-    pub fn get() -> BasicRedis {
-        match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => BasicRedis { url, _server: None },
-            _ => {
-                let server = RedisServer::start();
-                BasicRedis {
-                    url: server.url(),
-                    _server: Some(server),
-                }
-            }
-        }
-    }
-
-    /// The server's URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-}
-
 /// A key no other test (or earlier run against a shared `REDIS_URL`) uses.
 pub fn unique_key(name: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -113,17 +113,16 @@ where
     }
     let fields = span.clone();
     let body = async move {
-        // Re-enters the hold `run` has just taken: no round trip. Taken for its fencing token,
-        // and kept for the response body if asked: the lock stays held until its last share is
-        // dropped, after `run` has given up its own.
-        let guard = locker.lock(&key).await?;
+        // A share of the hold `run` has just taken: for its fencing token, and kept for the
+        // response body if asked, since the lock stays held until its last share is dropped.
+        let guard = relock::current_guard().expect("run polls its body in the lock's scope");
         fields.record("waited", debug(started.elapsed()));
         fields.record("fencing_token", guard.fencing_token());
         let output = service.call(request).await;
         let guard = (hold_body && output.is_ok()).then_some(guard);
-        Ok((output, guard))
+        (output, guard)
     };
-    Box::pin(async move { acquire.run(body).await? }.instrument(span))
+    Box::pin(async move { acquire.run(body).await }.instrument(span))
 }
 
 impl<S, X, R, ReqBody, ResBody> Service<Request<ReqBody>> for Lock<S, X, R>
