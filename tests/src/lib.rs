@@ -270,7 +270,7 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// A key no other test (or earlier run against a shared `REDIS_URL`) uses.
+/// A key no other test uses, even across runs against one server.
 pub fn unique_key(name: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     format!(
