@@ -189,6 +189,36 @@ impl Locker {
         Ok(released)
     }
 
+    /// A re-entrant guard on the hold of `key` that the current scope has through this locker,
+    /// or `None` when the scope does not hold it (or `key` is invalid). Never makes a round trip.
+    ///
+    /// Unlike [`current_guard`](crate::current_guard), which gives the scope's innermost hold
+    /// whatever its key, this finds the hold on `key` itself, however many holds were taken
+    /// inside it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::in_memory();
+    /// locker
+    ///     .lock("order:42")
+    ///     .run(async {
+    ///         let _item = locker.lock("item:7").await?;
+    ///         let order = locker.current_guard("order:42").expect("held by the scope");
+    ///         assert_eq!(order.key(), "order:42");
+    ///         assert!(locker.current_guard("order:43").is_none());
+    ///         Ok::<_, relock::Error>(())
+    ///     })
+    ///     .await??;
+    /// # Ok(()) }
+    /// ```
+    pub fn current_guard(&self, key: impl IntoLockKey) -> Option<LockGuard> {
+        let key = key.into_lock_key().ok()?;
+        Frame::find(self, &key).map(|hold| LockGuard {
+            hold,
+            reentrant: true,
+        })
+    }
+
     /// The locker that `#[locked]` and `LockLayer` use when none is given: the current scope's,
     /// else the global one, else [`Error::NoLocker`].
     pub fn current() -> Result<Locker, Error> {
