@@ -68,7 +68,8 @@ impl Locked {
             .collect::<Result<Vec<LockKey>, Error>>()?;
         keys.sort();
         keys.dedup();
-        let deadline = Instant::now() + self.wait.unwrap_or(locker.default_wait());
+        let deadline =
+            crate::lease::after(Instant::now(), self.wait.unwrap_or(locker.default_wait()));
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
             let mut request = locker

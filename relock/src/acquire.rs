@@ -1,6 +1,6 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -9,11 +9,11 @@ use crate::backend::Attempt;
 use crate::error::Error;
 use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
-use crate::lease::{Lease, Runner};
-use crate::local::{Busy, Enter};
+use crate::lease::{self, Lease, Runner};
+use crate::local::{Busy, Enter, Gate};
 use crate::locker::Locker;
-use crate::owner::Owner;
 use crate::scope::Frame;
+use crate::token::HoldToken;
 use crate::wait::Waiter;
 
 /// What [`Acquire::run`] does when the hold is lost while the body is still running.
@@ -149,17 +149,19 @@ impl Acquire {
             ..
         } = self;
         let key = key?;
+        let lease = lease::check(lease.unwrap_or(locker.config().lease))?;
         let started = Instant::now();
         let wait = if try_only {
             Duration::ZERO
         } else {
             wait.unwrap_or(locker.config().wait)
         };
-        let lease = lease.unwrap_or(locker.config().lease);
-        let deadline = started + wait;
-        let owner = Frame::owner_for(&locker);
+        let deadline = lease::after(started, wait);
+        // This hold's own identity at the server, for every attempt of this request: a retried
+        // attempt that the server already granted gets the same grant back.
+        let token = HoldToken::random();
 
-        let gate = loop {
+        let mut gate = loop {
             match locker.local().enter(&key) {
                 Enter::Entered(gate) => break gate,
                 Enter::Busy(busy) => {
@@ -179,16 +181,27 @@ impl Acquire {
             let in_flight = InFlight {
                 locker: &locker,
                 key: &key,
-                owner: &owner,
-                slot: gate.id(),
+                token: &token,
+                free_by: lease::after(sent, lease.saturating_mul(2)),
+                gate: Some(gate),
             };
-            let attempt = locker.backend().acquire(&key, &owner, lease).await;
-            std::mem::forget(in_flight);
-            match attempt? {
+            // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
+            // one (a response timeout, a connection dropped after sending) may still be granted,
+            // so dropping `in_flight` releases the token in the background.
+            let attempt = locker.backend().acquire(&key, &token, lease).await?;
+            gate = in_flight.answered();
+            match attempt {
                 Attempt::Acquired { fencing_token } => {
-                    let lease = Lease::new(key, owner, gate.id(), lease, sent);
+                    let lease = Lease::new(key, token, gate.id(), lease, sent, Instant::now());
                     let hold = Arc::new(Hold::new(locker, fencing_token, lease));
-                    gate.commit(&hold.lease);
+                    if !gate.commit(&hold.lease) {
+                        // Force-released here while the request was in flight: the grant may
+                        // predate the release. Dropping the hold releases it in the background.
+                        hold.lease.mark_lost();
+                        return Err(Error::Lost {
+                            key: hold.key().to_string(),
+                        });
+                    }
                     hold.locker.watchdog().register(&hold.lease);
                     return Ok(Some(LockGuard {
                         hold,
@@ -199,16 +212,24 @@ impl Acquire {
                     if try_only {
                         return Ok(None);
                     }
+                    let timeout = || Error::Timeout {
+                        key: key.to_string(),
+                        waited: started.elapsed(),
+                        holder_ttl: ttl,
+                    };
                     if Instant::now() >= deadline {
-                        return Err(Error::Timeout {
-                            key: key.to_string(),
-                            waited: started.elapsed(),
-                            holder_ttl: ttl,
-                        });
+                        return Err(timeout());
                     }
                     match &mut waiter {
-                        // First refusal: subscribe, then try again at once.
-                        None => waiter = Some(Waiter::new(locker.release_signal(&key).await)),
+                        // First refusal: subscribe, then try again at once. Subscribing may have
+                        // to connect; the caller's deadline bounds it.
+                        None => {
+                            let signal = locker.release_signal(&key);
+                            match tokio::time::timeout_at(deadline.into(), signal).await {
+                                Ok(signal) => waiter = Some(Waiter::new(signal)),
+                                Err(_) => return Err(timeout()),
+                            }
+                        }
                         Some(waiter) => waiter.sleep(armed, ttl, deadline).await,
                     }
                 }
@@ -217,32 +238,50 @@ impl Acquire {
     }
 }
 
-/// An acquisition request on its way to the server. If the future is dropped before the reply
-/// arrives (a timeout, a disconnected client), the server may still grant the lock, to an owner
-/// nobody knows: dropping this hands a release to the background task, which frees it if so.
+/// An acquisition request on its way to the server, with the key's local slot. Until the reply
+/// is in hand the server may grant the lock to this hold's token without anyone knowing: if this
+/// is dropped first (the future was cancelled, or the request failed with an unknown outcome), the
+/// token is released in the background.
+///
+/// The slot is freed at once in that case: no hold was ever known here, and every hold has its
+/// own token at the server, so a new request of this process is refused there until the
+/// background release lands, and then woken by it.
 struct InFlight<'a> {
     locker: &'a Locker,
     key: &'a LockKey,
-    owner: &'a Owner,
-    slot: u64,
+    token: &'a HoldToken,
+    /// When a grant the reply never told of has ended at the server for sure.
+    free_by: Instant,
+    gate: Option<Gate>,
+}
+
+impl InFlight<'_> {
+    /// The server answered: the outcome is known.
+    fn answered(mut self) -> Gate {
+        let gate = self.gate.take().expect("the gate is taken once");
+        std::mem::forget(self);
+        gate
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        drop(self.gate.take());
         self.locker
-            .release_in_background(self.key, self.owner, self.slot);
+            .release_in_background(self.key, self.token, None, self.free_by);
     }
 }
 
-/// Waits until the slot is freed, its holder's lease ends, or the caller's deadline passes.
+/// Waits until the slot is freed, its holder's hold is gone from the server, or the caller's
+/// deadline passes.
 async fn wait_for_slot(
     busy: Busy,
     key: &LockKey,
     started: Instant,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let holder_deadline = busy.holder.as_ref().map(|lease| lease.deadline());
-    let wake = holder_deadline.map_or(deadline, |end| end.min(deadline));
+    let holder_free_by = busy.holder.as_ref().map(|lease| lease.free_by());
+    let wake = holder_free_by.map_or(deadline, |end| end.min(deadline));
     tokio::select! {
         () = busy.freed => return Ok(()),
         () = tokio::time::sleep_until(wake.into()) => {}
@@ -290,11 +329,27 @@ pub(crate) async fn run_holding<F: Future>(
     };
     let output = match on_lost {
         OnLost::Continue => body.await,
-        OnLost::Abort => tokio::select! {
-            biased;
-            output = body => output,
-            key = first_lost(&guards) => return Err(Error::Lost { key }),
-        },
+        OnLost::Abort => {
+            let mut body = pin!(body);
+            let mut lost = pin!(first_lost(&guards));
+            let ended = std::future::poll_fn(|cx| {
+                // Loss is checked before every poll of the body, by the clock and not only by the
+                // wake-up: a process that stalled past its lease (a blocking call, a pause) must
+                // not take another step of the body when it wakes.
+                if let Some(guard) = guards.iter().find(|guard| !guard.is_held()) {
+                    return Poll::Ready(Err(guard.key().to_owned()));
+                }
+                if let Poll::Ready(output) = body.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(output));
+                }
+                lost.as_mut().poll(cx).map(Err)
+            })
+            .await;
+            match ended {
+                Ok(output) => output,
+                Err(key) => return Err(Error::Lost { key }),
+            }
+        }
     };
     let mut result = Ok(output);
     for guard in guards.into_iter().rev() {

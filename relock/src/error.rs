@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Everything that can go wrong while taking, holding or releasing a lock.
 ///
 /// Each variant tells the caller what to do next: retry later ([`Error::Timeout`]), stop
-/// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]), restructure the call
+/// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]) or the lease
+/// ([`Error::InvalidLease`]), restructure the call
 /// ([`Error::WouldDeadlock`]), configure a locker ([`Error::NoLocker`]) or check the server
 /// ([`Error::Backend`]).
 #[derive(Debug)]
@@ -49,6 +50,18 @@ pub enum Error {
     WouldDeadlock {
         /// The key the task was waiting for.
         key: String,
+    },
+    /// The lease asked for is outside what relock can keep: shorter than
+    /// [`Locker::MIN_LEASE`](crate::Locker::MIN_LEASE) (it would end within the drift margin and
+    /// a renewal round trip) or longer than [`Locker::MAX_LEASE`](crate::Locker::MAX_LEASE).
+    /// Nothing was sent to the server; choose a lease in range.
+    InvalidLease {
+        /// The lease that was asked for.
+        lease: Duration,
+        /// The shortest lease accepted.
+        min: Duration,
+        /// The longest lease accepted.
+        max: Duration,
     },
     /// No locker was given, none is in scope, and no global locker was set with
     /// [`set_global`](crate::set_global).
@@ -139,6 +152,10 @@ impl fmt::Display for Error {
                 "lock `{key}` is held by this task through an unscoped guard, so waiting for it \
                  would never end; take the outer lock with `run` or `#[locked]` so nested calls re-enter it"
             ),
+            Self::InvalidLease { lease, min, max } => write!(
+                f,
+                "invalid lease {lease:?}: it must be between {min:?} and {max:?}"
+            ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",
             ),
@@ -212,6 +229,11 @@ mod tests {
                 reason: InvalidKeyReason::Empty,
             },
             Error::WouldDeadlock { key: "k".into() },
+            Error::InvalidLease {
+                lease: Duration::ZERO,
+                min: Duration::from_millis(10),
+                max: Duration::from_secs(1),
+            },
             Error::NoLocker,
             Error::backend("connection refused"),
         ];

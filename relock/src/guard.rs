@@ -8,9 +8,11 @@ use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::locker::Locker;
 
-/// One holding of a lock by one owner, shared by its guard, the scopes it is carried into, and
-/// any re-entrant guards. The last of them to let go releases it; if that happens in `drop` (panic,
-/// cancellation, early return) the release goes to the locker's background task.
+/// One holding of a lock — one fresh acquisition, with its own token at the server — shared by
+/// its guard, the scopes it is carried into, and any re-entrant guards. The last of them to let go
+/// releases it; if that happens in `drop` (panic, cancellation, early return), or the release
+/// cannot reach the server, the release goes to the locker's background task, which retries it
+/// until the server answers or the lease has ended there for sure.
 ///
 /// Only shares may hold a `Hold`: observers hold its [`Lease`].
 pub(crate) struct Hold {
@@ -34,18 +36,20 @@ impl Hold {
         &self.lease.key
     }
 
+    /// Releases the hold at the server. A failed request (its outcome unknown) is not taken as
+    /// done: dropping the unreleased hold hands it to the background task.
     async fn release(mut self) -> Result<(), Error> {
         self.locker.watchdog().unregister(self.lease.slot);
         let was_lost = self.lease.is_lost();
         let released = self
             .locker
             .backend()
-            .release(&self.lease.key, &self.lease.owner)
-            .await;
+            .release(&self.lease.key, &self.lease.token)
+            .await?;
         self.released = true;
-        match released? {
-            Released::Free | Released::Remaining(_) if !was_lost => Ok(()),
-            _ => Err(Error::Lost {
+        match released {
+            Released::Free if !was_lost => Ok(()),
+            Released::Free | Released::NotHeld => Err(Error::Lost {
                 key: self.lease.key.to_string(),
             }),
         }
@@ -56,11 +60,16 @@ impl Drop for Hold {
     fn drop(&mut self) {
         let lease = &self.lease;
         if self.released {
+            lease.mark_gone();
             self.locker.local().remove(&lease.key, lease.slot);
         } else {
             self.locker.watchdog().unregister(lease.slot);
-            self.locker
-                .release_in_background(&lease.key, &lease.owner, lease.slot);
+            self.locker.release_in_background(
+                &lease.key,
+                &lease.token,
+                Some(lease.slot),
+                lease.free_by(),
+            );
         }
     }
 }
@@ -69,7 +78,7 @@ impl fmt::Debug for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hold")
             .field("key", &self.lease.key)
-            .field("owner", &self.lease.owner)
+            .field("token", &self.lease.token)
             .field("fencing_token", &self.fencing_token)
             .field("lost", &self.lease.is_lost())
             .finish_non_exhaustive()
@@ -109,9 +118,13 @@ impl LockGuard {
     }
 
     /// The fencing token: strictly increasing per key for every fresh acquisition, across owners
-    /// and processes. Pass it to the resource you write to, so that it can reject a write from a
-    /// holder whose lease has ended (a smaller token than one it has already seen). A re-entrant
-    /// guard carries the outer hold's token.
+    /// and processes, and never going backwards — not when the counter expires, not after a
+    /// restart of the server without persistence, not after a failover — as long as the server's
+    /// clock does not step back (see the crate docs). Pass it to the resource you write to, so
+    /// that it can reject a write from a holder whose lease has ended (a smaller token than one it
+    /// has already seen). A re-entrant guard carries the outer hold's token.
+    ///
+    /// Tokens are large (the server's clock in microseconds is mixed in) and not consecutive.
     pub fn fencing_token(&self) -> u64 {
         self.hold.fencing_token
     }
@@ -140,8 +153,10 @@ impl LockGuard {
     /// Releases the lock, or only this guard's share when others (re-entrant guards, scopes
     /// carried by [`inherit`](crate::inherit)) still hold it; the last share releases.
     ///
-    /// Returns [`Error::Lost`] when the lease had already ended; another owner's hold is never
-    /// touched.
+    /// Returns [`Error::Lost`] when the lease had already ended; another hold is never touched,
+    /// not even a newer hold of the same key in the same scope. When the server cannot be reached
+    /// the error is [`Error::Backend`], and the release is retried in the background until the
+    /// server answers or the lease has ended there.
     pub async fn release(self) -> Result<(), Error> {
         let lost = self.hold.lease.is_lost();
         let key = self.hold.key().clone();

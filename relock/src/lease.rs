@@ -12,13 +12,41 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::error::Error;
 use crate::key::LockKey;
-use crate::owner::Owner;
+use crate::token::HoldToken;
+
+/// The shortest lease: a shorter one would be mostly drift margin and renewal round trip.
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(10);
+/// The longest lease: far below what Redis's `PX` and this process's clocks can express.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Checks that `lease` is one relock can keep.
+pub(crate) fn check(lease: Duration) -> Result<Duration, Error> {
+    if (MIN_LEASE..=MAX_LEASE).contains(&lease) {
+        Ok(lease)
+    } else {
+        Err(Error::InvalidLease {
+            lease,
+            min: MIN_LEASE,
+            max: MAX_LEASE,
+        })
+    }
+}
+
+/// `now + duration`, or a moment centuries away when that is past what `Instant` can hold:
+/// a `Duration::MAX` wait means "wait for ever", not a panic.
+pub(crate) fn after(now: Instant, duration: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(duration.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(now)
+}
 
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: LockKey,
-    pub(crate) owner: Owner,
+    pub(crate) token: HoldToken,
     /// The hold's slot in the locker's [`LocalHolds`](crate::local::LocalHolds).
     pub(crate) slot: u64,
     pub(crate) duration: Duration,
@@ -28,6 +56,9 @@ pub(crate) struct Lease {
     pub(crate) scoped: AtomicBool,
     times: Mutex<Times>,
     lost: AtomicBool,
+    /// Known to be gone from the server: released, force-released here, or found missing by a
+    /// renewal.
+    gone: AtomicBool,
     lost_changed: Notify,
 }
 
@@ -37,23 +68,31 @@ struct Times {
     deadline: Instant,
     /// When the watchdog renews it next.
     renew_at: Instant,
+    /// By when the server has expired it for sure, unless a renewal that this process never heard
+    /// back from reached the server late.
+    free_by: Instant,
 }
 
 impl Times {
-    fn from_request(sent: Instant, lease: Duration) -> Self {
+    fn from_request(sent: Instant, received: Instant, lease: Duration) -> Self {
         Self {
             deadline: local_deadline(sent, lease),
             renew_at: sent + lease / 3,
+            free_by: received + lease + drift_margin(lease),
         }
     }
 }
 
+/// How far this machine's clock may run apart from the server's over one lease: 1% of it and
+/// 2 ms.
+fn drift_margin(lease: Duration) -> Duration {
+    lease / 100 + Duration::from_millis(2)
+}
+
 /// The local deadline: the lease measured from before the request — the server's lease cannot
-/// have started earlier — less 1% of it and 2 ms for the difference between this machine's clock
-/// rate and the server's.
+/// have started earlier — less the drift margin.
 fn local_deadline(sent: Instant, lease: Duration) -> Instant {
-    let margin = lease / 100 + Duration::from_millis(2);
-    sent + lease.saturating_sub(margin)
+    sent + lease.saturating_sub(drift_margin(lease))
 }
 
 /// What is running the current code: a tokio task, or (for the future passed to `block_on`,
@@ -73,23 +112,25 @@ impl Runner {
 }
 
 impl Lease {
-    /// The lease of a hold requested at `sent`.
+    /// The lease of a hold requested at `sent` and granted by a reply received at `received`.
     pub(crate) fn new(
         key: LockKey,
-        owner: Owner,
+        token: HoldToken,
         slot: u64,
         duration: Duration,
         sent: Instant,
+        received: Instant,
     ) -> Self {
         Self {
             key,
-            owner,
+            token,
             slot,
             duration,
             runner: Runner::current(),
             scoped: AtomicBool::new(false),
-            times: Mutex::new(Times::from_request(sent, duration)),
+            times: Mutex::new(Times::from_request(sent, received, duration)),
             lost: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             lost_changed: Notify::new(),
         }
     }
@@ -108,14 +149,22 @@ impl Lease {
         self.times().renew_at
     }
 
-    /// A renewal requested at `sent` succeeded.
-    pub(crate) fn renewed(&self, sent: Instant) {
-        if self.is_lost() {
+    /// By when the server has expired the hold for sure (see [`is_gone`](Self::is_gone)).
+    pub(crate) fn free_by(&self) -> Instant {
+        self.times().free_by
+    }
+
+    /// A renewal requested at `sent` succeeded, by a reply received at `received`.
+    pub(crate) fn renewed(&self, sent: Instant, received: Instant) {
+        let renewed = Times::from_request(sent, received, self.duration);
+        let lost = self.is_lost();
+        let mut times = self.times();
+        // The hold lives on at the server either way, so it stays in the way that much longer.
+        times.free_by = times.free_by.max(renewed.free_by);
+        if lost {
             // Too late: the lease may have ended on the server before the renewal reached it.
             return;
         }
-        let renewed = Times::from_request(sent, self.duration);
-        let mut times = self.times();
         times.deadline = times.deadline.max(renewed.deadline);
         times.renew_at = renewed.renew_at;
     }
@@ -133,10 +182,24 @@ impl Lease {
         false
     }
 
-    /// The lease is known to be gone (force-released, or a renewal found it missing).
+    /// The hold must not be trusted any more (force-released, or its grant came too late).
     pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::Release);
         self.lost_changed.notify_waiters();
+    }
+
+    /// The hold is known to be gone from the server: released, force-released, or found missing
+    /// by a renewal. Implies lost.
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.mark_lost();
+    }
+
+    /// Whether the server no longer has the hold: known gone, or past the time by which its
+    /// lease has ended there for sure. Until then the key's local slot stays occupied, so that
+    /// tasks of this process queue locally instead of asking the server in vain.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire) || Instant::now() >= self.free_by()
     }
 
     /// Resolves when the lease is lost, by [`mark_lost`](Self::mark_lost) or by its deadline.
@@ -177,21 +240,46 @@ mod tests {
     }
 
     #[test]
+    fn leases_out_of_range_are_refused() {
+        assert!(check(Duration::ZERO).is_err());
+        assert!(check(Duration::from_millis(9)).is_err());
+        assert!(check(Duration::MAX).is_err());
+        assert_eq!(check(MIN_LEASE).unwrap(), MIN_LEASE);
+        assert_eq!(check(MAX_LEASE).unwrap(), MAX_LEASE);
+    }
+
+    #[test]
+    fn after_never_overflows() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now + Duration::from_secs(3600));
+        assert_eq!(
+            after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+    }
+
+    #[test]
     fn loss_latches() {
+        let now = Instant::now();
         let lease = Lease::new(
             LockKey::new("k").unwrap(),
-            Owner::random(),
+            HoldToken::random(),
             0,
             Duration::from_millis(10),
-            Instant::now(),
+            now,
+            now,
         );
         assert!(!lease.is_lost());
         std::thread::sleep(Duration::from_millis(20));
         assert!(lease.is_lost());
-        lease.renewed(Instant::now());
+        lease.renewed(Instant::now(), Instant::now());
         assert!(
             lease.is_lost(),
             "a late renewal does not bring a lease back"
+        );
+        assert!(
+            !lease.is_gone(),
+            "but the server has the hold for another lease"
         );
     }
 }

@@ -21,7 +21,8 @@
 //!     .lock("order:42")
 //!     .run(async { charge(&locker, 42).await })
 //!     .await??;
-//! assert_eq!(token, 1);
+//! let next = locker.lock("order:42").await?;
+//! assert!(next.fencing_token() > token, "fencing tokens only go up");
 //! # Ok(()) }
 //! ```
 //!
@@ -39,7 +40,9 @@
 //!   renewal finds the hold gone, or the deadline passes while the server cannot be reached, the
 //!   hold is **lost**: [`LockGuard::lost`] resolves and [`LockGuard::is_held`] turns false, with no
 //!   round trip. [`Acquire::run`] then drops the body and returns [`Error::Lost`] (unless
-//!   [`OnLost::Continue`] is chosen).
+//!   [`OnLost::Continue`] is chosen). Loss is checked by the clock before every poll of the
+//!   body, so a process that stalled past its lease (a blocking call, a pause) never takes
+//!   another step of the body when it wakes.
 //! * A guard dropped without [`LockGuard::release`] — an early return, a panic, a cancelled
 //!   future — is released by the locker's background task, so the lock is free again within a
 //!   round trip.
@@ -58,15 +61,35 @@
 //! | holder process killed | the lock is free again within one lease |
 //! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
 //! | guard dropped in a panic or cancellation | released in the background |
-//! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched |
+//! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
+//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
+//! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
+//! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
+//! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
 //!
-//! For a key `K` and prefix `P` (default `relock`): the hash `P:{K}` holds the owner token and its
-//! hold count, the fencing token and holder metadata, with `PEXPIRE` = lease; `P:{K}:fence` counts
-//! fencing tokens; `P:{K}:released` is the channel announcing releases. All share the hash tag
+//! For a key `K` and prefix `P` (default `relock`): the string `P:{K}` holds the current hold's
+//! own random 128-bit token, its fencing token and holder metadata, with `PX` = lease (set in the
+//! same command, so a lock never exists without an expiry); `P:{K}:fence` keeps the last fencing
+//! token handed out; `P:{K}:released` is the channel announcing releases. All share the hash tag
 //! `{K}`, so each operation is one Lua script on one Redis Cluster slot.
+//!
+//! Every fresh acquisition writes a token of its own, and release and renewal act on that token
+//! only: a late release or renewal of an old hold (lost, force-released, cancelled mid-flight)
+//! never touches a newer hold, even one taken in the same scope. Re-entry is decided in this
+//! process and never reaches Redis. An acquisition retried with the same token gets the same
+//! grant back, so a client-side retry is harmless.
+//!
+//! # Fencing tokens
+//!
+//! A fencing token is `max(last token + 1, server time in µs)`: strictly increasing per key, and
+//! still increasing when the counter is gone — expired after its retention, lost in a restart of
+//! a server without persistence, or missing on a replica promoted before it was replicated. The
+//! one assumption: the server's clock (after a failover, the new master's clock) does not step
+//! back by more than the time between two grants of a key. Keep server clocks synchronised
+//! (NTP slews rather than steps small offsets).
 //!
 //! # What a Redis lock can and cannot promise
 //!
@@ -74,7 +97,7 @@
 //! stalled network) past its lease while another owner takes the lock; no lock service can stop
 //! that holder's late write. Where a stale write would corrupt data, pass
 //! [`LockGuard::fencing_token`] to the resource and have it reject tokens older than the newest it
-//! has seen.
+//! has seen, on reads as well as writes.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -93,10 +116,10 @@ mod key;
 mod lease;
 mod local;
 mod locker;
-mod owner;
 mod scope;
 mod scripts;
 mod subscriber;
+mod token;
 mod wait;
 mod watchdog;
 

@@ -2,8 +2,13 @@
 //!
 //! Tasks of one process that contend for a key queue here instead of at the server: one task at a
 //! time asks the backend, a release hands over with a local wake-up, `try_lock` on a key held here
-//! answers without a round trip, and siblings that share a scope's owner token still exclude each
-//! other (the server alone would let the same owner re-enter).
+//! answers without a round trip.
+//!
+//! A slot stays occupied until its hold is known to be gone from the server (its release was
+//! acknowledged, a renewal found it missing, it was force-released here, or its lease has ended
+//! there for sure): the server alone decides who holds a key, and every hold has its own token,
+//! so the slot is never what keeps two holds apart — it only keeps this process from asking the
+//! server in vain.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +33,9 @@ struct Slot {
     freed: Option<Arc<Notify>>,
     /// `None` while the slot's task is still asking the backend.
     lease: Option<Arc<Lease>>,
+    /// Force-released through this locker while its acquisition was in flight: the grant may
+    /// have reached the server before the release, so it cannot be trusted.
+    forced: bool,
 }
 
 impl Slot {
@@ -66,12 +74,12 @@ impl LocalHolds {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the key's slot, unless another task has it. A slot whose hold was lost is taken
-    /// over, as the backend would let another owner take the lock.
+    /// Takes the key's slot, unless another task has it. A slot whose hold is gone from the
+    /// server is taken over.
     pub(crate) fn enter(self: &Arc<Self>, key: &LockKey) -> Enter {
         let mut slots = self.slots();
         if let Some(slot) = slots.get_mut(key) {
-            if !slot.lease.as_ref().is_some_and(|lease| lease.is_lost()) {
+            if !slot.lease.as_ref().is_some_and(|lease| lease.is_gone()) {
                 let freed = slot.freed.get_or_insert_default().clone().notified_owned();
                 let holder = slot.lease.clone();
                 return Enter::Busy(Busy { freed, holder });
@@ -84,6 +92,7 @@ impl LocalHolds {
                 id,
                 freed: None,
                 lease: None,
+                forced: false,
             },
         );
         Enter::Entered(Gate {
@@ -105,10 +114,21 @@ impl LocalHolds {
         }
     }
 
-    /// Empties the key's slot whoever has it, returning its lease (for `force_release`).
-    pub(crate) fn evict(&self, key: &LockKey) -> Option<Arc<Lease>> {
-        let slot = self.slots().remove(key)?;
-        slot.lease.clone()
+    /// The key was force-released on the server: its hold here is gone and its slot freed; an
+    /// acquisition in flight will find its grant untrustworthy (see [`Gate::commit`]).
+    pub(crate) fn force_released(&self, key: &LockKey) {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        let Some(lease) = slot.lease.clone() else {
+            slot.forced = true;
+            return;
+        };
+        lease.mark_gone();
+        let slot = slots.remove(key);
+        drop(slots);
+        drop(slot);
     }
 
     #[cfg(test)]
@@ -130,16 +150,23 @@ impl Gate {
         self.id
     }
 
-    /// The backend granted the lock: the slot now belongs to `hold`, which frees it on release.
-    /// Tasks already waiting are woken to look again, now that the holder's deadline is known.
-    pub(crate) fn commit(mut self, lease: &Arc<Lease>) {
-        if let Some(slot) = self.local.slots().get_mut(&self.key) {
-            if slot.id == self.id {
+    /// The backend granted the lock: the slot now belongs to the hold, which frees it once the
+    /// hold is gone from the server. Tasks already waiting are woken to look again, now that the
+    /// holder's deadline is known.
+    ///
+    /// Returns `false` when the key was force-released here while the request was in flight:
+    /// the grant may predate that release, so the hold must be treated as lost.
+    pub(crate) fn commit(mut self, lease: &Arc<Lease>) -> bool {
+        self.committed = true;
+        let mut slots = self.local.slots();
+        match slots.get_mut(&self.key) {
+            Some(slot) if slot.id == self.id => {
                 slot.lease = Some(lease.clone());
                 slot.wake_waiters();
+                !slot.forced
             }
+            _ => false,
         }
-        self.committed = true;
     }
 }
 
@@ -153,7 +180,10 @@ impl Drop for Gate {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::token::HoldToken;
 
     fn key(name: &str) -> LockKey {
         LockKey::new(name).unwrap()
@@ -176,6 +206,18 @@ mod tests {
         assert!(matches!(local.enter(&key("k")), Enter::Entered(_)));
     }
 
+    fn lease(slot: u64, duration: Duration) -> Arc<Lease> {
+        let now = Instant::now();
+        Arc::new(Lease::new(
+            key("k"),
+            HoldToken::random(),
+            slot,
+            duration,
+            now,
+            now,
+        ))
+    }
+
     #[test]
     fn remove_ignores_a_slot_taken_over_since() {
         let local = Arc::new(LocalHolds::default());
@@ -183,13 +225,53 @@ mod tests {
             panic!()
         };
         let first_id = first.id();
-        std::mem::forget(first);
-        local.evict(&key("k"));
+        assert!(first.commit(&lease(first_id, Duration::from_secs(30))));
+        local.force_released(&key("k"));
         let Enter::Entered(_second) = local.enter(&key("k")) else {
             panic!()
         };
         local.remove(&key("k"), first_id);
         assert_eq!(local.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_hold_keeps_its_slot_until_it_is_gone_from_the_server() {
+        let local = Arc::new(LocalHolds::default());
+        let Enter::Entered(gate) = local.enter(&key("k")) else {
+            panic!()
+        };
+        let held = lease(gate.id(), Duration::from_millis(50));
+        assert!(gate.commit(&held));
+        held.mark_lost();
+        assert!(matches!(local.enter(&key("k")), Enter::Busy(_)));
+        held.mark_gone();
+        assert!(matches!(local.enter(&key("k")), Enter::Entered(_)));
+    }
+
+    #[test]
+    fn a_slot_is_free_once_the_lease_has_ended_on_the_server_for_sure() {
+        let local = Arc::new(LocalHolds::default());
+        let Enter::Entered(gate) = local.enter(&key("k")) else {
+            panic!()
+        };
+        let held = lease(gate.id(), Duration::from_millis(10));
+        assert!(gate.commit(&held));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(local.enter(&key("k")), Enter::Busy(_)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(local.enter(&key("k")), Enter::Entered(_)));
+    }
+
+    #[test]
+    fn a_grant_committed_after_a_force_release_is_not_trusted() {
+        let local = Arc::new(LocalHolds::default());
+        let Enter::Entered(gate) = local.enter(&key("k")) else {
+            panic!()
+        };
+        local.force_released(&key("k"));
+        assert!(matches!(local.enter(&key("k")), Enter::Busy(_)));
+        let id = gate.id();
+        assert!(!gate.commit(&lease(id, Duration::from_secs(30))));
     }
 
     #[test]

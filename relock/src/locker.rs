@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -16,16 +16,20 @@ use crate::guard::LockGuard;
 use crate::info::LockInfo;
 use crate::key::{IntoLockKey, LockKey};
 use crate::local::LocalHolds;
-use crate::owner::Owner;
 use crate::scope::Frame;
 use crate::subscriber::Subscriber;
+use crate::token::HoldToken;
 use crate::wait::ReleaseSignal;
 use crate::watchdog::Watchdog;
 
 const DEFAULT_PREFIX: &str = "relock";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The fencing counter only has to bridge a server clock that steps back between two grants; the
+/// clock mixed into every token does the rest.
+const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(10 * 60);
+/// Longer retentions are cut to this.
+const MAX_FENCE_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -91,11 +95,27 @@ pub(crate) struct Config {
 
 struct ReleaseJob {
     key: LockKey,
-    owner: Owner,
-    slot: u64,
+    token: HoldToken,
+    /// The key's local slot, freed once the server answers.
+    slot: Option<u64>,
+    /// When the lease has ended at the server for sure: retrying past it is pointless.
+    free_by: Instant,
 }
 
+/// A background release that fails is retried after this long at first, doubling up to
+/// [`LONGEST_RELEASE_RETRY`].
+const FIRST_RELEASE_RETRY: Duration = Duration::from_millis(50);
+const LONGEST_RELEASE_RETRY: Duration = Duration::from_secs(1);
+
 impl Locker {
+    /// The shortest lease a lock can have: 10 ms. A shorter one would be mostly drift margin
+    /// and renewal round trip.
+    pub const MIN_LEASE: Duration = crate::lease::MIN_LEASE;
+
+    /// The longest lease a lock can have: 30 days. Leases are renewed while the lock is held, so
+    /// a long lease only says how long a crashed holder keeps the lock.
+    pub const MAX_LEASE: Duration = crate::lease::MAX_LEASE;
+
     /// Connects to the Redis server at `url` with the default settings, checking that it answers.
     ///
     /// Fails with [`Error::Backend`] if it does not: at once for a closed port, within the
@@ -103,7 +123,10 @@ impl Locker {
     /// the latest after the connect and response timeouts together.
     pub async fn connect(url: &str) -> Result<Locker, Error> {
         let locker = Self::builder().url(url).build()?;
-        let limit = locker.shared.connect_timeout + DEFAULT_RESPONSE_TIMEOUT;
+        let limit = locker
+            .shared
+            .connect_timeout
+            .saturating_add(DEFAULT_RESPONSE_TIMEOUT);
         match tokio::time::timeout(limit, locker.ping()).await {
             Ok(answered) => answered?,
             Err(_) => {
@@ -183,9 +206,7 @@ impl Locker {
     pub async fn force_release(&self, key: impl IntoLockKey) -> Result<bool, Error> {
         let key = key.into_lock_key()?;
         let released = self.shared.backend.force_release(&key).await?;
-        if let Some(lease) = self.shared.local.evict(&key) {
-            lease.mark_lost();
-        }
+        self.shared.local.force_released(&key);
         Ok(released)
     }
 
@@ -315,38 +336,79 @@ impl Locker {
         let local = self.shared.local.clone();
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
-                let backend = backend.clone();
-                let local = local.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = backend.release(&job.key, &job.owner).await {
-                        tracing::warn!(
-                            key = %job.key,
-                            error = %err,
-                            "relock: background release failed; the lock frees itself when its lease ends"
-                        );
-                    }
-                    local.remove(&job.key, job.slot);
-                });
+                tokio::spawn(release_until_answered(backend.clone(), local.clone(), job));
             }
         });
     }
 
-    /// Releases a hold whose last guard was dropped without `release()`.
-    pub(crate) fn release_in_background(&self, key: &LockKey, owner: &Owner, slot: u64) {
+    /// Releases a hold whose last guard was dropped without `release()`, or whose release or
+    /// acquisition had an unknown outcome. The key's slot `slot`, if any, stays occupied until
+    /// the server answers (or `free_by` passes).
+    pub(crate) fn release_in_background(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        slot: Option<u64>,
+        free_by: Instant,
+    ) {
         if let Some(memory) = self.shared.backend.as_memory() {
-            memory.release(key, owner);
-            self.shared.local.remove(key, slot);
+            memory.release(key, token);
+            self.free_slot(key, slot);
             return;
         }
         let job = ReleaseJob {
             key: key.clone(),
-            owner: owner.clone(),
+            token: token.clone(),
             slot,
+            free_by,
         };
         if self.shared.releases.send(job).is_err() {
             // The background task's runtime has shut down; the lease frees the lock.
+            self.free_slot(key, slot);
+        }
+    }
+
+    fn free_slot(&self, key: &LockKey, slot: Option<u64>) {
+        if let Some(slot) = slot {
             self.shared.local.remove(key, slot);
         }
+    }
+}
+
+/// Sends a background release until the server answers: a failed attempt may not have reached
+/// it, and the lock must not stay held for the rest of its lease by a hold nobody has. Gives up
+/// when the lease has ended at the server for sure.
+async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, job: ReleaseJob) {
+    let mut retry = FIRST_RELEASE_RETRY;
+    loop {
+        match backend.release(&job.key, &job.token).await {
+            Ok(_) => {
+                tracing::debug!(key = %job.key, "relock: released in the background");
+                break;
+            }
+            Err(err) if Instant::now() + retry < job.free_by => {
+                tracing::debug!(
+                    key = %job.key,
+                    error = %err,
+                    retry_in = ?retry,
+                    "relock: background release failed; retrying"
+                );
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LONGEST_RELEASE_RETRY);
+            }
+            Err(err) => {
+                tracing::warn!(
+                    key = %job.key,
+                    error = %err,
+                    "relock: background release failed; the lock frees itself when its lease ends"
+                );
+                tokio::time::sleep_until(job.free_by.into()).await;
+                break;
+            }
+        }
+    }
+    if let Some(slot) = job.slot {
+        local.remove(&job.key, slot);
     }
 }
 
@@ -369,7 +431,7 @@ impl AsRef<Locker> for Locker {
 /// Configures a [`Locker`]; created by [`Locker::builder`].
 ///
 /// ```no_run
-/// # use std::time::Duration;
+/// # use std::time::{Duration, Instant};
 /// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
 /// let manager = bb8_redis::RedisConnectionManager::new("redis://127.0.0.1:6379")?;
 /// let pool = bb8::Pool::builder().build(manager).await?;
@@ -428,7 +490,10 @@ impl LockerBuilder {
         self
     }
 
-    /// How long a lock stays held if its holder stops renewing it. Defaults to 30 seconds.
+    /// How long a lock stays held if its holder stops renewing it: between
+    /// [`Locker::MIN_LEASE`] and [`Locker::MAX_LEASE`], else [`build`](Self::build) (and, for
+    /// [`build_in_memory`](Self::build_in_memory), every lock request) fails with
+    /// [`Error::InvalidLease`]. Defaults to 30 seconds.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -441,8 +506,14 @@ impl LockerBuilder {
         self
     }
 
-    /// How long a key's fencing counter is kept after its last acquisition; a key unused for
-    /// longer starts counting again from 1. Defaults to 7 days.
+    /// How long a key's fencing counter is kept after its last use (a grant or a renewal).
+    ///
+    /// Fencing tokens mix the server's clock into the counter (`max(counter + 1, server time in
+    /// µs)`), so a key whose counter is gone still gets a larger token than any before, as long
+    /// as the server's clock has not stepped back since. The counter only has to bridge such a
+    /// step: keeping it longer costs one Redis key per recently locked key. Never shorter than
+    /// the lease in force (a shorter retention is stretched to the lease), at most a year.
+    /// Defaults to 10 minutes.
     pub fn fence_retention(mut self, retention: Duration) -> Self {
         self.fence_retention = Some(retention);
         self
@@ -463,8 +534,10 @@ impl LockerBuilder {
     }
 
     /// Builds the locker. Fails with [`Error::Backend`] when neither a URL nor a pool was given,
-    /// the URL does not parse, or the prefix is invalid.
+    /// the URL does not parse, or the prefix is invalid, and with [`Error::InvalidLease`] for a
+    /// lease out of range.
     pub fn build(self) -> Result<Locker, Error> {
+        crate::lease::check(self.config().lease)?;
         let prefix = self
             .prefix
             .clone()
@@ -519,7 +592,9 @@ impl LockerBuilder {
     }
 
     fn retention(&self) -> Duration {
-        self.fence_retention.unwrap_or(DEFAULT_FENCE_RETENTION)
+        self.fence_retention
+            .unwrap_or(DEFAULT_FENCE_RETENTION)
+            .min(MAX_FENCE_RETENTION)
     }
 
     fn config(&self) -> Config {

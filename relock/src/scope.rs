@@ -1,5 +1,6 @@
-//! Ownership scopes: a task-local frame that carries the owner token, the locker in force and the
-//! holds taken by this frame and its ancestors, so nested code re-enters them.
+//! Ownership scopes: a task-local frame that carries the locker in force and the holds taken by
+//! this frame and its ancestors, so nested code re-enters them. Re-entry is decided here, never
+//! at the server: every hold there has its own token.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,7 +8,6 @@ use std::sync::Arc;
 use crate::guard::{Hold, LockGuard};
 use crate::key::LockKey;
 use crate::locker::Locker;
-use crate::owner::Owner;
 
 tokio::task_local! {
     static FRAME: Frame;
@@ -17,7 +17,6 @@ tokio::task_local! {
 #[derive(Clone)]
 pub(crate) struct Frame {
     pub(crate) locker: Locker,
-    pub(crate) owner: Owner,
     holds: Option<Arc<Node>>,
 }
 
@@ -50,16 +49,6 @@ impl Frame {
             .flatten()
     }
 
-    /// The owner a new hold through `locker` is taken with: the frame's, when the frame belongs to
-    /// the same locker, else a fresh one.
-    pub(crate) fn owner_for(locker: &Locker) -> Owner {
-        FRAME
-            .try_with(|frame| frame.locker.same_as(locker).then(|| frame.owner.clone()))
-            .ok()
-            .flatten()
-            .unwrap_or_else(Owner::random)
-    }
-
     /// The locker of the current frame.
     pub(crate) fn locker() -> Option<Locker> {
         FRAME.try_with(|frame| frame.locker.clone()).ok()
@@ -80,7 +69,6 @@ impl Frame {
             let parent = frame.map(|frame| frame.holds).unwrap_or_default();
             frame = Some(Frame {
                 locker: hold.locker.clone(),
-                owner: hold.lease.owner.clone(),
                 holds: Some(Arc::new(Node { hold, parent })),
             });
         }
@@ -96,8 +84,7 @@ impl Frame {
 /// Carries the current scope into a future that will run elsewhere, typically one passed to
 /// `tokio::spawn` (which does not inherit task-locals).
 ///
-/// Inside the returned future, locks the scope holds re-enter without a round trip, and new locks
-/// are taken with the scope's owner. The holds carried stay held until every future carrying them
+/// Inside the returned future, locks the scope holds re-enter without a round trip. The holds carried stay held until every future carrying them
 /// is done: the scope that took them may finish first, and the last carrier releases them.
 /// Outside any scope, the future is returned unchanged.
 ///

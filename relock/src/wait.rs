@@ -59,7 +59,9 @@ impl Waiter {
     ) {
         match armed {
             Some(armed) => {
-                let until = holder_ttl.map_or(deadline, |ttl| (Instant::now() + ttl).min(deadline));
+                let until = holder_ttl.map_or(deadline, |ttl| {
+                    crate::lease::after(Instant::now(), ttl).min(deadline)
+                });
                 tokio::select! {
                     () = armed => {}
                     () = tokio::time::sleep_until(until.into()) => {}

@@ -114,12 +114,13 @@ impl Watchdog {
                 let sent = Instant::now();
                 match backend.renew(&due).await {
                     Ok(renewed) => {
+                        let received = Instant::now();
                         for (lease, still_held) in due.iter().zip(renewed) {
                             if still_held {
-                                lease.renewed(sent);
+                                lease.renewed(sent, received);
                             } else if self.is_registered(lease) {
                                 tracing::warn!(key = %lease.key, "relock: lock lost: a renewal found it gone");
-                                lease.mark_lost();
+                                lease.mark_gone();
                                 local.remove(&lease.key, lease.slot);
                             }
                         }

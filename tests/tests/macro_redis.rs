@@ -29,7 +29,10 @@ async fn pack(id: u64) -> relock::Result<u64> {
 async fn nested_locked_call_on_a_held_key_sends_no_command() {
     let server = RedisServer::start();
     let locker = Locker::connect(&server.url()).await.unwrap();
-    assert_eq!(ship(&locker, &server, 42).await.unwrap(), 1);
+    let token = ship(&locker, &server, 42).await.unwrap();
+    let next = locker.lock("order:42").await.unwrap();
+    assert!(next.fencing_token() > token);
+    next.release().await.unwrap();
     assert!(locker.inspect("order:42").await.unwrap().is_none());
 }
 
@@ -41,7 +44,7 @@ async fn hold(locker: &Locker, server: &RedisServer, id: u64) -> relock::Result<
         .query_async(&mut redis)
         .await
         .expect("EXISTS");
-    assert!(exists, "the lock's hash is in Redis while the body runs");
+    assert!(exists, "the lock is in Redis while the body runs");
     Ok(locker
         .inspect(format!("order:{id}"))
         .await?

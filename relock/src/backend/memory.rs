@@ -1,5 +1,5 @@
-//! The in-memory backend: the Redis scripts' semantics (fencing, lease expiry, owner re-entry,
-//! inspect) over a map in this process.
+//! The in-memory backend: the Redis scripts' semantics (one token per hold, clock-mixed fencing
+//! tokens, lease expiry, inspect) over a map in this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use super::{Attempt, Released, HOLDER};
 use crate::info::LockInfo;
 use crate::key::LockKey;
-use crate::owner::Owner;
+use crate::token::HoldToken;
 
 #[derive(Debug)]
 pub(crate) struct MemoryBackend {
@@ -29,8 +29,7 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    owner: Owner,
-    holds: u64,
+    token: HoldToken,
     fencing_token: u64,
     expires: Instant,
     since: SystemTime,
@@ -45,6 +44,16 @@ struct Fence {
 /// Expired entries are dropped lazily on access, and in a sweep after this many acquisitions, so
 /// that memory stays bounded by the live locks however many keys pass through.
 const SWEEP_EVERY: usize = 1024;
+
+/// The clock part of a fencing token: microseconds since the Unix epoch, as the Redis script
+/// reads the server's `TIME`.
+fn clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
+}
 
 impl MemoryBackend {
     pub(crate) fn new(fence_retention: Duration) -> Self {
@@ -61,23 +70,28 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn acquire(&self, key: &LockKey, owner: &Owner, lease: Duration) -> Attempt {
+    /// The retention of a key's fencing counter: it must outlive the holds it numbers.
+    fn retention(&self, lease: Duration) -> Duration {
+        self.fence_retention.max(lease)
+    }
+
+    pub(crate) fn acquire(&self, key: &LockKey, token: &HoldToken, lease: Duration) -> Attempt {
         let now = Instant::now();
         let mut state = self.state();
         state.sweep(now);
         if let Some(entry) = state.live(key, now) {
-            if entry.owner != *owner {
-                return Attempt::Held {
-                    ttl: Some(entry.expires - now),
+            if entry.token == *token {
+                // A retried request of the same hold: the same grant again.
+                return Attempt::Acquired {
+                    fencing_token: entry.fencing_token,
                 };
             }
-            entry.holds += 1;
-            entry.expires = now + lease;
-            return Attempt::Acquired {
-                fencing_token: entry.fencing_token,
+            return Attempt::Held {
+                ttl: Some(entry.expires - now),
             };
         }
-        let expires = now + self.fence_retention;
+        let expires = now + self.retention(lease);
+        let clock = clock_micros();
         let fence = state
             .fences
             .entry(key.clone())
@@ -85,14 +99,13 @@ impl MemoryBackend {
         if fence.expires <= now {
             fence.last = 0;
         }
-        fence.last += 1;
+        fence.last = clock.max(fence.last + 1);
         fence.expires = expires;
         let fencing_token = fence.last;
         state.locks.insert(
             key.clone(),
             Entry {
-                owner: owner.clone(),
-                holds: 1,
+                token: token.clone(),
                 fencing_token,
                 expires: now + lease,
                 since: SystemTime::now(),
@@ -101,26 +114,29 @@ impl MemoryBackend {
         Attempt::Acquired { fencing_token }
     }
 
-    pub(crate) fn release(&self, key: &LockKey, owner: &Owner) -> Released {
+    pub(crate) fn release(&self, key: &LockKey, token: &HoldToken) -> Released {
         let now = Instant::now();
         let mut state = self.state();
-        let Some(entry) = state.live(key, now).filter(|entry| entry.owner == *owner) else {
+        if state
+            .live(key, now)
+            .is_none_or(|entry| entry.token != *token)
+        {
             return Released::NotHeld;
-        };
-        entry.holds -= 1;
-        if entry.holds > 0 {
-            return Released::Remaining(entry.holds);
         }
         state.remove(key);
         Released::Free
     }
 
-    pub(crate) fn renew(&self, key: &LockKey, owner: &Owner, lease: Duration) -> bool {
+    pub(crate) fn renew(&self, key: &LockKey, token: &HoldToken, lease: Duration) -> bool {
         let now = Instant::now();
+        let retention = self.retention(lease);
         let mut state = self.state();
-        match state.live(key, now).filter(|entry| entry.owner == *owner) {
+        match state.live(key, now).filter(|entry| entry.token == *token) {
             Some(entry) => {
                 entry.expires = now + lease;
+                if let Some(fence) = state.fences.get_mut(key) {
+                    fence.expires = fence.expires.max(now + retention);
+                }
                 true
             }
             None => false,
@@ -147,8 +163,8 @@ impl MemoryBackend {
         let mut state = self.state();
         let entry = state.live(key, now)?;
         Some(LockInfo {
-            owner: entry.owner.as_str().to_owned(),
-            holds: entry.holds,
+            owner: entry.token.as_str().to_owned(),
+            holds: 1,
             ttl: entry.expires - now,
             fencing_token: entry.fencing_token,
             host: Some(HOLDER.host.clone()),
@@ -206,10 +222,17 @@ mod tests {
         MemoryBackend::new(Duration::from_secs(3600))
     }
 
+    fn token_of(attempt: Attempt) -> u64 {
+        match attempt {
+            Attempt::Acquired { fencing_token } => fencing_token,
+            Attempt::Held { .. } => panic!("expected Acquired"),
+        }
+    }
+
     #[test]
-    fn second_owner_is_refused_with_the_ttl() {
+    fn second_hold_is_refused_with_the_ttl() {
         let memory = backend();
-        let (a, b) = (Owner::random(), Owner::random());
+        let (a, b) = (HoldToken::random(), HoldToken::random());
         assert!(matches!(
             memory.acquire(&key("k"), &a, LEASE),
             Attempt::Acquired { .. }
@@ -221,52 +244,67 @@ mod tests {
     }
 
     #[test]
-    fn same_owner_re_enters_with_the_same_token() {
+    fn a_retried_acquire_of_the_same_hold_gets_the_same_grant() {
         let memory = backend();
-        let a = Owner::random();
+        let a = HoldToken::random();
         let first = memory.acquire(&key("k"), &a, LEASE);
         assert_eq!(memory.acquire(&key("k"), &a, LEASE), first);
-        assert_eq!(memory.release(&key("k"), &a), Released::Remaining(1));
         assert_eq!(memory.release(&key("k"), &a), Released::Free);
         assert_eq!(memory.release(&key("k"), &a), Released::NotHeld);
     }
 
     #[test]
-    fn fencing_tokens_increase_per_key() {
+    fn a_release_of_an_old_hold_leaves_a_newer_one_alone() {
         let memory = backend();
+        let (old, new) = (HoldToken::random(), HoldToken::random());
+        memory.acquire(&key("k"), &old, LEASE);
+        assert!(memory.force_release(&key("k")));
+        token_of(memory.acquire(&key("k"), &new, LEASE));
+        assert_eq!(memory.release(&key("k"), &old), Released::NotHeld);
+        assert!(!memory.renew(&key("k"), &old, LEASE));
+        assert_eq!(memory.inspect(&key("k")).unwrap().owner, new.as_str());
+    }
+
+    #[test]
+    fn fencing_tokens_increase_per_key_and_follow_the_clock() {
+        let memory = backend();
+        let before = clock_micros();
         let mut last = 0;
         for _ in 0..5 {
-            let owner = Owner::random();
-            let Attempt::Acquired { fencing_token } = memory.acquire(&key("k"), &owner, LEASE)
-            else {
-                panic!("expected Acquired");
-            };
+            let hold = HoldToken::random();
+            let fencing_token = token_of(memory.acquire(&key("k"), &hold, LEASE));
             assert!(fencing_token > last);
+            assert!(fencing_token >= before);
             last = fencing_token;
-            memory.release(&key("k"), &owner);
+            memory.release(&key("k"), &hold);
         }
-        let other = memory.acquire(&key("other"), &Owner::random(), LEASE);
-        assert_eq!(other, Attempt::Acquired { fencing_token: 1 });
+    }
+
+    #[test]
+    fn fencing_tokens_keep_increasing_after_the_counter_expires() {
+        let memory = MemoryBackend::new(Duration::from_millis(1));
+        let first =
+            token_of(memory.acquire(&key("k"), &HoldToken::random(), Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        let second = token_of(memory.acquire(&key("k"), &HoldToken::random(), LEASE));
+        assert!(second > first, "{second} after {first}");
     }
 
     #[test]
     fn an_expired_lease_frees_the_lock_and_release_reports_it() {
         let memory = backend();
-        let a = Owner::random();
-        memory.acquire(&key("k"), &a, Duration::from_millis(1));
+        let a = HoldToken::random();
+        let first = token_of(memory.acquire(&key("k"), &a, Duration::from_millis(1)));
         std::thread::sleep(Duration::from_millis(5));
         assert!(memory.inspect(&key("k")).is_none());
         assert_eq!(memory.release(&key("k"), &a), Released::NotHeld);
-        assert!(matches!(
-            memory.acquire(&key("k"), &Owner::random(), LEASE),
-            Attempt::Acquired { fencing_token: 2 }
-        ));
+        assert!(token_of(memory.acquire(&key("k"), &HoldToken::random(), LEASE)) > first);
     }
 
     #[test]
     fn force_release_frees_any_holder() {
         let memory = backend();
-        memory.acquire(&key("k"), &Owner::random(), LEASE);
+        memory.acquire(&key("k"), &HoldToken::random(), LEASE);
         assert!(memory.force_release(&key("k")));
         assert!(!memory.force_release(&key("k")));
         assert!(memory.inspect(&key("k")).is_none());
@@ -276,12 +314,12 @@ mod tests {
     fn sweep_bounds_memory_by_live_locks() {
         let memory = MemoryBackend::new(Duration::from_millis(1));
         for n in 0..SWEEP_EVERY * 2 {
-            let owner = Owner::random();
-            memory.acquire(&key(&format!("k{n}")), &owner, Duration::from_millis(1));
+            let hold = HoldToken::random();
+            memory.acquire(&key(&format!("k{n}")), &hold, Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(5));
         for n in 0..SWEEP_EVERY {
-            memory.acquire(&key(&format!("again{n}")), &Owner::random(), LEASE);
+            memory.acquire(&key(&format!("again{n}")), &HoldToken::random(), LEASE);
         }
         let state = memory.state();
         assert!(state.locks.len() <= SWEEP_EVERY, "{}", state.locks.len());

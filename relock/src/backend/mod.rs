@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
-use crate::owner::Owner;
+use crate::token::HoldToken;
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -16,20 +16,18 @@ pub(crate) mod redis;
 /// The answer to one acquisition attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
-    /// The owner holds the lock now, under this fencing token.
+    /// The hold has the lock now, under this fencing token.
     Acquired { fencing_token: u64 },
-    /// Another owner holds it; its lease has this much left, when the backend knows.
+    /// Another hold has it; its lease has this much left, when the backend knows.
     Held { ttl: Option<Duration> },
 }
 
 /// The answer to a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Released {
-    /// The lock is free.
+    /// The hold had the lock, and the lock is free now.
     Free,
-    /// The owner still holds this many holds (re-entry from another process).
-    Remaining(u64),
-    /// The owner did not hold the lock any more: its lease had ended.
+    /// The hold did not have the lock any more: its lease had ended, or it was force-released.
     NotHeld,
 }
 
@@ -44,29 +42,34 @@ impl Backend {
     pub(crate) async fn acquire(
         &self,
         key: &LockKey,
-        owner: &Owner,
+        token: &HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
         match self {
-            Self::Redis(redis) => redis.acquire(key, owner, lease).await,
-            Self::Memory(memory) => Ok(memory.acquire(key, owner, lease)),
+            Self::Redis(redis) => redis.acquire(key, token, lease).await,
+            Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
         }
     }
 
-    pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
+    pub(crate) async fn release(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+    ) -> Result<Released, Error> {
         match self {
-            Self::Redis(redis) => redis.release(key, owner).await,
-            Self::Memory(memory) => Ok(memory.release(key, owner)),
+            Self::Redis(redis) => redis.release(key, token).await,
+            Self::Memory(memory) => Ok(memory.release(key, token)),
         }
     }
 
-    /// Extends the leases of `holds`, in one round trip; `false` for a hold the owner no longer has.
+    /// Extends the leases of `leases`, in one round trip; `false` for a hold that no longer has
+    /// its lock.
     pub(crate) async fn renew(&self, leases: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
         match self {
             Self::Redis(redis) => redis.renew(leases).await,
             Self::Memory(memory) => Ok(leases
                 .iter()
-                .map(|lease| memory.renew(&lease.key, &lease.owner, lease.duration))
+                .map(|lease| memory.renew(&lease.key, &lease.token, lease.duration))
                 .collect()),
         }
     }

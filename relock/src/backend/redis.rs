@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
-use crate::owner::Owner;
 use crate::scripts;
+use crate::token::HoldToken;
 
 /// How commands reach the server.
 pub(crate) enum Connection {
@@ -102,8 +102,8 @@ impl RedisBackend {
         }
     }
 
-    /// `P:{K}`: the lock's hash.
-    pub(crate) fn hash_key(&self, key: &LockKey) -> String {
+    /// `P:{K}`: the lock.
+    pub(crate) fn lock_key(&self, key: &LockKey) -> String {
         self.key_name(key, "")
     }
 
@@ -164,36 +164,38 @@ impl RedisBackend {
     pub(crate) async fn acquire(
         &self,
         key: &LockKey,
-        owner: &Owner,
+        token: &HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let mut invocation = scripts::ACQUIRE.key(self.hash_key(key));
+        let mut invocation = scripts::ACQUIRE.key(self.lock_key(key));
         invocation
             .key(self.key_name(key, ":fence"))
-            .arg(owner.as_str())
+            .arg(token.as_str())
             .arg(millis(lease))
-            .arg(millis(self.fence_retention))
+            .arg(millis(self.fence_retention.max(lease)))
             .arg(holder_metadata());
         parse_acquire(self.invoke(&invocation).await?)
     }
 
-    pub(crate) async fn release(&self, key: &LockKey, owner: &Owner) -> Result<Released, Error> {
-        let mut invocation = scripts::RELEASE.key(self.hash_key(key));
-        invocation.arg(owner.as_str()).arg(self.channel(key));
+    pub(crate) async fn release(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+    ) -> Result<Released, Error> {
+        let mut invocation = scripts::RELEASE.key(self.lock_key(key));
+        invocation.key(self.channel(key)).arg(token.as_str());
         parse_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn renew(&self, renewals: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
-        let hashes: Vec<String> = renewals
-            .iter()
-            .map(|renewal| self.hash_key(&renewal.key))
-            .collect();
         let mut pipe = redis::pipe();
-        for (renewal, hash) in renewals.iter().zip(&hashes) {
-            let mut invocation = scripts::RENEW.key(hash);
+        for renewal in renewals {
+            let mut invocation = scripts::RENEW.key(self.lock_key(&renewal.key));
             invocation
-                .arg(renewal.owner.as_str())
-                .arg(millis(renewal.duration));
+                .key(self.key_name(&renewal.key, ":fence"))
+                .arg(renewal.token.as_str())
+                .arg(millis(renewal.duration))
+                .arg(millis(self.fence_retention.max(renewal.duration)));
             pipe.invoke_script(&invocation);
         }
         let query = async |connection: &mut Conn| pipe.query_async::<Vec<i64>>(connection).await;
@@ -222,13 +224,13 @@ impl RedisBackend {
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
-        let mut invocation = scripts::FORCE_RELEASE.key(self.hash_key(key));
-        invocation.arg(self.channel(key));
+        let mut invocation = scripts::FORCE_RELEASE.key(self.lock_key(key));
+        invocation.key(self.channel(key));
         Ok(as_int(&self.invoke(&invocation).await?)? == 1)
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
-        let invocation = scripts::INSPECT.key(self.hash_key(key));
+        let invocation = scripts::INSPECT.key(self.lock_key(key));
         parse_inspect(self.invoke(&invocation).await?)
     }
 }
@@ -322,7 +324,7 @@ fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
 fn parse_acquire(value: Value) -> Result<Attempt, Error> {
     if let Value::Array(items) = &value {
         match items.as_slice() {
-            [Value::Int(1), Value::Int(token), Value::Int(_holds)] if *token > 0 => {
+            [Value::Int(1), Value::Int(token)] if *token > 0 => {
                 return Ok(Attempt::Acquired {
                     fencing_token: *token as u64,
                 });
@@ -340,52 +342,40 @@ fn parse_acquire(value: Value) -> Result<Attempt, Error> {
 
 fn parse_release(value: Value) -> Result<Released, Error> {
     match value {
-        Value::Int(0) => Ok(Released::Free),
-        Value::Int(-1) => Ok(Released::NotHeld),
-        Value::Int(n) if n > 0 => Ok(Released::Remaining(n as u64)),
+        Value::Int(1) => Ok(Released::Free),
+        Value::Int(0) => Ok(Released::NotHeld),
         other => Err(unexpected("release", &other)),
     }
 }
 
+/// Parses the inspect script's `{pttl, "<hold token> <fencing token> <pid> <since ms> <host>"}`.
 fn parse_inspect(value: Value) -> Result<Option<LockInfo>, Error> {
     let Value::Array(items) = &value else {
         return Err(unexpected("inspect", &value));
     };
-    let Some((pttl, fields)) = items.split_first() else {
-        return Ok(None);
+    let (pttl, text) = match items.as_slice() {
+        [] => return Ok(None),
+        [Value::Int(pttl), text] => (*pttl, as_string(text)),
+        _ => return Err(unexpected("inspect", &value)),
     };
-    let Value::Int(pttl) = pttl else {
+    let text = text.ok_or_else(|| unexpected("inspect", &value))?;
+    let mut parts = text.splitn(3, ' ');
+    let (Some(owner), Some(fencing_token)) = (
+        parts.next().filter(|token| token.len() == 32),
+        parts.next().and_then(|fence| fence.parse().ok()),
+    ) else {
         return Err(unexpected("inspect", &value));
     };
     let mut info = LockInfo {
-        owner: String::new(),
-        holds: 0,
-        ttl: ttl_from_pttl(*pttl).unwrap_or_default(),
-        fencing_token: 0,
+        owner: owner.to_owned(),
+        holds: 1,
+        ttl: ttl_from_pttl(pttl).unwrap_or_default(),
+        fencing_token,
         host: None,
         pid: None,
         acquired_at: None,
     };
-    for pair in fields.chunks(2) {
-        let [field, text] = pair else {
-            return Err(unexpected("inspect", &value));
-        };
-        let (Some(field), Some(text)) = (as_string(field), as_string(text)) else {
-            return Err(unexpected("inspect", &value));
-        };
-        match field.as_str() {
-            "_fence" => info.fencing_token = text.parse().unwrap_or_default(),
-            "_holder" => parse_holder(&text, &mut info),
-            _ if !field.starts_with('_') => {
-                info.holds = text.parse().unwrap_or_default();
-                info.owner = field;
-            }
-            _ => {}
-        }
-    }
-    if info.owner.is_empty() {
-        return Err(unexpected("inspect", &value));
-    }
+    parse_holder(parts.next().unwrap_or_default(), &mut info);
     Ok(Some(info))
 }
 
@@ -399,10 +389,12 @@ mod tests {
 
     #[test]
     fn acquire_reply_acquired() {
-        let reply = Value::Array(vec![Value::Int(1), Value::Int(7), Value::Int(1)]);
+        let reply = Value::Array(vec![Value::Int(1), Value::Int(1_764_000_000_000_007)]);
         assert_eq!(
             parse_acquire(reply).unwrap(),
-            Attempt::Acquired { fencing_token: 7 }
+            Attempt::Acquired {
+                fencing_token: 1_764_000_000_000_007
+            }
         );
     }
 
@@ -427,7 +419,8 @@ mod tests {
         for reply in [
             Value::Nil,
             Value::Int(1),
-            Value::Array(vec![Value::Int(1), Value::Int(0), Value::Int(1)]),
+            Value::Array(vec![Value::Int(1), Value::Int(0)]),
+            Value::Array(vec![Value::Int(1), Value::Int(5), Value::Int(1)]),
             Value::Array(vec![Value::Int(2), Value::Int(1)]),
         ] {
             assert!(parse_acquire(reply).unwrap_err().is_backend());
@@ -436,12 +429,9 @@ mod tests {
 
     #[test]
     fn release_replies() {
-        assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::Free);
-        assert_eq!(parse_release(Value::Int(-1)).unwrap(), Released::NotHeld);
-        assert_eq!(
-            parse_release(Value::Int(2)).unwrap(),
-            Released::Remaining(2)
-        );
+        assert_eq!(parse_release(Value::Int(1)).unwrap(), Released::Free);
+        assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::NotHeld);
+        assert!(parse_release(Value::Int(2)).is_err());
         assert!(parse_release(Value::Nil).is_err());
     }
 
@@ -450,23 +440,19 @@ mod tests {
         assert_eq!(parse_inspect(Value::Array(vec![])).unwrap(), None);
     }
 
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn inspect_reply_held() {
-        let owner = "0123456789abcdef0123456789abcdef";
         let reply = Value::Array(vec![
             Value::Int(2500),
-            bulk(owner),
-            bulk("1"),
-            bulk("_fence"),
-            bulk("42"),
-            bulk("_holder"),
-            bulk("77 1700000000123 box"),
+            bulk(&format!("{TOKEN} 1764000000000042 77 1700000000123 box")),
         ]);
         let info = parse_inspect(reply).unwrap().unwrap();
-        assert_eq!(info.owner, owner);
+        assert_eq!(info.owner, TOKEN);
         assert_eq!(info.holds, 1);
         assert_eq!(info.ttl, Duration::from_millis(2500));
-        assert_eq!(info.fencing_token, 42);
+        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
         assert_eq!(info.host.as_deref(), Some("box"));
         assert_eq!(info.pid, Some(77));
         assert_eq!(
@@ -476,21 +462,19 @@ mod tests {
     }
 
     #[test]
-    fn inspect_reply_without_owner_is_an_error() {
-        let reply = Value::Array(vec![Value::Int(10), bulk("_fence"), bulk("1")]);
-        assert!(parse_inspect(reply).is_err());
+    fn inspect_reply_without_a_hold_token_or_fence_is_an_error() {
+        for text in ["", "short 5", &format!("{TOKEN} notanumber")] {
+            let reply = Value::Array(vec![Value::Int(10), bulk(text)]);
+            assert!(parse_inspect(reply).is_err(), "{text}");
+        }
     }
 
     #[test]
     fn holder_metadata_round_trips() {
-        let mut info = parse_inspect(Value::Array(vec![
-            Value::Int(1),
-            bulk("0123456789abcdef0123456789abcdef"),
-            bulk("1"),
-        ]))
-        .unwrap()
-        .unwrap();
-        parse_holder(&holder_metadata(), &mut info);
+        let text = format!("{TOKEN} 1 {}", holder_metadata());
+        let info = parse_inspect(Value::Array(vec![Value::Int(1), bulk(&text)]))
+            .unwrap()
+            .unwrap();
         assert_eq!(info.pid, Some(std::process::id()));
         assert_eq!(info.host.as_deref(), Some(HOLDER.host.as_str()));
         let age = SystemTime::now()
@@ -507,7 +491,7 @@ mod tests {
             fence_retention: Duration::from_secs(1),
         };
         let key = LockKey::new("order:42").unwrap();
-        assert_eq!(backend.hash_key(&key), "app:{order:42}");
+        assert_eq!(backend.lock_key(&key), "app:{order:42}");
         assert_eq!(backend.key_name(&key, ":fence"), "app:{order:42}:fence");
         assert_eq!(backend.channel(&key), "app:{order:42}:released");
     }

@@ -1,32 +1,35 @@
--- Takes the lock for an owner, or reports how long the current holder's lease has left.
+-- Takes the lock for a new hold, or reports how long the current holder's lease has left.
 --
--- KEYS[1]  lock hash `P:{K}`: field <owner> -> hold count, `_fence` -> fencing token,
---          `_holder` -> "<pid> <acquired-at ms> <host>" (metadata for `inspect`)
--- KEYS[2]  fencing counter `P:{K}:fence`
--- ARGV[1]  owner token (32 hex digits)
+-- KEYS[1]  lock `P:{K}`: the string "<hold token> <fencing token> <pid> <since ms> <host>"
+-- KEYS[2]  fencing counter `P:{K}:fence`: the last fencing token handed out for the key
+-- ARGV[1]  hold token (32 hex digits), new for every hold
 -- ARGV[2]  lease in milliseconds
--- ARGV[3]  fencing counter retention in milliseconds
--- ARGV[4]  holder metadata "<pid> <acquired-at ms> <host>"
+-- ARGV[3]  fencing counter retention in milliseconds (at least the lease)
+-- ARGV[4]  holder metadata "<pid> <since ms> <host>"
 --
--- Reply:   {1, fencing_token, hold_count}  acquired (hold_count > 1: the same owner re-entered)
---          {0, pttl}                       held by another owner; pttl as PTTL reports it
+-- Reply:   {1, fencing_token}  acquired; also for a retried request of a hold that already has the
+--                              lock (the same grant again, so a client-side retry is harmless)
+--          {0, pttl}           held by another hold; pttl as PTTL reports it
 --
--- Every redis.call here costs server time under contention, so PTTL doubles as the existence
--- check and as the refusal's reply.
-local pttl = redis.call('PTTL', KEYS[1])
-
-if pttl == -2 then
-    local fence = redis.call('INCR', KEYS[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    redis.call('HSET', KEYS[1], ARGV[1], 1, '_fence', fence, '_holder', ARGV[4])
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, fence, 1}
+-- The fencing token is max(counter + 1, server time in microseconds): it keeps increasing when
+-- the counter is gone (expired, a restart without persistence, a failover to a replica that had
+-- not received it) as long as the server's clock does not step back by more than the time
+-- between two grants of the key.
+local value = redis.call('GET', KEYS[1])
+if value then
+    if string.sub(value, 1, 32) == ARGV[1] then
+        return {1, tonumber(string.match(value, '^%x+ (%d+)'))}
+    end
+    return {0, redis.call('PTTL', KEYS[1])}
 end
 
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-    local holds = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, tonumber(redis.call('HGET', KEYS[1], '_fence')), holds}
+local now = redis.call('TIME')
+local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[2]))
+if last and last >= fence then
+    fence = last + 1
 end
-
-return {0, pttl}
+local text = string.format('%.0f', fence)
+redis.call('SET', KEYS[2], text, 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'PX', ARGV[2])
+return {1, fence}

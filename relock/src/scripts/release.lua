@@ -1,22 +1,17 @@
--- Drops one hold of an owner; frees the lock and announces it when the last hold goes.
+-- Releases one hold: frees the lock if the hold still has it, and announces the release.
 --
--- KEYS[1]  lock hash `P:{K}`
--- ARGV[1]  owner token
--- ARGV[2]  release channel `P:{K}:released`
+-- KEYS[1]  lock `P:{K}`
+-- KEYS[2]  release channel `P:{K}:released` (a key name so that the slot check covers it)
+-- ARGV[1]  hold token
 --
--- Reply:   0   released: the lock is free and the channel was published to
---          n   n > 0 holds of this owner remain (cross-process re-entry)
---          -1  this owner does not hold the lock (the lease ended or it was force-released);
---              nothing was changed
-local holds = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
-if not holds then
-    return -1
-end
-
-if holds > 1 then
-    return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+-- Reply:   1  released: the lock is free and the channel was published to
+--          0  the hold no longer has the lock (its lease ended, it was force-released, or it was
+--             released already); nothing was changed
+local value = redis.call('GET', KEYS[1])
+if not value or string.sub(value, 1, 32) ~= ARGV[1] then
+    return 0
 end
 
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[1])
-return 0
+redis.call('PUBLISH', KEYS[2], '')
+return 1

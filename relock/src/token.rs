@@ -1,11 +1,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// A random 128-bit owner token, written in Redis as 32 hex digits.
+/// The identity of one hold: 128 random bits, written in Redis as 32 hex digits.
+///
+/// Every fresh acquisition draws its own, and release and renewal act on that token only, so a
+/// late release or renewal of an old hold (lost, force-released, cancelled mid-flight) can never
+/// touch a newer hold of the same key, even one taken in the same scope.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Owner(Arc<str>);
+pub(crate) struct HoldToken(Arc<str>);
 
-impl Owner {
+impl HoldToken {
     pub(crate) fn random() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let bits = rand::random::<u128>();
@@ -23,7 +27,7 @@ impl Owner {
     }
 }
 
-impl fmt::Debug for Owner {
+impl fmt::Debug for HoldToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -35,8 +39,8 @@ mod tests {
 
     #[test]
     fn tokens_are_32_hex_digits_and_distinct() {
-        let a = Owner::random();
-        let b = Owner::random();
+        let a = HoldToken::random();
+        let b = HoldToken::random();
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, b);
@@ -44,7 +48,7 @@ mod tests {
 
     #[test]
     fn tokens_are_the_big_endian_hex_of_128_random_bits() {
-        let token = Owner::random();
+        let token = HoldToken::random();
         let parsed = u128::from_str_radix(token.as_str(), 16).unwrap();
         assert_eq!(format!("{parsed:032x}"), token.as_str());
     }

@@ -1,0 +1,266 @@
+//! Exclusion and fencing under the histories that used to break them: a late release of a lost
+//! hold, a stalled process waking past its lease, counters that vanish, durations at the edges.
+//!
+//! Each test is a history — who held what, when — ending in the question the contract answers:
+//! can two owners both believe they hold the key, and did a fencing token go backwards?
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relock::{Error, Locker};
+use relock_tests::{on_every_backend, unique_key, RedisServer, TestBackend};
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// Short enough that the watchdog notices a vanished hold within a fraction of a second.
+const SHORT_LEASE: Duration = Duration::from_millis(300);
+
+/// How the first hold disappears behind its owner's back.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// An operator, through another locker (another process): noticed by the next renewal.
+    Operator,
+    /// `force_release` through the holder's own locker: noticed at once.
+    OwnLocker,
+}
+
+/// How the lost hold's owner lets go of it afterwards.
+#[derive(Debug, Clone, Copy)]
+enum LetGo {
+    Release,
+    Drop,
+}
+
+/// Waits until `other` (another owner) can take `key`, then gives it back; `false` if it could
+/// not within `wait`.
+async fn free_for_another_owner(other: &Locker, key: &str) -> bool {
+    let (other, key) = (other.clone(), key.to_owned());
+    tokio::spawn(async move {
+        match other.try_lock(&key).await.expect("try_lock") {
+            Some(guard) => {
+                guard.release().await.expect("release");
+                true
+            }
+            None => false,
+        }
+    })
+    .await
+    .expect("the probe panicked")
+}
+
+/// Inside one scope: a hold on `k` is removed, the scope locks `k` again, and the first hold's
+/// late release (explicit or dropped) must not delete the second. Before holds had tokens of
+/// their own, the late release deleted the new hold and another owner took `k` while the new
+/// guard still said `is_held()`.
+async fn a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(
+    b: &TestBackend,
+    removal: Removal,
+    let_go: LetGo,
+) {
+    let locker = &b.locker;
+    let (outer, key) = (unique_key("scope"), unique_key("relocked"));
+    locker
+        .lock(&outer)
+        .run(async {
+            let first = locker.lock(&key).lease(SHORT_LEASE).await.expect("lock");
+            match removal {
+                Removal::Operator => {
+                    assert!(b.other.force_release(&key).await.expect("force_release"));
+                }
+                Removal::OwnLocker => {
+                    assert!(locker.force_release(&key).await.expect("force_release"));
+                }
+            }
+            tokio::time::timeout(Duration::from_secs(2), first.lost())
+                .await
+                .expect("the loss is noticed");
+            let second = locker
+                .lock(&key)
+                .wait(Duration::from_secs(5))
+                .lease(SHORT_LEASE)
+                .await
+                .expect("the scope takes the key again");
+            assert!(!second.is_reentrant(), "a lost hold is never re-entered");
+            assert!(second.fencing_token() > first.fencing_token());
+            match let_go {
+                LetGo::Release => assert!(first.release().await.unwrap_err().is_lost()),
+                LetGo::Drop => drop(first),
+            }
+            // Give a background release every chance to do damage.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(second.is_held());
+            assert!(
+                !free_for_another_owner(&b.other, &key).await,
+                "another owner took the key while the new guard holds it"
+            );
+            second.release().await.expect("the new hold is intact");
+        })
+        .await
+        .expect("outer run");
+}
+
+/// A `run` whose hold is force-released returns `Lost` while its enclosing scope goes on; the same
+/// scope then runs on the key again and must hold it alone to the end.
+async fn run_again_after_a_lost_run_in_the_same_scope_holds_the_key_alone(b: &TestBackend) {
+    let locker = &b.locker;
+    let (outer, key) = (unique_key("scope"), unique_key("rerun"));
+    locker
+        .lock(&outer)
+        .run(async {
+            let lost = locker
+                .lock(&key)
+                .lease(SHORT_LEASE)
+                .run(async {
+                    b.other.force_release(&key).await.expect("force_release");
+                    std::future::pending::<()>().await;
+                })
+                .await;
+            assert!(matches!(lost, Err(Error::Lost { .. })), "{lost:?}");
+            locker
+                .lock(&key)
+                .lease(SHORT_LEASE)
+                .run(async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    assert!(
+                        !free_for_another_owner(&b.other, &key).await,
+                        "another owner took the key inside the second run"
+                    );
+                })
+                .await
+                .expect("the second run holds the key to its end");
+        })
+        .await
+        .expect("outer run");
+}
+
+/// A current-thread runtime stalled past the lease by a blocking call: when it wakes, the body of
+/// `run` must not take another step — another owner may hold the key by then.
+fn a_stalled_runtime_never_takes_another_step_past_the_lease(memory: bool) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = (!memory).then(RedisServer::start);
+    runtime.block_on(async {
+        let locker = match &server {
+            Some(server) => server.locker().await,
+            None => Locker::in_memory(),
+        };
+        let key = unique_key("stalled");
+        let steps: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let lease = Duration::from_millis(200);
+        let stall = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            // A blocking call in another task: nothing on this runtime runs for 500 ms.
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let before = Instant::now();
+        let recorded = steps.clone();
+        let outcome = locker
+            .lock(&key)
+            .lease(lease)
+            .run(async move {
+                loop {
+                    recorded.lock().unwrap().push(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        stall.await.unwrap();
+        assert!(matches!(outcome, Err(Error::Lost { .. })), "{outcome:?}");
+        let late: Vec<_> = steps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|at| at.duration_since(before))
+            .filter(|since| *since >= lease)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "the body stepped after the lease: {late:?}"
+        );
+    });
+}
+
+#[test]
+fn a_stalled_runtime_never_takes_another_step_past_the_lease_on_redis() {
+    a_stalled_runtime_never_takes_another_step_past_the_lease(false);
+}
+
+#[test]
+fn a_stalled_runtime_never_takes_another_step_past_the_lease_in_memory() {
+    a_stalled_runtime_never_takes_another_step_past_the_lease(true);
+}
+
+/// Durations at the edges never panic and never leave a lock without an expiry.
+async fn extreme_durations_are_refused_or_honoured(b: &TestBackend) {
+    let key = unique_key("durations");
+    for lease in [Duration::ZERO, Duration::from_millis(1), Duration::MAX] {
+        match b.locker.lock(&key).lease(lease).await {
+            Err(Error::InvalidLease { lease: got, .. }) => assert_eq!(got, lease),
+            other => panic!("lease {lease:?}: expected InvalidLease, got {other:?}"),
+        }
+        assert!(
+            b.locker.inspect(&key).await.unwrap().is_none(),
+            "nothing was written"
+        );
+    }
+    let guard = b
+        .locker
+        .lock(&key)
+        .wait(Duration::MAX)
+        .lease(Locker::MAX_LEASE)
+        .await
+        .expect("the longest lease and an endless wait");
+    let info = b.locker.inspect(&key).await.unwrap().expect("held");
+    assert!(info.ttl > Duration::from_secs(3600), "{:?}", info.ttl);
+    // An endless wait ends when the holder lets go.
+    let other = b.other.clone();
+    let waiter_key = key.clone();
+    let waiter = tokio::spawn(async move {
+        let guard = other.lock(&waiter_key).wait(Duration::MAX).await?;
+        guard.release().await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    guard.release().await.unwrap();
+    waiter.await.unwrap().expect("the waiter got the lock");
+    let run = b
+        .locker
+        .lock(&key)
+        .wait(Duration::MAX)
+        .run(async { 7 })
+        .await;
+    assert_eq!(run.unwrap(), 7);
+}
+
+#[tokio::test]
+async fn a_builder_refuses_a_lease_out_of_range() {
+    for lease in [Duration::ZERO, Duration::MAX] {
+        let built = Locker::builder()
+            .url("redis://127.0.0.1:1")
+            .lease(lease)
+            .build();
+        assert!(
+            matches!(built, Err(Error::InvalidLease { .. })),
+            "{built:?}"
+        );
+    }
+    let memory = Locker::builder().lease(Duration::MAX).build_in_memory();
+    assert!(matches!(
+        memory.lock("k").await,
+        Err(Error::InvalidLease { .. })
+    ));
+}
+
+on_every_backend! {
+    limit: LIMIT;
+    late_explicit_release_after_an_operator_force_release:
+        a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(Removal::Operator, LetGo::Release);
+    late_dropped_guard_after_an_operator_force_release:
+        a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(Removal::Operator, LetGo::Drop);
+    late_explicit_release_after_a_force_release_here:
+        a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(Removal::OwnLocker, LetGo::Release);
+    late_dropped_guard_after_a_force_release_here:
+        a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(Removal::OwnLocker, LetGo::Drop);
+    a_second_run_after_a_lost_one_holds_alone: run_again_after_a_lost_run_in_the_same_scope_holds_the_key_alone;
+    durations_at_the_edges: extreme_durations_are_refused_or_honoured;
+}
