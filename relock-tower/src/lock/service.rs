@@ -113,9 +113,13 @@ where
     }
     let fields = span.clone();
     let body = async move {
-        // A share of the hold `run` has just taken: for its fencing token, and kept for the
+        // A share of the hold on the request's key: for its fencing token, and kept for the
         // response body if asked, since the lock stays held until its last share is dropped.
-        let guard = relock::current_guard().expect("run polls its body in the lock's scope");
+        // Looked up by key, not as the scope's innermost hold: when `run` re-enters a hold of
+        // an enclosing scope, holds on other keys may have been taken inside it.
+        let guard = locker
+            .current_guard(key)
+            .expect("run polls its body in a scope that holds the key");
         fields.record("waited", debug(started.elapsed()));
         fields.record("fencing_token", guard.fencing_token());
         let output = service.call(request).await;
@@ -479,6 +483,43 @@ mod tests {
         assert!(locker.inspect(KEY).await.unwrap().is_some());
         drop(response);
         assert!(locker.inspect(KEY).await.unwrap().is_none());
+    }
+
+    /// Whether another task could take `key` now; a lock it takes is released at once.
+    async fn free_elsewhere(locker: &Locker, key: &str) -> bool {
+        let (locker, key) = (locker.clone(), key.to_owned());
+        let guard = tokio::spawn(async move { locker.try_lock(key).await })
+            .await
+            .unwrap()
+            .unwrap();
+        guard.is_some()
+    }
+
+    #[tokio::test]
+    async fn body_keeps_the_requests_own_hold_when_an_enclosing_scope_holds_another_key() {
+        let locker = Locker::in_memory();
+        let (svc, _chunks) = streaming(layer(&locker).hold_until_body_end());
+        // The request re-enters the enclosing hold on its key, under an innermost hold on
+        // another key.
+        let response = locker
+            .lock(KEY)
+            .run(locker.lock("audit").run(svc.oneshot(pay_request())))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let body = response.into_body();
+        assert!(body.holds_lock());
+        assert!(
+            free_elsewhere(&locker, "audit").await,
+            "the body keeps `audit`"
+        );
+        assert!(
+            !free_elsewhere(&locker, KEY).await,
+            "the body lets {KEY} go"
+        );
+        drop(body);
+        assert!(free_elsewhere(&locker, KEY).await);
     }
 
     struct Job {
