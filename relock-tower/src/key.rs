@@ -1,9 +1,22 @@
 //! Ready-made key extractors for [`http::Request`]s: a header, a path segment, a query
 //! parameter and (feature `tonic`) gRPC metadata.
 //!
-//! Each takes the value as it appears in the request — the URI's parts are not percent-decoded —
-//! and gives `None`, so no lock, when the value is missing or empty. [`prefix`](Header::prefix)
-//! puts a namespace in front, so that `42` becomes `order:42`.
+//! Each gives `None`, so no lock, when the value is missing or empty.
+//! [`prefix`](Header::prefix) puts a namespace in front, so that `42` becomes `order:42`.
+//!
+//! # Every spelling of an id takes one lock
+//!
+//! Path segments and query parameters are decoded before they become keys, the way the
+//! frameworks decode them for the handler (axum's `Path` and `Query`): `/orders/42/pay` and
+//! `/orders/%34%32/pay` both lock `order:42`, as both reach the handler as the id `42`. This is
+//! a security property, not a convenience: a lock keyed on the raw text of the URI could be
+//! bypassed by re-encoding the id, letting two requests on one order run at once.
+//!
+//! Bytes that are not UTF-8 once decoded become `U+FFFD`, so two different ids may share a
+//! lock, which only locks more than needed. A decoded value that is not a valid key (braces,
+//! control characters such as `%00`) is an [`InvalidKey`](relock::Error::InvalidKey) rejection,
+//! `400 Bad Request` by default: the request never passes unlocked. Headers and gRPC metadata
+//! are taken as they are, as frameworks hand them over.
 //!
 //! ```
 //! use relock_tower::{key, LockLayer};
@@ -22,6 +35,7 @@ use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::Request;
+use percent_encoding::percent_decode_str;
 
 use crate::extract::ExtractKey;
 
@@ -57,7 +71,12 @@ where
 ///
 /// Segments are counted from 1, as the path splits on `/`: in `/orders/42/pay`, segment 1 is
 /// `orders`, 2 is `42` and 3 is `pay` (segment 0 is the empty text before the leading `/`, so it
-/// never gives a key). The segment is taken as written, without percent-decoding.
+/// never gives a key).
+///
+/// The segment is percent-decoded, as axum's `Path` decodes it, so that `%34%32` and `42` take
+/// [one lock](self#every-spelling-of-an-id-takes-one-lock): `+` stays `+`, and a malformed
+/// escape (`%4`, `%zz`) is kept as written. The path is split on `/` before decoding, so an
+/// encoded `%2F` stays inside its segment.
 ///
 /// ```
 /// // For the route `/orders/{id}/pay`.
@@ -71,8 +90,13 @@ pub fn path_segment(index: usize) -> PathSegment {
     }
 }
 
-/// Keys requests by the query parameter `name` (its first occurrence), as written in the URI,
-/// without percent-decoding.
+/// Keys requests by the query parameter `name` (its first occurrence).
+///
+/// The query is decoded as `application/x-www-form-urlencoded`, as axum's `Query` decodes it,
+/// so that every spelling of an id takes [one lock](self#every-spelling-of-an-id-takes-one-lock):
+/// `+` is a space, then `%` escapes are decoded, in names as in values, and `name` is matched
+/// against the decoded names (`?c%61rt=7` is `cart`). A malformed escape (`%4`, `%zz`) is kept
+/// as written.
 ///
 /// ```
 /// // `/checkout?cart=7` locks `cart:7`.
@@ -198,7 +222,8 @@ impl<B> ExtractKey<Request<B>> for PathSegment {
 
     fn extract(&self, request: &Request<B>) -> Option<String> {
         let segment = request.uri().path().split('/').nth(self.index)?;
-        self.prefix.key(segment)
+        self.prefix
+            .key(&percent_decode_str(segment).decode_utf8_lossy())
     }
 }
 
@@ -206,11 +231,10 @@ impl<B> ExtractKey<Request<B>> for Query {
     type Key = String;
 
     fn extract(&self, request: &Request<B>) -> Option<String> {
-        let value = request.uri().query()?.split('&').find_map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (name == &*self.name).then_some(value)
-        })?;
-        self.prefix.key(value)
+        let query = request.uri().query()?;
+        let (_, value) =
+            form_urlencoded::parse(query.as_bytes()).find(|(name, _)| **name == *self.name)?;
+        self.prefix.key(&value)
     }
 }
 
@@ -285,9 +309,50 @@ mod tests {
     }
 
     #[test]
-    fn path_segment_is_not_percent_decoded() {
-        let req = request("/orders/a%20b/pay");
-        assert_eq!(path_segment(2).extract(&req), Some("a%20b".to_owned()));
+    fn percent_encoded_path_segment_gives_the_key_of_the_plain_one() {
+        let extractor = path_segment(2).prefix("order:");
+        let plain = extractor.extract(&request("/orders/42/pay"));
+        assert_eq!(plain, Some("order:42".to_owned()));
+        assert_eq!(extractor.extract(&request("/orders/%34%32/pay")), plain);
+        assert_eq!(extractor.extract(&request("/orders/4%32/pay")), plain);
+        assert_eq!(
+            path_segment(2).extract(&request("/orders/a%20b/pay")),
+            Some("a b".to_owned())
+        );
+    }
+
+    #[test]
+    fn encoded_slash_stays_inside_its_path_segment() {
+        let req = request("/orders/4%2F2/pay");
+        assert_eq!(path_segment(2).extract(&req), Some("4/2".to_owned()));
+        assert_eq!(path_segment(3).extract(&req), Some("pay".to_owned()));
+    }
+
+    #[test]
+    fn plus_is_a_plus_in_a_path_segment_and_a_space_in_a_query() {
+        let req = request("/orders/a+b/pay?cart=a+b&other=a%2Bb");
+        assert_eq!(path_segment(2).extract(&req), Some("a+b".to_owned()));
+        assert_eq!(query("cart").extract(&req), Some("a b".to_owned()));
+        assert_eq!(query("other").extract(&req), Some("a+b".to_owned()));
+    }
+
+    #[test]
+    fn malformed_escapes_are_kept_as_written() {
+        let req = request("/orders/%4/pay?cart=%zz7&other=7%");
+        assert_eq!(path_segment(2).extract(&req), Some("%4".to_owned()));
+        assert_eq!(
+            path_segment(1).extract(&request("/%zz%34%32")),
+            Some("%zz42".to_owned())
+        );
+        assert_eq!(query("cart").extract(&req), Some("%zz7".to_owned()));
+        assert_eq!(query("other").extract(&req), Some("7%".to_owned()));
+    }
+
+    #[test]
+    fn decoded_bytes_that_are_not_utf8_still_give_a_key() {
+        let req = request("/orders/4%FF2/pay?cart=4%ff2");
+        assert_eq!(path_segment(2).extract(&req), Some("4\u{fffd}2".to_owned()));
+        assert_eq!(query("cart").extract(&req), Some("4\u{fffd}2".to_owned()));
     }
 
     #[test]
@@ -306,6 +371,30 @@ mod tests {
         assert_eq!(query("cart").extract(&request("/checkout")), None);
         assert_eq!(query("cart").extract(&request("/checkout?cart")), None);
         assert_eq!(query("cart").extract(&request("/checkout?cart=")), None);
+    }
+
+    #[test]
+    fn percent_encoded_query_value_gives_the_key_of_the_plain_one() {
+        let extractor = query("cart").prefix("cart:");
+        let plain = extractor.extract(&request("/checkout?cart=42"));
+        assert_eq!(plain, Some("cart:42".to_owned()));
+        assert_eq!(extractor.extract(&request("/checkout?cart=%34%32")), plain);
+    }
+
+    #[test]
+    fn query_parameter_names_are_matched_after_decoding() {
+        assert_eq!(
+            query("cart").extract(&request("/checkout?c%61rt=7")),
+            Some("7".to_owned())
+        );
+        assert_eq!(
+            query("my cart").extract(&request("/checkout?my+cart=7")),
+            Some("7".to_owned())
+        );
+        assert_eq!(
+            query("c%61rt").extract(&request("/checkout?c%61rt=7")),
+            None
+        );
     }
 
     #[cfg(feature = "tonic")]
