@@ -45,9 +45,12 @@ struct Answer {
 }
 
 async fn pay(client: &Client<HttpConnector, Empty<Bytes>>, addr: SocketAddr, id: u64) -> Answer {
-    let request = Request::post(format!("http://{addr}/orders/{id}/pay"))
-        .body(Empty::new())
-        .unwrap();
+    send_post(client, format!("http://{addr}/orders/{id}/pay")).await
+}
+
+/// Posts to `uri`, sent exactly as written, and reads the whole answer.
+async fn send_post(client: &Client<HttpConnector, Empty<Bytes>>, uri: String) -> Answer {
+    let request = Request::post(uri).body(Empty::new()).unwrap();
     let response = client.request(request).await.unwrap();
     let status = response.status();
     let retry_after = response
@@ -155,6 +158,57 @@ async fn requests_on_distinct_keys_run_in_parallel() {
         assert_eq!(answer.body, "paid");
     }
     assert_eq!(overlap.most.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_id_takes_the_same_lock_as_the_plain_one() {
+    type Gates = (Arc<AtomicUsize>, Arc<Notify>, Arc<Notify>);
+
+    let redis = RedisServer::start();
+    let locker = Locker::connect(&redis.url()).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started, finish) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let app = Router::new()
+        .route(
+            "/orders/{id}/pay",
+            post(
+                |Path(id): Path<String>, State((calls, started, finish)): State<Gates>| async move {
+                    // The first request keeps its lock until the test lets it finish.
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        started.notify_one();
+                        finish.notified().await;
+                    }
+                    format!("paid order {id}")
+                },
+            ),
+        )
+        .layer(order_lock(&locker).wait(Duration::from_millis(300)))
+        .with_state((calls.clone(), started.clone(), finish.clone()));
+    let addr = serve(app).await;
+    let client = client();
+
+    let plain = tokio::spawn({
+        let client = client.clone();
+        async move { send_post(&client, format!("http://{addr}/orders/42/pay")).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the handler starts");
+
+    let encoded = format!("http://{addr}/orders/%34%32/pay");
+    let answer = send_post(&client, encoded.clone()).await;
+    assert_eq!(answer.status, StatusCode::LOCKED, "{}", answer.body);
+
+    finish.notify_one();
+    let answer = plain.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "paid order 42");
+    // The handler sees one id in both spellings.
+    wait_until_free(&locker, "order:42").await;
+    let answer = send_post(&client, encoded).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "paid order 42");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
