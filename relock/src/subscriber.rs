@@ -2,9 +2,11 @@
 //!
 //! Waiters on one key share one subscription (counted; unsubscribed when the last leaves). A
 //! single task owns the connection and handles subscribe/unsubscribe requests in order, so an
-//! unsubscribe can never overtake a later subscribe to the same channel. When the connection
-//! drops, every waiter is woken to retry (messages may have been missed), requests fail fast so
-//! waiters fall back to TTL-bounded retries, and the task reconnects with backoff and
+//! unsubscribe can never overtake a later subscribe to the same channel. The task counts a waiter
+//! only by building its [`Subscription`], whose drop un-counts it: one built for a waiter that was
+//! cancelled meanwhile is dropped instead of handed over, so the count cannot drift. When the
+//! connection drops, every waiter is woken to retry (messages may have been missed), requests fail
+//! fast so waiters fall back to TTL-bounded retries, and the task reconnects with backoff and
 //! re-subscribes what is still wanted.
 
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ pub(crate) struct Subscriber {
 enum Request {
     Subscribe {
         channel: String,
-        reply: oneshot::Sender<Result<Arc<Notify>, Error>>,
+        reply: oneshot::Sender<Result<Subscription, Error>>,
     },
     Unsubscribe {
         channel: String,
@@ -66,6 +68,7 @@ impl Subscriber {
     pub(crate) fn start(client: redis::Client, connect_timeout: Duration) -> Self {
         let (requests, inbox) = mpsc::unbounded_channel();
         let task = Task {
+            requests: requests.downgrade(),
             client,
             connect_timeout,
             channels: HashMap::new(),
@@ -79,22 +82,15 @@ impl Subscriber {
 
     /// Subscribes to `channel`; returns once the server has confirmed the subscription (or the
     /// channel was already subscribed), so a release published after this returns is seen.
+    ///
+    /// Cancel-safe: a subscription made for a caller that has gone is dropped, unsubscribing.
     pub(crate) async fn subscribe(&self, channel: String) -> Result<Subscription, Error> {
+        let stopped = || Error::backend("the release subscriber has stopped");
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Subscribe {
-                channel: channel.clone(),
-                reply,
-            })
-            .map_err(|_| Error::backend("the release subscriber has stopped"))?;
-        let released = answer
-            .await
-            .map_err(|_| Error::backend("the release subscriber has stopped"))??;
-        Ok(Subscription {
-            channel,
-            released,
-            requests: self.requests.clone(),
-        })
+            .send(Request::Subscribe { channel, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -104,6 +100,9 @@ struct Channel {
 }
 
 struct Task {
+    /// For the subscriptions the task hands out; weak, so that the task ends when every
+    /// `Subscriber` (and `Subscription`) is gone.
+    requests: mpsc::WeakUnboundedSender<Request>,
     client: redis::Client,
     connect_timeout: Duration,
     channels: HashMap<String, Channel>,
@@ -139,14 +138,15 @@ impl Task {
     async fn handle(&mut self, request: Request) {
         match request {
             Request::Subscribe { channel, reply } => {
-                if let Some(entry) = self.channels.get_mut(&channel) {
-                    if self.connection.is_some() {
-                        entry.waiters += 1;
-                        let _ = reply.send(Ok(entry.released.clone()));
-                        return;
-                    }
-                }
-                let _ = reply.send(self.subscribe(channel).await);
+                let Some(requests) = self.requests.upgrade() else {
+                    return;
+                };
+                let subscribed = self.subscribe(&channel).await;
+                let answer = subscribed.map(|()| self.join(channel, requests));
+                // A waiter cancelled meanwhile gets nothing: `send` hands the subscription back
+                // and dropping it queues its unsubscribe. One left unread in the channel when the
+                // waiter drops its end is dropped with it, the same way.
+                let _ = reply.send(answer);
             }
             Request::Unsubscribe { channel } => {
                 let Some(entry) = self.channels.get_mut(&channel) else {
@@ -166,7 +166,32 @@ impl Task {
         }
     }
 
-    async fn subscribe(&mut self, channel: String) -> Result<Arc<Notify>, Error> {
+    /// Counts one more waiter on `channel`, which the connection is subscribed to.
+    fn join(&mut self, channel: String, requests: mpsc::UnboundedSender<Request>) -> Subscription {
+        let released = match self.channels.get_mut(&channel) {
+            Some(entry) => {
+                entry.waiters += 1;
+                entry.released.clone()
+            }
+            None => {
+                let released = Arc::new(Notify::new());
+                let entry = Channel {
+                    waiters: 1,
+                    released: released.clone(),
+                };
+                self.channels.insert(channel.clone(), entry);
+                released
+            }
+        };
+        Subscription {
+            channel,
+            released,
+            requests,
+        }
+    }
+
+    /// Makes sure the connection is subscribed to `channel`, connecting first if it is down.
+    async fn subscribe(&mut self, channel: &str) -> Result<(), Error> {
         if self.connection.is_none() {
             if Instant::now() < self.next_attempt {
                 return Err(Error::backend(
@@ -180,16 +205,13 @@ impl Task {
                 "the release subscriber cannot reach the server",
             ));
         };
-        let confirmed = tokio::time::timeout(self.connect_timeout, sink.subscribe(&channel)).await;
+        // Connected means every channel with waiters is subscribed (`connect` re-subscribes).
+        if self.channels.contains_key(channel) {
+            return Ok(());
+        }
+        let confirmed = tokio::time::timeout(self.connect_timeout, sink.subscribe(channel)).await;
         match confirmed {
-            Ok(Ok(())) => {
-                let entry = self.channels.entry(channel).or_insert_with(|| Channel {
-                    waiters: 0,
-                    released: Arc::new(Notify::new()),
-                });
-                entry.waiters += 1;
-                Ok(entry.released.clone())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
                 self.disconnected();
                 Err(err.into())
@@ -258,5 +280,44 @@ async fn next_message(connection: &mut Option<(PubSubSink, PubSubStream)>) -> Op
     match connection {
         Some((_, stream)) => stream.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(requests: &mpsc::UnboundedSender<Request>) -> Subscription {
+        Subscription {
+            channel: "relock:{k}:released".to_owned(),
+            released: Arc::new(Notify::new()),
+            requests: requests.clone(),
+        }
+    }
+
+    fn unsubscribed(inbox: &mut mpsc::UnboundedReceiver<Request>) -> bool {
+        matches!(
+            inbox.try_recv(),
+            Ok(Request::Unsubscribe { channel }) if channel == "relock:{k}:released"
+        )
+    }
+
+    #[test]
+    fn a_subscription_for_a_waiter_that_has_gone_unsubscribes() {
+        let (requests, mut inbox) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel::<Result<Subscription, Error>>();
+        drop(answer);
+        let _ = reply.send(Ok(subscription(&requests)));
+        assert!(unsubscribed(&mut inbox));
+    }
+
+    #[test]
+    fn a_subscription_left_unread_unsubscribes_when_the_waiter_goes() {
+        let (requests, mut inbox) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel::<Result<Subscription, Error>>();
+        reply.send(Ok(subscription(&requests))).unwrap();
+        assert!(inbox.try_recv().is_err());
+        drop(answer);
+        assert!(unsubscribed(&mut inbox));
     }
 }

@@ -1,9 +1,10 @@
-//! Cancelling an acquisition whose request is already on its way to the server.
+//! Cancelling an acquisition whose request is already on its way to the server, or while it
+//! subscribes to release notifications.
 
 use std::time::{Duration, Instant};
 
 use relock::Locker;
-use relock_tests::{unique_key, RedisServer};
+use relock_tests::{unique_key, until_subscribed, RedisServer};
 
 /// The server runs a queued acquire script after the caller gave up on it; the lock must not stay
 /// held by an owner nobody knows until its lease ends.
@@ -65,4 +66,79 @@ async fn waiting_acquisition_dropped_leaves_nothing_behind() {
     assert!(holder.inspect(&key).await.unwrap().is_some());
     again.release().await.unwrap();
     assert!(holder.inspect(&key).await.unwrap().is_none());
+}
+
+/// Waiters cancelled at any point of subscribing to the release channel (a timeout, an aborted
+/// task: what a client disconnecting under `LockLayer` does) leave no channel subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_waiters_leave_no_subscription() {
+    let server = RedisServer::start();
+    let holder = server.locker().await;
+    let waiter = server.locker().await;
+    let keys: Vec<String> = (0..5).map(|_| unique_key("cancelled-waiter")).collect();
+    let mut guards = Vec::new();
+    for key in &keys {
+        guards.push(holder.lock(key).await.unwrap());
+    }
+
+    let mut waiters = Vec::new();
+    for i in 0..300 {
+        let waiter = waiter.clone();
+        let key = keys[i % keys.len()].clone();
+        let patience = Duration::from_micros(rand::random_range(0..20_000));
+        let wait = waiter.lock(key).wait(Duration::from_secs(10));
+        if i % 4 == 0 {
+            let task = tokio::spawn(async move { drop(wait.await) });
+            let abort = task.abort_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(patience).await;
+                abort.abort();
+            });
+            waiters.push(task);
+        } else {
+            waiters.push(tokio::spawn(async move {
+                let _ = tokio::time::timeout(patience, wait).await;
+            }));
+        }
+    }
+    for waiter in waiters {
+        let _ = waiter.await;
+    }
+    for guard in guards {
+        guard.release().await.unwrap();
+    }
+
+    let mut admin = server.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let subscribed: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("relock:*")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if subscribed.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} release channels stay subscribed after every waiter was cancelled: {subscribed:?}",
+            subscribed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Still in service (a miscount would have stopped the subscriber): a new waiter subscribes
+    // and is woken by the release.
+    let guard = holder.lock(&keys[0]).await.unwrap();
+    let next = tokio::spawn({
+        let key = keys[0].clone();
+        async move { waiter.lock(key).await.unwrap().release().await.unwrap() }
+    });
+    until_subscribed(&mut admin, &keys[0]).await;
+    guard.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), next)
+        .await
+        .expect("the release wakes the new waiter")
+        .unwrap();
 }
