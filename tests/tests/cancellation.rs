@@ -1,10 +1,13 @@
 //! Cancelling an acquisition whose request is already on its way to the server, or while it
-//! subscribes to release notifications.
+//! subscribes to release notifications, and bounding that subscribing by the caller's wait.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use relock::Locker;
 use relock_tests::{unique_key, until_subscribed, RedisServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The server runs a queued acquire script after the caller gave up on it; the lock must not stay
 /// held by an owner nobody knows until its lease ends.
@@ -141,4 +144,68 @@ async fn cancelled_waiters_leave_no_subscription() {
         .await
         .expect("the release wakes the new waiter")
         .unwrap();
+}
+
+/// A wait shorter than subscribing takes (here the server never confirms a subscription) ends
+/// with a timeout at the caller's deadline, not after the subscriber's connect and confirm timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_wait_is_not_stretched_by_subscribing() {
+    let server = RedisServer::start();
+    let holder = server.locker().await;
+    let key = unique_key("slow-subscribe");
+    let guard = holder.lock(&key).await.unwrap();
+    let proxy = proxy_holding_back_subscribe(server.port()).await;
+    let waiter = Locker::builder()
+        .url(format!("redis://127.0.0.1:{proxy}"))
+        .build()
+        .unwrap();
+    // Opens the command connection and loads the script; a try never subscribes.
+    assert!(waiter.try_lock(&key).await.unwrap().is_none());
+
+    let start = Instant::now();
+    let attempt = waiter.lock(&key).wait(Duration::from_millis(50)).await;
+    let waited = start.elapsed();
+    assert!(
+        matches!(attempt, Err(relock::Error::Timeout { .. })),
+        "{attempt:?}"
+    );
+    assert!(waited < Duration::from_millis(500), "{waited:?}");
+    guard.release().await.unwrap();
+}
+
+/// A TCP proxy to the server on `port` that forwards everything, except that a connection's
+/// requests are held back for good from its first `SUBSCRIBE` on: a server that never confirms a
+/// subscription, while plain commands work. Returns the proxy's port.
+async fn proxy_holding_back_subscribe(port: u16) -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(forward_until_subscribe(client, port));
+        }
+    });
+    proxy
+}
+
+async fn forward_until_subscribe(client: TcpStream, port: u16) {
+    let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match from_client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let request = &buffer[..read];
+        if request.windows(13).any(|w| w == b"\r\nSUBSCRIBE\r\n") {
+            std::future::pending::<()>().await;
+        }
+        if to_server.write_all(request).await.is_err() {
+            return;
+        }
+    }
 }
