@@ -7,9 +7,11 @@
 
 mod backend;
 mod bounded;
+mod proxy;
 
 pub use backend::{BackendKind, TestBackend};
 pub use bounded::{bounded, run_bounded};
+pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relock::{Error, Locker};
-use relock_tests::{on_every_backend, unique_key, RedisServer, TestBackend};
+use relock_tests::{on_every_backend, unique_key, Proxy, RedisServer, TestBackend};
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// Short enough that the watchdog notices a vanished hold within a fraction of a second.
@@ -263,4 +263,214 @@ on_every_backend! {
         a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(Removal::OwnLocker, LetGo::Drop);
     a_second_run_after_a_lost_one_holds_alone: run_again_after_a_lost_run_in_the_same_scope_holds_the_key_alone;
     durations_at_the_edges: extreme_durations_are_refused_or_honoured;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis only: fencing counters that vanish, requests whose outcome is unknown
+// ---------------------------------------------------------------------------------------------
+
+async fn take_and_release(locker: &Locker, key: &str) -> u64 {
+    let guard = locker.lock(key).await.expect("lock");
+    let token = guard.fencing_token();
+    guard.release().await.expect("release");
+    token
+}
+
+/// A server restarted without persistence has forgotten every counter: the next token is still
+/// larger than every earlier one (it used to start again at 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_across_a_restart_without_persistence() {
+    let mut server = RedisServer::start();
+    let key = unique_key("restart");
+    let mut last = 0;
+    {
+        let locker = server.locker().await;
+        for _ in 0..5 {
+            let token = take_and_release(&locker, &key).await;
+            assert!(token > last);
+            last = token;
+        }
+    }
+    server.restart();
+    let locker = server.locker().await;
+    let after = take_and_release(&locker, &key).await;
+    assert!(after > last, "{after} after a restart, {last} before");
+}
+
+/// A counter that is gone (expired, never replicated) or behind (a replica promoted before the
+/// last grants reached it): the next token is still larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let mut admin = server.connection().await;
+    let key = unique_key("counter");
+    let counter = format!("relock:{{{key}}}:fence");
+    let mut last = take_and_release(&locker, &key).await;
+    for damage in ["DEL", "SET"] {
+        let mut command = redis::cmd(damage);
+        command.arg(&counter);
+        if damage == "SET" {
+            command.arg(1);
+        }
+        command.query_async::<()>(&mut admin).await.unwrap();
+        let token = take_and_release(&locker, &key).await;
+        assert!(
+            token > last,
+            "{token} after {damage} of the counter, {last} before"
+        );
+        last = token;
+    }
+}
+
+/// A hold renewed for longer than the counter's retention keeps the counter alive: renewals
+/// refresh it, not only fresh grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_keep_the_fencing_counter_alive() {
+    let server = RedisServer::start();
+    let locker = Locker::builder()
+        .url(server.url())
+        .lease(Duration::from_millis(300))
+        .fence_retention(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut admin = server.connection().await;
+    let key = unique_key("retention");
+    let counter = format!("relock:{{{key}}}:fence");
+    let guard = locker.lock(&key).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(guard.is_held());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&counter)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the counter of a live hold expired (PTTL {ttl})");
+    let token = guard.fencing_token();
+    guard.release().await.unwrap();
+    assert!(take_and_release(&locker, &key).await > token);
+}
+
+/// An acquisition whose reply does not come in time may still be granted by the server; it is
+/// released in the background instead of holding the key for its whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_that_times_out_is_released_in_the_background() {
+    let server = RedisServer::start();
+    let locker = Locker::builder()
+        .url(server.url())
+        .response_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let other = server.locker().await;
+    let key = unique_key("timed-out");
+    take_and_release(&locker, &key).await; // connected, script loaded
+    let mut admin = server.connection().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(800)
+        .arg("ALL")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let attempt = locker.lock(&key).lease(Duration::from_secs(30)).await;
+    assert!(matches!(attempt, Err(Error::Backend(_))), "{attempt:?}");
+    let start = Instant::now();
+    let guard = other
+        .lock(&key)
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("the possibly granted hold is released, not left for its 30 s lease");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    guard.release().await.unwrap();
+}
+
+/// A release that cannot reach the server is not taken as done: it is retried in the background
+/// until the server answers, so the key is free again soon after the line comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_is_retried_in_the_background() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let locker = Locker::builder()
+        .url(proxy.url())
+        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let other = server.locker().await;
+    let key = unique_key("failed-release");
+    let guard = locker
+        .lock(&key)
+        .lease(Duration::from_secs(30))
+        .await
+        .unwrap();
+    proxy.cut();
+    let released = guard.release().await;
+    assert!(matches!(released, Err(Error::Backend(_))), "{released:?}");
+    // Until the server has answered, this process still counts the key as taken.
+    assert!(locker.try_lock(&key).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let start = Instant::now();
+    let guard = other
+        .lock(&key)
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("the release is retried, not dropped");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    guard.release().await.unwrap();
+    let again = locker
+        .lock(&key)
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("the slot is free once the release landed");
+    again.release().await.unwrap();
+}
+
+/// Inside one scope: an acquisition cancelled while its request is queued at the server, then a
+/// retry. The retry is a hold of its own: the cancelled request's background release must not
+/// delete it (it used to: both shared the scope's owner token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_cancelled_acquisition_in_the_same_scope_holds_alone() {
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let other = server.locker().await;
+    let (outer, key) = (unique_key("scope"), unique_key("cancelled"));
+    take_and_release(&locker, &key).await;
+    let mut admin = server.connection().await;
+    locker
+        .lock(&outer)
+        .run(async {
+            redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(300)
+                .arg("ALL")
+                .query_async::<()>(&mut admin)
+                .await
+                .unwrap();
+            let cancelled =
+                tokio::time::timeout(Duration::from_millis(50), locker.lock(&key)).await;
+            assert!(cancelled.is_err(), "the acquisition should still be queued");
+            let retry = locker
+                .lock(&key)
+                .wait(Duration::from_secs(10))
+                .await
+                .expect("the retry gets the key");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(retry.is_held());
+            assert!(
+                !free_for_another_owner(&other, &key).await,
+                "another owner took the key from the retry"
+            );
+            retry.release().await.expect("the retry's hold is intact");
+        })
+        .await
+        .expect("outer run");
 }

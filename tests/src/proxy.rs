@@ -1,0 +1,115 @@
+//! A TCP proxy in front of a test server that can cut the line: requests sent while it is cut
+//! never reach the server and get no answer, as on a network that drops packets.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A proxy to `127.0.0.1:<port>`, running on the current Tokio runtime until dropped.
+#[derive(Debug)]
+pub struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    /// Bumped by [`restore`](Self::restore): every connection open until then is closed.
+    generation: watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding to the server on `port`.
+    pub async fn start(port: u16) -> Proxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the proxy");
+        let proxy_port = listener.local_addr().expect("the proxy's address").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0);
+        let accept = {
+            let (cut, generation) = (cut.clone(), generation.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        // The server cannot be reached: the connection closes at once.
+                        continue;
+                    }
+                    let closed = generation.subscribe();
+                    tokio::spawn(forward(client, port, cut.clone(), closed));
+                }
+            })
+        };
+        Proxy {
+            port: proxy_port,
+            cut,
+            generation,
+            accept,
+        }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the line: requests on open connections are swallowed (no answer ever comes), and new
+    /// connections are closed at once.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Restores the line: the connections that were open while it was cut are closed (their
+    /// clients must reconnect), and new connections are forwarded again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+}
+
+async fn forward(
+    client: TcpStream,
+    port: u16,
+    cut: Arc<AtomicBool>,
+    mut closed: watch::Receiver<u64>,
+) {
+    let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let upstream = async {
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let read = match from_client.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if cut.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to_server.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+    tokio::select! {
+        () = upstream => {}
+        _ = downstream => {}
+        _ = closed.changed() => {}
+    }
+}
