@@ -12,6 +12,9 @@
 //! Every run also writes the handoff latency CDF to `benches/handoff.svg` (`--svg PATH` to
 //! change it).
 //!
+//! `--fence-memory N` measures the Redis memory that locking `N` distinct keys leaves behind (see
+//! `memory.rs`).
+//!
 //! `--serve none|memory|redis [--port 3000] [--seconds 60]` serves the HTTP scenario's app (a
 //! trivial `POST /orders/{id}/pay`, without or with `LockLayer`) for an outside load tool such
 //! as `wrk -s benches/wrk/pay.lua`; `redis` starts a private `redis-server` for it.
@@ -19,6 +22,7 @@
 mod contender;
 mod cpu;
 mod handoff;
+mod memory;
 mod plot;
 mod reentry;
 mod renewal;
@@ -103,6 +107,7 @@ struct Options {
     markdown: bool,
     svg: PathBuf,
     serve: Option<Serve>,
+    fence_memory: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +124,8 @@ struct Serve {
 }
 
 const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH]
-       relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]";
+       relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]
+       relock-benches --fence-memory 1000000";
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
@@ -127,6 +133,7 @@ fn options() -> Result<Options, String> {
         markdown: false,
         svg: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("handoff.svg"),
         serve: None,
+        fence_memory: None,
     };
     let (mut port, mut seconds) = (3000, 60);
     let mut args = std::env::args().skip(1);
@@ -152,6 +159,13 @@ fn options() -> Result<Options, String> {
                     port,
                     seconds,
                 });
+            }
+            "--fence-memory" => {
+                options.fence_memory = Some(
+                    value("--fence-memory")?
+                        .parse()
+                        .map_err(|_| "--fence-memory takes a number of keys")?,
+                )
             }
             "--port" => {
                 port = value("--port")?
@@ -184,6 +198,11 @@ fn main() -> ExitCode {
     };
     if let Some(serve) = &options.serve {
         return serve_for_load_tool(serve);
+    }
+    if let Some(keys) = options.fence_memory {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(memory::run(keys));
+        return ExitCode::SUCCESS;
     }
     let plan = if options.quick {
         Plan::quick()

@@ -192,11 +192,21 @@ impl Acquire {
             gate = in_flight.answered();
             match attempt {
                 Attempt::Acquired { fencing_token } => {
-                    let lease = Lease::new(key, token, gate.id(), lease, sent, Instant::now());
+                    let lease = Lease::new(
+                        key,
+                        token,
+                        fencing_token,
+                        gate.id(),
+                        lease,
+                        sent,
+                        Instant::now(),
+                    );
                     let hold = Arc::new(Hold::new(locker, fencing_token, lease));
-                    if !gate.commit(&hold.lease) {
-                        // Force-released here while the request was in flight: the grant may
-                        // predate the release. Dropping the hold releases it in the background.
+                    // Force-released here while the request was in flight (the grant may predate
+                    // the release), or the reply was read only after the lease had ended (the
+                    // process stalled): another owner may hold the key by now. Dropping the hold
+                    // releases it in the background.
+                    if !gate.commit(&hold.lease) || hold.lease.is_lost() {
                         hold.lease.mark_lost();
                         return Err(Error::Lost {
                             key: hold.key().to_string(),

@@ -46,7 +46,8 @@ pub enum Error {
     /// wait for each other, and a guard is not a future, so nothing shows whether the guard's
     /// owner encloses the waiter (a deadlock) or runs beside it (a sibling that may still let
     /// go). A sibling that holds a bare guard for longer than another waits is therefore reported
-    /// the same way.
+    /// the same way. A request that waits without end (`wait(Duration::MAX)`) on a key its own
+    /// task holds through a bare guard therefore never ends: give such waits a bound.
     WouldDeadlock {
         /// The key the task was waiting for.
         key: String,

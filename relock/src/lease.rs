@@ -47,6 +47,8 @@ pub(crate) fn after(now: Instant, duration: Duration) -> Instant {
 pub(crate) struct Lease {
     pub(crate) key: LockKey,
     pub(crate) token: HoldToken,
+    /// The hold's fencing token.
+    pub(crate) fencing_token: u64,
     /// The hold's slot in the locker's [`LocalHolds`](crate::local::LocalHolds).
     pub(crate) slot: u64,
     pub(crate) duration: Duration,
@@ -116,6 +118,7 @@ impl Lease {
     pub(crate) fn new(
         key: LockKey,
         token: HoldToken,
+        fencing_token: u64,
         slot: u64,
         duration: Duration,
         sent: Instant,
@@ -124,6 +127,7 @@ impl Lease {
         Self {
             key,
             token,
+            fencing_token,
             slot,
             duration,
             runner: Runner::current(),
@@ -264,6 +268,7 @@ mod tests {
         let lease = Lease::new(
             LockKey::new("k").unwrap(),
             HoldToken::random(),
+            1,
             0,
             Duration::from_millis(10),
             now,

@@ -116,6 +116,7 @@ mod key;
 mod lease;
 mod local;
 mod locker;
+mod pattern;
 mod scope;
 mod scripts;
 mod subscriber;

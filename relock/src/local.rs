@@ -33,9 +33,10 @@ struct Slot {
     freed: Option<Arc<Notify>>,
     /// `None` while the slot's task is still asking the backend.
     lease: Option<Arc<Lease>>,
-    /// Force-released through this locker while its acquisition was in flight: the grant may
-    /// have reached the server before the release, so it cannot be trusted.
-    forced: bool,
+    /// Force-released through this locker while its acquisition was in flight, when the last
+    /// fencing token handed out before that release was this: a grant with a token no larger
+    /// reached the server before the release, and is gone.
+    forced: Option<u64>,
 }
 
 impl Slot {
@@ -92,7 +93,7 @@ impl LocalHolds {
                 id,
                 freed: None,
                 lease: None,
-                forced: false,
+                forced: None,
             },
         );
         Enter::Entered(Gate {
@@ -114,23 +115,27 @@ impl LocalHolds {
         }
     }
 
-    /// The key was force-released on the server: its hold here is gone and its slot freed; an
-    /// acquisition in flight will find its grant untrustworthy (see [`Gate::commit`]).
-    pub(crate) fn force_released(&self, key: &LockKey) {
+    /// The key was force-released on the server, after fencing token `last` was handed out: a
+    /// hold here with a token no larger is gone (and its slot freed); an acquisition in flight
+    /// learns it in [`Gate::commit`].
+    pub(crate) fn force_released(&self, key: &LockKey, last: u64) {
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
         let Some(lease) = slot.lease.clone() else {
-            slot.forced = true;
+            slot.forced = Some(slot.forced.map_or(last, |forced| forced.max(last)));
             return;
         };
+        if lease.fencing_token > last {
+            // Granted after the release: it stands.
+            return;
+        }
         lease.mark_gone();
         let slot = slots.remove(key);
         drop(slots);
         drop(slot);
     }
-
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots().len()
@@ -154,8 +159,8 @@ impl Gate {
     /// hold is gone from the server. Tasks already waiting are woken to look again, now that the
     /// holder's deadline is known.
     ///
-    /// Returns `false` when the key was force-released here while the request was in flight:
-    /// the grant may predate that release, so the hold must be treated as lost.
+    /// Returns `false` when the key was force-released here after this grant (its fencing token
+    /// is no larger than the last one handed out before the release): the hold is gone.
     pub(crate) fn commit(mut self, lease: &Arc<Lease>) -> bool {
         self.committed = true;
         let mut slots = self.local.slots();
@@ -163,7 +168,7 @@ impl Gate {
             Some(slot) if slot.id == self.id => {
                 slot.lease = Some(lease.clone());
                 slot.wake_waiters();
-                !slot.forced
+                slot.forced.is_none_or(|last| lease.fencing_token > last)
             }
             _ => false,
         }
@@ -207,10 +212,15 @@ mod tests {
     }
 
     fn lease(slot: u64, duration: Duration) -> Arc<Lease> {
+        lease_with_token(slot, duration, 10)
+    }
+
+    fn lease_with_token(slot: u64, duration: Duration, fencing_token: u64) -> Arc<Lease> {
         let now = Instant::now();
         Arc::new(Lease::new(
             key("k"),
             HoldToken::random(),
+            fencing_token,
             slot,
             duration,
             now,
@@ -226,7 +236,7 @@ mod tests {
         };
         let first_id = first.id();
         assert!(first.commit(&lease(first_id, Duration::from_secs(30))));
-        local.force_released(&key("k"));
+        local.force_released(&key("k"), 10);
         let Enter::Entered(_second) = local.enter(&key("k")) else {
             panic!()
         };
@@ -263,15 +273,40 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_committed_after_a_force_release_is_not_trusted() {
+    fn a_grant_that_predates_a_force_release_in_flight_is_not_trusted() {
         let local = Arc::new(LocalHolds::default());
         let Enter::Entered(gate) = local.enter(&key("k")) else {
             panic!()
         };
-        local.force_released(&key("k"));
+        local.force_released(&key("k"), 10);
         assert!(matches!(local.enter(&key("k")), Enter::Busy(_)));
         let id = gate.id();
-        assert!(!gate.commit(&lease(id, Duration::from_secs(30))));
+        assert!(!gate.commit(&lease_with_token(id, Duration::from_secs(30), 10)));
+    }
+
+    #[test]
+    fn a_grant_that_follows_a_force_release_in_flight_stands() {
+        let local = Arc::new(LocalHolds::default());
+        let Enter::Entered(gate) = local.enter(&key("k")) else {
+            panic!()
+        };
+        local.force_released(&key("k"), 10);
+        let id = gate.id();
+        assert!(gate.commit(&lease_with_token(id, Duration::from_secs(30), 11)));
+    }
+
+    #[test]
+    fn a_force_release_spares_a_hold_granted_after_it() {
+        let local = Arc::new(LocalHolds::default());
+        let Enter::Entered(gate) = local.enter(&key("k")) else {
+            panic!()
+        };
+        let held = lease_with_token(gate.id(), Duration::from_secs(30), 11);
+        assert!(gate.commit(&held));
+        local.force_released(&key("k"), 10);
+        assert!(!held.is_lost());
+        local.force_released(&key("k"), 11);
+        assert!(held.is_lost());
     }
 
     #[test]

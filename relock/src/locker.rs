@@ -16,6 +16,7 @@ use crate::guard::LockGuard;
 use crate::info::LockInfo;
 use crate::key::{IntoLockKey, LockKey};
 use crate::local::LocalHolds;
+use crate::pattern::KeyPattern;
 use crate::scope::Frame;
 use crate::subscriber::Subscriber;
 use crate::token::HoldToken;
@@ -184,6 +185,11 @@ impl Locker {
     /// Inside a scope that already holds `key` through this locker, the request completes at once
     /// with a re-entrant guard and sends nothing to the server. The key is validated when the
     /// request is awaited; an invalid one fails with [`Error::InvalidKey`].
+    ///
+    /// A grant that reaches this process only after its lease has ended (the process stalled
+    /// between sending the request and reading the reply), or that races a
+    /// [`force_release`](Self::force_release) through this locker, is not handed out: the request
+    /// fails with [`Error::Lost`] and the grant is released in the background.
     pub fn lock(&self, key: impl IntoLockKey) -> Acquire {
         Acquire::new(self.clone(), key)
     }
@@ -201,12 +207,48 @@ impl Locker {
         self.shared.backend.inspect(&key).await
     }
 
+    /// Every held lock whose key matches the glob `pattern` (`*`, `?`, `[a-z]`, `[^a]`, `\` to
+    /// escape), with what [`inspect`](Self::inspect) reads about it — for operators and
+    /// dashboards (`relock list 'order:*'`).
+    ///
+    /// On Redis the stream walks the keys with `SCAN` (so it never blocks the server) and reads
+    /// each batch's holders in one pipelined round trip; a lock taken or released during the walk
+    /// may or may not be listed, and none is listed twice. A pattern that is not a valid key
+    /// apart from its wildcards (braces, control characters, empty) fails at once with
+    /// [`Error::InvalidKey`].
+    ///
+    /// ```
+    /// use futures_util::TryStreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::in_memory();
+    /// let _a = locker.lock("order:1").await?;
+    /// let _b = locker.lock("order:2").await?;
+    /// let _c = locker.lock("user:1").await?;
+    /// let orders: Vec<relock::LockInfo> = locker.list("order:*").try_collect().await?;
+    /// assert_eq!(orders.len(), 2);
+    /// assert!(orders.iter().all(|info| info.key.starts_with("order:")));
+    /// # Ok(()) }
+    /// ```
+    pub fn list(
+        &self,
+        pattern: &str,
+    ) -> impl futures_util::Stream<Item = Result<LockInfo, Error>> + Send + 'static {
+        let start = ListState {
+            locker: self.clone(),
+            pattern: KeyPattern::new(pattern),
+            cursor: None,
+            found: std::collections::VecDeque::new(),
+        };
+        futures_util::stream::unfold(start, ListState::next)
+    }
+
     /// Frees `key` whoever holds it, and wakes its waiters. For operators clearing a lock whose
     /// holder is stuck: the holder's guard reports the loss. Returns whether a holder was removed.
     pub async fn force_release(&self, key: impl IntoLockKey) -> Result<bool, Error> {
         let key = key.into_lock_key()?;
-        let released = self.shared.backend.force_release(&key).await?;
-        self.shared.local.force_released(&key);
+        let (released, last_token) = self.shared.backend.force_release(&key).await?;
+        self.shared.local.force_released(&key, last_token);
         Ok(released)
     }
 
@@ -409,6 +451,60 @@ async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, j
     }
     if let Some(slot) = job.slot {
         local.remove(&job.key, slot);
+    }
+}
+
+/// Where [`Locker::list`] is in its walk over the keys.
+struct ListState {
+    locker: Locker,
+    /// An invalid pattern is reported as the stream's only item.
+    pattern: Result<KeyPattern, Error>,
+    /// `None` before the first step; `Some(0)` once the walk is complete.
+    cursor: Option<u64>,
+    found: std::collections::VecDeque<LockInfo>,
+}
+
+impl ListState {
+    async fn next(mut self) -> Option<(Result<LockInfo, Error>, Self)> {
+        loop {
+            if let Some(info) = self.found.pop_front() {
+                return Some((Ok(info), self));
+            }
+            if self.cursor == Some(0) {
+                return None;
+            }
+            let pattern = match &self.pattern {
+                Ok(pattern) => pattern.clone(),
+                Err(_) => {
+                    self.cursor = Some(0);
+                    let err = std::mem::replace(&mut self.pattern, Err(Error::NoLocker));
+                    return Some((Err(err.expect_err("checked above")), self));
+                }
+            };
+            match self.step(&pattern).await {
+                Ok(()) => {}
+                Err(err) => {
+                    self.cursor = Some(0);
+                    return Some((Err(err), self));
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self, pattern: &KeyPattern) -> Result<(), Error> {
+        match self.locker.backend() {
+            Backend::Memory(memory) => {
+                self.found.extend(memory.list(pattern));
+                self.cursor = Some(0);
+            }
+            Backend::Redis(redis) => {
+                let (next, keys) = redis.scan(pattern, self.cursor.unwrap_or(0)).await?;
+                let infos = redis.inspect_many(&keys).await?;
+                self.found.extend(infos.into_iter().flatten());
+                self.cursor = Some(next);
+            }
+        }
+        Ok(())
     }
 }
 

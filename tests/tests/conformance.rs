@@ -847,6 +847,70 @@ async fn inspect_reports_the_holder(b: &TestBackend) {
     assert!(locker.inspect(&key).await.expect("inspect").is_none());
 }
 
+async fn list_streams_every_held_lock_matching_the_pattern(b: &TestBackend) {
+    use futures_util::TryStreamExt;
+
+    let locker = &b.locker;
+    let stem = unique_key("list");
+    // More than one SCAN batch's worth on Redis, all but a few outside the pattern.
+    let mut guards = Vec::new();
+    for n in 0..1500 {
+        guards.push(
+            locker
+                .lock(format!("{stem}:other:{n}"))
+                .await
+                .expect("lock"),
+        );
+    }
+    let wanted: Vec<String> = (0..3).map(|n| format!("{stem}:order:{n}")).collect();
+    for key in &wanted {
+        guards.push(locker.lock(key).await.expect("lock"));
+    }
+    let released = format!("{stem}:order:released");
+    locker
+        .lock(&released)
+        .await
+        .expect("lock")
+        .release()
+        .await
+        .expect("release");
+    for reader in [locker.clone(), b.another_locker().await] {
+        let mut found: Vec<relock::LockInfo> = reader
+            .list(&format!("{stem}:order:*"))
+            .try_collect()
+            .await
+            .expect("list");
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Vec<&str> = found.iter().map(|info| info.key.as_str()).collect();
+        assert_eq!(keys, wanted, "exactly the held locks that match");
+        for info in &found {
+            let inspected = reader
+                .inspect(&info.key)
+                .await
+                .expect("inspect")
+                .expect("held");
+            assert_eq!(info.fencing_token, inspected.fencing_token);
+            assert_eq!(info.owner, inspected.owner);
+        }
+        let single: Vec<relock::LockInfo> = reader
+            .list(&format!("{stem}:order:[1]"))
+            .try_collect()
+            .await
+            .expect("list");
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].key, wanted[1]);
+    }
+    let invalid: Result<Vec<relock::LockInfo>, Error> =
+        locker.list("order:{*}").try_collect().await;
+    assert!(
+        matches!(invalid, Err(Error::InvalidKey { .. })),
+        "{invalid:?}"
+    );
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+}
+
 async fn force_release_frees_the_lock_for_another_locker(b: &TestBackend) {
     let locker = &b.locker;
     let other = b.another_locker().await;
@@ -1334,6 +1398,7 @@ every_backend!(
     a_spawned_task_without_inherit_does_not_see_the_hold,
     invalid_keys_are_rejected_without_reaching_the_server,
     inspect_reports_the_holder,
+    list_streams_every_held_lock_matching_the_pattern,
     force_release_frees_the_lock_for_another_locker,
     force_release_through_the_holders_locker_marks_the_guard_lost,
     force_release_of_a_free_key_returns_false,

@@ -4,6 +4,7 @@
 //! Each test is a history — who held what, when — ending in the question the contract answers:
 //! can two owners both believe they hold the key, and did a fencing token go backwards?
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -410,8 +411,9 @@ async fn a_release_that_fails_is_retried_in_the_background() {
     proxy.cut();
     let released = guard.release().await;
     assert!(matches!(released, Err(Error::Backend(_))), "{released:?}");
-    // Until the server has answered, this process still counts the key as taken.
-    assert!(locker.try_lock(&key).await.unwrap().is_none());
+    // Until the server has answered, this process still counts the key as taken (and answers
+    // without asking the server).
+    assert!(matches!(locker.try_lock(&key).await, Ok(None)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.restore();
     let start = Instant::now();
@@ -435,12 +437,20 @@ async fn a_release_that_fails_is_retried_in_the_background() {
 }
 
 /// Inside one scope: an acquisition cancelled while its request is queued at the server, then a
-/// retry. The retry is a hold of its own: the cancelled request's background release must not
-/// delete it (it used to: both shared the scope's owner token).
+/// retry — and the cancelled request's release cannot reach the server at first (the line is cut
+/// just after the request went out, and restored once the pause is over). The retry must hold the
+/// key alone, and once it lets go nothing of the cancelled request may keep the key: its
+/// background release is retried until the server answers (it used to be tried once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_cancelled_acquisition_in_the_same_scope_holds_alone() {
     let server = RedisServer::start();
-    let locker = server.locker().await;
+    let proxy = Proxy::start(server.port()).await;
+    let locker = Locker::builder()
+        .url(proxy.url())
+        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let other = server.locker().await;
     let (outer, key) = (unique_key("scope"), unique_key("cancelled"));
     take_and_release(&locker, &key).await;
@@ -455,14 +465,35 @@ async fn a_retry_after_a_cancelled_acquisition_in_the_same_scope_holds_alone() {
                 .query_async::<()>(&mut admin)
                 .await
                 .unwrap();
-            let cancelled =
-                tokio::time::timeout(Duration::from_millis(50), locker.lock(&key)).await;
+            let paused = Instant::now();
+            let cancelled = tokio::time::timeout(Duration::from_millis(50), async {
+                // The request goes out (and waits at the server); then the line is cut, so the
+                // cancelled request's release cannot follow it.
+                tokio::join!(
+                    std::future::IntoFuture::into_future(locker.lock(&key)),
+                    async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        proxy.cut();
+                    }
+                )
+                .0
+            })
+            .await;
             assert!(cancelled.is_err(), "the acquisition should still be queued");
-            let retry = locker
-                .lock(&key)
-                .wait(Duration::from_secs(10))
-                .await
-                .expect("the retry gets the key");
+            // The pause ends (the server runs the queued request), then the line comes back.
+            tokio::time::sleep_until((paused + Duration::from_millis(500)).into()).await;
+            proxy.restore();
+            let mut attempts = 0;
+            let retry = loop {
+                attempts += 1;
+                match locker.lock(&key).wait(Duration::from_secs(10)).await {
+                    Err(Error::Backend(_)) if attempts < 20 => {
+                        // The connection the proxy closed is being re-established.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => break other.expect("the retry gets the key"),
+                }
+            };
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(retry.is_held());
             assert!(
@@ -470,7 +501,120 @@ async fn a_retry_after_a_cancelled_acquisition_in_the_same_scope_holds_alone() {
                 "another owner took the key from the retry"
             );
             retry.release().await.expect("the retry's hold is intact");
+            let start = Instant::now();
+            let guard =
+                other.lock(&key).wait(Duration::from_secs(10)).await.expect(
+                    "the cancelled request's grant is released, not left for its 30 s lease",
+                );
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                start.elapsed()
+            );
+            guard.release().await.unwrap();
         })
         .await
         .expect("outer run");
+}
+
+/// A task of this process waits at the server for a key another process holds; an operator
+/// force-releases the key through this process's locker (what `force_release` is for). The waiter
+/// is woken and granted the key *after* the release, yet gets `Error::Lost`: the slot's `forced`
+/// flag, set while the waiter held the slot with no lease, is never cleared between attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gets_the_key_after_a_force_release_through_its_own_locker() {
+    let b = TestBackend::redis().await;
+    let key = unique_key("forced-waiter");
+    let stuck = b.other.lock(&key).await.unwrap();
+    let (locker, k) = (b.locker.clone(), key.clone());
+    let waiter = tokio::spawn(async move { locker.lock(&k).wait(Duration::from_secs(10)).await });
+    b.until_waiting(&key).await;
+    assert!(b.locker.force_release(&key).await.unwrap());
+    let got = waiter.await.unwrap();
+    assert!(
+        got.is_ok(),
+        "the waiter was granted after the release but got {got:?}"
+    );
+    drop(stuck);
+}
+
+/// The reply to an acquisition is processed after the lease ended (a stall between the server's
+/// grant and the reply being read): another owner takes the key meanwhile, and `lock()` still
+/// returns `Ok(guard)` — a guard that is "proof that the caller holds a lock".
+#[test]
+fn a_grant_read_after_the_lease_ended_is_not_returned_as_a_guard() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = unique_key("late-reply");
+    let other_holds = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let other = {
+        let (url, key, other_holds) = (url.clone(), key.clone(), other_holds.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let other = Locker::connect(&url).await.unwrap();
+                ready_tx.send(()).unwrap();
+                // Wait until the first owner's grant is there, then take the key when it expires.
+                let mut admin = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let name = format!("relock:{{{key}}}");
+                loop {
+                    let n: i64 = redis::cmd("EXISTS")
+                        .arg(&name)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap();
+                    if n == 1 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let guard = other.lock(&key).wait(Duration::from_secs(2)).await.unwrap();
+                other_holds.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                other_holds.store(false, Ordering::SeqCst);
+                guard.release().await.ok();
+            });
+        })
+    };
+    ready_rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let locker = Locker::connect(&url).await.unwrap();
+        let sync = redis::Client::open(url.as_str()).unwrap();
+        let mut sync = sync.get_connection().unwrap();
+        let name = format!("relock:{{{key}}}");
+        // Stalls this runtime (a blocking call, a pause) once the server has granted the key.
+        let stall = tokio::spawn(async move {
+            loop {
+                tokio::task::yield_now().await;
+                let n: i64 = redis::cmd("EXISTS").arg(&name).query(&mut sync).unwrap();
+                if n == 1 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let got = locker.lock(&key).lease(Duration::from_millis(50)).await;
+        stall.await.unwrap();
+        let other_held = other_holds.load(Ordering::SeqCst);
+        match got {
+            Ok(guard) => panic!(
+                "lock() returned Ok(guard) (is_held = {}) while another owner holds = {other_held}",
+                guard.is_held()
+            ),
+            Err(err) => assert!(matches!(err, Error::Lost { .. }), "{err:?}"),
+        }
+    });
+    other.join().unwrap();
 }

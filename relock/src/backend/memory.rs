@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use super::{Attempt, Released, HOLDER};
 use crate::info::LockInfo;
 use crate::key::LockKey;
+use crate::pattern::KeyPattern;
 use crate::token::HoldToken;
 
 #[derive(Debug)]
@@ -152,25 +153,45 @@ impl MemoryBackend {
             .clone()
     }
 
-    pub(crate) fn force_release(&self, key: &LockKey) -> bool {
+    pub(crate) fn force_release(&self, key: &LockKey) -> (bool, u64) {
         let now = Instant::now();
         let mut state = self.state();
-        state.live(key, now).is_some() && state.remove(key)
+        let last = state.fences.get(key).map_or(0, |fence| fence.last);
+        (state.live(key, now).is_some() && state.remove(key), last)
     }
 
     pub(crate) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
         let now = Instant::now();
         let mut state = self.state();
         let entry = state.live(key, now)?;
-        Some(LockInfo {
-            owner: entry.token.as_str().to_owned(),
-            holds: 1,
-            ttl: entry.expires - now,
-            fencing_token: entry.fencing_token,
-            host: Some(HOLDER.host.clone()),
-            pid: Some(HOLDER.pid),
-            acquired_at: Some(entry.since),
-        })
+        Some(info(key, entry, now))
+    }
+
+    /// Every live lock whose key matches `pattern`.
+    pub(crate) fn list(&self, pattern: &KeyPattern) -> Vec<LockInfo> {
+        let now = Instant::now();
+        let state = self.state();
+        let mut found: Vec<LockInfo> = state
+            .locks
+            .iter()
+            .filter(|(key, entry)| entry.expires > now && pattern.matches(key.as_str()))
+            .map(|(key, entry)| info(key, entry, now))
+            .collect();
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found
+    }
+}
+
+fn info(key: &LockKey, entry: &Entry, now: Instant) -> LockInfo {
+    LockInfo {
+        key: key.as_str().to_owned(),
+        owner: entry.token.as_str().to_owned(),
+        holds: 1,
+        ttl: entry.expires - now,
+        fencing_token: entry.fencing_token,
+        host: Some(HOLDER.host.clone()),
+        pid: Some(HOLDER.pid),
+        acquired_at: Some(entry.since),
     }
 }
 
@@ -258,7 +279,7 @@ mod tests {
         let memory = backend();
         let (old, new) = (HoldToken::random(), HoldToken::random());
         memory.acquire(&key("k"), &old, LEASE);
-        assert!(memory.force_release(&key("k")));
+        assert!(memory.force_release(&key("k")).0);
         token_of(memory.acquire(&key("k"), &new, LEASE));
         assert_eq!(memory.release(&key("k"), &old), Released::NotHeld);
         assert!(!memory.renew(&key("k"), &old, LEASE));
@@ -305,8 +326,8 @@ mod tests {
     fn force_release_frees_any_holder() {
         let memory = backend();
         memory.acquire(&key("k"), &HoldToken::random(), LEASE);
-        assert!(memory.force_release(&key("k")));
-        assert!(!memory.force_release(&key("k")));
+        assert!(memory.force_release(&key("k")).0);
+        assert!(!memory.force_release(&key("k")).0);
         assert!(memory.inspect(&key("k")).is_none());
     }
 

@@ -81,7 +81,9 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
+    /// Removes whatever hold `key` has: whether there was one, and the last fencing token handed
+    /// out before the removal (a grant with a larger one came after it).
+    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
         match self {
             Self::Redis(redis) => redis.force_release(key).await,
             Self::Memory(memory) => Ok(memory.force_release(key)),

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
+use crate::pattern::KeyPattern;
 use crate::scripts;
 use crate::token::HoldToken;
 
@@ -198,16 +199,7 @@ impl RedisBackend {
                 .arg(millis(self.fence_retention.max(renewal.duration)));
             pipe.invoke_script(&invocation);
         }
-        let query = async |connection: &mut Conn| pipe.query_async::<Vec<i64>>(connection).await;
-        let replies = match self.send(query).await {
-            Err(Error::Backend(err)) if is_noscript(&err) => {
-                // The server lost its script cache (a restart, SCRIPT FLUSH): load and resend.
-                self.send(async |connection| scripts::RENEW.load_async(connection).await)
-                    .await?;
-                self.send(query).await?
-            }
-            replies => replies?,
-        };
+        let replies: Vec<i64> = self.query_scripts(&pipe, &scripts::RENEW).await?;
         if replies.len() != renewals.len() {
             return Err(Error::backend(format!(
                 "renewal pipeline answered {} of {} holds",
@@ -218,20 +210,108 @@ impl RedisBackend {
         Ok(replies.into_iter().map(|renewed| renewed == 1).collect())
     }
 
+    /// Sends a pipeline of `script` invocations; if the server lost its script cache (a restart,
+    /// `SCRIPT FLUSH`), loads the script and sends it again.
+    async fn query_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        script: &redis::Script,
+    ) -> Result<T, Error> {
+        let query = async |connection: &mut Conn| pipe.query_async::<T>(connection).await;
+        match self.send(query).await {
+            Err(Error::Backend(err)) if is_noscript(&err) => {
+                self.send(async |connection| script.load_async(connection).await)
+                    .await?;
+                self.send(query).await
+            }
+            replies => replies,
+        }
+    }
+
+    /// One `SCAN` step over the locks whose keys match `pattern`: the next cursor (0 when done)
+    /// and the keys found.
+    pub(crate) async fn scan(
+        &self,
+        pattern: &KeyPattern,
+        cursor: u64,
+    ) -> Result<(u64, Vec<LockKey>), Error> {
+        let head = format!("{}:{{", self.prefix);
+        let mut glob = String::with_capacity(head.len() + pattern.as_str().len() + 8);
+        for c in head.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                glob.push('\\');
+            }
+            glob.push(c);
+        }
+        glob.push_str(pattern.as_str());
+        glob.push('}');
+        let (next, names): (u64, Vec<String>) = self
+            .send(async |connection| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&glob)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(connection)
+                    .await
+            })
+            .await?;
+        let keys = names
+            .iter()
+            .filter_map(|name| name.strip_prefix(&head)?.strip_suffix('}'))
+            .filter(|key| pattern.matches(key))
+            .filter_map(|key| LockKey::new(key).ok())
+            .collect();
+        Ok((next, keys))
+    }
+
+    /// Inspects `keys` in one pipelined round trip.
+    pub(crate) async fn inspect_many(
+        &self,
+        keys: &[LockKey],
+    ) -> Result<Vec<Option<LockInfo>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.invoke_script(&scripts::INSPECT.key(self.lock_key(key)));
+        }
+        let replies: Vec<Value> = self.query_scripts(&pipe, &scripts::INSPECT).await?;
+        keys.iter()
+            .zip(replies)
+            .map(|(key, reply)| parse_inspect(key, reply))
+            .collect()
+    }
+
     /// `P:{K}:released`: the channel a release of `key` is announced on.
     pub(crate) fn channel(&self, key: &LockKey) -> String {
         self.key_name(key, ":released")
     }
 
-    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<bool, Error> {
+    /// Removes whatever hold `key` has; returns whether there was one, and the last fencing
+    /// token handed out before the removal.
+    pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
         let mut invocation = scripts::FORCE_RELEASE.key(self.lock_key(key));
-        invocation.key(self.channel(key));
-        Ok(as_int(&self.invoke(&invocation).await?)? == 1)
+        invocation
+            .key(self.channel(key))
+            .key(self.key_name(key, ":fence"));
+        let reply = self.invoke(&invocation).await?;
+        match &reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(removed), Value::Int(last)] if *last >= 0 => {
+                    Ok((*removed == 1, *last as u64))
+                }
+                _ => Err(unexpected("force-release", &reply)),
+            },
+            _ => Err(unexpected("force-release", &reply)),
+        }
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
         let invocation = scripts::INSPECT.key(self.lock_key(key));
-        parse_inspect(self.invoke(&invocation).await?)
+        parse_inspect(key, self.invoke(&invocation).await?)
     }
 }
 
@@ -300,13 +380,6 @@ fn unexpected(script: &str, value: &Value) -> Error {
     ))
 }
 
-fn as_int(value: &Value) -> Result<i64, Error> {
-    match value {
-        Value::Int(n) => Ok(*n),
-        other => Err(unexpected("lock", other)),
-    }
-}
-
 fn as_string(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
@@ -349,7 +422,7 @@ fn parse_release(value: Value) -> Result<Released, Error> {
 }
 
 /// Parses the inspect script's `{pttl, "<hold token> <fencing token> <pid> <since ms> <host>"}`.
-fn parse_inspect(value: Value) -> Result<Option<LockInfo>, Error> {
+fn parse_inspect(key: &LockKey, value: Value) -> Result<Option<LockInfo>, Error> {
     let Value::Array(items) = &value else {
         return Err(unexpected("inspect", &value));
     };
@@ -367,6 +440,7 @@ fn parse_inspect(value: Value) -> Result<Option<LockInfo>, Error> {
         return Err(unexpected("inspect", &value));
     };
     let mut info = LockInfo {
+        key: key.as_str().to_owned(),
         owner: owner.to_owned(),
         holds: 1,
         ttl: ttl_from_pttl(pttl).unwrap_or_default(),
@@ -437,10 +511,17 @@ mod tests {
 
     #[test]
     fn inspect_reply_free() {
-        assert_eq!(parse_inspect(Value::Array(vec![])).unwrap(), None);
+        assert_eq!(
+            parse_inspect(&test_key(), Value::Array(vec![])).unwrap(),
+            None
+        );
     }
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn test_key() -> LockKey {
+        LockKey::new("order:42").unwrap()
+    }
 
     #[test]
     fn inspect_reply_held() {
@@ -448,7 +529,8 @@ mod tests {
             Value::Int(2500),
             bulk(&format!("{TOKEN} 1764000000000042 77 1700000000123 box")),
         ]);
-        let info = parse_inspect(reply).unwrap().unwrap();
+        let info = parse_inspect(&test_key(), reply).unwrap().unwrap();
+        assert_eq!(info.key, "order:42");
         assert_eq!(info.owner, TOKEN);
         assert_eq!(info.holds, 1);
         assert_eq!(info.ttl, Duration::from_millis(2500));
@@ -465,14 +547,14 @@ mod tests {
     fn inspect_reply_without_a_hold_token_or_fence_is_an_error() {
         for text in ["", "short 5", &format!("{TOKEN} notanumber")] {
             let reply = Value::Array(vec![Value::Int(10), bulk(text)]);
-            assert!(parse_inspect(reply).is_err(), "{text}");
+            assert!(parse_inspect(&test_key(), reply).is_err(), "{text}");
         }
     }
 
     #[test]
     fn holder_metadata_round_trips() {
         let text = format!("{TOKEN} 1 {}", holder_metadata());
-        let info = parse_inspect(Value::Array(vec![Value::Int(1), bulk(&text)]))
+        let info = parse_inspect(&test_key(), Value::Array(vec![Value::Int(1), bulk(&text)]))
             .unwrap()
             .unwrap();
         assert_eq!(info.pid, Some(std::process::id()));

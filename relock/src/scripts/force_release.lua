@@ -2,12 +2,16 @@
 --
 -- KEYS[1]  lock `P:{K}`
 -- KEYS[2]  release channel `P:{K}:released`
+-- KEYS[3]  fencing counter `P:{K}:fence`
 --
--- Reply:   1  a hold was removed
---          0  the lock was already free
+-- Reply:   {removed, last}  removed: 1 if a hold was removed, 0 if the lock was already free;
+--                           last: the last fencing token handed out for the key (0 if none is
+--                           kept), so that a grant with a larger token is known to come after
+--                           this release
+local last = tonumber(redis.call('GET', KEYS[3])) or 0
 if redis.call('DEL', KEYS[1]) == 0 then
-    return 0
+    return {0, last}
 end
 
 redis.call('PUBLISH', KEYS[2], '')
-return 1
+return {1, last}
