@@ -24,12 +24,15 @@ if value then
 end
 
 local now = redis.call('TIME')
-local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = tonumber(redis.call('GET', KEYS[2]))
-if last and last >= fence then
-    fence = last + 1
-end
+local fence = now[1] * 1000000 + now[2]
 local text = string.format('%.0f', fence)
-redis.call('SET', KEYS[2], text, 'PX', ARGV[3])
+-- Writes the clock's token and reads the counter in one call; the rare case where the counter
+-- is ahead of the clock (grants within one microsecond, a clock stepped back) writes again.
+local last = redis.call('SET', KEYS[2], text, 'PX', ARGV[3], 'GET')
+if last and tonumber(last) >= fence then
+    fence = tonumber(last) + 1
+    text = string.format('%.0f', fence)
+    redis.call('SET', KEYS[2], text, 'PX', ARGV[3])
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'PX', ARGV[2])
 return {1, fence}
