@@ -299,7 +299,7 @@ async fn fencing_tokens_keep_increasing_across_a_restart_without_persistence() {
 }
 
 /// A counter that is gone (expired, never replicated) or behind (a replica promoted before the
-/// last grants reached it): the next token is still larger.
+/// last grants reached it): the next token is still larger. One ahead of the clock is followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
     let server = RedisServer::start();
@@ -322,6 +322,16 @@ async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
         );
         last = token;
     }
+    // A counter ahead of the clock (the clock stepped back since): the counter wins.
+    let ahead = last + 1_000_000_000_000;
+    redis::cmd("SET")
+        .arg(&counter)
+        .arg(ahead)
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(take_and_release(&locker, &key).await, ahead + 1);
+    assert_eq!(take_and_release(&locker, &key).await, ahead + 2);
 }
 
 /// A hold renewed for longer than the counter's retention keeps the counter alive: renewals
