@@ -1,0 +1,83 @@
+//! The command line, as clap reads it.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Inspect, list, watch and force-release relock's distributed locks on Redis.
+///
+/// Exit codes: 0 done (for `inspect`: the lock is held); 1 the lock is free, or nothing was
+/// released; 2 a usage error or an invalid key; 3 the server can't be reached or refused.
+#[derive(Debug, Parser)]
+#[command(name = "relock", version)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The Redis server (`redis://[user:password@]host:port/db`).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub(crate) url: String,
+
+    /// The prefix of relock's Redis keys, as the applications set it (`<prefix>:{<key>}`).
+    #[arg(long, global = true, default_value = "relock")]
+    pub(crate) prefix: String,
+
+    /// How long connecting, and then each answer, may take before giving up (e.g. `500ms`, `2s`).
+    #[arg(long, global = true, default_value = "2s", value_parser = crate::time::parse_duration)]
+    pub(crate) timeout: Duration,
+
+    /// Prints JSON, one object per lock or event, one per line.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Shows who holds a lock: host, pid, since when, remaining lease, fencing token. Exits 1 when
+    /// the lock is free.
+    Inspect {
+        /// The lock's key, as the application locks it (e.g. `order:42`).
+        key: String,
+    },
+    /// Lists every held lock whose key matches a glob pattern (`*`, `?`, `[a-z]`, `[^a]`, `\`).
+    List {
+        /// The pattern, quoted against the shell (e.g. 'order:*').
+        #[arg(default_value = "*")]
+        pattern: String,
+    },
+    /// Prints a line for each acquisition and release of a lock as it happens, until Ctrl-C.
+    Watch {
+        /// The lock's key.
+        key: String,
+        /// Stops after this long (e.g. `30s`, `5m`).
+        #[arg(long = "for", value_name = "DURATION", value_parser = crate::time::parse_duration)]
+        duration: Option<Duration>,
+        /// Stops after this many acquisitions and releases.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// How often the lock is read: a hold shorter than this may go unseen.
+        #[arg(long, default_value = "50ms", value_parser = crate::time::parse_duration)]
+        interval: Duration,
+    },
+    /// Frees a lock whoever holds it; the holder's guard reports the loss. Asks first unless
+    /// `--yes`. Exits 1 when the lock was already free or the answer was no.
+    Release {
+        /// The lock's key.
+        key: String,
+        /// Releases without asking.
+        #[arg(short, long)]
+        yes: bool,
+    },
+}

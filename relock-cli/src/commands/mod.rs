@@ -1,0 +1,86 @@
+//! The subcommands, each in its file, and what they share: a locker built from the global
+//! options, and a bound on every round trip.
+
+mod inspect;
+mod list;
+mod release;
+mod watch;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use relock::Locker;
+
+use crate::args::{Cli, Command, Global};
+use crate::failure::Failure;
+
+/// Runs the command line's subcommand to its exit code.
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let session = Session::new(&cli.global)?;
+    match cli.command {
+        Command::Inspect { key } => inspect::run(&session, &key).await,
+        Command::List { pattern } => list::run(&session, &pattern).await,
+        Command::Watch {
+            key,
+            duration,
+            count,
+            interval,
+        } => {
+            let bounds = watch::Bounds {
+                duration,
+                count,
+                interval,
+            };
+            watch::run(&session, &key, bounds).await
+        }
+        Command::Release { key, yes } => release::run(&session, &key, yes).await,
+    }
+}
+
+/// A locker on the chosen server, and how to report on it.
+#[derive(Debug)]
+pub(crate) struct Session {
+    locker: Locker,
+    url: String,
+    json: bool,
+    /// The longest one call may take: connecting, then the answer.
+    limit: Duration,
+}
+
+impl Session {
+    fn new(global: &Global) -> Result<Self, Failure> {
+        let locker = Locker::builder()
+            .url(&global.url)
+            .prefix(&global.prefix)
+            .connect_timeout(global.timeout)
+            .response_timeout(global.timeout)
+            .build()
+            // Building opens no connection: it fails only on a URL or prefix that can't be used.
+            .map_err(|err| match err {
+                relock::Error::Backend(err) => Failure::usage(err.to_string()),
+                err => Failure::usage(err.to_string()),
+            })?;
+        Ok(Self {
+            locker,
+            url: global.url.clone(),
+            json: global.json,
+            limit: global.timeout.saturating_mul(2),
+        })
+    }
+
+    /// Awaits one call to the server, turning its error — or its silence past the connect and
+    /// response timeouts — into a [`Failure`].
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, relock::Error>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.limit, call).await {
+            Ok(result) => result.map_err(|err| Failure::from_error(err, &self.url)),
+            Err(_) => Err(Failure::server(format!(
+                "server at {} did not answer within {:?}",
+                self.url, self.limit
+            ))),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Why a command stopped early, and the exit code that tells a script.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// A command that could not finish: one line for stderr and its exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// The lock is free (`inspect`), or nothing was released (`release`): exit code 1.
+    pub(crate) const FREE: u8 = 1;
+    /// A usage error, an invalid key or pattern: exit code 2, as clap uses for usage errors.
+    pub(crate) const USAGE: u8 = 2;
+    /// The server can't be reached or refused: exit code 3.
+    pub(crate) const SERVER: u8 = 3;
+
+    pub(crate) fn free(message: impl Into<String>) -> Self {
+        Self::new(Self::FREE, message)
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(Self::USAGE, message)
+    }
+
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Self::new(Self::SERVER, message)
+    }
+
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        // One line, whatever the server or the OS put into its message.
+        let message = message
+            .into()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self { code, message }
+    }
+
+    /// A library error met while talking to the server at `url`.
+    pub(crate) fn from_error(err: relock::Error, url: &str) -> Self {
+        match &err {
+            relock::Error::InvalidKey { .. } => Self::usage(err.to_string()),
+            relock::Error::Backend(backend) => {
+                Self::server(format!("server at {url} failed: {backend}"))
+            }
+            _ => Self::server(err.to_string()),
+        }
+    }
+
+    /// Prints the message on stderr and turns into the exit code.
+    pub(crate) fn report(self) -> ExitCode {
+        eprintln!("relock: {self}");
+        ExitCode::from(self.code)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}

@@ -1,0 +1,59 @@
+//! `relock`, the operator's tool for [relock] locks: who holds a lock, since when, on which host
+//! and for how much longer; every held lock matching a pattern; acquisitions and releases as they
+//! happen; and a force-release for a lock whose holder is stuck.
+//!
+//! ```text
+//! relock inspect order:42          # holder host, pid, since, ttl, fencing token
+//! relock list 'order:*'            # every held lock matching, as a table
+//! relock watch order:42            # live: acquisitions and releases as they happen
+//! relock release order:42          # force-release; asks unless --yes
+//! ```
+//!
+//! Global options: `--url` (or `REDIS_URL`, default `redis://127.0.0.1:6379`), `--prefix`
+//! (default `relock`), `--timeout` (connect and response timeout, default 2 s) and `--json`
+//! (one JSON object per lock or event, one per line).
+//!
+//! Exit codes: 0 done (for `inspect`: the lock is held); 1 the lock is free (`inspect`), or
+//! nothing was released (`release`: the lock was already free, or the answer was no); 2 a usage
+//! error, an invalid key or pattern; 3 the server can't be reached or refused. Every failure
+//! prints one line on stderr.
+//!
+//! Everything goes through the [relock] library — the same scripts and key layout as the
+//! applications that take the locks.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod args;
+mod commands;
+mod failure;
+mod json;
+mod table;
+mod time;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::Cli;
+use crate::failure::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return Failure::usage(format!("cannot start the runtime: {err}")).report(),
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    }
+}
