@@ -13,7 +13,7 @@ pub(super) async fn run(session: &Session, key: &str) -> Result<ExitCode, Failur
         return Err(Failure::free(format!("lock `{key}` is free")));
     };
     if session.json {
-        println!("{}", serde_json::Value::Object(crate::json::lock(&info)));
+        println!("{}", crate::json::line(&crate::json::lock(&info)));
     } else {
         print!("{}", describe(&info));
     }

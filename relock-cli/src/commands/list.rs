@@ -19,7 +19,7 @@ pub(super) async fn run(session: &Session, pattern: &str) -> Result<ExitCode, Fa
         .await?
     {
         if session.json {
-            println!("{}", serde_json::Value::Object(crate::json::lock(&info)));
+            println!("{}", crate::json::line(&crate::json::lock(&info)));
         } else {
             found.push(info);
         }

@@ -37,9 +37,9 @@ pub(super) async fn run(session: &Session, key: &str, yes: bool) -> Result<ExitC
         return Err(Failure::free(format!("lock `{key}` is already free")));
     }
     if session.json {
-        let mut object = crate::json::lock(&holder);
-        object.insert("released".into(), true.into());
-        println!("{}", serde_json::Value::Object(object));
+        let mut fields = crate::json::lock(&holder);
+        fields.push(("released", true.into()));
+        println!("{}", crate::json::line(&fields));
     } else {
         println!("released `{key}` (was held by {host} pid {pid}, fencing token {token})");
     }

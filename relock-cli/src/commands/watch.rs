@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use relock::LockInfo;
-use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Session;
@@ -101,17 +100,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn print_event(json: bool, event: Event, info: &LockInfo) {
     let at = rfc3339(SystemTime::now());
     if json {
-        let mut object = serde_json::Map::new();
-        object.insert("event".into(), event.name().into());
-        object.insert("at".into(), at.into());
+        let mut fields = vec![("event", event.name().into()), ("at", at.into())];
         if event == Event::Released {
-            object.insert("key".into(), info.key.clone().into());
-            object.insert("fencing_token".into(), info.fencing_token.into());
-            object.insert("owner".into(), info.owner.clone().into());
+            fields.push(("key", info.key.clone().into()));
+            fields.push(("fencing_token", info.fencing_token.into()));
+            fields.push(("owner", info.owner.clone().into()));
         } else {
-            object.extend(crate::json::lock(info));
+            fields.extend(crate::json::lock(info));
         }
-        println!("{}", Value::Object(object));
+        println!("{}", crate::json::line(&fields));
         return;
     }
     let key = &info.key;
