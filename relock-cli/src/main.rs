@@ -38,13 +38,24 @@ mod time;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::args::Cli;
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if !err.use_stderr()
+                || err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // --help and --version (stdout, exit 0), or the help for a bare `relock` (exit 2).
+            err.exit()
+        }
+        Err(err) => return Failure::usage(usage_error(&err)).report(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,4 +67,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => failure.report(),
     }
+}
+
+/// clap's usage error as one line: its message with the offending arguments, without the usage
+/// block that follows, and a pointer to `--help`.
+fn usage_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let message = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    format!("{message}; see `relock --help`")
 }

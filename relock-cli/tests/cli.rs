@@ -449,6 +449,7 @@ async fn usage_errors_exit_2() {
     ] {
         let out = relock("redis://127.0.0.1:1", args, "").await;
         assert_code(&out, 2);
+        one_line(&stderr(&out));
     }
 }
 
