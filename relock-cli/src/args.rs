@@ -65,7 +65,7 @@ pub(crate) enum Command {
         #[arg(long = "for", value_name = "DURATION", value_parser = crate::time::parse_duration)]
         duration: Option<Duration>,
         /// Stops after this many acquisitions and releases.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
         /// How often the lock is read: a hold shorter than this may go unseen.
         #[arg(long, default_value = "50ms", value_parser = crate::time::parse_duration)]

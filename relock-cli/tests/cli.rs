@@ -444,6 +444,7 @@ async fn usage_errors_exit_2() {
         &["inspect"][..],
         &["frobnicate"],
         &["watch", "k", "--for", "soon"],
+        &["watch", "k", "--count", "0"],
         &["--prefix", "a{b", "inspect", "k"],
         &["--url", "nonsense://", "inspect", "k"],
     ] {

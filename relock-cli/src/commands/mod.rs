@@ -58,6 +58,7 @@ impl Session {
             .build()
             // Building opens no connection: it fails only on a URL or prefix that can't be used.
             .map_err(|err| match err {
+                // Its own Display is only "lock backend failed": the cause says what to fix.
                 relock::Error::Backend(err) => Failure::usage(err.to_string()),
                 err => Failure::usage(err.to_string()),
             })?;
