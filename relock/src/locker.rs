@@ -18,7 +18,7 @@ use crate::key::{IntoLockKey, LockKey};
 use crate::local::LocalHolds;
 use crate::pattern::KeyPattern;
 use crate::scope::Frame;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{Notifications, Subscriber};
 use crate::token::HoldToken;
 use crate::wait::ReleaseSignal;
 use crate::watchdog::Watchdog;
@@ -76,8 +76,8 @@ struct Shared {
     releases: mpsc::UnboundedSender<ReleaseJob>,
     background: Mutex<Option<mpsc::UnboundedReceiver<ReleaseJob>>>,
     started: AtomicBool,
-    /// The client for the release subscriber's dedicated connection, when there is a URL.
-    subscriber_client: Option<redis::Client>,
+    /// Where the release subscriber's dedicated connection goes, when there is a URL or cluster.
+    notifications: Option<Notifications>,
     subscriber: OnceLock<Subscriber>,
     connect_timeout: Duration,
 }
@@ -155,7 +155,7 @@ impl Locker {
     fn new(
         backend: Backend,
         config: Config,
-        subscriber_client: Option<redis::Client>,
+        notifications: Option<Notifications>,
         connect_timeout: Duration,
     ) -> Locker {
         let (releases, background) = mpsc::unbounded_channel();
@@ -168,7 +168,7 @@ impl Locker {
                 releases,
                 background: Mutex::new(Some(background)),
                 started: AtomicBool::new(false),
-                subscriber_client,
+                notifications,
                 subscriber: OnceLock::new(),
                 connect_timeout,
             }),
@@ -301,6 +301,8 @@ impl Locker {
     async fn ping(&self) -> Result<(), Error> {
         match &*self.shared.backend {
             Backend::Redis(redis) => redis.ping().await,
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(cluster) => cluster.ping().await,
             Backend::Memory(_) => Ok(()),
         }
     }
@@ -329,18 +331,20 @@ impl Locker {
     /// channel, the in-memory backend's notification, or `None` (no subscriber connection: the
     /// waiter retries with backoff, never past the holder's lease).
     pub(crate) async fn release_signal(&self, key: &LockKey) -> Option<ReleaseSignal> {
-        let redis = match &*self.shared.backend {
+        let channel = match &*self.shared.backend {
             Backend::Memory(memory) => return Some(ReleaseSignal::Memory(memory.released(key))),
-            Backend::Redis(redis) => redis,
+            Backend::Redis(redis) => redis.channel(key),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(cluster) => cluster.channel(key),
         };
-        let Some(client) = &self.shared.subscriber_client else {
+        let Some(source) = &self.shared.notifications else {
             return None;
         };
         let subscriber = self
             .shared
             .subscriber
-            .get_or_init(|| Subscriber::start(client.clone(), self.shared.connect_timeout));
-        match subscriber.subscribe(redis.channel(key)).await {
+            .get_or_init(|| Subscriber::start(source.clone(), self.shared.connect_timeout));
+        match subscriber.subscribe(channel).await {
             Ok(subscription) => Some(ReleaseSignal::Subscribed(subscription)),
             Err(err) => {
                 tracing::debug!(%key, error = %err, "relock: waiting without release notifications");
@@ -503,6 +507,13 @@ impl ListState {
                 self.found.extend(infos.into_iter().flatten());
                 self.cursor = Some(next);
             }
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(cluster) => {
+                let (next, keys) = cluster.scan(pattern, self.cursor.unwrap_or(0)).await?;
+                let infos = cluster.inspect_many(&keys).await?;
+                self.found.extend(infos.into_iter().flatten());
+                self.cursor = Some(next);
+            }
         }
         Ok(())
     }
@@ -544,6 +555,8 @@ impl AsRef<Locker> for Locker {
 pub struct LockerBuilder {
     url: Option<String>,
     pool: Option<bb8::Pool<RedisConnectionManager>>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<Vec<String>>,
     prefix: Option<String>,
     lease: Option<Duration>,
     wait: Option<Duration>,
@@ -575,6 +588,29 @@ impl LockerBuilder {
     /// a short backoff, never sleeping past the holder's remaining lease.
     pub fn pool(mut self, pool: bb8::Pool<RedisConnectionManager>) -> Self {
         self.pool = Some(pool);
+        self
+    }
+
+    /// Locks on a Redis Cluster reached through any of `seeds` (`redis://host:port` URLs of
+    /// some of its nodes; the others are discovered).
+    ///
+    /// Commands go through one redis-rs cluster connection shared by every task (each lock's keys
+    /// share the hash tag `{key}`, so every script runs on one slot); the watchdog renews the
+    /// holds of each master in one pipelined round trip; waiters are woken by sharded pub/sub
+    /// (`SSUBSCRIBE`, Redis 7+) on a connection of their own. Connections open on first use,
+    /// within the [`connect_timeout`](Self::connect_timeout).
+    ///
+    /// ```no_run
+    /// # fn doc() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::builder()
+    ///     .cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster(mut self, seeds: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.cluster = Some(seeds.into_iter().map(Into::into).collect());
         self
     }
 
@@ -644,6 +680,10 @@ impl LockerBuilder {
             )));
         }
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        #[cfg(feature = "cluster")]
+        if let Some(seeds) = &self.cluster {
+            return self.build_cluster(seeds.clone(), prefix, connect_timeout);
+        }
         let client = self.url.as_deref().map(redis::Client::open).transpose()?;
         let connection = match (&self.pool, &client) {
             (Some(pool), _) => Connection::pool(pool.clone()),
@@ -671,7 +711,42 @@ impl LockerBuilder {
         Ok(Locker::new(
             Backend::Redis(backend),
             self.config(),
+            client.map(|client| Notifications::Server(Box::new(client))),
+            connect_timeout,
+        ))
+    }
+
+    #[cfg(feature = "cluster")]
+    fn build_cluster(
+        &self,
+        seeds: Vec<String>,
+        prefix: String,
+        connect_timeout: Duration,
+    ) -> Result<Locker, Error> {
+        if seeds.is_empty() {
+            return Err(Error::backend("no Redis Cluster seed nodes given"));
+        }
+        let response_timeout = self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(connect_timeout)
+            // Per attempt and, by default, for the request with all its retries (redirections,
+            // reconnections), so a cluster that is down fails a request within this time.
+            .response_timeout(response_timeout)
+            .build()?;
+        // Opening the cluster connection reads the topology from a seed and connects to every
+        // master: bound the whole, not one socket.
+        let connect_limit = connect_timeout.saturating_add(response_timeout);
+        let backend = crate::backend::cluster::ClusterBackend::new(
             client,
+            connect_limit,
+            response_timeout,
+            prefix,
+            self.retention(),
+        );
+        Ok(Locker::new(
+            Backend::Cluster(Box::new(backend)),
+            self.config(),
+            Some(Notifications::Cluster(seeds)),
             connect_timeout,
         ))
     }

@@ -8,6 +8,12 @@
 //! connection drops, every waiter is woken to retry (messages may have been missed), requests fail
 //! fast so waiters fall back to TTL-bounded retries, and the task reconnects with backoff and
 //! re-subscribes what is still wanted.
+//!
+//! On Redis Cluster the channels are sharded (`SSUBSCRIBE`), on a cluster connection of their own
+//! whose client re-subscribes each channel on the node serving its slot after a reconnection or a
+//! topology change. A re-subscription is confirmed by an `ssubscribe` push, which wakes the
+//! channel's waiters (a release may have been announced meanwhile); an unrequested `sunsubscribe`
+//! (the slot moved) is answered by subscribing again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,9 +69,24 @@ impl Drop for Subscription {
     }
 }
 
+/// Where release notifications come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Notifications {
+    /// Plain pub/sub on one server.
+    Server(Box<redis::Client>),
+    /// Sharded pub/sub on a Redis Cluster, through these seed nodes.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
+}
+
 impl Subscriber {
     /// Starts the subscriber task in the current runtime; it connects on first use.
-    pub(crate) fn start(client: redis::Client, connect_timeout: Duration) -> Self {
+    pub(crate) fn start(source: Notifications, connect_timeout: Duration) -> Self {
+        let client = match source {
+            Notifications::Server(client) => *client,
+            #[cfg(feature = "cluster")]
+            Notifications::Cluster(seeds) => return sharded::start(seeds, connect_timeout),
+        };
         let (requests, inbox) = mpsc::unbounded_channel();
         let task = Task {
             requests: requests.downgrade(),
@@ -280,6 +301,188 @@ async fn next_message(connection: &mut Option<(PubSubSink, PubSubStream)>) -> Op
     match connection {
         Some((_, stream)) => stream.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(feature = "cluster")]
+mod sharded {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use redis::cluster::ClusterClientBuilder;
+    use redis::cluster_async::ClusterConnection;
+    use redis::{PushInfo, PushKind, Value};
+    use tokio::sync::{mpsc, Notify};
+
+    use super::{Channel, Request, Subscriber, Subscription};
+    use crate::error::Error;
+
+    pub(super) fn start(seeds: Vec<String>, connect_timeout: Duration) -> Subscriber {
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let (pushed, pushes) = mpsc::unbounded_channel();
+        let client = ClusterClientBuilder::new(seeds)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushed)
+            .connection_timeout(connect_timeout)
+            .response_timeout(connect_timeout)
+            .build();
+        let task = Task {
+            requests: requests.downgrade(),
+            client,
+            connect_timeout,
+            channels: HashMap::new(),
+            connection: None,
+        };
+        tokio::spawn(task.run(inbox, pushes));
+        Subscriber { requests }
+    }
+
+    struct Task {
+        requests: mpsc::WeakUnboundedSender<Request>,
+        client: redis::RedisResult<redis::cluster::ClusterClient>,
+        connect_timeout: Duration,
+        channels: HashMap<String, Channel>,
+        /// Opened on first use; the client reconnects it to each node by itself.
+        connection: Option<ClusterConnection>,
+    }
+
+    impl Task {
+        async fn run(
+            mut self,
+            mut inbox: mpsc::UnboundedReceiver<Request>,
+            mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        ) {
+            loop {
+                tokio::select! {
+                    request = inbox.recv() => match request {
+                        Some(request) => self.handle(request).await,
+                        None => return,
+                    },
+                    Some(push) = pushes.recv() => self.pushed(push).await,
+                }
+            }
+        }
+
+        async fn pushed(&mut self, push: PushInfo) {
+            let channel = match push.data.first() {
+                Some(Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
+                _ => String::new(),
+            };
+            match push.kind {
+                // A message, or a (re-)subscription after which earlier messages may be missing.
+                PushKind::SMessage | PushKind::SSubscribe => self.wake(&channel),
+                PushKind::SUnsubscribe if self.channels.contains_key(&channel) => {
+                    tracing::debug!(channel, "relock: sharded channel moved; subscribing again");
+                    self.wake(&channel);
+                    if let Some(connection) = &mut self.connection {
+                        let again = connection.ssubscribe(&channel);
+                        if !matches!(
+                            tokio::time::timeout(self.connect_timeout, again).await,
+                            Ok(Ok(()))
+                        ) {
+                            tracing::warn!(channel, "relock: re-subscribing a moved channel failed; its waiters retry by the holder's lease");
+                        }
+                    }
+                }
+                PushKind::Disconnection => {
+                    for entry in self.channels.values() {
+                        entry.released.notify_waiters();
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn wake(&self, channel: &str) {
+            if let Some(entry) = self.channels.get(channel) {
+                entry.released.notify_waiters();
+            }
+        }
+
+        async fn handle(&mut self, request: Request) {
+            match request {
+                Request::Subscribe { channel, reply } => {
+                    let Some(requests) = self.requests.upgrade() else {
+                        return;
+                    };
+                    let subscribed = self.subscribe(&channel).await;
+                    let answer = subscribed.map(|()| self.join(channel, requests));
+                    let _ = reply.send(answer);
+                }
+                Request::Unsubscribe { channel } => {
+                    let Some(entry) = self.channels.get_mut(&channel) else {
+                        return;
+                    };
+                    entry.waiters -= 1;
+                    if entry.waiters > 0 {
+                        return;
+                    }
+                    self.channels.remove(&channel);
+                    if let Some(connection) = &mut self.connection {
+                        let _ = tokio::time::timeout(
+                            self.connect_timeout,
+                            connection.sunsubscribe(&channel),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+
+        fn join(
+            &mut self,
+            channel: String,
+            requests: mpsc::UnboundedSender<Request>,
+        ) -> Subscription {
+            let entry = self
+                .channels
+                .entry(channel.clone())
+                .or_insert_with(|| Channel {
+                    waiters: 0,
+                    released: Arc::new(Notify::new()),
+                });
+            entry.waiters += 1;
+            Subscription {
+                channel,
+                released: entry.released.clone(),
+                requests,
+            }
+        }
+
+        async fn subscribe(&mut self, channel: &str) -> Result<(), Error> {
+            if self.channels.contains_key(channel) {
+                return Ok(());
+            }
+            let limit = self.connect_timeout;
+            let connection = self.connect().await?;
+            match tokio::time::timeout(limit, connection.ssubscribe(channel)).await {
+                Ok(confirmed) => Ok(confirmed?),
+                Err(_) => Err(Error::backend(
+                    "the cluster did not confirm a subscription in time",
+                )),
+            }
+        }
+
+        async fn connect(&mut self) -> Result<&mut ClusterConnection, Error> {
+            if self.connection.is_none() {
+                let client = self
+                    .client
+                    .as_ref()
+                    .map_err(|err| Error::backend(err.to_string()))?;
+                let connected =
+                    tokio::time::timeout(self.connect_timeout, client.get_async_connection()).await;
+                self.connection = Some(match connected {
+                    Ok(connection) => connection?,
+                    Err(_) => {
+                        return Err(Error::backend(
+                            "the release subscriber cannot reach the cluster",
+                        ))
+                    }
+                });
+            }
+            Ok(self.connection.as_mut().expect("connected above"))
+        }
     }
 }
 

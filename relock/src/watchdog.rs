@@ -115,27 +115,35 @@ impl Watchdog {
                 match backend.renew(&due).await {
                     Ok(renewed) => {
                         let received = Instant::now();
+                        let mut unanswered = Vec::new();
                         for (lease, still_held) in due.iter().zip(renewed) {
-                            if still_held {
-                                lease.renewed(sent, received);
-                            } else if self.is_registered(lease) {
-                                tracing::warn!(key = %lease.key, "relock: lock lost: a renewal found it gone");
-                                lease.mark_gone();
-                                local.remove(&lease.key, lease.slot);
+                            match still_held {
+                                Some(true) => lease.renewed(sent, received),
+                                Some(false) if self.is_registered(lease) => {
+                                    tracing::warn!(key = %lease.key, "relock: lock lost: a renewal found it gone");
+                                    lease.mark_gone();
+                                    local.remove(&lease.key, lease.slot);
+                                }
+                                Some(false) => {}
+                                None => unanswered.push(lease.clone()),
                             }
                         }
-                        let (_, after) = self.due(Instant::now());
-                        next = after;
+                        if unanswered.is_empty() {
+                            let (_, after) = self.due(Instant::now());
+                            next = after;
+                        } else {
+                            // Holds on a node that did not answer are still due: retry them
+                            // soon, as after a failed round, rather than at once.
+                            tracing::warn!(
+                                holds = unanswered.len(),
+                                "relock: lease renewal failed on a node; retrying"
+                            );
+                            next = Some(retry_at(&unanswered, next));
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, holds = due.len(), "relock: lease renewal failed; retrying");
-                        let retry = due
-                            .iter()
-                            .map(|lease| lease.duration / 10)
-                            .min()
-                            .unwrap_or(RETRY);
-                        let at = Instant::now() + retry.min(RETRY);
-                        next = Some(next.map_or(at, |next| next.min(at)));
+                        next = Some(retry_at(&due, next));
                     }
                 }
             }
@@ -147,6 +155,18 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// When to retry renewing `failed` (a tenth of their shortest lease, at most [`RETRY`] away), or
+/// `next` if that is sooner.
+fn retry_at(failed: &[Arc<Lease>], next: Option<Instant>) -> Instant {
+    let retry = failed
+        .iter()
+        .map(|lease| lease.duration / 10)
+        .min()
+        .unwrap_or(RETRY);
+    let at = Instant::now() + retry.min(RETRY);
+    next.map_or(at, |next| next.min(at))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::token::HoldToken;
 
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -35,6 +37,8 @@ pub(crate) enum Released {
 #[derive(Debug)]
 pub(crate) enum Backend {
     Redis(redis::RedisBackend),
+    #[cfg(feature = "cluster")]
+    Cluster(Box<cluster::ClusterBackend>),
     Memory(memory::MemoryBackend),
 }
 
@@ -47,6 +51,8 @@ impl Backend {
     ) -> Result<Attempt, Error> {
         match self {
             Self::Redis(redis) => redis.acquire(key, token, lease).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.acquire(key, token, lease).await,
             Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
         }
     }
@@ -58,18 +64,22 @@ impl Backend {
     ) -> Result<Released, Error> {
         match self {
             Self::Redis(redis) => redis.release(key, token).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.release(key, token).await,
             Self::Memory(memory) => Ok(memory.release(key, token)),
         }
     }
 
-    /// Extends the leases of `leases`, in one round trip; `false` for a hold that no longer has
-    /// its lock.
-    pub(crate) async fn renew(&self, leases: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
+    /// Extends the leases of `leases`, in one round trip per node: `Some(false)` for a hold that
+    /// no longer has its lock, `None` for one whose node did not answer (a cluster node down).
+    pub(crate) async fn renew(&self, leases: &[Arc<Lease>]) -> Result<Vec<Option<bool>>, Error> {
         match self {
-            Self::Redis(redis) => redis.renew(leases).await,
+            Self::Redis(redis) => Ok(redis.renew(leases).await?.into_iter().map(Some).collect()),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.renew(leases).await,
             Self::Memory(memory) => Ok(leases
                 .iter()
-                .map(|lease| memory.renew(&lease.key, &lease.token, lease.duration))
+                .map(|lease| Some(memory.renew(&lease.key, &lease.token, lease.duration)))
                 .collect()),
         }
     }
@@ -77,6 +87,8 @@ impl Backend {
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
         match self {
             Self::Redis(redis) => redis.inspect(key).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.inspect(key).await,
             Self::Memory(memory) => Ok(memory.inspect(key)),
         }
     }
@@ -86,6 +98,8 @@ impl Backend {
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
         match self {
             Self::Redis(redis) => redis.force_release(key).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.force_release(key).await,
             Self::Memory(memory) => Ok(memory.force_release(key)),
         }
     }
@@ -95,7 +109,7 @@ impl Backend {
     pub(crate) fn as_memory(&self) -> Option<&memory::MemoryBackend> {
         match self {
             Self::Memory(memory) => Some(memory),
-            Self::Redis(_) => None,
+            _ => None,
         }
     }
 }

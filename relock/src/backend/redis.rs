@@ -108,16 +108,8 @@ impl RedisBackend {
         self.key_name(key, "")
     }
 
-    /// `P:{K}<suffix>`, built without the formatting machinery: it runs twice per lock.
     fn key_name(&self, key: &LockKey, suffix: &str) -> String {
-        let key = key.as_str();
-        let mut name = String::with_capacity(self.prefix.len() + key.len() + suffix.len() + 3);
-        name.push_str(&self.prefix);
-        name.push_str(":{");
-        name.push_str(key);
-        name.push('}');
-        name.push_str(suffix);
-        name
+        key_name(&self.prefix, key, suffix)
     }
 
     /// The connection for the next command.
@@ -235,16 +227,7 @@ impl RedisBackend {
         pattern: &KeyPattern,
         cursor: u64,
     ) -> Result<(u64, Vec<LockKey>), Error> {
-        let head = format!("{}:{{", self.prefix);
-        let mut glob = String::with_capacity(head.len() + pattern.as_str().len() + 8);
-        for c in head.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                glob.push('\\');
-            }
-            glob.push(c);
-        }
-        glob.push_str(pattern.as_str());
-        glob.push('}');
+        let glob = scan_glob(&self.prefix, pattern);
         let (next, names): (u64, Vec<String>) = self
             .send(async |connection| {
                 redis::cmd("SCAN")
@@ -257,13 +240,7 @@ impl RedisBackend {
                     .await
             })
             .await?;
-        let keys = names
-            .iter()
-            .filter_map(|name| name.strip_prefix(&head)?.strip_suffix('}'))
-            .filter(|key| pattern.matches(key))
-            .filter_map(|key| LockKey::new(key).ok())
-            .collect();
-        Ok((next, keys))
+        Ok((next, found_keys(&self.prefix, pattern, &names)))
     }
 
     /// Inspects `keys` in one pipelined round trip.
@@ -315,13 +292,53 @@ impl RedisBackend {
     }
 }
 
+/// `P:{K}<suffix>`, built without the formatting machinery: it runs twice per lock.
+pub(super) fn key_name(prefix: &str, key: &LockKey, suffix: &str) -> String {
+    let key = key.as_str();
+    let mut name = String::with_capacity(prefix.len() + key.len() + suffix.len() + 3);
+    name.push_str(prefix);
+    name.push_str(":{");
+    name.push_str(key);
+    name.push('}');
+    name.push_str(suffix);
+    name
+}
+
+/// The `SCAN MATCH` glob of the locks whose keys match `pattern`.
+pub(super) fn scan_glob(prefix: &str, pattern: &KeyPattern) -> String {
+    let mut glob = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
+    for c in prefix.chars().chain([':', '{']) {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            glob.push('\\');
+        }
+        glob.push(c);
+    }
+    glob.push_str(pattern.as_str());
+    glob.push('}');
+    glob
+}
+
+/// The lock keys among the Redis key `names` a scan with [`scan_glob`] found.
+pub(super) fn found_keys(prefix: &str, pattern: &KeyPattern, names: &[String]) -> Vec<LockKey> {
+    names
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix(prefix)?
+                .strip_prefix(":{")?
+                .strip_suffix('}')
+        })
+        .filter(|key| pattern.matches(key))
+        .filter_map(|key| LockKey::new(key).ok())
+        .collect()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn is_noscript(err: &crate::error::BackendError) -> bool {
+pub(super) fn is_noscript(err: &crate::error::BackendError) -> bool {
     err.get_ref()
         .downcast_ref::<redis::RedisError>()
         .is_some_and(|err| err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
@@ -329,7 +346,7 @@ fn is_noscript(err: &crate::error::BackendError) -> bool {
 
 /// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`. Built by hand: it runs on
 /// every acquisition.
-fn holder_metadata() -> String {
+pub(super) fn holder_metadata() -> String {
     static PID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| HOLDER.pid.to_string());
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -368,13 +385,13 @@ fn parse_holder(text: &str, info: &mut LockInfo) {
 }
 
 /// Lease and retention go to Redis in whole milliseconds, at least one (PEXPIRE 0 deletes).
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
 }
 
-fn unexpected(script: &str, value: &Value) -> Error {
+pub(super) fn unexpected(script: &str, value: &Value) -> Error {
     Error::backend(format!(
         "unexpected reply from the {script} script: {value:?}"
     ))
@@ -394,7 +411,7 @@ fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
     u64::try_from(pttl).ok().map(Duration::from_millis)
 }
 
-fn parse_acquire(value: Value) -> Result<Attempt, Error> {
+pub(super) fn parse_acquire(value: Value) -> Result<Attempt, Error> {
     if let Value::Array(items) = &value {
         match items.as_slice() {
             [Value::Int(1), Value::Int(token)] if *token > 0 => {
@@ -413,7 +430,7 @@ fn parse_acquire(value: Value) -> Result<Attempt, Error> {
     Err(unexpected("acquire", &value))
 }
 
-fn parse_release(value: Value) -> Result<Released, Error> {
+pub(super) fn parse_release(value: Value) -> Result<Released, Error> {
     match value {
         Value::Int(1) => Ok(Released::Free),
         Value::Int(0) => Ok(Released::NotHeld),
@@ -422,7 +439,7 @@ fn parse_release(value: Value) -> Result<Released, Error> {
 }
 
 /// Parses the inspect script's `{pttl, "<hold token> <fencing token> <pid> <since ms> <host>"}`.
-fn parse_inspect(key: &LockKey, value: Value) -> Result<Option<LockInfo>, Error> {
+pub(super) fn parse_inspect(key: &LockKey, value: Value) -> Result<Option<LockInfo>, Error> {
     let Value::Array(items) = &value else {
         return Err(unexpected("inspect", &value));
     };
