@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use relock::bb8_redis::RedisConnectionManager;
 use relock::Locker;
 
-use crate::RedisServer;
+use crate::{RedisCluster, RedisServer};
 
 /// Which store a [`TestBackend`] locks in, and how its lockers reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub enum BackendKind {
     RedisPool,
     /// `Locker::in_memory()`.
     Memory,
+    /// `Locker::builder().cluster(..)`: a private Redis Cluster of 3 masters, one cluster
+    /// connection (and one sharded subscriber) per locker.
+    Cluster,
 }
 
 /// One backend under test: the holder's locker, another owner's, and for Redis the private server
@@ -35,6 +38,7 @@ pub struct TestBackend {
     kind: BackendKind,
     server: Option<RedisServer>,
     admin: Option<MultiplexedConnection>,
+    cluster: Option<RedisCluster>,
 }
 
 impl TestBackend {
@@ -43,6 +47,7 @@ impl TestBackend {
     pub async fn start(kind: BackendKind) -> TestBackend {
         match kind {
             BackendKind::Memory => TestBackend::memory(),
+            BackendKind::Cluster => TestBackend::on_cluster(RedisCluster::start(3, 0)),
             BackendKind::Redis | BackendKind::RedisPool => {
                 let server = RedisServer::start();
                 let admin = server.connection().await;
@@ -54,6 +59,7 @@ impl TestBackend {
                     kind,
                     server: Some(server),
                     admin: Some(admin),
+                    cluster: None,
                 }
             }
         }
@@ -80,7 +86,30 @@ impl TestBackend {
             kind: BackendKind::Memory,
             server: None,
             admin: None,
+            cluster: None,
         }
+    }
+
+    /// A private Redis Cluster of 3 masters without replicas, and two lockers on it.
+    pub async fn cluster() -> TestBackend {
+        TestBackend::start(BackendKind::Cluster).await
+    }
+
+    /// Two lockers on `cluster`, each with a cluster connection of its own.
+    pub fn on_cluster(cluster: RedisCluster) -> TestBackend {
+        TestBackend {
+            locker: cluster_locker(&cluster),
+            other: cluster_locker(&cluster),
+            kind: BackendKind::Cluster,
+            server: None,
+            admin: None,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The private Redis Cluster; `None` for the other backends.
+    pub fn redis_cluster(&self) -> Option<&RedisCluster> {
+        self.cluster.as_ref()
     }
 
     /// Which backend this is.
@@ -107,6 +136,16 @@ impl TestBackend {
         if let Some(mut admin) = self.admin() {
             crate::until_subscribed(&mut admin, key).await;
         }
+        if let Some(cluster) = &self.cluster {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while cluster.shard_subscribers(&crate::release_channel(key)) == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the waiter never subscribed to the release channel"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -114,9 +153,10 @@ impl TestBackend {
     /// own local state, so it contends through the server like another process would; in-memory
     /// stores are per `Locker::in_memory()` call, so there it is a clone.
     pub async fn another_locker(&self) -> Locker {
-        match &self.server {
-            Some(server) => redis_locker(self.kind, server).await,
-            None => self.locker.clone(),
+        match (&self.server, &self.cluster) {
+            (Some(server), _) => redis_locker(self.kind, server).await,
+            (None, Some(cluster)) => cluster_locker(cluster),
+            (None, None) => self.locker.clone(),
         }
     }
 
@@ -133,9 +173,10 @@ impl TestBackend {
     /// Commands the Redis server has executed so far
     /// ([`RedisServer::commands_processed`]); `None` for the in-memory backend.
     pub async fn commands(&self) -> Option<u64> {
-        match &self.server {
-            Some(server) => Some(server.commands_processed().await),
-            None => None,
+        match (&self.server, &self.cluster) {
+            (Some(server), _) => Some(server.commands_processed().await),
+            (None, Some(cluster)) => Some(cluster.commands_processed().await),
+            (None, None) => None,
         }
     }
 
@@ -144,6 +185,9 @@ impl TestBackend {
     pub async fn reset_stats(&self) {
         if let Some(server) = &self.server {
             server.reset_stats().await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.reset_stats().await;
         }
     }
 }
@@ -163,8 +207,17 @@ async fn redis_locker(kind: BackendKind, server: &RedisServer) -> Locker {
                 .build()
                 .expect("build a locker over the pool")
         }
-        BackendKind::Memory => unreachable!("the in-memory backend has no server"),
+        BackendKind::Memory | BackendKind::Cluster => {
+            unreachable!("the in-memory and cluster backends have no single server")
+        }
     }
+}
+
+fn cluster_locker(cluster: &RedisCluster) -> Locker {
+    Locker::builder()
+        .cluster(cluster.seeds())
+        .build()
+        .expect("build a locker on the test cluster")
 }
 
 /// Turns each `name: behaviour;` or `name: behaviour(args);` into two tests, `name::on_redis`

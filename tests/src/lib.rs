@@ -7,10 +7,12 @@
 
 mod backend;
 mod bounded;
+mod cluster;
 mod proxy;
 
 pub use backend::{BackendKind, TestBackend};
 pub use bounded::{bounded, run_bounded};
+pub use cluster::RedisCluster;
 pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader};
@@ -31,6 +33,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments (a cluster node's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -40,6 +44,12 @@ impl RedisServer {
     ///
     /// When `redis-server` is missing or does not come up, with a message saying how to install it.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new())
+    }
+
+    /// Starts a server with extra `redis-server` arguments; `{dir}` in one stands for the server's
+    /// directory.
+    pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "relock-test-{}-{}",
@@ -50,8 +60,13 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
+            extra: Vec::new(),
             dir,
         };
+        server.extra = extra
+            .into_iter()
+            .map(|arg| arg.replace("{dir}", &server.dir.display().to_string()))
+            .collect();
         server.spawn();
         server
     }
@@ -64,6 +79,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--logfile", "redis.log"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -111,6 +127,11 @@ impl RedisServer {
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit; the port stays reserved for `restart`.

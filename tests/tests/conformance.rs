@@ -41,7 +41,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 fn background_release(b: &TestBackend) -> Duration {
     match b.kind() {
         BackendKind::Memory => Duration::ZERO,
-        BackendKind::Redis | BackendKind::RedisPool => BACKGROUND_RELEASE,
+        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => BACKGROUND_RELEASE,
     }
 }
 
@@ -1116,7 +1116,9 @@ async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(
     // In-memory stores are per locker, so there the next owner must use the holder's store.
     let other = match b.kind() {
         BackendKind::Memory => holder_locker,
-        BackendKind::Redis | BackendKind::RedisPool => b.another_locker().await,
+        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => {
+            b.another_locker().await
+        }
     };
 
     let started = Instant::now();
@@ -1276,7 +1278,7 @@ async fn many_short_holds_racing_the_watchdog_never_wedge_the_locker(b: &TestBac
     const TASKS: usize = 4;
     let rounds = match b.kind() {
         BackendKind::Memory => 3000,
-        BackendKind::Redis | BackendKind::RedisPool => 600,
+        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => 600,
     };
     let mut workers = Vec::new();
     for task in 0..TASKS {
@@ -1430,6 +1432,25 @@ conformance!(redis_pool => RedisPool:
     release_frees_the_lock_for_another_locker_at_once,
     dropping_a_guard_frees_the_lock,
     a_short_lease_is_renewed_while_its_holder_runs,
+    release_frees_the_lock_at_once_while_renewals_run,
+    a_panicking_body_releases_the_lock,
+);
+
+conformance!(cluster => Cluster:
+    concurrent_lockers_never_lose_an_update,
+    fencing_tokens_strictly_increase_across_owners_and_lockers,
+    try_lock_takes_a_free_lock,
+    try_lock_never_waits_for_a_lock_held_by_another_owner,
+    waiting_past_the_wait_fails_with_timeout,
+    a_waiter_gets_the_lock_when_the_holder_releases,
+    nested_lock_on_same_key_makes_no_round_trip,
+    inspect_reports_the_holder,
+    list_streams_every_held_lock_matching_the_pattern,
+    force_release_frees_the_lock_for_another_locker,
+    release_frees_the_lock_for_another_locker_at_once,
+    dropping_a_guard_frees_the_lock,
+    a_short_lease_is_renewed_while_its_holder_runs,
+    release_after_the_lease_expired_reports_lost_and_spares_the_next_owner,
     release_frees_the_lock_at_once_while_renewals_run,
     a_panicking_body_releases_the_lock,
 );
