@@ -189,7 +189,15 @@ impl ClusterBackend {
             .iter()
             .map(|lease| slot(lease.key.as_str().as_bytes()))
             .collect();
-        let groups = self.group_by_master(&connection, &slots).await;
+        // A master that died answers nothing until the response timeout; the holds on the other
+        // masters must not wait that long for their renewal, or short leases all end during a
+        // failover. Each step of the round is bounded by a quarter of the shortest lease.
+        let bound = leases
+            .iter()
+            .map(|lease| lease.duration / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let groups = self.group_by_master(&connection, &slots, bound).await;
         let rounds = groups.iter().map(|indices| {
             let mut connection = connection.clone();
             let mut pipe = redis::pipe();
@@ -207,7 +215,12 @@ impl ClusterBackend {
                 slots[indices[0]],
                 SlotAddr::Master,
             ));
-            async move { renew_on_node(&mut connection, pipe, route, indices.len()).await }
+            async move {
+                let round = renew_on_node(&mut connection, pipe, route, indices.len());
+                tokio::time::timeout(bound, round)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::backend("a cluster node did not renew in time")))
+            }
         });
         let mut outcome = vec![None; leases.len()];
         let mut failed = false;
@@ -238,8 +251,10 @@ impl ClusterBackend {
         &self,
         connection: &ClusterConnection,
         slots: &[u16],
+        bound: Duration,
     ) -> Vec<Vec<usize>> {
-        self.refresh_owners(connection).await;
+        // Without a fresh map in time, holds are grouped by slot: more round trips, none late.
+        let _ = tokio::time::timeout(bound, self.refresh_owners(connection)).await;
         let owners = lock(&self.owners);
         let ranges = owners.as_ref().map(|(_, ranges)| ranges.as_slice());
         let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
