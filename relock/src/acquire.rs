@@ -5,13 +5,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tracing::field::{self, Empty};
+use tracing::Instrument;
+
 use crate::backend::Attempt;
 use crate::error::Error;
 use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
-use crate::lease::{self, Lease, Runner};
+use crate::lease::{self, Lease, Loss, Runner};
 use crate::local::{Busy, Enter, Gate};
 use crate::locker::Locker;
+use crate::metrics;
 use crate::scope::Frame;
 use crate::token::HoldToken;
 use crate::wait::Waiter;
@@ -125,10 +129,20 @@ impl Acquire {
             Some(hold) if hold.lease.is_lost() => Ok(Err(Error::Lost {
                 key: key.to_string(),
             })),
-            Some(hold) => Ok(Ok(Some(LockGuard {
-                hold,
-                reentrant: true,
-            }))),
+            Some(hold) => {
+                tracing::trace!(
+                    target: "relock",
+                    key = %key,
+                    fencing_token = hold.fencing_token,
+                    reentrant = true,
+                    "relock: re-entered"
+                );
+                metrics::reentered();
+                Ok(Ok(Some(LockGuard {
+                    hold,
+                    reentrant: true,
+                })))
+            }
             None => Err(self),
         }
     }
@@ -140,6 +154,8 @@ impl Acquire {
         }
     }
 
+    /// Asks the backend, waiting up to the request's wait, inside an `acquire` span that records
+    /// the outcome.
     async fn acquire(self, try_only: bool) -> Result<Option<LockGuard>, Error> {
         let Acquire {
             locker,
@@ -149,99 +165,175 @@ impl Acquire {
             ..
         } = self;
         let key = key?;
-        let lease = lease::check(lease.unwrap_or(locker.config().lease))?;
-        let started = Instant::now();
+        let lease = lease.unwrap_or(locker.config().lease);
         let wait = if try_only {
             Duration::ZERO
         } else {
             wait.unwrap_or(locker.config().wait)
         };
-        let deadline = lease::after(started, wait);
-        // This hold's own identity at the server, for every attempt of this request: a retried
-        // attempt that the server already granted gets the same grant back.
-        let token = HoldToken::random();
+        let span = tracing::debug_span!(
+            target: "relock",
+            "acquire",
+            key = %key,
+            ?wait,
+            ?lease,
+            reentrant = false,
+            outcome = Empty,
+            waited = Empty,
+            fencing_token = Empty,
+        );
+        let started = Instant::now();
+        let result = acquire_from_backend(locker, key, wait, lease, try_only, started)
+            .instrument(span.clone())
+            .await;
+        let waited = started.elapsed();
+        let outcome = Outcome::of(&result);
+        span.record("outcome", outcome.as_str());
+        span.record("waited", field::debug(waited));
+        if let Ok(Some(guard)) = &result {
+            span.record("fencing_token", guard.fencing_token());
+        }
+        metrics::acquisition(outcome, waited);
+        result
+    }
+}
 
-        let mut gate = loop {
-            match locker.local().enter(&key) {
-                Enter::Entered(gate) => break gate,
-                Enter::Busy(busy) => {
-                    if try_only {
-                        return Ok(None);
-                    }
-                    wait_for_slot(busy, &key, started, deadline).await?;
+/// How a lock request that reached the backend ended: the `outcome` of its `acquire` span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Acquired,
+    /// `try_lock` found the lock held.
+    Busy,
+    Timeout,
+    Lost,
+    WouldDeadlock,
+    InvalidLease,
+    Error,
+}
+
+impl Outcome {
+    fn of(result: &Result<Option<LockGuard>, Error>) -> Self {
+        match result {
+            Ok(Some(_)) => Self::Acquired,
+            Ok(None) => Self::Busy,
+            Err(Error::Timeout { .. }) => Self::Timeout,
+            Err(Error::Lost { .. }) => Self::Lost,
+            Err(Error::WouldDeadlock { .. }) => Self::WouldDeadlock,
+            Err(Error::InvalidLease { .. }) => Self::InvalidLease,
+            Err(_) => Self::Error,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Acquired => "acquired",
+            Self::Busy => "busy",
+            Self::Timeout => "timeout",
+            Self::Lost => "lost",
+            Self::WouldDeadlock => "would_deadlock",
+            Self::InvalidLease => "invalid_lease",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The backend path of a lock request: takes the key's local slot, then asks the server until it
+/// grants the lock or the deadline passes.
+async fn acquire_from_backend(
+    locker: Locker,
+    key: LockKey,
+    wait: Duration,
+    lease: Duration,
+    try_only: bool,
+    started: Instant,
+) -> Result<Option<LockGuard>, Error> {
+    let lease = lease::check(lease)?;
+    let deadline = lease::after(started, wait);
+    // This hold's own identity at the server, for every attempt of this request: a retried
+    // attempt that the server already granted gets the same grant back.
+    let token = HoldToken::random();
+
+    let mut gate = loop {
+        match locker.local().enter(&key) {
+            Enter::Entered(gate) => break gate,
+            Enter::Busy(busy) => {
+                if try_only {
+                    return Ok(None);
                 }
+                wait_for_slot(busy, &key, started, deadline).await?;
             }
-        };
+        }
+    };
 
-        locker.start_background();
-        let mut waiter: Option<Waiter> = None;
-        loop {
-            let armed = waiter.as_ref().and_then(Waiter::arm);
-            let sent = Instant::now();
-            let in_flight = InFlight {
-                locker: &locker,
-                key: &key,
-                token: &token,
-                free_by: lease::after(sent, lease.saturating_mul(2)),
-                gate: Some(gate),
-            };
-            // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
-            // one (a response timeout, a connection dropped after sending) may still be granted,
-            // so dropping `in_flight` releases the token in the background.
-            let attempt = locker.backend().acquire(&key, &token, lease).await?;
-            gate = in_flight.answered();
-            match attempt {
-                Attempt::Acquired { fencing_token } => {
-                    let lease = Lease::new(
-                        key,
-                        token,
-                        fencing_token,
-                        gate.id(),
-                        lease,
-                        sent,
-                        Instant::now(),
-                    );
-                    let hold = Arc::new(Hold::new(locker, fencing_token, lease));
-                    // Force-released here while the request was in flight (the grant may predate
-                    // the release), or the reply was read only after the lease had ended (the
-                    // process stalled): another owner may hold the key by now. Dropping the hold
-                    // releases it in the background.
-                    if !gate.commit(&hold.lease) || hold.lease.is_lost() {
-                        hold.lease.mark_lost();
-                        return Err(Error::Lost {
-                            key: hold.key().to_string(),
-                        });
-                    }
-                    hold.locker.watchdog().register(&hold.lease);
-                    return Ok(Some(LockGuard {
-                        hold,
-                        reentrant: false,
-                    }));
+    locker.start_background();
+    let mut waiter: Option<Waiter> = None;
+    loop {
+        let armed = waiter.as_ref().and_then(Waiter::arm);
+        let sent = Instant::now();
+        let in_flight = InFlight {
+            locker: &locker,
+            key: &key,
+            token: &token,
+            free_by: lease::after(sent, lease.saturating_mul(2)),
+            gate: Some(gate),
+        };
+        // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
+        // one (a response timeout, a connection dropped after sending) may still be granted,
+        // so dropping `in_flight` releases the token in the background.
+        let attempt = locker.backend().acquire(&key, &token, lease).await?;
+        gate = in_flight.answered();
+        metrics::acquire_round_trip(sent.elapsed());
+        match attempt {
+            Attempt::Acquired { fencing_token } => {
+                let lease = Lease::new(
+                    key,
+                    token,
+                    fencing_token,
+                    gate.id(),
+                    lease,
+                    sent,
+                    Instant::now(),
+                );
+                let hold = Arc::new(Hold::new(locker, fencing_token, lease));
+                // Force-released here while the request was in flight (the grant may predate
+                // the release), or the reply was read only after the lease had ended (the
+                // process stalled): another owner may hold the key by now. Dropping the hold
+                // releases it in the background.
+                if !gate.commit(&hold.lease) || hold.lease.is_lost() {
+                    hold.lease.mark_lost(Loss::GrantedLate);
+                    return Err(Error::Lost {
+                        key: hold.key().to_string(),
+                    });
                 }
-                Attempt::Held { ttl } => {
-                    if try_only {
-                        return Ok(None);
-                    }
-                    let timeout = || Error::Timeout {
-                        key: key.to_string(),
-                        waited: started.elapsed(),
-                        holder_ttl: ttl,
-                    };
-                    if Instant::now() >= deadline {
-                        return Err(timeout());
-                    }
-                    match &mut waiter {
-                        // First refusal: subscribe, then try again at once. Subscribing may have
-                        // to connect; the caller's deadline bounds it.
-                        None => {
-                            let signal = locker.release_signal(&key);
-                            match tokio::time::timeout_at(deadline.into(), signal).await {
-                                Ok(signal) => waiter = Some(Waiter::new(signal)),
-                                Err(_) => return Err(timeout()),
-                            }
+                hold.locker.watchdog().register(&hold.lease);
+                return Ok(Some(LockGuard {
+                    hold,
+                    reentrant: false,
+                }));
+            }
+            Attempt::Held { ttl } => {
+                if try_only {
+                    return Ok(None);
+                }
+                let timeout = || Error::Timeout {
+                    key: key.to_string(),
+                    waited: started.elapsed(),
+                    holder_ttl: ttl,
+                };
+                if Instant::now() >= deadline {
+                    return Err(timeout());
+                }
+                match &mut waiter {
+                    // First refusal: subscribe, then try again at once. Subscribing may have
+                    // to connect; the caller's deadline bounds it.
+                    None => {
+                        let signal = locker.release_signal(&key);
+                        match tokio::time::timeout_at(deadline.into(), signal).await {
+                            Ok(signal) => waiter = Some(Waiter::new(signal)),
+                            Err(_) => return Err(timeout()),
                         }
-                        Some(waiter) => waiter.sleep(armed, ttl, deadline).await,
                     }
+                    Some(waiter) => waiter.sleep(armed, ttl, deadline).await,
                 }
             }
         }

@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::locker::Locker;
+use crate::metrics::{self, ReleaseMode};
 
 /// One holding of a lock — one fresh acquisition, with its own token at the server — shared by
 /// its guard, the scopes it is carried into, and any re-entrant guards. The last of them to let go
@@ -24,6 +25,7 @@ pub(crate) struct Hold {
 
 impl Hold {
     pub(crate) fn new(locker: Locker, fencing_token: u64, lease: Lease) -> Self {
+        metrics::hold_started();
         Self {
             locker,
             fencing_token,
@@ -59,10 +61,25 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let lease = &self.lease;
+        let mode = if self.released {
+            ReleaseMode::Explicit
+        } else {
+            ReleaseMode::Background
+        };
+        let held_for = lease.granted.elapsed();
+        tracing::debug!(
+            key = %lease.key,
+            fencing_token = self.fencing_token,
+            mode = mode.as_str(),
+            ?held_for,
+            "relock: released"
+        );
+        metrics::released(mode, held_for);
         if self.released {
-            lease.mark_gone();
+            lease.mark_released();
             self.locker.local().remove(&lease.key, lease.slot);
         } else {
+            lease.let_go();
             self.locker.watchdog().unregister(lease.slot);
             self.locker.release_in_background(
                 &lease.key,

@@ -52,6 +52,8 @@ pub(crate) struct Lease {
     /// The hold's slot in the locker's [`LocalHolds`](crate::local::LocalHolds).
     pub(crate) slot: u64,
     pub(crate) duration: Duration,
+    /// When the grant's reply was read: the hold's start, for its hold time.
+    pub(crate) granted: Instant,
     /// What took it, to tell a self-deadlock from a legitimate wait.
     pub(crate) runner: Runner,
     /// Whether the hold is carried by a scope (`run`, `#[locked]`) rather than a bare guard.
@@ -73,6 +75,8 @@ struct Times {
     /// By when the server has expired it for sure, unless a renewal that this process never heard
     /// back from reached the server late.
     free_by: Instant,
+    /// When the server last vouched for the hold: the grant's reply, or the last renewal's.
+    confirmed: Instant,
 }
 
 impl Times {
@@ -81,6 +85,7 @@ impl Times {
             deadline: local_deadline(sent, lease),
             renew_at: sent + lease / 3,
             free_by: received + lease + drift_margin(lease),
+            confirmed: received,
         }
     }
 }
@@ -95,6 +100,30 @@ fn drift_margin(lease: Duration) -> Duration {
 /// have started earlier — less the drift margin.
 fn local_deadline(sent: Instant, lease: Duration) -> Instant {
     sent + lease.saturating_sub(drift_margin(lease))
+}
+
+/// Why a hold was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loss {
+    /// The local deadline passed without a successful renewal.
+    Expired,
+    /// A renewal found the hold gone from the server.
+    Gone,
+    /// `Locker::force_release` through this locker.
+    ForceReleased,
+    /// The grant's reply was read too late, or raced a force-release.
+    GrantedLate,
+}
+
+impl Loss {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "the lease ended without a renewal",
+            Self::Gone => "a renewal found it gone",
+            Self::ForceReleased => "force-released",
+            Self::GrantedLate => "the grant arrived after its lease or a force-release",
+        }
+    }
 }
 
 /// What is running the current code: a tokio task, or (for the future passed to `block_on`,
@@ -130,6 +159,7 @@ impl Lease {
             fencing_token,
             slot,
             duration,
+            granted: received,
             runner: Runner::current(),
             scoped: AtomicBool::new(false),
             times: Mutex::new(Times::from_request(sent, received, duration)),
@@ -171,6 +201,7 @@ impl Lease {
         }
         times.deadline = times.deadline.max(renewed.deadline);
         times.renew_at = renewed.renew_at;
+        times.confirmed = renewed.confirmed;
     }
 
     /// Lost once, lost for good: a renewal that arrives after the local deadline cannot vouch
@@ -180,23 +211,54 @@ impl Lease {
             return true;
         }
         if Instant::now() >= self.deadline() {
-            self.lost.store(true, Ordering::Release);
+            self.lose(Loss::Expired);
             return true;
         }
         false
     }
 
     /// The hold must not be trusted any more (force-released, or its grant came too late).
-    pub(crate) fn mark_lost(&self) {
+    pub(crate) fn mark_lost(&self, cause: Loss) {
+        self.lose(cause);
+        self.lost_changed.notify_waiters();
+    }
+
+    /// The hold is known to be gone from the server while its owner still has it: force-released,
+    /// or found missing by a renewal. Implies lost.
+    pub(crate) fn mark_gone(&self, cause: Loss) {
+        self.gone.store(true, Ordering::Release);
+        self.mark_lost(cause);
+    }
+
+    /// The owner released the hold at the server: gone, and no loss to report.
+    pub(crate) fn mark_released(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.let_go();
+    }
+
+    /// The owner let go of the hold without waiting for the server (it was dropped): a lease
+    /// that had already ended unnoticed is reported lost; whatever happens to it afterwards is
+    /// no loss of anyone's.
+    pub(crate) fn let_go(&self) {
+        self.is_lost();
         self.lost.store(true, Ordering::Release);
         self.lost_changed.notify_waiters();
     }
 
-    /// The hold is known to be gone from the server: released, force-released, or found missing
-    /// by a renewal. Implies lost.
-    pub(crate) fn mark_gone(&self) {
-        self.gone.store(true, Ordering::Release);
-        self.mark_lost();
+    /// Latches the loss, reporting it the first time.
+    fn lose(&self, cause: Loss) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let since_renewal = self.times().confirmed.elapsed();
+        tracing::warn!(
+            key = %self.key,
+            fencing_token = self.fencing_token,
+            cause = cause.as_str(),
+            ?since_renewal,
+            "relock: lock lost"
+        );
+        crate::metrics::lost();
     }
 
     /// Whether the server no longer has the hold: known gone, or past the time by which its

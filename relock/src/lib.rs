@@ -51,6 +51,16 @@
 //! tasks on the Tokio runtime where the locker first takes a lock; use a locker within that
 //! runtime, as with any Redis connection.
 //!
+//! # Observability
+//!
+//! relock emits [`tracing`](https://docs.rs/tracing) spans and events, free when nothing
+//! subscribes: an `acquire` span (target `relock`) for every request that reaches the server,
+//! recording its `outcome`, `waited` and `fencing_token`; a `trace` event for a re-entry (no
+//! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
+//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
+//! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
+//! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
+//!
 //! # Failure contract
 //!
 //! | situation | what the caller sees |
@@ -116,6 +126,7 @@ mod key;
 mod lease;
 mod local;
 mod locker;
+mod metrics;
 mod pattern;
 mod scope;
 mod scripts;

@@ -18,7 +18,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
 use crate::key::LockKey;
-use crate::lease::Lease;
+use crate::lease::{Lease, Loss};
 
 #[derive(Debug, Default)]
 pub(crate) struct LocalHolds {
@@ -131,7 +131,7 @@ impl LocalHolds {
             // Granted after the release: it stands.
             return;
         }
-        lease.mark_gone();
+        lease.mark_gone(Loss::ForceReleased);
         let slot = slots.remove(key);
         drop(slots);
         drop(slot);
@@ -252,9 +252,9 @@ mod tests {
         };
         let held = lease(gate.id(), Duration::from_millis(50));
         assert!(gate.commit(&held));
-        held.mark_lost();
+        held.mark_lost(Loss::Expired);
         assert!(matches!(local.enter(&key("k")), Enter::Busy(_)));
-        held.mark_gone();
+        held.mark_gone(Loss::Gone);
         assert!(matches!(local.enter(&key("k")), Enter::Entered(_)));
     }
 

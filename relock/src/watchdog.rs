@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::backend::Backend;
-use crate::lease::Lease;
+use crate::lease::{Lease, Loss};
 use crate::local::LocalHolds;
+use crate::metrics::{self, Renewal};
 
 /// The holds a watchdog renews.
 #[derive(Debug, Default)]
@@ -115,19 +116,25 @@ impl Watchdog {
                 match backend.renew(&due).await {
                     Ok(renewed) => {
                         let received = Instant::now();
+                        let (mut ok, mut gone) = (0, 0);
                         let mut unanswered = Vec::new();
                         for (lease, still_held) in due.iter().zip(renewed) {
                             match still_held {
-                                Some(true) => lease.renewed(sent, received),
+                                Some(true) => {
+                                    ok += 1;
+                                    lease.renewed(sent, received);
+                                }
                                 Some(false) if self.is_registered(lease) => {
-                                    tracing::warn!(key = %lease.key, "relock: lock lost: a renewal found it gone");
-                                    lease.mark_gone();
+                                    gone += 1;
+                                    lease.mark_gone(Loss::Gone);
                                     local.remove(&lease.key, lease.slot);
                                 }
                                 Some(false) => {}
                                 None => unanswered.push(lease.clone()),
                             }
                         }
+                        metrics::renewals(Renewal::Ok, ok);
+                        metrics::renewals(Renewal::Gone, gone);
                         if unanswered.is_empty() {
                             let (_, after) = self.due(Instant::now());
                             next = after;
@@ -138,11 +145,17 @@ impl Watchdog {
                                 holds = unanswered.len(),
                                 "relock: lease renewal failed on a node; retrying"
                             );
+                            metrics::renewals(Renewal::Failed, unanswered.len());
                             next = Some(retry_at(&unanswered, next));
                         }
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, holds = due.len(), "relock: lease renewal failed; retrying");
+                        tracing::warn!(
+                            error = %err,
+                            holds = due.len(),
+                            "relock: lease renewal failed; retrying"
+                        );
+                        metrics::renewals(Renewal::Failed, due.len());
                         next = Some(retry_at(&due, next));
                     }
                 }
