@@ -20,6 +20,22 @@
 //! With `REDIS_URL` set, start a second copy on another `PORT` and pay the same order through
 //! both: the lock is shared.
 //!
+//! `GET /metrics` serves relock's metrics (relock's `metrics` feature) in the Prometheus text
+//! format, through `metrics-exporter-prometheus`: `relock_acquired_total`,
+//! `relock_reentered_total`, `relock_timeouts_total`, `relock_lost_total`,
+//! `relock_released_total{mode}`, `relock_renewals_total{result}`, the summaries
+//! `relock_wait_seconds{result}`, `relock_hold_seconds` and `relock_acquire_round_trip_seconds`,
+//! and the gauge `relock_holds`. After the payments above:
+//!
+//! ```text
+//! curl -s http://127.0.0.1:3000/metrics | grep '^relock_'
+//! # relock_acquired_total 2
+//! # relock_reentered_total 2           (each `charge` re-entered the layer's hold)
+//! # relock_released_total{mode="explicit"} 2
+//! # relock_holds 0
+//! # relock_wait_seconds{result="acquired",quantile="0.5"} ...
+//! ```
+//!
 //! `RELOCK_LAYER=off` serves the payment route without `LockLayer`: `charge` then takes the
 //! lock itself through `#[relock::locked]`, from the global locker. BENCHMARKS.md compares the
 //! two with `wrk`.
@@ -33,6 +49,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use relock::Locker;
 use relock_tower::{key, LockLayer};
 
@@ -113,8 +130,24 @@ async fn show(Path(id): Path<u64>, State(orders): State<Orders>) -> String {
     }
 }
 
+/// `GET /metrics`: every metric recorded in this process, in the Prometheus text format.
+async fn metrics(State(prometheus): State<PrometheusHandle>) -> String {
+    prometheus.render()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // relock records through the `metrics` facade; this recorder keeps the values for `/metrics`.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        // Histograms are kept as summaries over a sliding window, which must be advanced.
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+
     let locker = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("using Redis at {url}");
@@ -144,7 +177,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/orders/{id}", get(show))
         .route("/orders/{id}/pay", pay_route)
-        .with_state(Orders::default());
+        .with_state(Orders::default())
+        .route("/metrics", get(metrics).with_state(prometheus));
 
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port.parse()?,
@@ -155,6 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on {base}; try:");
     println!("  curl -i -X POST {base}/orders/42/pay");
     println!("  curl -i {base}/orders/42");
+    println!("  curl -s {base}/metrics | grep '^relock_'");
     println!("  curl -s -X POST {base}/orders/7/pay & curl -s -X POST {base}/orders/7/pay; wait");
     axum::serve(listener, app).await?;
     Ok(())
