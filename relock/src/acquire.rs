@@ -186,14 +186,15 @@ impl Acquire {
         let result = acquire_from_backend(locker, key, wait, lease, try_only, started)
             .instrument(span.clone())
             .await;
-        let waited = started.elapsed();
         let outcome = Outcome::of(&result);
-        span.record("outcome", outcome.as_str());
-        span.record("waited", field::debug(waited));
-        if let Ok(Some(guard)) = &result {
-            span.record("fencing_token", guard.fencing_token());
+        if !span.is_disabled() {
+            span.record("outcome", outcome.as_str());
+            span.record("waited", field::debug(started.elapsed()));
+            if let Ok(Some(guard)) = &result {
+                span.record("fencing_token", guard.fencing_token());
+            }
         }
-        metrics::acquisition(outcome, waited);
+        metrics::acquisition(outcome, started);
         result
     }
 }
@@ -282,7 +283,7 @@ async fn acquire_from_backend(
         // so dropping `in_flight` releases the token in the background.
         let attempt = locker.backend().acquire(&key, &token, lease).await?;
         gate = in_flight.answered();
-        metrics::acquire_round_trip(sent.elapsed());
+        metrics::acquire_round_trip(sent);
         match attempt {
             Attempt::Acquired { fencing_token } => {
                 let lease = Lease::new(

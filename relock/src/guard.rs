@@ -66,15 +66,14 @@ impl Drop for Hold {
         } else {
             ReleaseMode::Background
         };
-        let held_for = lease.granted.elapsed();
         tracing::debug!(
             key = %lease.key,
             fencing_token = self.fencing_token,
             mode = mode.as_str(),
-            ?held_for,
+            held_for = ?lease.granted.elapsed(),
             "relock: released"
         );
-        metrics::released(mode, held_for);
+        metrics::released(mode, lease.granted);
         if self.released {
             lease.mark_released();
             self.locker.local().remove(&lease.key, lease.slot);

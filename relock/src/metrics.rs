@@ -6,7 +6,7 @@
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
-use std::time::Duration;
+use std::time::Instant;
 
 use crate::acquire::Outcome;
 
@@ -39,12 +39,14 @@ pub(crate) enum Renewal {
     Gone,
 }
 
-/// A lock request that reached the backend ended with `outcome` after `waited`.
+/// A lock request that reached the backend, started at `started`, ended with `outcome`.
+///
+/// Durations are taken from `Instant`s here, so that without the feature no clock is read.
 #[inline]
-pub(crate) fn acquisition(outcome: Outcome, waited: Duration) {
+pub(crate) fn acquisition(outcome: Outcome, started: Instant) {
     #[cfg(feature = "metrics")]
     {
-        let waited = waited.as_secs_f64();
+        let waited = started.elapsed().as_secs_f64();
         match outcome {
             Outcome::Acquired => {
                 ::metrics::counter!("relock_acquired_total").increment(1);
@@ -82,11 +84,11 @@ pub(crate) fn reentered() {
     ::metrics::counter!("relock_reentered_total").increment(1);
 }
 
-/// The server answered one acquisition attempt after `round_trip`.
+/// The server answered one acquisition attempt, sent at `sent`.
 #[inline]
-pub(crate) fn acquire_round_trip(round_trip: Duration) {
+pub(crate) fn acquire_round_trip(sent: Instant) {
     #[cfg(feature = "metrics")]
-    ::metrics::histogram!("relock_acquire_round_trip_seconds").record(round_trip.as_secs_f64());
+    ::metrics::histogram!("relock_acquire_round_trip_seconds").record(sent.elapsed().as_secs_f64());
 }
 
 /// A hold came into being in this process (the server granted it).
@@ -96,9 +98,9 @@ pub(crate) fn hold_started() {
     ::metrics::gauge!("relock_holds").increment(1.0);
 }
 
-/// A hold let go after `held_for`.
+/// A hold granted at `granted` let go.
 #[inline]
-pub(crate) fn released(mode: ReleaseMode, held_for: Duration) {
+pub(crate) fn released(mode: ReleaseMode, granted: Instant) {
     #[cfg(feature = "metrics")]
     {
         match mode {
@@ -109,7 +111,7 @@ pub(crate) fn released(mode: ReleaseMode, held_for: Duration) {
                 ::metrics::counter!("relock_released_total", "mode" => "background").increment(1)
             }
         }
-        ::metrics::histogram!("relock_hold_seconds").record(held_for.as_secs_f64());
+        ::metrics::histogram!("relock_hold_seconds").record(granted.elapsed().as_secs_f64());
         ::metrics::gauge!("relock_holds").decrement(1.0);
     }
 }
