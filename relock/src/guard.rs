@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::backend::Released;
 use crate::error::Error;
 use crate::key::LockKey;
-use crate::lease::Lease;
+use crate::lease::{Lease, Loss};
 use crate::locker::Locker;
 use crate::metrics::{self, ReleaseMode};
 
@@ -49,6 +49,9 @@ impl Hold {
             .release(&self.lease.key, &self.lease.token)
             .await?;
         self.released = true;
+        if released == Released::NotHeld {
+            self.lease.mark_gone(Loss::Gone);
+        }
         match released {
             Released::Free if !was_lost => Ok(()),
             Released::Free | Released::NotHeld => Err(Error::Lost {

@@ -107,7 +107,7 @@ fn local_deadline(sent: Instant, lease: Duration) -> Instant {
 pub(crate) enum Loss {
     /// The local deadline passed without a successful renewal.
     Expired,
-    /// A renewal found the hold gone from the server.
+    /// A renewal or the release found the hold gone from the server.
     Gone,
     /// `Locker::force_release` through this locker.
     ForceReleased,
@@ -119,7 +119,7 @@ impl Loss {
     fn as_str(self) -> &'static str {
         match self {
             Self::Expired => "the lease ended without a renewal",
-            Self::Gone => "a renewal found it gone",
+            Self::Gone => "the server no longer had it",
             Self::ForceReleased => "force-released",
             Self::GrantedLate => "the grant arrived after its lease or a force-release",
         }
@@ -230,15 +230,17 @@ impl Lease {
         self.mark_lost(cause);
     }
 
-    /// The owner released the hold at the server: gone, and no loss to report.
+    /// The owner released the hold and the server freed it: gone, and no loss to report, even if
+    /// the deadline passed while the release was on its way.
     pub(crate) fn mark_released(&self) {
         self.gone.store(true, Ordering::Release);
-        self.let_go();
+        self.lost.store(true, Ordering::Release);
+        self.lost_changed.notify_waiters();
     }
 
     /// The owner let go of the hold without waiting for the server (it was dropped): a lease
-    /// that had already ended unnoticed is reported lost; whatever happens to it afterwards is
-    /// no loss of anyone's.
+    /// that had already ended unnoticed is reported lost; what happens to it afterwards is not a
+    /// loss.
     pub(crate) fn let_go(&self) {
         self.is_lost();
         self.lost.store(true, Ordering::Release);

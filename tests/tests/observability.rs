@@ -16,6 +16,7 @@ use axum::body::Body;
 use http::{Request, Response};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use relock::{Error, Locker};
+use relock_tests::TestBackend;
 use relock_tower::{key, LockLayer};
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::field::{Field, Visit};
@@ -258,6 +259,24 @@ fn a_lost_hold_is_a_warning_with_the_time_since_its_last_renewal() {
     assert!(since.ends_with("ms"), "since_renewal {since}");
     let millis: f64 = since.trim_end_matches("ms").parse().unwrap();
     assert!(millis >= 20.0, "since_renewal {since}");
+}
+
+#[test]
+fn a_release_that_finds_the_hold_gone_reports_the_loss() {
+    let seen = traced(|| async {
+        // On Redis the other locker is another process: the holder's locker hears of nothing.
+        let backend = TestBackend::redis().await;
+        let guard = backend.locker.lock("order:42").await.unwrap();
+        assert!(backend.other.force_release("order:42").await.unwrap());
+        assert!(guard.is_held(), "not noticed yet");
+        assert!(matches!(guard.release().await, Err(Error::Lost { .. })));
+    });
+    let lost = seen.events("relock: lock lost");
+    assert_eq!(lost.len(), 1, "{:?}", seen.events);
+    assert_eq!(lost[0].fields["cause"], "the server no longer had it");
+    let released = seen.events("relock: released");
+    assert_eq!(released.len(), 1, "{:?}", seen.events);
+    assert_eq!(released[0].fields["mode"], "explicit");
 }
 
 #[test]
