@@ -102,19 +102,7 @@ impl RedisCluster {
 
     /// The master port `CLUSTER NODES` of a running node names for `slot`, if it is up.
     fn owner(&self, slot: u16) -> Option<u16> {
-        let nodes = query(self.any_port(), &["CLUSTER", "NODES"]);
-        nodes.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-                return None;
-            }
-            let serves = fields[8..].iter().any(|range| {
-                let (first, last) = range.split_once('-').unwrap_or((range, range));
-                matches!((first.parse::<u16>(), last.parse::<u16>()), (Ok(first), Ok(last)) if first <= slot && slot <= last)
-            });
-            let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
-            serves.then_some(port)
-        })
+        owner_in(&query(self.any_port(), &["CLUSTER", "NODES"]), slot)
     }
 
     /// SIGKILLs the master serving `key` and waits until one of its replicas has taken its slots
@@ -146,6 +134,136 @@ impl RedisCluster {
             },
         );
         killed.elapsed()
+    }
+
+    /// The slot of relock's keys for `key` (default prefix), as `CLUSTER KEYSLOT` computes it.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        query(
+            self.any_port(),
+            &["CLUSTER", "KEYSLOT", &format!("{{{key}}}")],
+        )
+        .trim()
+        .parse()
+        .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The port of the master serving `slot`.
+    pub fn master_of_slot(&self, slot: u16) -> u16 {
+        self.owner(slot).expect("every slot has a master")
+    }
+
+    /// Starts moving `slot` to the master on port `to`, as `redis-cli --cluster reshard` does:
+    /// `CLUSTER SETSLOT <slot> IMPORTING <source-id>` on the target, then
+    /// `CLUSTER SETSLOT <slot> MIGRATING <target-id>` on the source. From here until
+    /// [`RedisCluster::finish_slot_move`], the source answers for the keys it still has and
+    /// redirects the others with `ASK`.
+    pub fn begin_slot_move(&self, slot: u16, to: u16) -> SlotMove {
+        let from = self.master_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already served by port {to}");
+        let slot_move = SlotMove {
+            slot,
+            from,
+            to,
+            from_id: node_id(from),
+            to_id: node_id(to),
+        };
+        let slot_arg = slot.to_string();
+        expect_ok(
+            to,
+            &[
+                "CLUSTER",
+                "SETSLOT",
+                &slot_arg,
+                "IMPORTING",
+                &slot_move.from_id,
+            ],
+        );
+        expect_ok(
+            from,
+            &[
+                "CLUSTER",
+                "SETSLOT",
+                &slot_arg,
+                "MIGRATING",
+                &slot_move.to_id,
+            ],
+        );
+        slot_move
+    }
+
+    /// `MIGRATE`s every key the source still has in the moving slot to the target
+    /// (`CLUSTER GETKEYSINSLOT`, then `MIGRATE host port "" 0 5000 KEYS ...`); returns the keys
+    /// moved.
+    pub fn migrate_keys(&self, slot_move: &SlotMove) -> Vec<String> {
+        let mut moved = Vec::new();
+        loop {
+            let keys: Vec<String> = query(
+                slot_move.from,
+                &[
+                    "CLUSTER",
+                    "GETKEYSINSLOT",
+                    &slot_move.slot.to_string(),
+                    "100",
+                ],
+            )
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(String::from)
+            .collect();
+            if keys.is_empty() {
+                return moved;
+            }
+            let port = slot_move.to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let reply = query(slot_move.from, &args);
+            // NOKEY: the keys expired between GETKEYSINSLOT and MIGRATE.
+            assert!(
+                matches!(reply.trim(), "OK" | "NOKEY"),
+                "MIGRATE of {keys:?} from port {} to port {} failed: {reply}",
+                slot_move.from,
+                slot_move.to
+            );
+            moved.extend(keys);
+        }
+    }
+
+    /// Ends a slot move: `CLUSTER SETSLOT <slot> NODE <target-id>` on the target, the source and
+    /// every other master, then waits until every running node names the target as the slot's
+    /// master.
+    pub fn finish_slot_move(&self, slot_move: SlotMove) {
+        let slot_arg = slot_move.slot.to_string();
+        let mut order = vec![slot_move.to, slot_move.from];
+        order.extend(
+            self.master_ports()
+                .into_iter()
+                .filter(|port| *port != slot_move.to && *port != slot_move.from),
+        );
+        for port in order {
+            expect_ok(
+                port,
+                &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &slot_move.to_id],
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        wait_for(
+            deadline,
+            "every node to agree on the moved slot's master",
+            || {
+                self.live().all(|node| {
+                    owner_in(&query(node.port(), &["CLUSTER", "NODES"]), slot_move.slot)
+                        == Some(slot_move.to)
+                })
+            },
+        );
+    }
+
+    /// Moves `slot` to the master on port `to` in one go: [`RedisCluster::begin_slot_move`],
+    /// [`RedisCluster::migrate_keys`], [`RedisCluster::finish_slot_move`].
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let slot_move = self.begin_slot_move(slot, to);
+        self.migrate_keys(&slot_move);
+        self.finish_slot_move(slot_move);
     }
 
     /// Commands the masters have executed (`INFO commandstats`), but the harness's own.
@@ -181,6 +299,53 @@ impl RedisCluster {
             })
             .sum()
     }
+}
+
+/// A slot being moved from one master to another (see [`RedisCluster::begin_slot_move`]).
+#[derive(Debug)]
+pub struct SlotMove {
+    /// The slot.
+    pub slot: u16,
+    /// The port of the master it moves from.
+    pub from: u16,
+    /// The port of the master it moves to.
+    pub to: u16,
+    from_id: String,
+    to_id: String,
+}
+
+/// The master port a `CLUSTER NODES` reply names for `slot`, if that master is up.
+fn owner_in(nodes: &str, slot: u16) -> Option<u16> {
+    nodes.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            return None;
+        }
+        // Ranges are `first-last` or `slot`; `[slot->-id]` / `[slot-<-id]` mark a slot moving.
+        let serves = fields[8..].iter().any(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            matches!((first.parse::<u16>(), last.parse::<u16>()), (Ok(first), Ok(last)) if first <= slot && slot <= last)
+        });
+        let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+        serves.then_some(port)
+    })
+}
+
+/// The cluster node id of the node on `port`.
+fn node_id(port: u16) -> String {
+    let id = query(port, &["CLUSTER", "MYID"]).trim().to_owned();
+    assert_eq!(id.len(), 40, "CLUSTER MYID on port {port} answered {id:?}");
+    id
+}
+
+/// Runs a command that must answer `OK`.
+fn expect_ok(port: u16, args: &[&str]) {
+    let reply = query(port, args);
+    assert_eq!(
+        reply.trim(),
+        "OK",
+        "{args:?} on port {port} answered {reply:?}"
+    );
 }
 
 /// `redis-cli -p <port> <args>`'s output (the harness's own commands never go through relock).

@@ -12,7 +12,7 @@ mod proxy;
 
 pub use backend::{BackendKind, TestBackend};
 pub use bounded::{bounded, run_bounded};
-pub use cluster::RedisCluster;
+pub use cluster::{RedisCluster, SlotMove};
 pub use proxy::Proxy;
 
 use std::io::{BufRead, BufReader};
