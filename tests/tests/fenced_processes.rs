@@ -36,13 +36,20 @@
 //!   being strictly increasing per key across processes. The test prints how many stale reads and
 //!   writes the store rejected. (Run with the unfenced store, the same stalls do produce values
 //!   written twice — a stale writer sets the counter back — so these checks can fail.)
+//!
+//! # On a Redis Cluster
+//!
+//! `fenced_counter_on_a_cluster_survives_kills` keeps the lock on a 3-master, 1-replica cluster
+//! (the workers get the seed nodes, comma-separated, as their lock URL) and the store on its own
+//! server; besides the worker kills, the master serving the key is SIGKILLed mid-run and one of its
+//! replicas promoted. The same checks hold, and the workers must keep making progress afterwards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relock::Locker;
-use relock_tests::{bounded, unique_key, RedisServer};
+use relock_tests::{bounded, unique_key, RedisCluster, RedisServer};
 
 /// Past the ~25 s of the longer scenario, its setup and its checks.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -59,6 +66,54 @@ struct Scenario {
     kill_every: (Duration, Duration),
     /// How many times the holder is SIGSTOPped for `2 × lease`, evenly spread over `duration`.
     stalls: usize,
+    /// Where the lock lives: one server, or a Redis Cluster whose master serving the key is
+    /// SIGKILLed `failover_at` into the run (one of its replicas takes over).
+    lock: LockTarget,
+}
+
+#[derive(Clone, Copy)]
+enum LockTarget {
+    Server,
+    Cluster {
+        masters: usize,
+        replicas: usize,
+        failover_at: Option<Duration>,
+    },
+}
+
+/// The lock server (or cluster) of a scenario; killed on drop.
+enum LockService {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl LockService {
+    fn start(target: LockTarget) -> LockService {
+        match target {
+            LockTarget::Server => LockService::Server(RedisServer::start()),
+            LockTarget::Cluster {
+                masters, replicas, ..
+            } => LockService::Cluster(RedisCluster::start(masters, replicas)),
+        }
+    }
+
+    /// The worker's `<lock-url>`: the server's URL, or the cluster's seed nodes joined by commas.
+    fn url(&self) -> String {
+        match self {
+            LockService::Server(server) => server.url(),
+            LockService::Cluster(cluster) => cluster.seeds().join(","),
+        }
+    }
+
+    async fn locker(&self) -> Locker {
+        match self {
+            LockService::Server(server) => server.locker().await,
+            LockService::Cluster(cluster) => Locker::builder()
+                .cluster(cluster.seeds())
+                .build()
+                .expect("a cluster locker"),
+        }
+    }
 }
 
 /// The `fenced_worker` processes; SIGKILLed and reaped on drop, so a failing test (or a stalled
@@ -215,18 +270,21 @@ struct Outcome {
     history: Vec<(u64, u64, u32)>,
     value: u64,
     stats: BTreeMap<String, u64>,
+    /// When a master was failed over: how many writes had been made before it, and how long the
+    /// failover took.
+    failover: Option<(usize, Duration)>,
 }
 
 async fn run(scenario: Scenario) -> Outcome {
-    let lock_server = RedisServer::start();
+    let mut lock_service = tokio::task::block_in_place(|| LockService::start(scenario.lock));
     let store = RedisServer::start();
     let key = unique_key("fenced-counter");
-    let locker = lock_server.locker().await;
+    let locker = lock_service.locker().await;
     let mut workers = Workers {
         children: Vec::new(),
         killed: Vec::new(),
         args: [
-            lock_server.url(),
+            lock_service.url(),
             store.url(),
             key.clone(),
             scenario.mode.to_owned(),
@@ -244,9 +302,33 @@ async fn run(scenario: Scenario) -> Outcome {
     let mut next_stall = started + stall_every;
     let mut next_kill = started + jitter.between(scenario.kill_every);
     let (mut kills, mut stalls) = (0, Vec::new());
+    let mut next_failover = match scenario.lock {
+        LockTarget::Cluster {
+            failover_at: Some(at),
+            ..
+        } => Some(started + at),
+        _ => None,
+    };
+    let mut failover = None;
+    let mut store_connection = store.connection().await;
     while Instant::now() < end {
         let now = Instant::now();
-        if stalls.len() < scenario.stalls && now >= next_stall {
+        if next_failover.is_some_and(|at| now >= at) {
+            next_failover = None;
+            let LockService::Cluster(cluster) = &mut lock_service else {
+                unreachable!("only a cluster fails over")
+            };
+            let before: usize = redis::cmd("LLEN")
+                .arg("store:written")
+                .query_async(&mut store_connection)
+                .await
+                .expect("LLEN written");
+            let took = tokio::task::block_in_place(|| cluster.kill_master_of(&key));
+            eprintln!(
+                "the master serving {key} was killed after {before} writes; failover took {took:?}"
+            );
+            failover = Some((before, took));
+        } else if stalls.len() < scenario.stalls && now >= next_stall {
             stalls.push(stall_the_holder(&locker, &key, &workers, scenario.lease).await);
             next_stall += stall_every;
         } else if now >= next_kill {
@@ -258,6 +340,9 @@ async fn run(scenario: Scenario) -> Outcome {
             let mut wake = next_kill.min(end);
             if stalls.len() < scenario.stalls {
                 wake = wake.min(next_stall);
+            }
+            if let Some(at) = next_failover {
+                wake = wake.min(at);
             }
             tokio::time::sleep_until(wake.into()).await;
         }
@@ -312,6 +397,7 @@ async fn run(scenario: Scenario) -> Outcome {
             .collect(),
         value: value.unwrap_or(0),
         stats: stats.into_iter().collect(),
+        failover,
     };
 
     let writers: std::collections::BTreeSet<u32> =
@@ -401,6 +487,7 @@ async fn fenced_counter_survives_kills_and_stalls() {
             duration: Duration::from_secs(25),
             kill_every: (Duration::from_millis(1500), Duration::from_millis(2000)),
             stalls: 6,
+            lock: LockTarget::Server,
         })
         .await;
         check(&outcome);
@@ -424,9 +511,53 @@ async fn unfenced_counter_survives_kills() {
             duration: Duration::from_secs(15),
             kill_every: (Duration::from_millis(1500), Duration::from_millis(2000)),
             stalls: 0,
+            lock: LockTarget::Server,
         })
         .await;
         check(&outcome);
+    })
+    .await;
+}
+
+/// The fenced counter with the lock on a Redis Cluster (3 masters, 1 replica each; the store stays
+/// a standalone server): workers are SIGKILLed as above, and the master serving the key is
+/// SIGKILLed mid-run so that its replica takes over. Holds on the dead master end (their lease is
+/// shorter than the failover) and the key is taken again on the promoted replica, under larger
+/// fencing tokens: no value is written twice, and the workers make progress after the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_counter_on_a_cluster_survives_kills() {
+    bounded(TEST_LIMIT, async {
+        let outcome = run(Scenario {
+            mode: "fenced",
+            workers: 4,
+            lease: Duration::from_millis(1000),
+            duration: Duration::from_secs(18),
+            kill_every: (Duration::from_millis(1500), Duration::from_millis(2000)),
+            stalls: 0,
+            lock: LockTarget::Cluster {
+                masters: 3,
+                replicas: 1,
+                failover_at: Some(Duration::from_secs(7)),
+            },
+        })
+        .await;
+        check(&outcome);
+        let (before, took) = outcome
+            .failover
+            .expect("the lock key's master was failed over");
+        let after = outcome.written.len() - before;
+        let rejected = |what: &str| outcome.stats.get(what).copied().unwrap_or(0);
+        eprintln!(
+            "cluster: {before} writes before the failover ({took:?}), {after} after; the store \
+             rejected {} stale reads and {} stale writes",
+            rejected("rejected_reads"),
+            rejected("rejected_writes")
+        );
+        assert!(
+            after >= MIN_WRITES / 2,
+            "only {after} writes after the failover: the workers made too little progress on the \
+             promoted replica"
+        );
     })
     .await;
 }

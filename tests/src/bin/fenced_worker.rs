@@ -1,7 +1,10 @@
 //! Increments a counter kept in a separate store, under a relock lock, forever: the worker of the
 //! multi-process exclusion and fencing tests (`tests/tests/fenced_processes.rs`).
 //!
-//! Usage: `fenced_worker <lock-url> <store-url> <key> <fenced|unfenced> <lease-ms>`.
+//! Usage: `fenced_worker <lock-url> <store-url> <key> <fenced|unfenced> <lease-ms>`. A
+//! `<lock-url>` with commas lists the seed nodes of a Redis Cluster
+//! (`redis://127.0.0.1:7000,redis://127.0.0.1:7001,...`): the worker then locks through the cluster
+//! backend.
 //!
 //! Each round takes `key` on the lock server (`run`, 5 s wait), reads the counter from the store
 //! with the hold's fencing token, pauses 10–30 ms (so that a SIGSTOP can land mid-body) and writes
@@ -225,9 +228,17 @@ async fn main() {
     let lease = Duration::from_millis(lease_ms.parse().expect("lease-ms is a number"));
     let pid = std::process::id().to_string();
 
-    let locker = relock::Locker::connect(lock_url)
-        .await
-        .expect("connect to the lock server");
+    let locker = if lock_url.contains(',') {
+        // A Redis Cluster, through these seed nodes; the connection opens on first use.
+        relock::Locker::builder()
+            .cluster(lock_url.split(','))
+            .build()
+            .expect("a cluster locker")
+    } else {
+        relock::Locker::connect(lock_url)
+            .await
+            .expect("connect to the lock server")
+    };
     let connection = redis::Client::open(store_url.as_str())
         .expect("a valid store url")
         .get_multiplexed_async_connection()
