@@ -103,6 +103,18 @@ impl Kind {
     }
 }
 
+/// A raw cluster contender: one `ClusterConnection` over `seeds`, shared by every task.
+pub(crate) async fn raw_cluster(seeds: &[String]) -> Contender {
+    Contender::RawCluster {
+        connection: redis::cluster::ClusterClient::new(seeds.to_vec())
+            .expect("seeds")
+            .get_async_connection()
+            .await
+            .expect("connect to the cluster"),
+        release: redis::Script::new(RELEASE_LUA),
+    }
+}
+
 pub(crate) async fn pool(url: &str, check: bool) -> bb8::Pool<RedisConnectionManager> {
     let manager = RedisConnectionManager::new(url).expect("url");
     bb8::Pool::builder()
@@ -125,6 +137,12 @@ pub(crate) enum Contender {
     },
     Rslock(rslock::LockManager),
     Relock(Locker),
+    /// `SET NX PX` + the Lua release through one redis-rs cluster connection shared by all
+    /// tasks: the baseline on a Redis Cluster (built by `cluster.rs`).
+    RawCluster {
+        connection: redis::cluster_async::ClusterConnection,
+        release: redis::Script,
+    },
 }
 
 /// What a contender holds between acquire and release.
@@ -138,7 +156,7 @@ fn random_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-async fn set_nx(connection: &mut MultiplexedConnection, key: &str, token: &str) -> bool {
+async fn set_nx(connection: &mut impl redis::aio::ConnectionLike, key: &str, token: &str) -> bool {
     let reply: Option<String> = redis::cmd("SET")
         .arg(key)
         .arg(token)
@@ -180,7 +198,15 @@ impl Contender {
             Contender::RawPool { pool, .. } => {
                 let token = random_token();
                 let mut connection = pool.get().await.map_err(|err| err.to_string())?;
-                if set_nx(&mut connection, key, &token).await {
+                if set_nx(&mut *connection, key, &token).await {
+                    Ok(Held::Raw(token))
+                } else {
+                    Err(format!("{key} was not free"))
+                }
+            }
+            Contender::RawCluster { connection, .. } => {
+                let token = random_token();
+                if set_nx(&mut connection.clone(), key, &token).await {
                     Ok(Held::Raw(token))
                 } else {
                     Err(format!("{key} was not free"))
@@ -223,6 +249,20 @@ impl Contender {
                     .key(key)
                     .arg(token)
                     .invoke_async(&mut *pool.get().await.expect("pool"))
+                    .await
+                    .expect("release");
+            }
+            (
+                Contender::RawCluster {
+                    connection,
+                    release,
+                },
+                Held::Raw(token),
+            ) => {
+                let _: i64 = release
+                    .key(key)
+                    .arg(token)
+                    .invoke_async(&mut connection.clone())
                     .await
                     .expect("release");
             }

@@ -32,3 +32,12 @@ pub(crate) async fn server(connection: &mut redis::aio::MultiplexedConnection) -
         .sum();
     Duration::from_secs_f64(seconds)
 }
+
+/// The sum of `server` over several servers (a cluster's masters).
+pub(crate) async fn servers(connections: &mut [redis::aio::MultiplexedConnection]) -> Duration {
+    let mut total = Duration::ZERO;
+    for connection in connections {
+        total += server(connection).await;
+    }
+    total
+}

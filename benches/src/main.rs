@@ -12,6 +12,10 @@
 //! Every run also writes the handoff latency CDF to `benches/handoff.svg` (`--svg PATH` to
 //! change it).
 //!
+//! `--cluster` (with `--quick` and `--markdown` as above) runs the Redis Cluster scenarios
+//! instead, on a private 3-master cluster (see `cluster.rs`): a separate mode, so that the
+//! default run's time does not grow.
+//!
 //! `--fence-memory N` measures the Redis memory that locking `N` distinct keys leaves behind (see
 //! `memory.rs`).
 //!
@@ -19,6 +23,7 @@
 //! trivial `POST /orders/{id}/pay`, without or with `LockLayer`) for an outside load tool such
 //! as `wrk -s benches/wrk/pay.lua`; `redis` starts a private `redis-server` for it.
 
+mod cluster;
 mod contender;
 mod cpu;
 mod handoff;
@@ -105,6 +110,7 @@ impl Plan {
 struct Options {
     quick: bool,
     markdown: bool,
+    cluster: bool,
     svg: PathBuf,
     serve: Option<Serve>,
     fence_memory: Option<usize>,
@@ -124,6 +130,7 @@ struct Serve {
 }
 
 const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH]
+       relock-benches --cluster [--quick] [--markdown]
        relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]
        relock-benches --fence-memory 1000000";
 
@@ -131,6 +138,7 @@ fn options() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
         markdown: false,
+        cluster: false,
         svg: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("handoff.svg"),
         serve: None,
         fence_memory: None,
@@ -142,6 +150,7 @@ fn options() -> Result<Options, String> {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--markdown" => options.markdown = true,
+            "--cluster" => options.cluster = true,
             "--svg" => options.svg = value("--svg")?.into(),
             "--serve" => {
                 let backend = match value("--serve")?.as_str() {
@@ -209,6 +218,9 @@ fn main() -> ExitCode {
     } else {
         Plan::full()
     };
+    if options.cluster {
+        return cluster::run(&plan, options.quick, options.markdown);
+    }
     // Started outside the runtime so that it is dropped (and the server killed) on every way
     // out of `main`: success, panic, Ctrl-C, or the time limit.
     let server = RedisServer::start();
@@ -274,7 +286,7 @@ fn serve_for_load_tool(serve: &Serve) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn machine() -> Vec<String> {
+pub(crate) fn machine() -> Vec<String> {
     let command = |program: &str, args: &[&str]| {
         std::process::Command::new(program)
             .args(args)
@@ -300,7 +312,7 @@ fn machine() -> Vec<String> {
     ]
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|load| {
             load.split_whitespace()

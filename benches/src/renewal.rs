@@ -106,7 +106,11 @@ fn parse_monitor_line(line: &str) -> Option<(u64, String)> {
 
 /// Groups timestamped renewals into bursts separated by more than `gap`; a burst within `gap`
 /// of an edge of the watched `window` (µs since the epoch) is marked cut.
-fn bursts(mut renewals: Vec<(u64, String)>, gap: Duration, window: (u64, u64)) -> Vec<Burst> {
+pub(crate) fn bursts(
+    mut renewals: Vec<(u64, String)>,
+    gap: Duration,
+    window: (u64, u64),
+) -> Vec<Burst> {
     renewals.sort_by_key(|(at, _)| *at);
     let gap = gap.as_micros() as u64;
     let mut bursts = Vec::new();
@@ -140,7 +144,7 @@ fn now_micros() -> u64 {
 
 /// Records, for `duration`, the server-side time and client of every `evalsha` (of the client
 /// at `only`, when given).
-async fn monitor(
+pub(crate) async fn monitor(
     client: redis::Client,
     duration: Duration,
     only: Option<String>,
@@ -258,7 +262,7 @@ async fn reference_span(server: &RedisServer, holds: usize) -> Duration {
     bursts.first().map_or(Duration::ZERO, |burst| burst.span)
 }
 
-async fn release_all(guards: Vec<LockGuard>) {
+pub(crate) async fn release_all(guards: Vec<LockGuard>) {
     let mut handles = Vec::new();
     let mut guards = guards.into_iter().peekable();
     while guards.peek().is_some() {

@@ -45,18 +45,18 @@ pub(crate) struct Concurrent {
 }
 
 /// Pairs per second of `tasks` tasks, each doing up to `n / tasks` cycles on keys of its own,
-/// and the CPU time each pair cost this process and the server (whose counter is read through
-/// `stats`).
+/// and the CPU time each pair cost this process and the server (whose counters are read
+/// through `stats`: one connection per server, summed).
 pub(crate) async fn many_tasks(
     contender: Arc<Contender>,
     tasks: usize,
     n: usize,
     budget: Duration,
     tag: &str,
-    stats: &mut redis::aio::MultiplexedConnection,
+    stats: &mut [redis::aio::MultiplexedConnection],
 ) -> Concurrent {
     let per_task = n / tasks;
-    let server_before = crate::cpu::server(stats).await;
+    let server_before = crate::cpu::servers(stats).await;
     let client_before = crate::cpu::process();
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
@@ -84,7 +84,7 @@ pub(crate) async fn many_tasks(
     }
     let elapsed = start.elapsed();
     let client_cpu = crate::cpu::process() - client_before;
-    let server_cpu = crate::cpu::server(stats).await - server_before;
+    let server_cpu = crate::cpu::servers(stats).await - server_before;
     let pairs = done.max(1) as u32;
     Concurrent {
         pairs_per_second: done as f64 / elapsed.as_secs_f64(),
@@ -123,7 +123,7 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
     for kind in kinds {
         contenders.push(Arc::new(kind.build(url, memory).await));
     }
-    let mut stats = server.connection().await;
+    let mut stats = [server.connection().await];
     eprintln!("warming up {} contenders", contenders.len());
     for (index, contender) in contenders.iter().enumerate() {
         let tag = format!("warm:{index}");

@@ -1,10 +1,12 @@
 //! relock in one screen: exclusive sections, re-entry, fencing tokens, timeouts.
 //!
-//! Runs against Redis when `REDIS_URL` is set, otherwise in memory:
+//! Runs against a Redis Cluster when `REDIS_CLUSTER` is set (comma-separated seed nodes), against
+//! one Redis server when `REDIS_URL` is, otherwise in memory:
 //!
 //! ```text
 //! cargo run -p relock-examples --example quickstart
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run -p relock-examples --example quickstart
+//! REDIS_CLUSTER=redis://127.0.0.1:7000,redis://127.0.0.1:7001 cargo run -p relock-examples --example quickstart
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,13 +17,19 @@ use relock::{Error, Locker};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let locker = match std::env::var("REDIS_URL") {
-        Ok(url) => {
+    let locker = match (std::env::var("REDIS_CLUSTER"), std::env::var("REDIS_URL")) {
+        (Ok(seeds), _) => {
+            println!("using the Redis Cluster with seed nodes {seeds}");
+            Locker::builder()
+                .cluster(seeds.split(',').map(str::trim).filter(|s| !s.is_empty()))
+                .build()?
+        }
+        (_, Ok(url)) => {
             println!("using Redis at {url}");
             Locker::connect(&url).await?
         }
-        Err(_) => {
-            println!("REDIS_URL is not set: using the in-memory backend");
+        _ => {
+            println!("neither REDIS_CLUSTER nor REDIS_URL is set: using the in-memory backend");
             Locker::in_memory()
         }
     };
