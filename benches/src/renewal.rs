@@ -235,7 +235,15 @@ pub(crate) async fn measure(server: &RedisServer, holds: usize, lease: Duration)
 
 /// The server-side span of one pipeline of `holds` renewal-shaped scripts.
 async fn reference_span(server: &RedisServer, holds: usize) -> Duration {
-    let mut connection = server.connection().await;
+    // The whole pipeline is one response: give it more than redis-rs's default response timeout
+    // (MONITOR, watching, slows the server down).
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to the benchmark's server");
     let script = redis::Script::new(REFERENCE_LUA);
     script
         .prepare_invoke()

@@ -29,6 +29,11 @@ pub(crate) struct Global {
     )]
     pub(crate) url: String,
 
+    /// A Redis Cluster instead of one server: seed nodes, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`); `list` then scans every master.
+    #[arg(long, global = true, env = "REDIS_CLUSTER", value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
+
     /// The prefix of relock's Redis keys, as the applications set it (`<prefix>:{<key>}`).
     #[arg(long, global = true, default_value = "relock")]
     pub(crate) prefix: String,

@@ -18,6 +18,7 @@ async fn relock(url: &str, args: &[&str], stdin: &str) -> Output {
         .arg(url)
         .args(args)
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -483,4 +484,55 @@ async fn a_silent_server_exits_3_within_the_timeout() {
     one_line(&stderr(&out));
     assert!(took < Duration::from_secs(2), "took {took:?}");
     drop(listener);
+}
+
+/// `--cluster`: the same commands against a Redis Cluster, `list` over every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_inspect_and_list_cover_every_master() {
+    let cluster = relock_tests::RedisCluster::start(3, 0);
+    let seeds = cluster.seeds().join(",");
+    let locker = relock::Locker::builder()
+        .cluster(cluster.seeds())
+        .build()
+        .expect("a cluster locker");
+    let keys: Vec<String> = (0..12).map(|i| format!("cli-cluster:{i}")).collect();
+    let masters: std::collections::HashSet<u16> =
+        keys.iter().map(|key| cluster.master_of(key)).collect();
+    assert_eq!(masters.len(), 3, "the keys are spread over every master");
+    let mut guards = Vec::new();
+    for key in &keys {
+        guards.push(locker.lock(key.as_str()).await.expect("lock"));
+    }
+    let unreachable = "redis://127.0.0.1:1";
+    let output = relock(
+        unreachable,
+        &["--cluster", &seeds, "--json", "list", "cli-cluster:*"],
+        "",
+    )
+    .await;
+    assert_code(&output, 0);
+    let mut listed: Vec<String> = json_lines(&output)
+        .iter()
+        .map(|lock| lock["key"].as_str().expect("key").to_owned())
+        .collect();
+    listed.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let output = relock(
+        unreachable,
+        &["--cluster", &seeds, "inspect", "cli-cluster:3"],
+        "",
+    )
+    .await;
+    assert_code(&output, 0);
+    assert!(stdout(&output).contains(&guards[3].fencing_token().to_string()));
+    let output = relock(
+        unreachable,
+        &["--cluster", &seeds, "release", "--yes", "cli-cluster:3"],
+        "",
+    )
+    .await;
+    assert_code(&output, 0);
+    assert!(!guards[3].is_held() || locker.inspect("cli-cluster:3").await.unwrap().is_none());
 }

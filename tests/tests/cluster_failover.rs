@@ -95,3 +95,29 @@ async fn a_master_failover_never_leaves_two_holders_and_fencing_tokens_keep_incr
         relock_started.elapsed()
     );
 }
+
+/// A cluster that cannot be reached — a closed port, or a node that accepts connections and never
+/// answers — fails with `Error::Backend` within the connect and response timeouts, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_cannot_be_reached_fails_with_backend_within_the_timeouts() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("address").port();
+    let closed_port = relock_tests::free_port();
+    for port in [closed_port, silent_port] {
+        let locker = Locker::builder()
+            .cluster([format!("redis://127.0.0.1:{port}")])
+            .connect_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_millis(500))
+            .build()
+            .expect("building opens no connection");
+        let started = Instant::now();
+        let outcome = locker.lock("unreachable").await;
+        let took = started.elapsed();
+        assert!(
+            matches!(outcome, Err(relock::Error::Backend(_))),
+            "port {port}: {outcome:?}"
+        );
+        assert!(took < Duration::from_secs(3), "port {port}: took {took:?}");
+    }
+    drop(silent);
+}

@@ -50,8 +50,12 @@ pub(crate) struct Session {
 
 impl Session {
     fn new(global: &Global) -> Result<Self, Failure> {
-        let locker = Locker::builder()
-            .url(&global.url)
+        let builder = if global.cluster.is_empty() {
+            Locker::builder().url(&global.url)
+        } else {
+            Locker::builder().cluster(global.cluster.iter().cloned())
+        };
+        let locker = builder
             .prefix(&global.prefix)
             .connect_timeout(global.timeout)
             .response_timeout(global.timeout)
@@ -62,9 +66,14 @@ impl Session {
                 relock::Error::Backend(err) => Failure::usage(err.to_string()),
                 err => Failure::usage(err.to_string()),
             })?;
+        let url = if global.cluster.is_empty() {
+            global.url.clone()
+        } else {
+            global.cluster.join(",")
+        };
         Ok(Self {
             locker,
-            url: global.url.clone(),
+            url,
             json: global.json,
             limit: global.timeout.saturating_mul(2),
         })
