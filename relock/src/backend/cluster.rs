@@ -23,8 +23,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::redis::{
-    found_keys, holder_metadata, key_name, millis, parse_acquire, parse_inspect, parse_release,
-    scan_glob, unexpected,
+    found_keys, holder_metadata, key_name, millis, parse_acquire, parse_force_release,
+    parse_inspect, parse_release, scan_glob,
 };
 use super::{Attempt, Released};
 use crate::error::Error;
@@ -163,16 +163,7 @@ impl ClusterBackend {
             .key(self.channel(key))
             .key(self.key_name(key, ":fence"))
             .arg("sharded");
-        let reply = self.invoke(&invocation).await?;
-        match &reply {
-            Value::Array(items) => match items.as_slice() {
-                [Value::Int(removed), Value::Int(last)] if *last >= 0 => {
-                    Ok((*removed == 1, *last as u64))
-                }
-                _ => Err(unexpected("force-release", &reply)),
-            },
-            _ => Err(unexpected("force-release", &reply)),
-        }
+        parse_force_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {

@@ -274,16 +274,7 @@ impl RedisBackend {
         invocation
             .key(self.channel(key))
             .key(self.key_name(key, ":fence"));
-        let reply = self.invoke(&invocation).await?;
-        match &reply {
-            Value::Array(items) => match items.as_slice() {
-                [Value::Int(removed), Value::Int(last)] if *last >= 0 => {
-                    Ok((*removed == 1, *last as u64))
-                }
-                _ => Err(unexpected("force-release", &reply)),
-            },
-            _ => Err(unexpected("force-release", &reply)),
-        }
+        parse_force_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
@@ -428,6 +419,18 @@ pub(super) fn parse_acquire(value: Value) -> Result<Attempt, Error> {
         }
     }
     Err(unexpected("acquire", &value))
+}
+
+/// Parses the force-release script's `{removed, last fencing token}`.
+pub(super) fn parse_force_release(reply: Value) -> Result<(bool, u64), Error> {
+    if let Value::Array(items) = &reply {
+        if let [Value::Int(removed), Value::Int(last)] = items.as_slice() {
+            if *last >= 0 {
+                return Ok((*removed == 1, *last as u64));
+            }
+        }
+    }
+    Err(unexpected("force-release", &reply))
 }
 
 pub(super) fn parse_release(value: Value) -> Result<Released, Error> {
