@@ -133,7 +133,7 @@ impl Acquire {
                 tracing::trace!(
                     target: "relock",
                     key = %key,
-                    fencing_token = hold.fencing_token,
+                    fencing_token = hold.lease.fencing_token,
                     reentrant = true,
                     "relock: re-entered"
                 );
@@ -295,7 +295,7 @@ async fn acquire_from_backend(
                     sent,
                     Instant::now(),
                 );
-                let hold = Arc::new(Hold::new(locker, fencing_token, lease));
+                let hold = Arc::new(Hold::new(locker, lease));
                 // Force-released here while the request was in flight (the grant may predate
                 // the release), or the reply was read only after the lease had ended (the
                 // process stalled): another owner may hold the key by now. Dropping the hold

@@ -18,17 +18,15 @@ use crate::metrics::{self, ReleaseMode};
 /// Only shares may hold a `Hold`: observers hold its [`Lease`].
 pub(crate) struct Hold {
     pub(crate) locker: Locker,
-    pub(crate) fencing_token: u64,
     pub(crate) lease: Arc<Lease>,
     released: bool,
 }
 
 impl Hold {
-    pub(crate) fn new(locker: Locker, fencing_token: u64, lease: Lease) -> Self {
+    pub(crate) fn new(locker: Locker, lease: Lease) -> Self {
         metrics::hold_started();
         Self {
             locker,
-            fencing_token,
             lease: Arc::new(lease),
             released: false,
         }
@@ -71,7 +69,7 @@ impl Drop for Hold {
         };
         tracing::debug!(
             key = %lease.key,
-            fencing_token = self.fencing_token,
+            fencing_token = self.lease.fencing_token,
             mode = mode.as_str(),
             held_for = ?lease.granted.elapsed(),
             "relock: released"
@@ -98,7 +96,7 @@ impl fmt::Debug for Hold {
         f.debug_struct("Hold")
             .field("key", &self.lease.key)
             .field("token", &self.lease.token)
-            .field("fencing_token", &self.fencing_token)
+            .field("fencing_token", &self.lease.fencing_token)
             .field("lost", &self.lease.is_lost())
             .finish_non_exhaustive()
     }
@@ -145,7 +143,7 @@ impl LockGuard {
     ///
     /// Tokens are large (the server's clock in microseconds is mixed in) and not consecutive.
     pub fn fencing_token(&self) -> u64 {
-        self.hold.fencing_token
+        self.hold.lease.fencing_token
     }
 
     /// Whether the lease is still in force, by the local deadline; never makes a round trip.
@@ -193,7 +191,7 @@ impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("key", self.hold.key())
-            .field("fencing_token", &self.hold.fencing_token)
+            .field("fencing_token", &self.hold.lease.fencing_token)
             .field("reentrant", &self.reentrant)
             .field("held", &self.is_held())
             .finish()

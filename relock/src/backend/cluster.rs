@@ -23,8 +23,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::redis::{
-    found_keys, holder_metadata, key_name, millis, parse_acquire, parse_force_release,
-    parse_inspect, parse_release, scan_glob,
+    acquire_invocation, found_keys, key_name, millis, parse_acquire, parse_force_release,
+    parse_inspect, parse_release, renew_invocation, scan_glob,
 };
 use super::{Attempt, Released};
 use crate::error::Error;
@@ -133,13 +133,7 @@ impl ClusterBackend {
         token: &crate::token::HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let mut invocation = scripts::ACQUIRE.key(self.key_name(key, ""));
-        invocation
-            .key(self.key_name(key, ":fence"))
-            .arg(token.as_str())
-            .arg(millis(lease))
-            .arg(millis(self.fence_retention.max(lease)))
-            .arg(holder_metadata());
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
         parse_acquire(self.invoke(&invocation).await?)
     }
 
@@ -193,14 +187,11 @@ impl ClusterBackend {
             let mut connection = connection.clone();
             let mut pipe = redis::pipe();
             for &at in indices {
-                let lease = &leases[at];
-                let mut invocation = scripts::RENEW.key(self.key_name(&lease.key, ""));
-                invocation
-                    .key(self.key_name(&lease.key, ":fence"))
-                    .arg(lease.token.as_str())
-                    .arg(millis(lease.duration))
-                    .arg(millis(self.fence_retention.max(lease.duration)));
-                pipe.invoke_script(&invocation);
+                pipe.invoke_script(&renew_invocation(
+                    &self.prefix,
+                    &leases[at],
+                    self.fence_retention,
+                ));
             }
             let route = SingleNodeRoutingInfo::SpecificNode(Route::new(
                 slots[indices[0]],

@@ -160,13 +160,7 @@ impl RedisBackend {
         token: &HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let mut invocation = scripts::ACQUIRE.key(self.lock_key(key));
-        invocation
-            .key(self.key_name(key, ":fence"))
-            .arg(token.as_str())
-            .arg(millis(lease))
-            .arg(millis(self.fence_retention.max(lease)))
-            .arg(holder_metadata());
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
         parse_acquire(self.invoke(&invocation).await?)
     }
 
@@ -183,13 +177,11 @@ impl RedisBackend {
     pub(crate) async fn renew(&self, renewals: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
         let mut pipe = redis::pipe();
         for renewal in renewals {
-            let mut invocation = scripts::RENEW.key(self.lock_key(&renewal.key));
-            invocation
-                .key(self.key_name(&renewal.key, ":fence"))
-                .arg(renewal.token.as_str())
-                .arg(millis(renewal.duration))
-                .arg(millis(self.fence_retention.max(renewal.duration)));
-            pipe.invoke_script(&invocation);
+            pipe.invoke_script(&renew_invocation(
+                &self.prefix,
+                renewal,
+                self.fence_retention,
+            ));
         }
         let replies: Vec<i64> = self.query_scripts(&pipe, &scripts::RENEW).await?;
         if replies.len() != renewals.len() {
@@ -281,6 +273,40 @@ impl RedisBackend {
         let invocation = scripts::INSPECT.key(self.lock_key(key));
         parse_inspect(key, self.invoke(&invocation).await?)
     }
+}
+
+/// The acquire script's invocation for a new hold of `key` (the same on one server and on a
+/// cluster). The fencing counter is kept at least as long as the lease.
+pub(super) fn acquire_invocation(
+    prefix: &str,
+    key: &LockKey,
+    token: &HoldToken,
+    lease: Duration,
+    fence_retention: Duration,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::ACQUIRE.key(key_name(prefix, key, ""));
+    invocation
+        .key(key_name(prefix, key, ":fence"))
+        .arg(token.as_str())
+        .arg(millis(lease))
+        .arg(millis(fence_retention.max(lease)))
+        .arg(holder_metadata());
+    invocation
+}
+
+/// The renew script's invocation for `lease`'s hold, which also keeps its fencing counter alive.
+pub(super) fn renew_invocation(
+    prefix: &str,
+    lease: &Lease,
+    fence_retention: Duration,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::RENEW.key(key_name(prefix, &lease.key, ""));
+    invocation
+        .key(key_name(prefix, &lease.key, ":fence"))
+        .arg(lease.token.as_str())
+        .arg(millis(lease.duration))
+        .arg(millis(fence_retention.max(lease.duration)));
+    invocation
 }
 
 /// `P:{K}<suffix>`, built without the formatting machinery: it runs twice per lock.
