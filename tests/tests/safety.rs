@@ -14,6 +14,8 @@ use relock_tests::{on_every_backend, unique_key, Proxy, RedisServer, TestBackend
 const LIMIT: Duration = Duration::from_secs(30);
 /// Short enough that the watchdog notices a vanished hold within a fraction of a second.
 const SHORT_LEASE: Duration = Duration::from_millis(300);
+/// For holds that must last through a test on a loaded machine.
+const STEADY_LEASE: Duration = Duration::from_secs(5);
 
 /// How the first hold disappears behind its owner's back.
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +76,12 @@ async fn a_late_release_of_a_lost_hold_spares_a_newer_hold_in_the_same_scope(
             tokio::time::timeout(Duration::from_secs(2), first.lost())
                 .await
                 .expect("the loss is noticed");
+            // The new hold's lease is long: on a loaded machine a renewal of a short one can come
+            // late, and the new guard would (rightly) report a loss this test is not about.
             let second = locker
                 .lock(&key)
                 .wait(Duration::from_secs(5))
-                .lease(SHORT_LEASE)
+                .lease(STEADY_LEASE)
                 .await
                 .expect("the scope takes the key again");
             assert!(!second.is_reentrant(), "a lost hold is never re-entered");
@@ -118,7 +122,7 @@ async fn run_again_after_a_lost_run_in_the_same_scope_holds_the_key_alone(b: &Te
             assert!(matches!(lost, Err(Error::Lost { .. })), "{lost:?}");
             locker
                 .lock(&key)
-                .lease(SHORT_LEASE)
+                .lease(STEADY_LEASE)
                 .run(async {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     assert!(
