@@ -733,12 +733,10 @@ impl LockerBuilder {
             // reconnections), so a cluster that is down fails a request within this time.
             .response_timeout(response_timeout)
             .build()?;
-        // Opening the cluster connection reads the topology from a seed and connects to every
-        // master: bound the whole, not one socket.
-        let connect_limit = connect_timeout.saturating_add(response_timeout);
         let backend = crate::backend::cluster::ClusterBackend::new(
             client,
-            connect_limit,
+            &seeds,
+            connect_timeout,
             response_timeout,
             prefix,
             self.retention(),

@@ -9,6 +9,8 @@ use crate::{RedisServer, INSTALL_HINT};
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Ports of stopped (SIGSTOP) nodes: asked nothing, as they would never answer.
+    paused: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -53,7 +55,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            paused: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &cluster.nodes {
             wait_for(deadline, "cluster_state:ok on every node", || {
@@ -73,7 +78,9 @@ impl RedisCluster {
     }
 
     fn live(&self) -> impl Iterator<Item = &RedisServer> {
-        self.nodes.iter().filter(|node| node.is_running())
+        self.nodes
+            .iter()
+            .filter(|node| node.is_running() && !self.paused.contains(&node.port()))
     }
 
     /// The ports of the running masters.
@@ -134,6 +141,43 @@ impl RedisCluster {
             },
         );
         killed.elapsed()
+    }
+
+    /// Stops (SIGSTOP) the master serving `key` and waits until a replica took over its slots and
+    /// the cluster is ok again: the stopped node's port and how long the failover took. Its
+    /// connections stay open and unanswered; [`RedisCluster::resume`] continues it (as a replica).
+    pub fn pause_master_of(&mut self, key: &str) -> (u16, Duration) {
+        let slot = self.slot_of(key);
+        let port = self.owner(slot).expect("every slot has a master");
+        let paused = Instant::now();
+        self.nodes
+            .iter()
+            .find(|node| node.port() == port)
+            .expect("the master is one of ours")
+            .pause();
+        self.paused.push(port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        wait_for(
+            deadline,
+            "a replica taking over the stopped master's slots",
+            || {
+                self.owner(slot).is_some_and(|owner| owner != port)
+                    && self.live().all(|node| {
+                        query(node.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    })
+            },
+        );
+        (port, paused.elapsed())
+    }
+
+    /// Continues a node stopped by [`RedisCluster::pause_master_of`].
+    pub fn resume(&mut self, port: u16) {
+        self.paused.retain(|&paused| paused != port);
+        self.nodes
+            .iter()
+            .find(|node| node.port() == port)
+            .expect("the node is one of ours")
+            .resume();
     }
 
     /// The slot of relock's keys for `key` (default prefix), as `CLUSTER KEYSLOT` computes it.

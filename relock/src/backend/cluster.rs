@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
-use redis::{ScriptInvocation, Value};
+use redis::{ConnectionAddr, ConnectionInfo, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -47,7 +48,27 @@ pub(crate) struct ClusterBackend {
     /// How long a release receipt is kept: well past the client's last retry of the release.
     receipt_retention: Duration,
     /// The master serving each slot range, for grouping renewals by node.
-    owners: Mutex<Option<(Instant, Vec<SlotRange>)>>,
+    owners: Mutex<Option<Owners>>,
+    /// The first seed's settings (credentials, TLS, protocol): a direct connection to a node
+    /// copies them with the node's address.
+    node_template: Option<ConnectionInfo>,
+    /// The seeds' addresses (`host:port`), asked for the slot owners when no known node answers.
+    seeds: Vec<String>,
+    node_config: redis::AsyncConnectionConfig,
+    /// Direct connections to masters, by `host:port`, for the renewal rounds: the cluster
+    /// connection stops every request while it rebuilds its slot map (a dead node's failover), so
+    /// renewals sent through it would wait for the dead node, and the holds on healthy masters
+    /// would end with it.
+    nodes: Mutex<HashMap<String, MultiplexedConnection>>,
+}
+
+/// The slot owners as last read.
+struct Owners {
+    read: Instant,
+    /// False once a renewal found a node gone or a slot moved: read them again before the next
+    /// round (meanwhile the stale map still groups the holds).
+    fresh: bool,
+    ranges: Vec<SlotRange>,
 }
 
 struct SlotRange {
@@ -67,15 +88,29 @@ impl fmt::Debug for ClusterBackend {
 impl ClusterBackend {
     pub(crate) fn new(
         client: ClusterClient,
-        connect_limit: Duration,
+        seeds: &[String],
+        connect_timeout: Duration,
         response_timeout: Duration,
         prefix: String,
         fence_retention: Duration,
     ) -> Self {
+        let infos: Vec<ConnectionInfo> = seeds
+            .iter()
+            .filter_map(|seed| redis::IntoConnectionInfo::into_connection_info(seed.as_str()).ok())
+            .collect();
+        let seeds = infos.iter().filter_map(address).collect();
         Self {
+            node_template: infos.into_iter().next(),
+            seeds,
+            node_config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            nodes: Mutex::new(HashMap::new()),
             client,
             connection: OnceCell::new(),
-            connect_limit,
+            // Opening the cluster connection reads the topology from a seed and connects to every
+            // master: bound the whole, not one socket.
+            connect_limit: connect_timeout.saturating_add(response_timeout),
             prefix,
             fence_retention,
             receipt_retention: response_timeout
@@ -165,11 +200,10 @@ impl ClusterBackend {
         parse_inspect(key, self.invoke(&invocation).await?)
     }
 
-    /// Renews `leases` with one pipelined round trip per master, sent concurrently. `None` for a
-    /// hold whose node did not answer (the watchdog retries it); `Some(false)` for one whose lock
-    /// is gone.
+    /// Renews `leases` with one pipelined round trip per master, sent concurrently on a direct
+    /// connection to each master. `None` for a hold whose node did not answer (the watchdog
+    /// retries it); `Some(false)` for one whose lock is gone.
     pub(crate) async fn renew(&self, leases: &[Arc<Lease>]) -> Result<Vec<Option<bool>>, Error> {
-        let connection = self.conn().await?;
         let slots: Vec<u16> = leases
             .iter()
             .map(|lease| slot(lease.key.as_str().as_bytes()))
@@ -182,9 +216,10 @@ impl ClusterBackend {
             .map(|lease| lease.duration / 4)
             .min()
             .unwrap_or(Duration::from_secs(1));
-        let groups = self.group_by_master(&connection, &slots, bound).await;
-        let rounds = groups.iter().map(|indices| {
-            let mut connection = connection.clone();
+        let round_end = Instant::now() + bound * 2;
+        let _ = tokio::time::timeout(bound, self.refresh_owners(bound)).await;
+        let groups = self.group_by_master(&slots);
+        let rounds = groups.iter().map(|(master, indices)| {
             let mut pipe = redis::pipe();
             for &at in indices {
                 pipe.invoke_script(&renew_invocation(
@@ -198,7 +233,18 @@ impl ClusterBackend {
                 SlotAddr::Master,
             ));
             async move {
-                let round = renew_on_node(&mut connection, pipe, route, indices.len());
+                let round = async {
+                    match master {
+                        Some(master) => {
+                            self.renew_on_master(master, pipe, indices.len(), bound)
+                                .await
+                        }
+                        None => {
+                            let mut connection = self.conn().await?;
+                            renew_on_node(&mut connection, pipe, route, indices.len()).await
+                        }
+                    }
+                };
                 tokio::time::timeout(bound, round)
                     .await
                     .unwrap_or_else(|_| Err(Error::backend("a cluster node did not renew in time")))
@@ -206,9 +252,16 @@ impl ClusterBackend {
         });
         let mut outcome = vec![None; leases.len()];
         let mut failed = false;
-        for (indices, answers) in groups.iter().zip(join_all(rounds).await) {
+        // Whether each group's node answered (maybe with errors for some holds).
+        let mut answered = vec![false; groups.len()];
+        for (((master, indices), answers), answered) in groups
+            .iter()
+            .zip(join_all(rounds).await)
+            .zip(answered.iter_mut())
+        {
             match answers {
                 Ok(answers) => {
+                    *answered = true;
                     for (&at, answer) in indices.iter().zip(answers) {
                         outcome[at] = answer;
                         failed |= answer.is_none();
@@ -216,30 +269,53 @@ impl ClusterBackend {
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, holds = indices.len(), "relock: a cluster node did not renew");
+                    if let Some(master) = master {
+                        lock(&self.nodes).remove(master);
+                    }
                     failed = true;
                 }
             }
         }
+        // A hold whose master answered with an error (`ASK` during a slot migration, `MOVED`
+        // after one) goes once more through the cluster connection, which follows redirections,
+        // within what is left of the round's bound.
+        let redirected: Vec<usize> = groups
+            .iter()
+            .zip(&answered)
+            .filter(|((master, _), answered)| master.is_some() && **answered)
+            .flat_map(|((_, indices), _)| indices.iter().copied())
+            .filter(|&at| outcome[at].is_none())
+            .collect();
+        if !redirected.is_empty() {
+            let retries = redirected.iter().map(|&at| {
+                let invocation = renew_invocation(&self.prefix, &leases[at], self.fence_retention);
+                async move {
+                    let mut connection = self.conn().await.ok()?;
+                    let renewed: i64 = invocation.invoke_async(&mut connection).await.ok()?;
+                    Some(renewed == 1)
+                }
+            });
+            if let Ok(answers) = tokio::time::timeout_at(round_end, join_all(retries)).await {
+                for (at, answer) in redirected.into_iter().zip(answers) {
+                    outcome[at] = answer;
+                }
+            }
+        }
         if failed {
-            // A node that failed may have lost its slots: group by fresh owners next time.
-            *lock(&self.owners) = None;
+            // A node that failed may have lost its slots: read the owners again next round.
+            if let Some(owners) = lock(&self.owners).as_mut() {
+                owners.fresh = false;
+            }
         }
         Ok(outcome)
     }
 
-    /// Indices into `slots`, grouped by the master that serves them (by slot when the owners
-    /// cannot be read).
-    async fn group_by_master(
-        &self,
-        connection: &ClusterConnection,
-        slots: &[u16],
-        bound: Duration,
-    ) -> Vec<Vec<usize>> {
-        // Without a fresh map in time, holds are grouped by slot: more round trips, none late.
-        let _ = tokio::time::timeout(bound, self.refresh_owners(connection)).await;
+    /// Indices into `slots`, grouped by the master that serves them (`None`, one group per slot,
+    /// for slots whose owner is not known: those go through the cluster connection).
+    fn group_by_master(&self, slots: &[u16]) -> Vec<(Option<String>, Vec<usize>)> {
         let owners = lock(&self.owners);
-        let ranges = owners.as_ref().map(|(_, ranges)| ranges.as_slice());
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        let ranges = owners.as_ref().map(|owners| owners.ranges.as_slice());
+        let mut groups: HashMap<(Option<String>, Option<u16>), Vec<usize>> = HashMap::new();
         for (at, &slot) in slots.iter().enumerate() {
             let owner = ranges
                 .and_then(|ranges| {
@@ -247,29 +323,145 @@ impl ClusterBackend {
                         .iter()
                         .find(|range| range.first <= slot && slot <= range.last)
                 })
-                .map_or_else(|| format!("slot {slot}"), |range| range.master.clone());
-            groups.entry(owner).or_default().push(at);
+                .map(|range| range.master.clone());
+            let by_slot = owner.is_none().then_some(slot);
+            groups.entry((owner, by_slot)).or_default().push(at);
         }
-        groups.into_values().collect()
+        groups
+            .into_iter()
+            .map(|((owner, _), indices)| (owner, indices))
+            .collect()
     }
 
-    async fn refresh_owners(&self, connection: &ClusterConnection) {
-        if lock(&self.owners)
-            .as_ref()
-            .is_some_and(|(read, _)| read.elapsed() < SLOT_OWNERS_TTL)
-        {
-            return;
+    /// Reads the slot owners again when they are old or a renewal found them wrong: from the
+    /// first node (a known master, a seed, or through the cluster connection) that answers
+    /// within `bound`.
+    async fn refresh_owners(&self, bound: Duration) {
+        let candidates: Vec<String> = {
+            let owners = lock(&self.owners);
+            if let Some(owners) = owners.as_ref() {
+                if owners.fresh && owners.read.elapsed() < SLOT_OWNERS_TTL {
+                    return;
+                }
+            }
+            let mut candidates: Vec<String> = owners
+                .iter()
+                .flat_map(|owners| owners.ranges.iter().map(|range| range.master.clone()))
+                .chain(self.seeds.iter().cloned())
+                .collect();
+            candidates.sort();
+            candidates.dedup();
+            candidates
+        };
+        let slots_command = redis::cmd("CLUSTER").arg("SLOTS").clone();
+        let mut asks: Vec<futures_util::future::BoxFuture<'_, Result<Value, Error>>> = candidates
+            .into_iter()
+            .map(|node| {
+                let command = slots_command.clone();
+                Box::pin(async move {
+                    let mut connection = self.node(&node, bound).await?;
+                    let reply = connection.req_packed_command(&command).await;
+                    if reply.is_err() {
+                        lock(&self.nodes).remove(&node);
+                    }
+                    Ok(reply?)
+                }) as futures_util::future::BoxFuture<'_, Result<Value, Error>>
+            })
+            .collect();
+        asks.push(Box::pin(async move {
+            let mut connection = self.conn().await?;
+            Ok(connection
+                .route_command(
+                    slots_command,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await?)
+        }));
+        let mut pending = asks;
+        while !pending.is_empty() {
+            let (reply, _, rest) = futures_util::future::select_all(pending).await;
+            pending = rest;
+            if let Ok(reply) = reply {
+                let ranges = parse_slots(&reply);
+                if !ranges.is_empty() {
+                    *lock(&self.owners) = Some(Owners {
+                        read: Instant::now(),
+                        fresh: true,
+                        ranges,
+                    });
+                    return;
+                }
+            }
         }
-        let mut connection = connection.clone();
-        let reply = connection
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-            )
-            .await;
-        if let Ok(reply) = reply {
-            *lock(&self.owners) = Some((Instant::now(), parse_slots(&reply)));
+    }
+
+    /// A direct connection to the node at `address` (`host:port`), opened within `bound`.
+    async fn node(&self, address: &str, bound: Duration) -> Result<MultiplexedConnection, Error> {
+        if let Some(connection) = lock(&self.nodes).get(address) {
+            return Ok(connection.clone());
         }
+        let template = self
+            .node_template
+            .clone()
+            .ok_or_else(|| Error::backend("no usable Redis Cluster seed URL"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::backend(format!("a cluster node's address `{address}`")))?;
+        let addr = match template.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let client = redis::Client::open(template.set_addr(addr))?;
+        let connection = tokio::time::timeout(
+            bound,
+            client.get_multiplexed_async_connection_with_config(&self.node_config),
+        )
+        .await
+        .map_err(|_| {
+            Error::backend(format!(
+                "cluster node {address} did not accept a connection"
+            ))
+        })??;
+        lock(&self.nodes).insert(address.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends one master's renewal pipeline on the direct connection to it. A hold whose slot the
+    /// node no longer serves (`MOVED`, `ASK`, `CLUSTERDOWN`, ...) gets `None`, and the owners are
+    /// read again before the next round.
+    async fn renew_on_master(
+        &self,
+        master: &str,
+        pipe: redis::Pipeline,
+        count: usize,
+        bound: Duration,
+    ) -> Result<Vec<Option<bool>>, Error> {
+        let mut connection = self.node(master, bound).await?;
+        let mut answers = connection.req_packed_commands(&pipe, 0, count).await?;
+        if answers.iter().any(is_noscript_value) {
+            scripts::RENEW
+                .prepare_invoke()
+                .load_async(&mut connection)
+                .await?;
+            answers = connection.req_packed_commands(&pipe, 0, count).await?;
+        }
+        let answers = renewal_answers(answers, count)?;
+        if answers.iter().any(Option::is_none) {
+            if let Some(owners) = lock(&self.owners).as_mut() {
+                owners.fresh = false;
+            }
+        }
+        Ok(answers)
     }
 
     /// The addresses of the masters, as `CLUSTER SLOTS` names them.
@@ -363,6 +555,12 @@ async fn renew_on_node(
             .await?;
         answers = connection.route_pipeline(pipe, 0, count, route).await?;
     }
+    renewal_answers(answers, count)
+}
+
+/// One answer per hold of a renewal pipeline: renewed, gone, or not answered (an error such as
+/// `MOVED` from a node that no longer serves the slot).
+fn renewal_answers(answers: Vec<Value>, count: usize) -> Result<Vec<Option<bool>>, Error> {
     if answers.len() != count {
         return Err(Error::backend(format!(
             "renewal pipeline answered {} of {count} holds",
@@ -377,6 +575,16 @@ async fn renew_on_node(
             _ => None,
         })
         .collect())
+}
+
+/// `host:port` of a seed URL.
+fn address(info: &ConnectionInfo) -> Option<String> {
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some(format!("{host}:{port}"))
+        }
+        _ => None,
+    }
 }
 
 fn is_noscript_value(value: &Value) -> bool {
