@@ -11,7 +11,8 @@ use crate::reject::Reject;
 ///
 /// * [`Timeout`](relock::Error::Timeout) → `ABORTED`
 /// * [`InvalidKey`](relock::Error::InvalidKey) → `INVALID_ARGUMENT`
-/// * [`Backend`](relock::Error::Backend) and [`Lost`](relock::Error::Lost) → `UNAVAILABLE`
+/// * [`Backend`](relock::Error::Backend), [`Lost`](relock::Error::Lost) and
+///   [`NotReplicated`](relock::Error::NotReplicated) → `UNAVAILABLE`
 /// * anything else → `INTERNAL`
 ///
 /// ```
@@ -48,6 +49,10 @@ impl GrpcRejection {
             relock::Error::Lost { .. } => Status::new(
                 Code::Unavailable,
                 "lock lost before the request finished; retry later",
+            ),
+            relock::Error::NotReplicated { .. } => Status::new(
+                Code::Unavailable,
+                "lock not replicated in time; retry later",
             ),
             _ => Status::new(Code::Internal, "lock not available"),
         }

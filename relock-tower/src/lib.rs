@@ -62,6 +62,7 @@
 //! | `InvalidKey`: the extractor built an unusable key | `400 Bad Request` | `INVALID_ARGUMENT` |
 //! | `Backend`: Redis unreachable or failing | `503 Service Unavailable` | `UNAVAILABLE` |
 //! | `Lost`: the lease ended while the service ran | `503 Service Unavailable` | `UNAVAILABLE` |
+//! | `NotReplicated`: too few replicas acknowledged the grant | `503 Service Unavailable` | `UNAVAILABLE` |
 //! | anything else (no locker configured, …) | `500 Internal Server Error` | `INTERNAL` |
 //!
 //! A lost lock is a failure of the lock service, not a conflict the client caused, and the

@@ -49,9 +49,10 @@ where
 ///   remaining lease in whole seconds, rounded up, at least 1.
 /// * [`InvalidKey`](relock::Error::InvalidKey) → `400 Bad Request`, naming the reason (not the
 ///   key).
-/// * [`Backend`](relock::Error::Backend) and [`Lost`](relock::Error::Lost) → `503 Service
-///   Unavailable`: the lock service failed, or the lease ended while the inner service ran (its
-///   response is discarded).
+/// * [`Backend`](relock::Error::Backend), [`Lost`](relock::Error::Lost) and
+///   [`NotReplicated`](relock::Error::NotReplicated) → `503 Service Unavailable`: the lock
+///   service failed, the lease ended while the inner service ran (its response is discarded),
+///   or too few replicas acknowledged the grant.
 /// * anything else (no locker configured, …) → `500 Internal Server Error`.
 ///
 /// The body type only needs to be buildable from a `String`, as axum's `Body`,
@@ -91,6 +92,10 @@ impl<B: From<String>> Reject<Response<B>> for DefaultRejection {
             relock::Error::Lost { .. } => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "lock lost before the request finished; retry later".to_owned(),
+            ),
+            relock::Error::NotReplicated { .. } => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lock not replicated in time; retry later".to_owned(),
             ),
             _ => text(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::field::{self, Empty};
 use tracing::Instrument;
 
-use crate::backend::Attempt;
+use crate::backend::{Attempt, Replicas};
 use crate::error::Error;
 use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
@@ -55,6 +55,7 @@ pub struct Acquire {
     key: Result<LockKey, Error>,
     wait: Option<Duration>,
     lease: Option<Duration>,
+    replicas: Option<Replicas>,
     on_lost: OnLost,
 }
 
@@ -65,6 +66,7 @@ impl Acquire {
             key: key.into_lock_key(),
             wait: None,
             lease: None,
+            replicas: None,
             on_lost: OnLost::Abort,
         }
     }
@@ -80,6 +82,15 @@ impl Acquire {
     /// server). Defaults to the locker's lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// Waits until `count` replicas acknowledged the grant, for at most `timeout`, else releases
+    /// it and fails with [`Error::NotReplicated`]; `count` 0 does not wait. Defaults to the
+    /// locker's [`replicas`](crate::LockerBuilder::replicas). A re-entered hold was acknowledged
+    /// (or not) when it was first taken: this applies to fresh acquisitions only.
+    pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
+        self.replicas = Some(Replicas { count, timeout });
         self
     }
 
@@ -120,6 +131,9 @@ impl Acquire {
     }
 
     /// Checks the key and the scope; `Err` carries the request on to the backend.
+    // The request moves once, into the boxed state of the backend path: boxing it here would
+    // allocate on the re-entrant path, which allocates nothing.
+    #[allow(clippy::result_large_err)]
     fn start(self) -> Result<Result<Option<LockGuard>, Error>, Acquire> {
         let key = match self.key {
             Ok(ref key) => key,
@@ -162,10 +176,14 @@ impl Acquire {
             key,
             wait,
             lease,
+            replicas,
             ..
         } = self;
         let key = key?;
         let lease = lease.unwrap_or(locker.config().lease);
+        let replicas = replicas
+            .or(locker.config().replicas)
+            .filter(|replicas| replicas.count > 0);
         let wait = if try_only {
             Duration::ZERO
         } else {
@@ -183,7 +201,13 @@ impl Acquire {
             fencing_token = Empty,
         );
         let started = Instant::now();
-        let result = acquire_from_backend(locker, key, wait, lease, try_only, started)
+        let request = Request {
+            wait,
+            lease,
+            replicas,
+            try_only,
+        };
+        let result = acquire_from_backend(locker, key, request, started)
             .instrument(span.clone())
             .await;
         let outcome = Outcome::of(&result);
@@ -209,6 +233,7 @@ pub(crate) enum Outcome {
     Lost,
     WouldDeadlock,
     InvalidLease,
+    NotReplicated,
     Error,
 }
 
@@ -221,6 +246,7 @@ impl Outcome {
             Err(Error::Lost { .. }) => Self::Lost,
             Err(Error::WouldDeadlock { .. }) => Self::WouldDeadlock,
             Err(Error::InvalidLease { .. }) => Self::InvalidLease,
+            Err(Error::NotReplicated { .. }) => Self::NotReplicated,
             Err(_) => Self::Error,
         }
     }
@@ -233,9 +259,18 @@ impl Outcome {
             Self::Lost => "lost",
             Self::WouldDeadlock => "would_deadlock",
             Self::InvalidLease => "invalid_lease",
+            Self::NotReplicated => "not_replicated",
             Self::Error => "error",
         }
     }
+}
+
+/// What a lock request that reaches the backend asks for.
+struct Request {
+    wait: Duration,
+    lease: Duration,
+    replicas: Option<Replicas>,
+    try_only: bool,
 }
 
 /// The backend path of a lock request: takes the key's local slot, then asks the server until it
@@ -243,11 +278,15 @@ impl Outcome {
 async fn acquire_from_backend(
     locker: Locker,
     key: LockKey,
-    wait: Duration,
-    lease: Duration,
-    try_only: bool,
+    request: Request,
     started: Instant,
 ) -> Result<Option<LockGuard>, Error> {
+    let Request {
+        wait,
+        lease,
+        replicas,
+        try_only,
+    } = request;
     let lease = lease::check(lease)?;
     let deadline = lease::after(started, wait);
     // This hold's own identity at the server, for every attempt of this request: a retried
@@ -281,7 +320,29 @@ async fn acquire_from_backend(
         // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
         // one (a response timeout, a connection dropped after sending) may still be granted,
         // so dropping `in_flight` releases the token in the background.
-        let attempt = locker.backend().acquire(&key, &token, lease).await?;
+        let attempt = match replicas {
+            None => locker.backend().acquire(&key, &token, lease).await?,
+            Some(replicas) => {
+                let (attempt, acknowledged) = locker
+                    .backend()
+                    .acquire_acknowledged(&key, &token, lease, replicas)
+                    .await?;
+                if matches!(attempt, Attempt::Acquired { .. }) && acknowledged < replicas.count {
+                    // Granted, but a failover could forget it: give it back. Until the release
+                    // is answered, `in_flight` still releases in the background if this future
+                    // is dropped or the release fails.
+                    if locker.backend().release(&key, &token).await.is_ok() {
+                        drop(in_flight.answered());
+                    }
+                    return Err(Error::NotReplicated {
+                        key: key.to_string(),
+                        acknowledged,
+                        required: replicas.count,
+                    });
+                }
+                attempt
+            }
+        };
         gate = in_flight.answered();
         metrics::acquire_round_trip(sent);
         match attempt {
@@ -535,6 +596,7 @@ impl fmt::Debug for Acquire {
             .field("key", &self.key.as_ref().map(LockKey::as_str).ok())
             .field("wait", &self.wait)
             .field("lease", &self.lease)
+            .field("replicas", &self.replicas)
             .field("on_lost", &self.on_lost)
             .finish()
     }

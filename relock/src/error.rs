@@ -64,6 +64,18 @@ pub enum Error {
         /// The longest lease accepted.
         max: Duration,
     },
+    /// The lock was granted, but fewer replicas than asked for acknowledged the grant within
+    /// the timeout (see [`LockerBuilder::replicas`](crate::LockerBuilder::replicas)); the hold
+    /// was released again. A failover now could forget the grant: retry later, or check the
+    /// replicas (`INFO replication` on the master).
+    NotReplicated {
+        /// The key whose grant was not replicated.
+        key: String,
+        /// How many replicas acknowledged it in time.
+        acknowledged: u32,
+        /// How many were asked for.
+        required: u32,
+    },
     /// No locker was given, none is in scope, and no global locker was set with
     /// [`set_global`](crate::set_global).
     NoLocker,
@@ -156,6 +168,14 @@ impl fmt::Display for Error {
             Self::InvalidLease { lease, min, max } => write!(
                 f,
                 "invalid lease {lease:?}: it must be between {min:?} and {max:?}"
+            ),
+            Self::NotReplicated {
+                key,
+                acknowledged,
+                required,
+            } => write!(
+                f,
+                "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked                  for acknowledged it in time; it was released again"
             ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",

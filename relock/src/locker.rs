@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::acquire::Acquire;
 use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{Connection, RedisBackend};
-use crate::backend::Backend;
+use crate::backend::redis::{Connection, Dedicated, RedisBackend};
+use crate::backend::{Backend, Replicas};
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::info::LockInfo;
@@ -92,6 +92,8 @@ impl Drop for Shared {
 pub(crate) struct Config {
     pub(crate) lease: Duration,
     pub(crate) wait: Duration,
+    /// Replicas that must acknowledge each grant, if any.
+    pub(crate) replicas: Option<Replicas>,
 }
 
 struct ReleaseJob {
@@ -563,6 +565,7 @@ pub struct LockerBuilder {
     fence_retention: Option<Duration>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
+    replicas: Option<Replicas>,
 }
 
 impl LockerBuilder {
@@ -651,6 +654,34 @@ impl LockerBuilder {
         self
     }
 
+    /// Makes every acquisition wait until `count` replicas have acknowledged the grant, for at
+    /// most `timeout`: the acquire script and `WAIT count timeout` go in one pipeline on a
+    /// connection of their own to the master that ran the script (so the count is this grant's,
+    /// and no other command queues behind the wait). When fewer acknowledge in time, the hold is
+    /// released and the request fails with [`Error::NotReplicated`].
+    ///
+    /// Redis replicates asynchronously: a master that fails right after a grant may be replaced
+    /// by a replica that never saw it, and the lock is free again there. Waiting for
+    /// acknowledgements narrows that window to the grants a failover loses although `count`
+    /// replicas had them — which Sentinel and Cluster do not promote blindly, but can. It costs a
+    /// replication round trip per acquisition (refusals included). `count` 0 turns it off (the
+    /// default); [`Acquire::replicas`](crate::Acquire::replicas) sets it per request. The
+    /// in-memory backend has no replicas, so any `count` above 0 fails there.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn doc() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .replicas(1, Duration::from_millis(500))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
+        self.replicas = Some(Replicas { count, timeout });
+        self
+    }
+
     /// How long opening a connection to the server may take (with [`url`](Self::url)).
     /// Defaults to 2 seconds.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -707,9 +738,14 @@ impl LockerBuilder {
                 ))
             }
         };
-        let backend = RedisBackend::new(connection, prefix, self.retention());
+        let dedicated = Dedicated::new(
+            client.clone(),
+            connect_timeout,
+            self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+        );
+        let backend = RedisBackend::new(connection, prefix, self.retention(), dedicated);
         Ok(Locker::new(
-            Backend::Redis(backend),
+            Backend::Redis(Box::new(backend)),
             self.config(),
             client.map(|client| Notifications::Server(Box::new(client))),
             connect_timeout,
@@ -770,6 +806,7 @@ impl LockerBuilder {
         Config {
             lease: self.lease.unwrap_or(DEFAULT_LEASE),
             wait: self.wait.unwrap_or(DEFAULT_WAIT),
+            replicas: self.replicas.filter(|replicas| replicas.count > 0),
         }
     }
 }
@@ -782,6 +819,7 @@ impl fmt::Debug for LockerBuilder {
             .field("prefix", &self.prefix)
             .field("lease", &self.lease)
             .field("wait", &self.wait)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }

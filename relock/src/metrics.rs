@@ -70,6 +70,10 @@ pub(crate) fn acquisition(outcome: Outcome, started: Instant) {
                 ::metrics::histogram!("relock_wait_seconds", "result" => "invalid_lease")
                     .record(waited)
             }
+            Outcome::NotReplicated => {
+                ::metrics::histogram!("relock_wait_seconds", "result" => "not_replicated")
+                    .record(waited)
+            }
             Outcome::Error => {
                 ::metrics::histogram!("relock_wait_seconds", "result" => "error").record(waited)
             }

@@ -170,7 +170,32 @@ impl RedisCluster {
         (port, paused.elapsed())
     }
 
-    /// Continues a node stopped by [`RedisCluster::pause_master_of`].
+    /// The port of a replica of the master on port `master` (its first, as `INFO replication`
+    /// lists them).
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let info = query(master, &["INFO", "replication"]);
+        info.lines()
+            .find(|line| line.starts_with("slave0:"))
+            .and_then(|line| {
+                line.split(',')
+                    .find_map(|field| field.strip_prefix("port="))
+            })
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the master on port {master} has no replica:\n{info}"))
+    }
+
+    /// Stops (SIGSTOP) the node on `port` without waiting for anything: a stalled replica, say.
+    /// [`RedisCluster::resume`] continues it.
+    pub fn pause(&mut self, port: u16) {
+        self.nodes
+            .iter()
+            .find(|node| node.port() == port)
+            .expect("the node is one of ours")
+            .pause();
+        self.paused.push(port);
+    }
+
+    /// Continues a node stopped by [`RedisCluster::pause_master_of`] or [`RedisCluster::pause`].
     pub fn resume(&mut self, port: u16) {
         self.paused.retain(|&paused| paused != port);
         self.nodes

@@ -47,6 +47,41 @@ impl RedisServer {
         RedisServer::start_with(Vec::new())
     }
 
+    /// Starts a replica of `master` (`--replicaof`) and waits until its link to the master is up
+    /// and the first sync is done.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is missing or the replica does not sync within 10 s.
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start_with(vec![
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.port().to_string(),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut connection = replica
+            .client()
+            .get_connection()
+            .expect("connect to the replica");
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut connection)
+                .expect("INFO replication on the replica");
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not sync with port {} within 10 s:\n{info}",
+                replica.port(),
+                master.port()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a server with extra `redis-server` arguments; `{dir}` in one stands for the server's
     /// directory.
     pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {

@@ -24,10 +24,11 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::redis::{
-    acquire_invocation, found_keys, key_name, millis, parse_acquire, parse_force_release,
-    parse_inspect, parse_release, renew_invocation, scan_glob,
+    acknowledged_pipeline, acquire_invocation, found_keys, key_name, millis, parse_acknowledged,
+    parse_acquire, parse_force_release, parse_inspect, parse_release, renew_invocation, scan_glob,
+    send_acknowledged,
 };
-use super::{Attempt, Released};
+use super::{Attempt, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
@@ -60,6 +61,10 @@ pub(crate) struct ClusterBackend {
     /// renewals sent through it would wait for the dead node, and the holds on healthy masters
     /// would end with it.
     nodes: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// Idle connections for acquisitions that wait for replicas (`WAIT` blocks its connection),
+    /// by node.
+    waiting: Mutex<HashMap<String, Vec<MultiplexedConnection>>>,
+    response_timeout: Duration,
 }
 
 /// The slot owners as last read.
@@ -106,6 +111,8 @@ impl ClusterBackend {
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
             nodes: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            response_timeout,
             client,
             connection: OnceCell::new(),
             // Opening the cluster connection reads the topology from a seed and connects to every
@@ -400,6 +407,18 @@ impl ClusterBackend {
         if let Some(connection) = lock(&self.nodes).get(address) {
             return Ok(connection.clone());
         }
+        let connection = self.open_node(address, bound, &self.node_config).await?;
+        lock(&self.nodes).insert(address.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Opens a new connection to the node at `address`, within `bound`.
+    async fn open_node(
+        &self,
+        address: &str,
+        bound: Duration,
+        config: &redis::AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, Error> {
         let template = self
             .node_template
             .clone()
@@ -424,7 +443,7 @@ impl ClusterBackend {
         let client = redis::Client::open(template.set_addr(addr))?;
         let connection = tokio::time::timeout(
             bound,
-            client.get_multiplexed_async_connection_with_config(&self.node_config),
+            client.get_multiplexed_async_connection_with_config(config),
         )
         .await
         .map_err(|_| {
@@ -432,8 +451,97 @@ impl ClusterBackend {
                 "cluster node {address} did not accept a connection"
             ))
         })??;
-        lock(&self.nodes).insert(address.to_owned(), connection.clone());
         Ok(connection)
+    }
+
+    /// The acquire script and `WAIT` in one pipeline on a dedicated connection to the master of
+    /// `key`'s slot (found from the slot owners, following `MOVED` and `ASK`), so that the
+    /// replicas' count is this grant's and no other command queues behind the wait.
+    pub(crate) async fn acquire_acknowledged(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        lease: Duration,
+        replicas: Replicas,
+    ) -> Result<(Attempt, u32), Error> {
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
+        let pipe = acknowledged_pipeline(&invocation, replicas);
+        let limit = self.response_timeout.saturating_add(replicas.timeout);
+        let slot = slot(key.as_str().as_bytes());
+        let mut target: Option<(String, bool)> = None;
+        for _ in 0..5 {
+            let (node, asking) = match target.take() {
+                Some(target) => target,
+                None => {
+                    let _ = tokio::time::timeout(
+                        self.response_timeout,
+                        self.refresh_owners(self.response_timeout),
+                    )
+                    .await;
+                    let owner = self
+                        .group_by_master(&[slot])
+                        .into_iter()
+                        .next()
+                        .and_then(|(owner, _)| owner)
+                        .ok_or_else(|| {
+                            Error::backend(format!("no known master serves slot {slot}"))
+                        })?;
+                    (owner, false)
+                }
+            };
+            let idle = lock(&self.waiting).get_mut(&node).and_then(Vec::pop);
+            let mut connection = match idle {
+                Some(connection) => connection,
+                None => {
+                    let config = self.node_config.clone().set_response_timeout(None);
+                    self.open_node(&node, self.response_timeout, &config)
+                        .await?
+                }
+            };
+            let sent = async {
+                if asking {
+                    // `ASKING` lets the next command in on the node importing the slot.
+                    redis::cmd("ASKING")
+                        .query_async::<()>(&mut connection)
+                        .await?;
+                }
+                send_acknowledged(&mut connection, &pipe).await
+            };
+            let replies = tokio::time::timeout(limit, sent).await.map_err(|_| {
+                Error::backend(format!(
+                    "cluster node {node} did not answer an acquisition waiting for replicas within {limit:?}"
+                ))
+            })??;
+            lock(&self.waiting)
+                .entry(node.clone())
+                .or_default()
+                .push(connection);
+            match replies.first() {
+                Some(Value::ServerError(err)) if matches!(err.code(), "MOVED" | "ASK") => {
+                    // Nothing ran: the slot is served elsewhere.
+                    let address = err
+                        .details()
+                        .and_then(|details| details.split_whitespace().nth(1))
+                        .ok_or_else(|| {
+                            Error::backend(format!("a redirection without a node: {err:?}"))
+                        })?
+                        .to_owned();
+                    if err.code() == "MOVED" {
+                        if let Some(owners) = lock(&self.owners).as_mut() {
+                            owners.fresh = false;
+                        }
+                    }
+                    target = Some((address, err.code() == "ASK"));
+                }
+                Some(Value::ServerError(err)) if err.code() == "TRYAGAIN" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => return parse_acknowledged(replies),
+            }
+        }
+        Err(Error::backend(format!(
+            "slot {slot} kept moving while an acquisition waited for replicas"
+        )))
     }
 
     /// Sends one master's renewal pipeline on the direct connection to it. A hold whose slot the

@@ -24,6 +24,13 @@ pub(crate) enum Attempt {
     Held { ttl: Option<Duration> },
 }
 
+/// How many replicas must acknowledge a grant, and how long the master waits for them (`WAIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replicas {
+    pub(crate) count: u32,
+    pub(crate) timeout: Duration,
+}
+
 /// The answer to a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Released {
@@ -36,7 +43,7 @@ pub(crate) enum Released {
 /// A lock's storage.
 #[derive(Debug)]
 pub(crate) enum Backend {
-    Redis(redis::RedisBackend),
+    Redis(Box<redis::RedisBackend>),
     #[cfg(feature = "cluster")]
     Cluster(Box<cluster::ClusterBackend>),
     Memory(memory::MemoryBackend),
@@ -54,6 +61,32 @@ impl Backend {
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => cluster.acquire(key, token, lease).await,
             Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
+        }
+    }
+
+    /// [`acquire`](Self::acquire), then `WAIT` for `replicas` on the same node connection, in one
+    /// pipeline: the attempt, and how many replicas acknowledged the writes so far (the grant,
+    /// when there was one). The in-memory store has no replicas: it acknowledges none.
+    pub(crate) async fn acquire_acknowledged(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        replicas: Replicas,
+    ) -> Result<(Attempt, u32), Error> {
+        match self {
+            Self::Redis(redis) => {
+                redis
+                    .acquire_acknowledged(key, token, lease, replicas)
+                    .await
+            }
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => {
+                cluster
+                    .acquire_acknowledged(key, token, lease, replicas)
+                    .await
+            }
+            Self::Memory(memory) => Ok((memory.acquire(key, token, lease), 0)),
         }
     }
 

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::RedisFuture;
 use redis::{ScriptInvocation, Value};
 
-use super::{Attempt, Released, HOLDER};
+use super::{Attempt, Released, Replicas, HOLDER};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
@@ -79,6 +79,33 @@ pub(crate) struct RedisBackend {
     connection: Connection,
     prefix: String,
     fence_retention: Duration,
+    dedicated: Dedicated,
+}
+
+/// Connections of their own for the acquisitions that wait for replicas: `WAIT` blocks the
+/// connection it is sent on, so every command sent on the shared connection would queue behind
+/// it. Each is used by one acquisition at a time, and kept for the next.
+pub(crate) struct Dedicated {
+    /// Opens them; without it (a pool and no URL), they are checked out of the pool.
+    client: Option<redis::Client>,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Dedicated {
+    pub(crate) fn new(
+        client: Option<redis::Client>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            idle: Mutex::new(Vec::new()),
+            connect_timeout,
+            response_timeout,
+        }
+    }
 }
 
 impl fmt::Debug for RedisBackend {
@@ -95,11 +122,17 @@ impl fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(connection: Connection, prefix: String, fence_retention: Duration) -> Self {
+    pub(crate) fn new(
+        connection: Connection,
+        prefix: String,
+        fence_retention: Duration,
+        dedicated: Dedicated,
+    ) -> Self {
         Self {
             connection,
             prefix,
             fence_retention,
+            dedicated,
         }
     }
 
@@ -162,6 +195,60 @@ impl RedisBackend {
     ) -> Result<Attempt, Error> {
         let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
         parse_acquire(self.invoke(&invocation).await?)
+    }
+
+    /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
+    /// replicas' acknowledgement counts this grant's write and nothing queues behind the wait.
+    pub(crate) async fn acquire_acknowledged(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        replicas: Replicas,
+    ) -> Result<(Attempt, u32), Error> {
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
+        let pipe = acknowledged_pipeline(&invocation, replicas);
+        let limit = self
+            .dedicated
+            .response_timeout
+            .saturating_add(replicas.timeout);
+        let mut checked_out;
+        let mut opened;
+        let connection: &mut MultiplexedConnection = match &self.dedicated.client {
+            Some(client) => {
+                let idle = lock(&self.dedicated.idle).pop();
+                opened = match idle {
+                    Some(connection) => connection,
+                    None => {
+                        let config = redis::AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.dedicated.connect_timeout))
+                            .set_response_timeout(None);
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?
+                    }
+                };
+                &mut opened
+            }
+            None => {
+                let Connection::Pool { pool, .. } = &self.connection else {
+                    return Err(Error::backend("no connection for replica acknowledgements"));
+                };
+                checked_out = pool.get().await?;
+                &mut checked_out
+            }
+        };
+        let replies = tokio::time::timeout(limit, send_acknowledged(connection, &pipe))
+            .await
+            .map_err(|_| {
+                Error::backend(format!(
+                    "the server did not answer an acquisition waiting for replicas within {limit:?}"
+                ))
+            })??;
+        if self.dedicated.client.is_some() {
+            lock(&self.dedicated.idle).push(connection.clone());
+        }
+        parse_acknowledged(replies)
     }
 
     pub(crate) async fn release(
@@ -292,6 +379,48 @@ pub(super) fn acquire_invocation(
         .arg(millis(fence_retention.max(lease)))
         .arg(holder_metadata());
     invocation
+}
+
+/// `EVALSHA acquire` then `WAIT count timeout`, as one pipeline.
+pub(super) fn acknowledged_pipeline(
+    invocation: &ScriptInvocation<'_>,
+    replicas: Replicas,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(invocation);
+    pipe.cmd("WAIT")
+        .arg(replicas.count)
+        .arg(millis(replicas.timeout).max(1));
+    pipe
+}
+
+/// Sends [`acknowledged_pipeline`] on `connection`, loading the acquire script there if the
+/// server lacks it (a `NOSCRIPT` reply ran nothing, so sending again is safe).
+pub(super) async fn send_acknowledged(
+    connection: &mut impl ConnectionLike,
+    pipe: &redis::Pipeline,
+) -> Result<Vec<Value>, Error> {
+    let replies = connection.req_packed_commands(pipe, 0, 2).await?;
+    if replies
+        .first()
+        .is_some_and(|reply| matches!(reply, Value::ServerError(err) if err.kind() == Some(redis::ServerErrorKind::NoScript)))
+    {
+        scripts::ACQUIRE.prepare_invoke().load_async(connection).await?;
+        return Ok(connection.req_packed_commands(pipe, 0, 2).await?);
+    }
+    Ok(replies)
+}
+
+/// The acquire script's answer and `WAIT`'s count of acknowledging replicas.
+pub(super) fn parse_acknowledged(replies: Vec<Value>) -> Result<(Attempt, u32), Error> {
+    let [attempt, acknowledged]: [Value; 2] = replies
+        .try_into()
+        .map_err(|replies: Vec<Value>| unexpected("acquire and WAIT", &Value::Array(replies)))?;
+    let attempt = parse_acquire(attempt.extract_error()?)?;
+    match acknowledged.extract_error()? {
+        Value::Int(count) => Ok((attempt, u32::try_from(count).unwrap_or(0))),
+        other => Err(unexpected("WAIT", &other)),
+    }
 }
 
 /// The renew script's invocation for `lease`'s hold, which also keeps its fencing counter alive.
@@ -617,6 +746,7 @@ mod tests {
             connection: Connection::pool(dummy_pool()),
             prefix: "app".into(),
             fence_retention: Duration::from_secs(1),
+            dedicated: Dedicated::new(None, Duration::from_secs(1), Duration::from_secs(1)),
         };
         let key = LockKey::new("order:42").unwrap();
         assert_eq!(backend.lock_key(&key), "app:{order:42}");

@@ -1,0 +1,343 @@
+//! Replica-acknowledged acquisitions (`LockerBuilder::replicas`, `Acquire::replicas`): the acquire
+//! script and `WAIT` go in one pipeline on a connection of their own, so a grant that returns is
+//! on `n` replicas, and one that fewer acknowledge in time is released and reported as
+//! `Error::NotReplicated`, leaving no hold behind — also when the request is cancelled mid-wait.
+//! Checked on a master with one replica (stopped with SIGSTOP for the failures, promoted after
+//! the master is SIGKILLed for the history that matters) and on a Redis Cluster.
+
+use std::time::{Duration, Instant};
+
+use relock::{Error, Locker};
+use relock_tests::{bounded, unique_key, RedisCluster, RedisServer};
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn replicated(server: &RedisServer, timeout: Duration) -> Locker {
+    Locker::builder()
+        .url(server.url())
+        .lease(LEASE)
+        .wait(Duration::from_secs(5))
+        .replicas(1, timeout)
+        .build()
+        .expect("a locker")
+}
+
+/// Whether `name` exists on the server at `port` (`READONLY` first, for a cluster replica).
+fn exists(port: u16, name: &str, readonly: bool) -> bool {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let mut connection = client.get_connection().expect("connect");
+    if readonly {
+        redis::cmd("READONLY")
+            .query::<()>(&mut connection)
+            .expect("READONLY");
+    }
+    redis::cmd("EXISTS")
+        .arg(name)
+        .query::<i64>(&mut connection)
+        .expect("EXISTS")
+        == 1
+}
+
+fn lock_name(key: &str) -> String {
+    format!("relock:{{{key}}}")
+}
+
+fn assert_not_replicated(result: Result<relock::LockGuard, Error>, key: &str) {
+    match result {
+        Err(Error::NotReplicated {
+            key: failed,
+            acknowledged,
+            required,
+        }) => {
+            assert_eq!(failed, key);
+            assert_eq!((acknowledged, required), (0, 1));
+        }
+        Err(other) => panic!("{key}: expected NotReplicated, got {other}"),
+        Ok(guard) => panic!(
+            "{key}: granted (token {}) though the replica was stopped",
+            guard.fencing_token()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_grant_is_on_the_replica_when_lock_returns() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let locker = replicated(&master, Duration::from_secs(2));
+    bounded(Duration::from_secs(30), async {
+        for i in 0..20 {
+            let key = unique_key(&format!("acked-{i}"));
+            let guard = locker.lock(key.as_str()).await.expect("lock");
+            // `WAIT` answered 1 before `lock` returned: the replica has the grant now, not later.
+            assert!(
+                exists(replica.port(), &lock_name(&key), false),
+                "{key} is not on the replica when its lock returned"
+            );
+            guard.release().await.expect("release");
+            // Re-entry inside a scope costs no acknowledgement: it never reaches the server.
+            locker
+                .lock(key.as_str())
+                .run(async {
+                    let inner = locker.lock(key.as_str()).await.expect("re-enter");
+                    assert!(inner.is_reentrant());
+                })
+                .await
+                .expect("run under an acknowledged grant");
+        }
+        // A waiter woken by a release gets an acknowledged grant too.
+        let key = unique_key("acked-waiter");
+        let first = locker.lock(key.as_str()).await.expect("lock");
+        let waiter = {
+            let locker = locker.clone();
+            let key = key.clone();
+            tokio::spawn(async move { locker.lock(key.as_str()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let token = first.fencing_token();
+        first.release().await.expect("release");
+        let second = waiter.await.expect("join").expect("the waiter's lock");
+        assert!(second.fencing_token() > token);
+        assert!(exists(replica.port(), &lock_name(&key), false));
+        second.release().await.expect("release");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_fails_the_acquisition_and_leaves_no_hold() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let timeout = Duration::from_millis(300);
+    let locker = replicated(&master, timeout);
+    let plain = master.locker().await;
+    bounded(Duration::from_secs(30), async {
+        replica.pause();
+        let key = unique_key("stalled-replica");
+        let started = Instant::now();
+        let result = locker.lock(key.as_str()).await;
+        let took = started.elapsed();
+        assert_not_replicated(result, &key);
+        assert!(took >= timeout, "WAIT gave up after {took:?}");
+        // Released before the error was returned: nothing is left on the master.
+        assert!(
+            !exists(master.port(), &lock_name(&key), false),
+            "{key}: the unreplicated grant is still on the master"
+        );
+        let taken = plain
+            .try_lock(key.as_str())
+            .await
+            .expect("try_lock")
+            .expect("the key is free after NotReplicated");
+        taken.release().await.expect("release");
+
+        // The request's own setting wins: 0 replicas does not wait.
+        let guard = locker
+            .lock(key.as_str())
+            .replicas(0, timeout)
+            .await
+            .expect("a lock that asks for no replica");
+        guard.release().await.expect("release");
+        // `try_lock` asks for them too.
+        assert_not_replicated(
+            locker
+                .try_lock(key.as_str())
+                .await
+                .map(|guard| guard.expect("granted or failed, never busy")),
+            &key,
+        );
+        assert!(!exists(master.port(), &lock_name(&key), false));
+
+        replica.resume();
+        let guard = locker
+            .lock(key.as_str())
+            .await
+            .expect("acknowledged once the replica runs again");
+        guard.release().await.expect("release");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_acquisition_cancelled_mid_wait_leaves_no_hold() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let locker = replicated(&master, Duration::from_secs(5));
+    let plain = master.locker().await;
+    bounded(Duration::from_secs(30), async {
+        replica.pause();
+        for i in 0..5 {
+            let key = unique_key(&format!("cancelled-wait-{i}"));
+            // Cancelled while `WAIT` blocks on the master: the script ran, the grant is there.
+            let cancelled =
+                tokio::time::timeout(Duration::from_millis(150), locker.lock(key.as_str())).await;
+            assert!(
+                cancelled.is_err(),
+                "{key}: WAIT returned with the replica stopped"
+            );
+            // The grant is released in the background, on the shared connection (`WAIT` blocks
+            // only its own).
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while exists(master.port(), &lock_name(&key), false) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{key}: the cancelled acquisition's grant is still held after 3 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let guard = plain
+                .try_lock(key.as_str())
+                .await
+                .expect("try_lock")
+                .expect("free");
+            guard.release().await.expect("release");
+        }
+        replica.resume();
+    })
+    .await;
+}
+
+/// The history acknowledgements exist for: grants, then the master dies at once and its replica
+/// is promoted. Every acknowledged grant is on the new master, under the same fencing token, and
+/// nobody else can take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_has_every_acknowledged_grant() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let locker = replicated(&master, Duration::from_secs(2));
+    let keys: Vec<String> = (0..30)
+        .map(|i| unique_key(&format!("promoted-{i}")))
+        .collect();
+    let mut tokens = Vec::new();
+    for key in &keys {
+        let guard = locker.lock(key.as_str()).await.expect("lock");
+        tokens.push(guard.fencing_token());
+        std::mem::forget(guard);
+    }
+    master.kill();
+    let mut promote = replica.client().get_connection().expect("connect");
+    redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query::<()>(&mut promote)
+        .expect("promote the replica");
+    let other = replica.locker().await;
+    for (key, token) in keys.iter().zip(tokens) {
+        let info = other
+            .inspect(key.as_str())
+            .await
+            .expect("inspect")
+            .unwrap_or_else(|| panic!("{key}: the promoted replica forgot an acknowledged grant"));
+        assert_eq!(info.fencing_token, token, "{key}");
+        assert!(
+            other
+                .try_lock(key.as_str())
+                .await
+                .expect("try_lock")
+                .is_none(),
+            "{key}: taken again on the promoted replica"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_in_memory_store_has_no_replicas_to_acknowledge() {
+    let locker = Locker::builder()
+        .replicas(1, Duration::from_millis(10))
+        .build_in_memory();
+    let key = "in-memory-replicas";
+    assert_not_replicated(locker.lock(key).await, key);
+    let guard = locker
+        .lock(key)
+        .replicas(0, Duration::ZERO)
+        .await
+        .expect("no replica asked for");
+    assert!(guard.is_held());
+    let err = Error::NotReplicated {
+        key: key.to_owned(),
+        acknowledged: 0,
+        required: 1,
+    };
+    assert!(
+        err.to_string().contains("only 0 of the 1 replicas"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_grants_are_acknowledged_by_the_slots_replica() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let locker = Locker::builder()
+        .cluster(cluster.seeds())
+        .lease(LEASE)
+        .replicas(1, Duration::from_millis(500))
+        .build()
+        .expect("a cluster locker");
+    let keys: Vec<String> = (0..12)
+        .map(|i| unique_key(&format!("cluster-acked-{i}")))
+        .collect();
+    bounded(Duration::from_secs(60), async {
+        for key in &keys {
+            let guard = locker.lock(key.as_str()).await.expect("lock");
+            let replica = cluster.replica_of(cluster.master_of(key));
+            assert!(
+                exists(replica, &lock_name(key), true),
+                "{key} is not on its slot's replica when its lock returned"
+            );
+            guard.release().await.expect("release");
+        }
+        let victim = keys[0].clone();
+        let master = cluster.master_of(&victim);
+        let replica = cluster.replica_of(master);
+        cluster.pause(replica);
+        assert_not_replicated(locker.lock(victim.as_str()).await, &victim);
+        assert!(
+            !exists(master, &lock_name(&victim), false),
+            "{victim}: the unreplicated grant is still on its master"
+        );
+        // Keys on the other masters are still acknowledged.
+        for key in keys.iter().filter(|key| cluster.master_of(key) != master) {
+            let guard = locker.lock(key.as_str()).await.expect("lock elsewhere");
+            guard.release().await.expect("release");
+        }
+        cluster.resume(replica);
+        let guard = locker
+            .lock(victim.as_str())
+            .await
+            .expect("acknowledged once the replica runs again");
+        guard.release().await.expect("release");
+    })
+    .await;
+}
+
+/// Through an application's bb8 pool (no URL), the pipeline goes on a connection checked out of
+/// the pool for the acquisition alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_locker_waits_on_a_checked_out_connection() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let manager =
+        relock::bb8_redis::RedisConnectionManager::new(master.url()).expect("a valid url");
+    let pool = relock::bb8::Pool::builder()
+        .max_size(4)
+        .build(manager)
+        .await
+        .expect("a pool");
+    let locker = Locker::builder()
+        .pool(pool)
+        .lease(LEASE)
+        .replicas(1, Duration::from_millis(300))
+        .build()
+        .expect("a pooled locker");
+    bounded(Duration::from_secs(30), async {
+        let key = unique_key("pooled-acked");
+        let guard = locker.lock(key.as_str()).await.expect("lock");
+        assert!(exists(replica.port(), &lock_name(&key), false));
+        guard.release().await.expect("release");
+        replica.pause();
+        assert_not_replicated(locker.lock(key.as_str()).await, &key);
+        assert!(!exists(master.port(), &lock_name(&key), false));
+        replica.resume();
+    })
+    .await;
+}
