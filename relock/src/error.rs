@@ -66,7 +66,7 @@ pub enum Error {
     },
     /// The lock was granted, but fewer replicas than asked for acknowledged the grant within
     /// the timeout (see [`LockerBuilder::replicas`](crate::LockerBuilder::replicas)); the hold
-    /// was released again. A failover now could forget the grant: retry later, or check the
+    /// was released again (in the background, retried, if that release failed). A failover now could forget the grant: retry later, or check the
     /// replicas (`INFO replication` on the master).
     NotReplicated {
         /// The key whose grant was not replicated.
@@ -175,7 +175,8 @@ impl fmt::Display for Error {
                 required,
             } => write!(
                 f,
-                "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked                  for acknowledged it in time; it was released again"
+                "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked \
+                 for acknowledged it in time; it was released again"
             ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",

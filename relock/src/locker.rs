@@ -654,19 +654,23 @@ impl LockerBuilder {
         self
     }
 
-    /// Makes every acquisition wait until `count` replicas have acknowledged the grant, for at
-    /// most `timeout`: the acquire script and `WAIT count timeout` go in one pipeline on a
-    /// connection of their own to the master that ran the script (so the count is this grant's,
-    /// and no other command queues behind the wait). When fewer acknowledge in time, the hold is
-    /// released and the request fails with [`Error::NotReplicated`].
+    /// Makes every acquisition wait until `count` replicas have acknowledged the grant: the
+    /// acquire script and `WAIT count timeout` go in one pipeline on a connection of their own to
+    /// the master that runs the script — opened from the URL, or with a pool and no URL a
+    /// dedicated connection of the pool's manager, outside the pool; on a cluster, one to the
+    /// slot's master — so the count is this grant's, and no other command queues behind the
+    /// wait. When fewer acknowledge in time, the hold is released and the request fails with
+    /// [`Error::NotReplicated`].
     ///
     /// Redis replicates asynchronously: a master that fails right after a grant may be replaced
     /// by a replica that never saw it, and the lock is free again there. Waiting for
-    /// acknowledgements narrows that window to the grants a failover loses although `count`
-    /// replicas had them — which Sentinel and Cluster do not promote blindly, but can. It costs a
-    /// replication round trip per acquisition (refusals included). `count` 0 turns it off (the
-    /// default); [`Acquire::replicas`](crate::Acquire::replicas) sets it per request. The
-    /// in-memory backend has no replicas, so any `count` above 0 fails there.
+    /// acknowledgements closes that window for grants (not for renewals: a promoted replica may
+    /// have an older expiry than the holder's, which the holder's next renewal extends). It costs
+    /// a replication round trip per attempt, refusals included: while replicas lag, every attempt
+    /// — a `try_lock` on a held key too — can take the whole `timeout`, and a request can take
+    /// up to the [`response_timeout`](Self::response_timeout) plus `timeout` per attempt.
+    /// `count` 0 turns it off (the default); [`Acquire::replicas`](crate::Acquire::replicas) sets
+    /// it per request. The in-memory backend has no replicas, so any `count` above 0 fails there.
     ///
     /// ```no_run
     /// # use std::time::Duration;

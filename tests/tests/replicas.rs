@@ -335,7 +335,17 @@ async fn a_pooled_locker_waits_on_a_checked_out_connection() {
         assert!(exists(replica.port(), &lock_name(&key), false));
         guard.release().await.expect("release");
         replica.pause();
-        assert_not_replicated(locker.lock(key.as_str()).await, &key);
+        // Longer than bb8-redis connections' 500 ms response timeout: the wait is bounded by
+        // relock, on a connection outside the pool.
+        let started = Instant::now();
+        assert_not_replicated(
+            locker
+                .lock(key.as_str())
+                .replicas(1, Duration::from_millis(800))
+                .await,
+            &key,
+        );
+        assert!(started.elapsed() >= Duration::from_millis(800));
         assert!(!exists(master.port(), &lock_name(&key), false));
         replica.resume();
     })

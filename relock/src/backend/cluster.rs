@@ -36,6 +36,9 @@ use crate::lease::Lease;
 use crate::pattern::KeyPattern;
 use crate::scripts;
 
+/// Idle connections kept per node for acquisitions that wait for replicas.
+const MAX_IDLE_WAITING: usize = 16;
+
 /// How long the cached slot owners, used only to group renewals by node, are trusted.
 const SLOT_OWNERS_TTL: Duration = Duration::from_secs(10);
 
@@ -465,7 +468,6 @@ impl ClusterBackend {
         replicas: Replicas,
     ) -> Result<(Attempt, u32), Error> {
         let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
-        let pipe = acknowledged_pipeline(&invocation, replicas);
         let limit = self.response_timeout.saturating_add(replicas.timeout);
         let slot = slot(key.as_str().as_bytes());
         let mut target: Option<(String, bool)> = None;
@@ -494,28 +496,35 @@ impl ClusterBackend {
                 Some(connection) => connection,
                 None => {
                     let config = self.node_config.clone().set_response_timeout(None);
-                    self.open_node(&node, self.response_timeout, &config)
-                        .await?
+                    let opened = self.open_node(&node, self.response_timeout, &config).await;
+                    if opened.is_err() {
+                        if let Some(owners) = lock(&self.owners).as_mut() {
+                            owners.fresh = false;
+                        }
+                    }
+                    opened?
                 }
             };
-            let sent = async {
-                if asking {
-                    // `ASKING` lets the next command in on the node importing the slot.
-                    redis::cmd("ASKING")
-                        .query_async::<()>(&mut connection)
-                        .await?;
+            let pipe = acknowledged_pipeline(&invocation, replicas, asking);
+            let replies = match send_acknowledged(&mut connection, &pipe, asking, limit).await {
+                Ok(replies) => replies,
+                Err(err) => {
+                    // The node may be gone (a failover): read the owners again, and use none of
+                    // its idle connections (this one may have a reply outstanding).
+                    lock(&self.waiting).remove(&node);
+                    if let Some(owners) = lock(&self.owners).as_mut() {
+                        owners.fresh = false;
+                    }
+                    return Err(err);
                 }
-                send_acknowledged(&mut connection, &pipe).await
             };
-            let replies = tokio::time::timeout(limit, sent).await.map_err(|_| {
-                Error::backend(format!(
-                    "cluster node {node} did not answer an acquisition waiting for replicas within {limit:?}"
-                ))
-            })??;
-            lock(&self.waiting)
-                .entry(node.clone())
-                .or_default()
-                .push(connection);
+            {
+                let mut waiting = lock(&self.waiting);
+                let idle = waiting.entry(node.clone()).or_default();
+                if idle.len() < MAX_IDLE_WAITING {
+                    idle.push(connection);
+                }
+            }
             match replies.first() {
                 Some(Value::ServerError(err)) if matches!(err.code(), "MOVED" | "ASK") => {
                     // Nothing ran: the slot is served elsewhere.

@@ -82,6 +82,9 @@ pub(crate) struct RedisBackend {
     dedicated: Dedicated,
 }
 
+/// Idle dedicated connections kept for the next acquisition that waits for replicas.
+const MAX_IDLE_DEDICATED: usize = 16;
+
 /// Connections of their own for the acquisitions that wait for replicas: `WAIT` blocks the
 /// connection it is sent on, so every command sent on the shared connection would queue behind
 /// it. Each is used by one acquisition at a time, and kept for the next.
@@ -207,48 +210,68 @@ impl RedisBackend {
         replicas: Replicas,
     ) -> Result<(Attempt, u32), Error> {
         let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
-        let pipe = acknowledged_pipeline(&invocation, replicas);
+        let pipe = acknowledged_pipeline(&invocation, replicas, false);
         let limit = self
             .dedicated
             .response_timeout
             .saturating_add(replicas.timeout);
-        let mut checked_out;
-        let mut opened;
-        let connection: &mut MultiplexedConnection = match &self.dedicated.client {
-            Some(client) => {
-                let idle = lock(&self.dedicated.idle).pop();
-                opened = match idle {
-                    Some(connection) => connection,
-                    None => {
-                        let config = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(self.dedicated.connect_timeout))
-                            .set_response_timeout(None);
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?
-                    }
-                };
-                &mut opened
+        let idle = lock(&self.dedicated.idle).pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => self.open_dedicated().await?,
+        };
+        match send_acknowledged(&mut connection, &pipe, false, limit).await {
+            Ok(replies) => {
+                let mut idle = lock(&self.dedicated.idle);
+                if idle.len() < MAX_IDLE_DEDICATED {
+                    idle.push(connection);
+                }
+                drop(idle);
+                parse_acknowledged(replies)
             }
-            None => {
-                let Connection::Pool { pool, .. } = &self.connection else {
-                    return Err(Error::backend("no connection for replica acknowledgements"));
-                };
-                checked_out = pool.get().await?;
-                &mut checked_out
+            Err(err) => {
+                // The connection may have a reply outstanding, and after a restart the idle ones
+                // are dead too: none is used again.
+                lock(&self.dedicated.idle).clear();
+                Err(err)
+            }
+        }
+    }
+
+    /// A new connection for acquisitions that wait for replicas: opened from the URL, or (a pool
+    /// and no URL) a dedicated connection of the pool's manager, outside the pool, so that no
+    /// other command — the application's, or relock's own — is sent on it.
+    async fn open_dedicated(&self) -> Result<MultiplexedConnection, Error> {
+        let dedicated = &self.dedicated;
+        let opening = async {
+            match (&dedicated.client, &self.connection) {
+                (Some(client), _) => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(dedicated.connect_timeout))
+                        .set_response_timeout(None);
+                    Ok(client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?)
+                }
+                (None, Connection::Pool { pool, .. }) => {
+                    let mut connection = pool.dedicated_connection().await?;
+                    // Bounded by the caller instead: the pool's default would cut `WAIT` short.
+                    connection.set_response_timeout(Duration::from_secs(24 * 3600));
+                    Ok(connection)
+                }
+                (None, Connection::Multiplexed(_)) => {
+                    Err(Error::backend("no connection for replica acknowledgements"))
+                }
             }
         };
-        let replies = tokio::time::timeout(limit, send_acknowledged(connection, &pipe))
+        tokio::time::timeout(dedicated.connect_timeout, opening)
             .await
             .map_err(|_| {
                 Error::backend(format!(
-                    "the server did not answer an acquisition waiting for replicas within {limit:?}"
+                    "the server did not accept a connection within {:?}",
+                    dedicated.connect_timeout
                 ))
-            })??;
-        if self.dedicated.client.is_some() {
-            lock(&self.dedicated.idle).push(connection.clone());
-        }
-        parse_acknowledged(replies)
+            })?
     }
 
     pub(crate) async fn release(
@@ -381,12 +404,17 @@ pub(super) fn acquire_invocation(
     invocation
 }
 
-/// `EVALSHA acquire` then `WAIT count timeout`, as one pipeline.
+/// `EVALSHA acquire` then `WAIT count timeout`, as one pipeline; after `ASKING` when `asking`
+/// (a cluster node importing the slot runs the script only right after it).
 pub(super) fn acknowledged_pipeline(
     invocation: &ScriptInvocation<'_>,
     replicas: Replicas,
+    asking: bool,
 ) -> redis::Pipeline {
     let mut pipe = redis::pipe();
+    if asking {
+        pipe.cmd("ASKING");
+    }
     pipe.invoke_script(invocation);
     pipe.cmd("WAIT")
         .arg(replicas.count)
@@ -394,21 +422,42 @@ pub(super) fn acknowledged_pipeline(
     pipe
 }
 
-/// Sends [`acknowledged_pipeline`] on `connection`, loading the acquire script there if the
-/// server lacks it (a `NOSCRIPT` reply ran nothing, so sending again is safe).
+/// Sends [`acknowledged_pipeline`] on `connection`, each send bounded by `limit`, loading the
+/// acquire script there if the server lacks it (a `NOSCRIPT` reply ran nothing, so sending again
+/// is safe): the script's reply and `WAIT`'s.
 pub(super) async fn send_acknowledged(
     connection: &mut impl ConnectionLike,
     pipe: &redis::Pipeline,
+    asking: bool,
+    limit: Duration,
 ) -> Result<Vec<Value>, Error> {
-    let replies = connection.req_packed_commands(pipe, 0, 2).await?;
-    if replies
-        .first()
-        .is_some_and(|reply| matches!(reply, Value::ServerError(err) if err.kind() == Some(redis::ServerErrorKind::NoScript)))
-    {
-        scripts::ACQUIRE.prepare_invoke().load_async(connection).await?;
-        return Ok(connection.req_packed_commands(pipe, 0, 2).await?);
+    let offset = usize::from(asking);
+    let late = || {
+        Error::backend(format!(
+            "the server did not answer an acquisition waiting for replicas within {limit:?}"
+        ))
+    };
+    let replies = tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
+        .await
+        .map_err(|_| late())??;
+    let noscript = matches!(
+        replies.first(),
+        Some(Value::ServerError(err)) if err.kind() == Some(redis::ServerErrorKind::NoScript)
+    );
+    if !noscript {
+        return Ok(replies);
     }
-    Ok(replies)
+    tokio::time::timeout(
+        limit,
+        scripts::ACQUIRE.prepare_invoke().load_async(connection),
+    )
+    .await
+    .map_err(|_| late())??;
+    Ok(
+        tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
+            .await
+            .map_err(|_| late())??,
+    )
 }
 
 /// The acquire script's answer and `WAIT`'s count of acknowledging replicas.
