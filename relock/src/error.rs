@@ -218,7 +218,105 @@ impl Error {
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        Self::backend(err)
+        match explain(&err) {
+            Some(message) => Self::backend(Explained {
+                message,
+                cause: err,
+            }),
+            None => Self::backend(err),
+        }
+    }
+}
+
+/// What `err` means for whoever runs relock: the explanation [`Error`] carries, else the error.
+pub(crate) fn describe(err: &redis::RedisError) -> String {
+    explain(err).unwrap_or_else(|| err.to_string())
+}
+
+/// Where the rules relock needs are listed.
+const ACL_HINT: &str =
+    "every rule relock needs is listed under \"ACL user\" in relock's README and given by \
+     `relock::acl_rules`";
+
+/// Says what to fix for the errors whose own text leaves the operator guessing: a refused TLS
+/// certificate, a missing ACL permission, refused credentials.
+fn explain(err: &redis::RedisError) -> Option<String> {
+    #[cfg(feature = "tls")]
+    if let Some(problem) = crate::tls::certificate_problem(err) {
+        return Some(problem);
+    }
+    if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
+        return Some(format!(
+            "Redis refused the credentials: wrong user name or password in the URL \
+             (`redis://user:password@host`), or the user is disabled ({err})"
+        ));
+    }
+    if err.code() == Some("NOAUTH") {
+        return Some(format!(
+            "Redis requires a password: give the user and password in the URL \
+             (`redis://user:password@host`) ({err})"
+        ));
+    }
+    let text = err.to_string();
+    // Redis 7 answers a command a script calls but the user may not run with a plain error
+    // naming the script and its line, not with NOPERM.
+    let in_script = text.contains("user executing the script can't");
+    if err.code() != Some("NOPERM") && !text.contains("NOPERM") && !in_script {
+        return None;
+    }
+    let command = refused_command(&text).map(str::to_owned).or_else(|| {
+        in_script
+            .then(|| refused_script_line(&text))
+            .flatten()
+            .and_then(|(sha, line)| crate::scripts::command_at(sha, line))
+    });
+    // A refused key or channel is reported with the command that named it: grant the pattern.
+    let names_data = text.contains(" key") || text.contains("channel");
+    let what = match command {
+        Some(command) if !names_data => format!("may not run `{command}`: grant `+{command}`"),
+        _ if text.contains("channel") => {
+            "may not use relock's release channels: grant `&<prefix>:*`".to_owned()
+        }
+        _ if text.contains(" key") => {
+            "may not access relock's keys: grant `~<prefix>:*`".to_owned()
+        }
+        _ => "lacks a permission relock needs".to_owned(),
+    };
+    Some(format!("the Redis ACL user {what} ({ACL_HINT}; {err})"))
+}
+
+/// The command a `NOPERM` message names: `... has no permissions to run the 'evalsha' command`.
+fn refused_command(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once("to run the '")?;
+    let (command, _) = rest.split_once('\'')?;
+    Some(command)
+}
+
+/// The script SHA1 and line a refusal inside a script names: `... script: <sha>, on
+/// @user_script:<line>.`
+fn refused_script_line(text: &str) -> Option<(&str, usize)> {
+    let (_, rest) = text.split_once("script: ")?;
+    let (sha, rest) = rest.split_once(", on @user_script:")?;
+    let line = rest.trim_end_matches('.').trim().parse().ok()?;
+    Some((sha, line))
+}
+
+/// A Redis error with a message saying what to fix; the original stays its source.
+#[derive(Debug)]
+struct Explained {
+    message: String,
+    cause: redis::RedisError,
+}
+
+impl fmt::Display for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for Explained {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.cause)
     }
 }
 

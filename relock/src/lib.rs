@@ -117,6 +117,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod acl;
 mod acquire;
 mod backend;
 mod error;
@@ -131,10 +132,12 @@ mod pattern;
 mod scope;
 mod scripts;
 mod subscriber;
+mod tls;
 mod token;
 mod wait;
 mod watchdog;
 
+pub use acl::{acl_rules, ACL_CLUSTER_RULES, ACL_LIST_RULES};
 pub use acquire::{Acquire, LockFuture, OnLost};
 pub use error::{BackendError, Error, InvalidKeyReason};
 pub use guard::LockGuard;

@@ -19,6 +19,7 @@ use crate::local::LocalHolds;
 use crate::pattern::KeyPattern;
 use crate::scope::Frame;
 use crate::subscriber::{Notifications, Subscriber};
+use crate::tls::TlsSettings;
 use crate::token::HoldToken;
 use crate::wait::ReleaseSignal;
 use crate::watchdog::Watchdog;
@@ -566,12 +567,18 @@ pub struct LockerBuilder {
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     replicas: Option<Replicas>,
+    tls: TlsSettings,
 }
 
 impl LockerBuilder {
     /// Connects to the Redis server at `url` (`redis://host:port/db`, `redis+unix:///path`)
     /// through one multiplexed, reconnecting connection for commands, plus one dedicated
     /// connection for release notifications.
+    ///
+    /// An ACL user and its password go in the URL (`redis://user:password@host:port`); both
+    /// connections log in with them. `rediss://` connects over TLS (feature `tls`), checking the
+    /// server's certificate against the system's CA certificates or
+    /// [`tls_root_ca`](Self::tls_root_ca).
     ///
     /// The connections are opened on first use; [`Locker::connect`] opens the first at once.
     pub fn url(mut self, url: impl Into<String>) -> Self {
@@ -614,6 +621,45 @@ impl LockerBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster(mut self, seeds: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.cluster = Some(seeds.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for
+    /// `rediss://` connections, **instead of** the system's: for a server whose certificate a
+    /// private CA signed. Applies to every connection the locker opens: commands, release
+    /// notifications, and each node of a [`cluster`](Self::cluster).
+    ///
+    /// Giving TLS settings with a URL that is not `rediss://` fails at [`build`](Self::build).
+    /// Defaults to the system's CA certificates.
+    ///
+    /// ```no_run
+    /// # fn doc() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let locker = relock::Locker::builder()
+    ///     .url("rediss://relock:secret@redis.internal:6380")
+    ///     .tls_root_ca(ca)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Presents the client certificate `cert_pem` (the certificate, then any intermediates),
+    /// whose private key is `key_pem`, on `rediss://` connections: for servers that require
+    /// mutual TLS (`tls-auth-clients yes`). Applies to every connection, like
+    /// [`tls_root_ca`](Self::tls_root_ca). Defaults to no client certificate.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_auth(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_auth = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -719,7 +765,11 @@ impl LockerBuilder {
         if let Some(seeds) = &self.cluster {
             return self.build_cluster(seeds.clone(), prefix, connect_timeout);
         }
-        let client = self.url.as_deref().map(redis::Client::open).transpose()?;
+        let client = self
+            .url
+            .as_deref()
+            .map(|url| self.tls.client(url))
+            .transpose()?;
         let connection = match (&self.pool, &client) {
             (Some(pool), _) => Connection::pool(pool.clone()),
             (None, Some(client)) => {
@@ -767,7 +817,9 @@ impl LockerBuilder {
             return Err(Error::backend("no Redis Cluster seed nodes given"));
         }
         let response_timeout = self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
-        let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+        let client = self
+            .tls
+            .cluster_builder(&seeds)?
             .connection_timeout(connect_timeout)
             // Per attempt and, by default, for the request with all its retries (redirections,
             // reconnections), so a cluster that is down fails a request within this time.
@@ -784,7 +836,10 @@ impl LockerBuilder {
         Ok(Locker::new(
             Backend::Cluster(Box::new(backend)),
             self.config(),
-            Some(Notifications::Cluster(seeds)),
+            Some(Notifications::Cluster {
+                seeds,
+                tls: self.tls.clone(),
+            }),
             connect_timeout,
         ))
     }
@@ -824,6 +879,7 @@ impl fmt::Debug for LockerBuilder {
             .field("lease", &self.lease)
             .field("wait", &self.wait)
             .field("replicas", &self.replicas)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }

@@ -76,7 +76,10 @@ pub(crate) enum Notifications {
     Server(Box<redis::Client>),
     /// Sharded pub/sub on a Redis Cluster, through these seed nodes.
     #[cfg(feature = "cluster")]
-    Cluster(Vec<String>),
+    Cluster {
+        seeds: Vec<String>,
+        tls: crate::tls::TlsSettings,
+    },
 }
 
 impl Subscriber {
@@ -85,7 +88,9 @@ impl Subscriber {
         let client = match source {
             Notifications::Server(client) => *client,
             #[cfg(feature = "cluster")]
-            Notifications::Cluster(seeds) => return sharded::start(seeds, connect_timeout),
+            Notifications::Cluster { seeds, tls } => {
+                return sharded::start(&seeds, &tls, connect_timeout)
+            }
         };
         let (requests, inbox) = mpsc::unbounded_channel();
         let task = Task {
@@ -251,7 +256,7 @@ impl Task {
             tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub()).await;
         let mut connection = match connected {
             Ok(Ok(pubsub)) => pubsub.split(),
-            Ok(Err(err)) => return self.failed(&err.to_string()),
+            Ok(Err(err)) => return self.failed(&crate::error::describe(&err)),
             Err(_) => return self.failed("connect timed out"),
         };
         let wanted: Vec<String> = self.channels.keys().cloned().collect();
@@ -310,23 +315,31 @@ mod sharded {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use redis::cluster::ClusterClientBuilder;
     use redis::cluster_async::ClusterConnection;
     use redis::{PushInfo, PushKind, Value};
     use tokio::sync::{mpsc, Notify};
 
     use super::{Channel, Request, Subscriber, Subscription};
     use crate::error::Error;
+    use crate::tls::TlsSettings;
 
-    pub(super) fn start(seeds: Vec<String>, connect_timeout: Duration) -> Subscriber {
+    pub(super) fn start(
+        seeds: &[String],
+        tls: &TlsSettings,
+        connect_timeout: Duration,
+    ) -> Subscriber {
         let (requests, inbox) = mpsc::unbounded_channel();
         let (pushed, pushes) = mpsc::unbounded_channel();
-        let client = ClusterClientBuilder::new(seeds)
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(pushed)
-            .connection_timeout(connect_timeout)
-            .response_timeout(connect_timeout)
-            .build();
+        // The command connection was built from the same seeds and settings, so an error here
+        // has been reported there already.
+        let client = tls.cluster_builder(seeds).and_then(|builder| {
+            Ok(builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushed)
+                .connection_timeout(connect_timeout)
+                .response_timeout(connect_timeout)
+                .build()?)
+        });
         let task = Task {
             requests: requests.downgrade(),
             client,
@@ -340,7 +353,7 @@ mod sharded {
 
     struct Task {
         requests: mpsc::WeakUnboundedSender<Request>,
-        client: redis::RedisResult<redis::cluster::ClusterClient>,
+        client: Result<redis::cluster::ClusterClient, Error>,
         connect_timeout: Duration,
         channels: HashMap<String, Channel>,
         /// Opened on first use; the client reconnects it to each node by itself.

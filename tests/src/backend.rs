@@ -21,6 +21,25 @@ pub enum BackendKind {
     /// `Locker::builder().cluster(..)`: a private Redis Cluster of 3 masters, one cluster
     /// connection (and one sharded subscriber) per locker.
     Cluster,
+    /// `Locker::builder().url("rediss://..").tls_root_ca(..)`: a private Redis server reached
+    /// over TLS (its certificate issued by a CA of the test's own), commands and release
+    /// notifications alike.
+    RedisTls,
+    /// `Locker::connect("redis://relock:<password>@..")`: a private Redis server reached as an
+    /// ACL user with exactly the rules the README documents ([`relock::acl_rules`] and
+    /// [`relock::ACL_LIST_RULES`]).
+    RedisAcl,
+}
+
+/// The ACL user [`BackendKind::RedisAcl`] lockers log in as.
+pub const ACL_USER: &str = "relock";
+/// Its password.
+pub const ACL_PASSWORD: &str = "relock-test-password";
+
+/// The rules [`BackendKind::RedisAcl`]'s user gets: what the README documents for an
+/// application that also lists locks.
+pub fn acl_user_rules() -> String {
+    format!("{} {}", relock::acl_rules("relock"), relock::ACL_LIST_RULES)
 }
 
 /// One backend under test: the holder's locker, another owner's, and for Redis the private server
@@ -48,8 +67,21 @@ impl TestBackend {
         match kind {
             BackendKind::Memory => TestBackend::memory(),
             BackendKind::Cluster => TestBackend::on_cluster(RedisCluster::start(3, 0)),
-            BackendKind::Redis | BackendKind::RedisPool => {
-                let server = RedisServer::start();
+            BackendKind::Redis
+            | BackendKind::RedisPool
+            | BackendKind::RedisTls
+            | BackendKind::RedisAcl => {
+                let server = match kind {
+                    BackendKind::RedisTls => {
+                        RedisServer::start_tls(&crate::TestCa::new("relock test CA"))
+                    }
+                    _ => RedisServer::start(),
+                };
+                if kind == BackendKind::RedisAcl {
+                    server
+                        .acl_user(ACL_USER, ACL_PASSWORD, &acl_user_rules())
+                        .await;
+                }
                 let admin = server.connection().await;
                 let locker = redis_locker(kind, &server).await;
                 let other = redis_locker(kind, &server).await;
@@ -206,6 +238,29 @@ async fn redis_locker(kind: BackendKind, server: &RedisServer) -> Locker {
                 .pool(pool)
                 .build()
                 .expect("build a locker over the pool")
+        }
+        BackendKind::RedisTls => {
+            let locker = Locker::builder()
+                .url(server.tls_url())
+                .tls_root_ca(server.tls_ca_pem())
+                .build()
+                .expect("build a locker over TLS");
+            // Connected before the test starts, as `Locker::connect` is for the other kinds: a
+            // first request with a short lease must not pay for the handshake.
+            locker
+                .inspect("warm-up")
+                .await
+                .expect("reach the server over TLS");
+            locker
+        }
+        BackendKind::RedisAcl => {
+            let url = format!(
+                "redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{}",
+                server.port()
+            );
+            Locker::connect(&url)
+                .await
+                .expect("connect as the ACL user")
         }
         BackendKind::Memory | BackendKind::Cluster => {
             unreachable!("the in-memory and cluster backends have no single server")

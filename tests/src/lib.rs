@@ -9,11 +9,13 @@ mod backend;
 mod bounded;
 mod cluster;
 mod proxy;
+mod tls;
 
-pub use backend::{BackendKind, TestBackend};
+pub use backend::{acl_user_rules, BackendKind, TestBackend, ACL_PASSWORD, ACL_USER};
 pub use bounded::{bounded, run_bounded};
 pub use cluster::{RedisCluster, SlotMove};
 pub use proxy::Proxy;
+pub use tls::{self_signed, TestCa, TestCert};
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -35,6 +37,20 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Extra `redis-server` arguments (a cluster node's).
     extra: Vec<String>,
+    /// The TLS port and the CA certificate (PEM) clients trust, for a server started with
+    /// [`start_tls`](Self::start_tls).
+    tls: Option<(u16, String)>,
+}
+
+/// How a TLS test server is set up: [`RedisServer::start_tls`].
+#[derive(Debug, Clone)]
+pub struct TlsServerConfig {
+    /// The server's certificate and key.
+    pub server: TestCert,
+    /// What clients should trust (PEM), and what the server checks client certificates against.
+    pub ca_pem: String,
+    /// Whether the server requires a client certificate (`--tls-auth-clients yes`).
+    pub require_client_cert: bool,
 }
 
 impl RedisServer {
@@ -85,6 +101,55 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments; `{dir}` in one stands for the server's
     /// directory.
     pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {
+        RedisServer::start_with_files(extra, &[], None)
+    }
+
+    /// Starts a server that also listens for TLS on a port of its own ([`tls_url`](Self::tls_url))
+    /// with a server certificate for `127.0.0.1` and `localhost` that `ca` issued. The plain port
+    /// stays open on 127.0.0.1 for the harness's assertions ([`connection`](Self::connection)).
+    pub fn start_tls(ca: &TestCa) -> RedisServer {
+        RedisServer::start_tls_with(TlsServerConfig {
+            server: ca.issue(&["127.0.0.1", "localhost"]),
+            ca_pem: ca.pem(),
+            require_client_cert: false,
+        })
+    }
+
+    /// Starts a server that also listens for TLS, set up as `config` says.
+    pub fn start_tls_with(config: TlsServerConfig) -> RedisServer {
+        let tls_port = free_port();
+        let auth_clients = if config.require_client_cert {
+            "yes"
+        } else {
+            "no"
+        };
+        let extra = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            "{dir}/server.crt",
+            "--tls-key-file",
+            "{dir}/server.key",
+            "--tls-ca-cert-file",
+            "{dir}/ca.crt",
+            "--tls-auth-clients",
+            auth_clients,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let files = [
+            ("server.crt", config.server.cert_pem.as_str()),
+            ("server.key", config.server.key_pem.as_str()),
+            ("ca.crt", config.ca_pem.as_str()),
+        ];
+        RedisServer::start_with_files(extra, &files, Some((tls_port, config.ca_pem.clone())))
+    }
+
+    fn start_with_files(
+        extra: Vec<String>,
+        files: &[(&str, &str)],
+        tls: Option<(u16, String)>,
+    ) -> RedisServer {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "relock-test-{}-{}",
@@ -92,11 +157,15 @@ impl RedisServer {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("create the test server's directory");
+        for (name, contents) in files {
+            std::fs::write(dir.join(name), contents).expect("write a file for the test server");
+        }
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             extra: Vec::new(),
             dir,
+            tls,
         };
         server.extra = extra
             .into_iter()
@@ -157,6 +226,53 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:<TLS port>`, for a server started with [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    ///
+    /// When the server has no TLS port.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port of a server started with [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    ///
+    /// When the server has no TLS port.
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().expect("a server started with TLS").0
+    }
+
+    /// The CA certificate (PEM) that a client of a [`start_tls`](Self::start_tls) server trusts.
+    ///
+    /// # Panics
+    ///
+    /// When the server has no TLS port.
+    pub fn tls_ca_pem(&self) -> &str {
+        &self.tls.as_ref().expect("a server started with TLS").1
+    }
+
+    /// Creates (or resets) the ACL user `name` with `password` and the ACL `rules` (e.g.
+    /// [`relock::acl_rules`]), and returns the server's URL logging in as that user.
+    pub async fn acl_user(&self, name: &str, password: &str, rules: &str) -> String {
+        let mut command = redis::cmd("ACL");
+        command
+            .arg("SETUSER")
+            .arg(name)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{password}"));
+        for rule in rules.split_whitespace() {
+            command.arg(rule);
+        }
+        command
+            .query_async::<()>(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|err| panic!("ACL SETUSER {name} {rules}: {err}"));
+        format!("redis://{name}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// The server's port.

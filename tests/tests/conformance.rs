@@ -1,6 +1,7 @@
 //! The conformance suite: every behaviour of relock's contract, run against a private Redis server
 //! (`redis::*`), against the in-memory backend (`memory::*`), and, for the core behaviours, through
-//! a bb8 pool the application hands in (`redis_pool::*`).
+//! a bb8 pool the application hands in (`redis_pool::*`), over TLS (`redis_tls::*`) and as an ACL
+//! user with the documented least-privilege rules (`redis_acl::*`).
 //!
 //! Each behaviour is one `async fn(&TestBackend)` below; the macros at the bottom turn it into one
 //! test per backend, each on a two-worker multi-thread runtime of its own that fails the test
@@ -41,7 +42,11 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 fn background_release(b: &TestBackend) -> Duration {
     match b.kind() {
         BackendKind::Memory => Duration::ZERO,
-        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => BACKGROUND_RELEASE,
+        BackendKind::Redis
+        | BackendKind::RedisPool
+        | BackendKind::Cluster
+        | BackendKind::RedisTls
+        | BackendKind::RedisAcl => BACKGROUND_RELEASE,
     }
 }
 
@@ -1116,9 +1121,11 @@ async fn release_after_the_lease_expired_reports_lost_and_spares_the_next_owner(
     // In-memory stores are per locker, so there the next owner must use the holder's store.
     let other = match b.kind() {
         BackendKind::Memory => holder_locker,
-        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => {
-            b.another_locker().await
-        }
+        BackendKind::Redis
+        | BackendKind::RedisPool
+        | BackendKind::Cluster
+        | BackendKind::RedisTls
+        | BackendKind::RedisAcl => b.another_locker().await,
     };
 
     let started = Instant::now();
@@ -1278,7 +1285,11 @@ async fn many_short_holds_racing_the_watchdog_never_wedge_the_locker(b: &TestBac
     const TASKS: usize = 4;
     let rounds = match b.kind() {
         BackendKind::Memory => 3000,
-        BackendKind::Redis | BackendKind::RedisPool | BackendKind::Cluster => 600,
+        BackendKind::Redis
+        | BackendKind::RedisPool
+        | BackendKind::Cluster
+        | BackendKind::RedisTls
+        | BackendKind::RedisAcl => 600,
     };
     let mut workers = Vec::new();
     for task in 0..TASKS {
@@ -1452,5 +1463,49 @@ conformance!(cluster => Cluster:
     a_short_lease_is_renewed_while_its_holder_runs,
     release_after_the_lease_expired_reports_lost_and_spares_the_next_owner,
     release_frees_the_lock_at_once_while_renewals_run,
+    a_panicking_body_releases_the_lock,
+);
+
+// Over TLS: commands and release notifications alike (tests/tests/tls.rs has the certificate
+// failures).
+conformance!(redis_tls => RedisTls:
+    concurrent_lockers_never_lose_an_update,
+    fencing_tokens_strictly_increase_across_owners_and_lockers,
+    try_lock_takes_a_free_lock,
+    try_lock_never_waits_for_a_lock_held_by_another_owner,
+    waiting_past_the_wait_fails_with_timeout,
+    a_waiter_gets_the_lock_when_the_holder_releases,
+    a_waiter_does_not_poll_while_the_lock_is_held,
+    inspect_reports_the_holder,
+    force_release_frees_the_lock_for_another_locker,
+    release_frees_the_lock_for_another_locker_at_once,
+    dropping_a_guard_frees_the_lock,
+    a_short_lease_is_renewed_while_its_holder_runs,
+    release_frees_the_lock_at_once_while_renewals_run,
+);
+
+// As an ACL user with exactly the rules the README documents (tests/tests/acl.rs has the
+// refusals).
+conformance!(redis_acl => RedisAcl:
+    concurrent_lockers_never_lose_an_update,
+    fencing_tokens_strictly_increase_across_owners_and_lockers,
+    try_lock_takes_a_free_lock,
+    try_lock_never_waits_for_a_lock_held_by_another_owner,
+    waiting_past_the_wait_fails_with_timeout,
+    a_waiter_gets_the_lock_when_the_holder_releases,
+    a_waiter_does_not_poll_while_the_lock_is_held,
+    nested_lock_on_same_key_makes_no_round_trip,
+    inspect_reports_the_holder,
+    list_streams_every_held_lock_matching_the_pattern,
+    force_release_frees_the_lock_for_another_locker,
+    force_release_through_the_holders_locker_marks_the_guard_lost,
+    force_release_of_a_free_key_returns_false,
+    run_aborts_the_body_when_the_lock_is_force_released,
+    release_frees_the_lock_for_another_locker_at_once,
+    dropping_a_guard_frees_the_lock,
+    releasing_a_reentrant_guard_keeps_the_outer_hold,
+    a_short_lease_is_renewed_while_its_holder_runs,
+    release_frees_the_lock_at_once_while_renewals_run,
+    many_short_holds_racing_the_watchdog_never_wedge_the_locker,
     a_panicking_body_releases_the_lock,
 );

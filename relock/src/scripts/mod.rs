@@ -7,13 +7,45 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-pub(crate) static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("acquire.lua")));
-pub(crate) static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("release.lua")));
-pub(crate) static RENEW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("renew.lua")));
-pub(crate) static FORCE_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("force_release.lua")));
-pub(crate) static INSPECT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("inspect.lua")));
+const SOURCES: [&str; 5] = [
+    include_str!("acquire.lua"),
+    include_str!("release.lua"),
+    include_str!("renew.lua"),
+    include_str!("force_release.lua"),
+    include_str!("inspect.lua"),
+];
+
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[0]));
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[1]));
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[2]));
+pub(crate) static FORCE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[3]));
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[4]));
+
+/// The command (lowercase) that line `line` (1-based) of the script whose SHA1 is `sha` calls:
+/// Redis names only the script and the line when the ACL refuses a command a script calls.
+pub(crate) fn command_at(sha: &str, line: usize) -> Option<String> {
+    let scripts = [&ACQUIRE, &RELEASE, &RENEW, &FORCE_RELEASE, &INSPECT];
+    let at = scripts.iter().position(|script| script.get_hash() == sha)?;
+    let text = SOURCES[at].lines().nth(line.checked_sub(1)?)?;
+    let (_, call) = text.split_once("redis.call('")?;
+    let (command, _) = call.split_once('\'')?;
+    Some(command.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_line_names_the_command_it_calls() {
+        let line = 1 + SOURCES[1]
+            .lines()
+            .position(|line| line.contains("'PUBLISH'"))
+            .unwrap();
+        assert_eq!(
+            command_at(RELEASE.get_hash(), line).as_deref(),
+            Some("publish")
+        );
+        assert_eq!(command_at("unknown", line), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! TLS settings: the CA certificates a locker trusts and the client certificate it presents, in
+//! one place so that every connection it opens (commands, release notifications, each cluster
+//! node) is made the same way.
+
+use std::fmt;
+
+use crate::error::Error;
+
+/// What a locker's `rediss://` connections trust and present; empty: the system's CA
+/// certificates, no client certificate.
+#[derive(Clone, Default)]
+pub(crate) struct TlsSettings {
+    /// PEM: one or more CA certificates, trusted instead of the system's.
+    pub(crate) root_ca: Option<Vec<u8>>,
+    /// PEM: the client certificate (chain) and its private key, for mutual TLS.
+    pub(crate) client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsSettings {
+    fn is_empty(&self) -> bool {
+        self.root_ca.is_none() && self.client_auth.is_none()
+    }
+
+    /// A client for `url`, carrying these settings when it is a `rediss://` URL.
+    pub(crate) fn client(&self, url: &str) -> Result<redis::Client, Error> {
+        self.check(url)?;
+        #[cfg(feature = "tls")]
+        if !self.is_empty() {
+            return Ok(redis::Client::build_with_tls(url, self.certificates())?);
+        }
+        Ok(redis::Client::open(url)?)
+    }
+
+    /// A cluster client builder for `seeds` carrying these settings.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster_builder(
+        &self,
+        seeds: &[String],
+    ) -> Result<redis::cluster::ClusterClientBuilder, Error> {
+        for seed in seeds {
+            self.check(seed)?;
+        }
+        let builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec());
+        #[cfg(feature = "tls")]
+        if !self.is_empty() {
+            return Ok(builder.certs(self.certificates()));
+        }
+        Ok(builder)
+    }
+
+    /// The settings as redis-rs takes them.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client_auth.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.root_ca.clone(),
+        }
+    }
+
+    /// Refuses what cannot work: a `rediss://` URL without the `tls` feature, and TLS settings
+    /// for a URL that does not use TLS (they would be ignored silently).
+    fn check(&self, url: &str) -> Result<(), Error> {
+        let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+        if tls && !cfg!(feature = "tls") {
+            return Err(Error::backend(format!(
+                "`{}` asks for TLS, but relock was built without its `tls` feature: enable it \
+                 (`relock = {{ version = \"..\", features = [\"tls\"] }}`)",
+                redacted(url)
+            )));
+        }
+        if !tls && !self.is_empty() {
+            return Err(Error::backend(format!(
+                "TLS certificates were given (`tls_root_ca`, `tls_client_auth`) but `{}` does \
+                 not use TLS: use a `rediss://` URL",
+                redacted(url)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("root_ca", &self.root_ca.is_some())
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
+}
+
+/// `url` without its password, for error messages.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Says what is wrong when `err` (or an error it wraps) is rustls refusing the server's
+/// certificate.
+#[cfg(feature = "tls")]
+pub(crate) fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{CertificateError, Error as TlsError};
+
+    let mut next = Some(err);
+    while let Some(err) = next {
+        // `io::Error::source` skips the error it wraps, so look inside it by hand.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            let Some(tls) = candidate.downcast_ref::<TlsError>() else {
+                continue;
+            };
+            let what = match tls {
+                TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                    "the server's certificate is not signed by a trusted CA".to_owned()
+                }
+                TlsError::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                ) => {
+                    "the server's certificate is not valid for the host name in the URL".to_owned()
+                }
+                TlsError::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
+                ) => "the server's certificate has expired".to_owned(),
+                TlsError::InvalidCertificate(other) => {
+                    format!("the server's certificate was refused ({other:?})")
+                }
+                TlsError::AlertReceived(alert) => format!(
+                    "the server refused the TLS handshake ({alert:?}): it may require a client \
+                     certificate (`tls_client_auth`) or not trust the one given"
+                ),
+                TlsError::InvalidCertRevocationList(_) | TlsError::NoCertificatesPresented => {
+                    format!("the server's certificate was refused ({tls})")
+                }
+                _ => return None,
+            };
+            return Some(format!(
+                "TLS certificate problem: {what}. If the server uses a private CA, trust it with \
+                 `LockerBuilder::tls_root_ca` (the CA's PEM); check the URL's host name \
+                 against the certificate ({tls})"
+            ));
+        }
+        next = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_messages() {
+        assert_eq!(
+            redacted("redis://relock:secret@10.0.0.1:6379/0"),
+            "redis://relock:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redacted("rediss://:secret@host"), "rediss://:***@host");
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn certificates_for_a_plain_url_are_refused() {
+        let settings = TlsSettings {
+            root_ca: Some(b"pem".to_vec()),
+            client_auth: None,
+        };
+        let err = settings.client("redis://127.0.0.1:6379").unwrap_err();
+        assert!(err.is_backend());
+        let Error::Backend(err) = err else {
+            unreachable!()
+        };
+        assert!(err.to_string().contains("rediss://"), "{err}");
+    }
+}
