@@ -114,47 +114,60 @@ pub(crate) fn redacted(url: &str) -> String {
 pub(crate) fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::{CertificateError, Error as TlsError};
 
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
     let mut next = Some(err);
     while let Some(err) = next {
-        // `io::Error::source` skips the error it wraps, so look inside it by hand.
-        let inner = err
+        // redis-rs keeps an I/O error behind an `Arc` (whose `source` is the I/O error's), and
+        // `io::Error::source` skips the error it wraps: unwrap both by hand.
+        let unshared = err
+            .downcast_ref::<Shared>()
+            .map(|shared| &**shared as &(dyn std::error::Error + 'static))
+            .unwrap_or(err);
+        let inner = unshared
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .map(|inner| inner as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
+        for candidate in [Some(unshared), inner].into_iter().flatten() {
             let Some(tls) = candidate.downcast_ref::<TlsError>() else {
                 continue;
             };
-            let what = match tls {
-                TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted CA".to_owned()
-                }
+            const TRUST: &str = "if a private CA signed it, trust that CA with \
+                                 `LockerBuilder::tls_root_ca` (its PEM certificate)";
+            let (what, hint) = match tls {
+                TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => (
+                    "the server's certificate is not signed by a trusted CA".to_owned(),
+                    TRUST,
+                ),
                 TlsError::InvalidCertificate(
                     CertificateError::NotValidForName
                     | CertificateError::NotValidForNameContext { .. },
-                ) => {
-                    "the server's certificate is not valid for the host name in the URL".to_owned()
-                }
+                ) => (
+                    "the server's certificate is not valid for the host name in the URL".to_owned(),
+                    "connect with a host name (or IP address) the certificate names; the CA is \
+                     trusted through the system or `LockerBuilder::tls_root_ca`",
+                ),
                 TlsError::InvalidCertificate(
                     CertificateError::Expired | CertificateError::ExpiredContext { .. },
-                ) => "the server's certificate has expired".to_owned(),
-                TlsError::InvalidCertificate(other) => {
-                    format!("the server's certificate was refused ({other:?})")
-                }
-                TlsError::AlertReceived(alert) => format!(
-                    "the server refused the TLS handshake ({alert:?}): it may require a client \
-                     certificate (`tls_client_auth`) or not trust the one given"
+                ) => (
+                    "the server's certificate has expired".to_owned(),
+                    "renew the server's certificate; the CA is trusted through the system or \
+                     `LockerBuilder::tls_root_ca`",
                 ),
-                TlsError::InvalidCertRevocationList(_) | TlsError::NoCertificatesPresented => {
-                    format!("the server's certificate was refused ({tls})")
+                TlsError::InvalidCertificate(other) => (
+                    format!("the server's certificate was refused ({other:?})"),
+                    TRUST,
+                ),
+                TlsError::AlertReceived(alert) => (
+                    format!("the server ended the TLS handshake ({alert:?})"),
+                    "a server that requires client certificates needs one it trusts: give it \
+                     with `LockerBuilder::tls_client_auth`",
+                ),
+                TlsError::NoCertificatesPresented => {
+                    ("the server presented no certificate".to_owned(), TRUST)
                 }
                 _ => return None,
             };
-            return Some(format!(
-                "TLS certificate problem: {what}. If the server uses a private CA, trust it with \
-                 `LockerBuilder::tls_root_ca` (the CA's PEM); check the URL's host name \
-                 against the certificate ({tls})"
-            ));
+            return Some(format!("TLS certificate problem: {what}; {hint} ({tls})"));
         }
         next = err.source();
     }

@@ -44,8 +44,18 @@ impl TestCa {
 
     /// A certificate valid for `names` (host names or IP addresses), signed by this CA.
     pub fn issue(&self, names: &[&str]) -> TestCert {
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("certificate parameters");
+        self.sign(CertificateParams::new(to_strings(names)).expect("certificate parameters"))
+    }
+
+    /// A certificate for `names` signed by this CA that expired in 2001.
+    pub fn issue_expired(&self, names: &[&str]) -> TestCert {
+        let mut params = CertificateParams::new(to_strings(names)).expect("certificate parameters");
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        self.sign(params)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> TestCert {
         params
             .distinguished_name
             .push(DnType::CommonName, "relock test");
@@ -58,10 +68,13 @@ impl TestCa {
     }
 }
 
+fn to_strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
 /// A self-signed certificate for `names`, issued by no CA.
 pub fn self_signed(names: &[&str]) -> TestCert {
-    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-    let certified = rcgen::generate_simple_self_signed(names).expect("self-sign");
+    let certified = rcgen::generate_simple_self_signed(to_strings(names)).expect("self-sign");
     TestCert {
         cert_pem: certified.cert.pem(),
         key_pem: certified.signing_key.serialize_pem(),
