@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// The Redis server (`redis://[user:password@]host:port/db`).
+    /// The Redis server (`redis://[user:password@]host:port/db`; `rediss://` for TLS).
     #[arg(
         long,
         global = true,
@@ -33,6 +33,35 @@ pub(crate) struct Global {
     /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`); `list` then scans every master.
     #[arg(long, global = true, env = "REDIS_CLUSTER", value_delimiter = ',')]
     pub(crate) cluster: Vec<String>,
+
+    /// With a `rediss://` URL: trust the CA certificate(s) in this PEM file instead of the
+    /// system's (a server whose certificate a private CA signed).
+    #[cfg(feature = "tls")]
+    #[arg(long, global = true, env = "REDIS_TLS_CA_CERT", value_name = "FILE")]
+    pub(crate) tls_ca_cert: Option<std::path::PathBuf>,
+
+    /// With a `rediss://` URL: present this client certificate (PEM), for servers that require
+    /// one; needs `--tls-key`.
+    #[cfg(feature = "tls")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[cfg(feature = "tls")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
 
     /// The prefix of relock's Redis keys, as the applications set it (`<prefix>:{<key>}`).
     #[arg(long, global = true, default_value = "relock")]

@@ -45,7 +45,15 @@ impl Failure {
         match &err {
             relock::Error::InvalidKey { .. } => Self::usage(err.to_string()),
             relock::Error::Backend(backend) => {
-                Self::server(format!("server at {url} failed: {backend}"))
+                // The library's advice names its builder methods: name this tool's options.
+                let message = backend
+                    .to_string()
+                    .replace("`LockerBuilder::tls_root_ca`", "`--tls-ca-cert`")
+                    .replace(
+                        "`LockerBuilder::tls_client_auth`",
+                        "`--tls-cert` and `--tls-key`",
+                    );
+                Self::server(format!("server at {url} failed: {message}"))
             }
             _ => Self::server(err.to_string()),
         }

@@ -9,9 +9,11 @@
 //! relock release order:42          # force-release; asks unless --yes
 //! ```
 //!
-//! Global options: `--url` (or `REDIS_URL`, default `redis://127.0.0.1:6379`), `--prefix`
-//! (default `relock`), `--timeout` (connect and response timeout, default 2 s) and `--json`
-//! (one JSON object per lock or event, one per line).
+//! Global options: `--url` (or `REDIS_URL`, default `redis://127.0.0.1:6379`; `rediss://` for
+//! TLS, `redis://user:password@host` for an ACL user), `--prefix` (default `relock`),
+//! `--timeout` (connect and response timeout, default 2 s), `--json` (one JSON object per lock
+//! or event, one per line), and with TLS `--tls-ca-cert` (a private CA's PEM) and
+//! `--tls-cert`/`--tls-key` (a client certificate).
 //!
 //! Exit codes: 0 done (for `inspect`: the lock is held); 1 the lock is free (`inspect`), or
 //! nothing was released (`release`: the lock was already free, or the answer was no); 2 a usage

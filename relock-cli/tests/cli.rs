@@ -536,3 +536,38 @@ async fn cluster_inspect_and_list_cover_every_master() {
     assert_code(&output, 0);
     assert!(!guards[3].is_held() || locker.inspect("cli-cluster:3").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn inspect_and_list_over_tls_with_a_private_ca_as_an_acl_user() {
+    let ca = relock_tests::TestCa::new("relock test CA");
+    let server = RedisServer::start_tls(&ca);
+    let rules = format!("{} {}", relock::acl_rules("relock"), relock::ACL_LIST_RULES);
+    server.acl_user("operator", "s3cret", &rules).await;
+    let locker = server.locker().await;
+    let guard = locker.lock("order:42").await.unwrap();
+    let ca_file = std::env::temp_dir().join(format!("relock-cli-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let url = format!("rediss://operator:s3cret@127.0.0.1:{}", server.tls_port());
+    let ca_arg = ca_file.display().to_string();
+
+    let out = relock(&url, &["--tls-ca-cert", &ca_arg, "inspect", "order:42"], "").await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("fencing token  {}", guard.fencing_token())),
+        "{text}"
+    );
+    let out = relock(&url, &["--tls-ca-cert", &ca_arg, "list", "order:*"], "").await;
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("order:42"), "{}", stdout(&out));
+
+    // Without the CA: a certificate problem, exit 3, and the password stays out of the message.
+    let out = relock(&url, &["inspect", "order:42"], "").await;
+    assert_code(&out, 3);
+    let message = stderr(&out);
+    one_line(&message);
+    assert!(message.contains("TLS certificate problem"), "{message}");
+    assert!(message.contains("--tls-ca-cert"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+    let _ = std::fs::remove_file(ca_file);
+}

@@ -38,6 +38,40 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
+/// Applies `--tls-ca-cert`, `--tls-cert` and `--tls-key`.
+#[cfg(feature = "tls")]
+fn tls(
+    mut builder: relock::LockerBuilder,
+    global: &Global,
+) -> Result<relock::LockerBuilder, Failure> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| Failure::usage(format!("cannot read {}: {err}", path.display())))
+    };
+    if let Some(ca) = &global.tls_ca_cert {
+        builder = builder.tls_root_ca(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&global.tls_cert, &global.tls_key) {
+        builder = builder.tls_client_auth(read(cert)?, read(key)?);
+    }
+    Ok(builder)
+}
+
+/// `url` with its password masked, for messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) if authority[..at].contains(':') => {
+            let user = &authority[..authority[..at].find(':').unwrap_or(at)];
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A locker on the chosen server, and how to report on it.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -55,6 +89,8 @@ impl Session {
         } else {
             Locker::builder().cluster(global.cluster.iter().cloned())
         };
+        #[cfg(feature = "tls")]
+        let builder = tls(builder, global)?;
         let locker = builder
             .prefix(&global.prefix)
             .connect_timeout(global.timeout)
@@ -67,9 +103,10 @@ impl Session {
                 err => Failure::usage(err.to_string()),
             })?;
         let url = if global.cluster.is_empty() {
-            global.url.clone()
+            redacted(&global.url)
         } else {
-            global.cluster.join(",")
+            let seeds: Vec<String> = global.cluster.iter().map(|seed| redacted(seed)).collect();
+            seeds.join(",")
         };
         Ok(Self {
             locker,
