@@ -189,6 +189,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_url_needs_the_tls_feature() {
+        let built = TlsSettings::default().client("rediss://relock:secret@127.0.0.1:6380");
+        if cfg!(feature = "tls") {
+            assert!(built.is_ok());
+        } else {
+            let Err(Error::Backend(err)) = built else {
+                panic!("a rediss:// URL was accepted without the tls feature");
+            };
+            let message = err.to_string();
+            assert!(message.contains("`tls` feature"), "{message}");
+            assert!(!message.contains("secret"), "{message}");
+        }
+    }
+
+    #[test]
     fn certificates_for_a_plain_url_are_refused() {
         let settings = TlsSettings {
             root_ca: Some(b"pem".to_vec()),
