@@ -610,6 +610,10 @@ impl LockerBuilder {
     /// (`SSUBSCRIBE`, Redis 7+) on a connection of their own. Connections open on first use,
     /// within the [`connect_timeout`](Self::connect_timeout).
     ///
+    /// Seeds may log in as an ACL user (`redis://user:password@host:port`, a user every node
+    /// knows) and use TLS (`rediss://`, feature `tls`; [`tls_root_ca`](Self::tls_root_ca) then
+    /// applies to every node, the discovered ones included).
+    ///
     /// ```no_run
     /// # fn doc() -> Result<(), relock::Error> {
     /// let locker = relock::Locker::builder()
