@@ -5,8 +5,9 @@
 /// under `prefix` on one server: its keys (`~<prefix>:*`), its release channels (`&<prefix>:*`),
 /// and the commands relock sends, including those its Lua scripts call.
 ///
-/// Append [`ACL_LIST_RULES`] for [`Locker::list`](crate::Locker::list) (and `relock list`), and
-/// [`ACL_CLUSTER_RULES`] on a Redis Cluster. Glob characters in `prefix` are escaped.
+/// Append [`ACL_LIST_RULES`] for [`Locker::list`](crate::Locker::list) (and `relock list`),
+/// [`ACL_CLUSTER_RULES`] on a Redis Cluster, and [`ACL_REPLICAS_RULES`] for
+/// [`replicas`](crate::LockerBuilder::replicas). Glob characters in `prefix` are escaped.
 ///
 /// ```
 /// assert_eq!(
@@ -36,6 +37,11 @@ pub const ACL_LIST_RULES: &str = "+scan";
 /// and by the watchdog to group renewals by node) and sharded release notifications (`SPUBLISH`
 /// in the scripts, `SSUBSCRIBE`/`SUNSUBSCRIBE`).
 pub const ACL_CLUSTER_RULES: &str = "+cluster|slots +spublish +ssubscribe +sunsubscribe";
+
+/// The extra rules for [replica-acknowledged acquisitions](crate::LockerBuilder::replicas):
+/// `WAIT`, and on a Redis Cluster `ASKING`, sent before the script to the node importing a slot
+/// that is being moved.
+pub const ACL_REPLICAS_RULES: &str = "+wait +asking";
 
 fn escape_glob(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());

@@ -137,7 +137,7 @@ mod token;
 mod wait;
 mod watchdog;
 
-pub use acl::{acl_rules, ACL_CLUSTER_RULES, ACL_LIST_RULES};
+pub use acl::{acl_rules, ACL_CLUSTER_RULES, ACL_LIST_RULES, ACL_REPLICAS_RULES};
 pub use acquire::{Acquire, LockFuture, OnLost};
 pub use error::{BackendError, Error, InvalidKeyReason};
 pub use guard::LockGuard;

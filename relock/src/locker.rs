@@ -836,6 +836,7 @@ impl LockerBuilder {
             response_timeout,
             prefix,
             self.retention(),
+            self.tls.clone(),
         );
         Ok(Locker::new(
             Backend::Cluster(Box::new(backend)),

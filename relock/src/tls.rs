@@ -31,6 +31,16 @@ impl TlsSettings {
         Ok(redis::Client::open(url)?)
     }
 
+    /// A client for one cluster node, `info` being a seed's settings with the node's address.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn node_client(&self, info: redis::ConnectionInfo) -> Result<redis::Client, Error> {
+        #[cfg(feature = "tls")]
+        if !self.is_empty() {
+            return Ok(redis::Client::build_with_tls(info, self.certificates())?);
+        }
+        Ok(redis::Client::open(info)?)
+    }
+
     /// A cluster client builder for `seeds` carrying these settings.
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster_builder(

@@ -47,13 +47,52 @@ fn the_readme_documents_the_rules_the_tests_use() {
         lines.contains(&setuser.as_str()),
         "README.md must show, on a line of its own:\n{setuser}"
     );
-    for extra in [relock::ACL_LIST_RULES, relock::ACL_CLUSTER_RULES] {
+    for extra in [
+        relock::ACL_LIST_RULES,
+        relock::ACL_CLUSTER_RULES,
+        relock::ACL_REPLICAS_RULES,
+    ] {
         let line = format!("ACL SETUSER {ACL_USER} {extra}");
         assert!(
             lines.contains(&line.as_str()),
             "README.md must show, on a line of its own:\n{line}"
         );
     }
+}
+
+/// Replica-acknowledged acquisitions as a user with the documented rules plus
+/// `ACL_REPLICAS_RULES`; without `+wait`, the error names it.
+#[test]
+fn a_user_waiting_for_replicas_needs_wait_and_is_told_so() {
+    relock_tests::run_bounded(TEST_LIMIT, || async {
+        let server = RedisServer::start();
+        let _replica = RedisServer::start_replica_of(&server);
+        let rules = format!(
+            "{} {}",
+            relock::acl_rules("relock"),
+            relock::ACL_REPLICAS_RULES
+        );
+        for (user, rules, allowed) in [
+            ("with-wait", rules.clone(), true),
+            ("without-wait", without(&rules, "+wait"), false),
+        ] {
+            let url = server.acl_user(user, "password", &rules).await;
+            let locker = Locker::builder()
+                .url(url)
+                .replicas(1, Duration::from_secs(2))
+                .build()
+                .expect("build a locker");
+            let result = locker.lock(unique_key("acl-replicas")).await;
+            if allowed {
+                let guard = result.expect("an acknowledged lock as the documented user");
+                guard.release().await.expect("release");
+            } else {
+                let message = backend_message(result.expect_err("WAIT refused"));
+                assert!(message.to_lowercase().contains("wait"), "{message}");
+                assert!(message.contains("ACL"), "{message}");
+            }
+        }
+    });
 }
 
 #[test]

@@ -68,6 +68,8 @@ pub(crate) struct ClusterBackend {
     /// by node.
     waiting: Mutex<HashMap<String, Vec<MultiplexedConnection>>>,
     response_timeout: Duration,
+    /// What direct connections to nodes trust and present, as the cluster client's.
+    tls: crate::tls::TlsSettings,
 }
 
 /// The slot owners as last read.
@@ -101,6 +103,7 @@ impl ClusterBackend {
         response_timeout: Duration,
         prefix: String,
         fence_retention: Duration,
+        tls: crate::tls::TlsSettings,
     ) -> Self {
         let infos: Vec<ConnectionInfo> = seeds
             .iter()
@@ -116,6 +119,7 @@ impl ClusterBackend {
             nodes: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             response_timeout,
+            tls,
             client,
             connection: OnceCell::new(),
             // Opening the cluster connection reads the topology from a seed and connects to every
@@ -443,7 +447,7 @@ impl ClusterBackend {
             },
             _ => ConnectionAddr::Tcp(host, port),
         };
-        let client = redis::Client::open(template.set_addr(addr))?;
+        let client = self.tls.node_client(template.set_addr(addr))?;
         let connection = tokio::time::timeout(
             bound,
             client.get_multiplexed_async_connection_with_config(config),
