@@ -560,6 +560,11 @@ pub struct LockerBuilder {
     pool: Option<bb8::Pool<RedisConnectionManager>>,
     #[cfg(feature = "cluster")]
     cluster: Option<Vec<String>>,
+    /// Sentinel URLs and the master name.
+    #[cfg(feature = "sentinel")]
+    sentinel: Option<(Vec<String>, String)>,
+    #[cfg(feature = "sentinel")]
+    master_credentials: Option<(String, String)>,
     prefix: Option<String>,
     lease: Option<Duration>,
     wait: Option<Duration>,
@@ -667,6 +672,63 @@ impl LockerBuilder {
         self
     }
 
+    /// Locks on the master that the Redis Sentinels at `sentinels` (`redis://host:26379` URLs)
+    /// monitor under `master_name`, following it through failovers.
+    ///
+    /// The master is found by asking each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`),
+    /// then checked with `ROLE`: a sentinel that has not yet seen a failover names the old,
+    /// demoted master, and the next sentinel is asked. Each step is bounded by the
+    /// [`connect_timeout`](Self::connect_timeout) or the
+    /// [`response_timeout`](Self::response_timeout); when no sentinel names a reachable master,
+    /// a command fails with [`Error::Backend`] naming the master name and each sentinel's answer.
+    ///
+    /// Commands go through one multiplexed connection to the master, shared by every task. A
+    /// command that fails at the connection level (the master died, a response timeout) or with
+    /// `READONLY` (the master was demoted) returns its error, and the next command finds the
+    /// master again; a `+switch-master` announced on the sentinels' pub/sub moves the connection
+    /// at once. Waiters are woken by pub/sub on a connection of their own to the master, moved
+    /// the same way. Connections open on first use.
+    ///
+    /// The sentinels are reached with their URLs' credentials; the master with the username,
+    /// password and database (`/2`) of the URL of the sentinel that named it, unless
+    /// [`master_credentials`](Self::master_credentials) are given.
+    ///
+    /// ```no_run
+    /// # fn doc() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::builder()
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn sentinel(
+        mut self,
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+        master_name: impl Into<String>,
+    ) -> Self {
+        self.sentinel = Some((
+            sentinels.into_iter().map(Into::into).collect(),
+            master_name.into(),
+        ));
+        self
+    }
+
+    /// The ACL user and password for the master found through [`sentinel`](Self::sentinel), when
+    /// they differ from the sentinels' (a server with only `requirepass` has the user
+    /// `default`). Defaults to the username and password of the sentinel URL that named the
+    /// master.
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn master_credentials(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.master_credentials = Some((username.into(), password.into()));
+        self
+    }
+
     /// The prefix of every Redis key relock writes (`<prefix>:{<key>}`), so that applications
     /// sharing a server keep separate lock spaces. Must not contain `{` or `}`.
     /// Defaults to `"relock"`.
@@ -736,15 +798,16 @@ impl LockerBuilder {
         self
     }
 
-    /// How long opening a connection to the server may take (with [`url`](Self::url)).
-    /// Defaults to 2 seconds.
+    /// How long opening a connection to the server may take (with [`url`](Self::url); with
+    /// `sentinel`, to each sentinel and to the master). Defaults to 2 seconds.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
 
-    /// How long the server may take to answer a command (with [`url`](Self::url)) before the
-    /// command fails with [`Error::Backend`]. Defaults to 2 seconds.
+    /// How long the server may take to answer a command (with [`url`](Self::url); with
+    /// `sentinel`, also each sentinel's answer) before the command fails with
+    /// [`Error::Backend`]. Defaults to 2 seconds.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = Some(timeout);
         self
@@ -768,6 +831,34 @@ impl LockerBuilder {
         #[cfg(feature = "cluster")]
         if let Some(seeds) = &self.cluster {
             return self.build_cluster(seeds.clone(), prefix, connect_timeout);
+        }
+        #[cfg(feature = "sentinel")]
+        if let Some((sentinels, master_name)) = &self.sentinel {
+            let sentinels = Arc::new(crate::backend::sentinel::Sentinels::new(
+                sentinels,
+                master_name.clone(),
+                self.master_credentials.clone(),
+                connect_timeout,
+                self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+            )?);
+            let connection = Connection::Sentinel(Box::new(
+                crate::backend::sentinel::MasterConnection::new(sentinels.clone()),
+            ));
+            return Ok(Locker::new(
+                Backend::Redis(Box::new(RedisBackend::new(
+                    connection,
+                    prefix,
+                    self.retention(),
+                    Dedicated::new(
+                        None,
+                        connect_timeout,
+                        self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+                    ),
+                ))),
+                self.config(),
+                Some(Notifications::Sentinel(sentinels)),
+                connect_timeout,
+            ));
         }
         let client = self
             .url

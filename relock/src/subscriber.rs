@@ -14,6 +14,10 @@
 //! topology change. A re-subscription is confirmed by an `ssubscribe` push, which wakes the
 //! channel's waiters (a release may have been announced meanwhile); an unrequested `sunsubscribe`
 //! (the slot moved) is answered by subscribing again.
+//!
+//! Behind Redis Sentinel the connection goes to the master the sentinels name, resolved on every
+//! (re)connection, and is dropped as soon as a newer master is learned (a `+switch-master`, or a
+//! resolution by the command connection).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,22 +84,63 @@ pub(crate) enum Notifications {
         seeds: Vec<String>,
         tls: crate::tls::TlsSettings,
     },
+    /// Plain pub/sub on the master the sentinels name, found again on every (re)connection and
+    /// left as soon as a newer master is learned.
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<crate::backend::sentinel::Sentinels>),
+}
+
+/// Where the task's connection goes.
+enum Source {
+    Server(redis::Client),
+    #[cfg(feature = "sentinel")]
+    Sentinel {
+        sentinels: Arc<crate::backend::sentinel::Sentinels>,
+        changes: tokio::sync::watch::Receiver<Option<crate::backend::sentinel::MasterAddr>>,
+        /// The master the connection is on.
+        at: Option<crate::backend::sentinel::MasterAddr>,
+    },
+}
+
+impl Source {
+    /// Resolves when the connection's master is known to be stale (never for one server).
+    async fn moved(&mut self) {
+        match self {
+            Self::Server(_) => std::future::pending().await,
+            #[cfg(feature = "sentinel")]
+            Self::Sentinel { changes, at, .. } => loop {
+                if changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let known = changes.borrow_and_update().clone();
+                if known.is_some() && known != *at {
+                    return;
+                }
+            },
+        }
+    }
 }
 
 impl Subscriber {
     /// Starts the subscriber task in the current runtime; it connects on first use.
     pub(crate) fn start(source: Notifications, connect_timeout: Duration) -> Self {
-        let client = match source {
-            Notifications::Server(client) => *client,
+        let source = match source {
+            Notifications::Server(client) => Source::Server(*client),
             #[cfg(feature = "cluster")]
             Notifications::Cluster { seeds, tls } => {
                 return sharded::start(&seeds, &tls, connect_timeout)
             }
+            #[cfg(feature = "sentinel")]
+            Notifications::Sentinel(sentinels) => Source::Sentinel {
+                changes: sentinels.master_changes(),
+                sentinels,
+                at: None,
+            },
         };
         let (requests, inbox) = mpsc::unbounded_channel();
         let task = Task {
             requests: requests.downgrade(),
-            client,
+            source,
             connect_timeout,
             channels: HashMap::new(),
             connection: None,
@@ -129,7 +174,7 @@ struct Task {
     /// For the subscriptions the task hands out; weak, so that the task ends when every
     /// `Subscriber` (and `Subscription`) is gone.
     requests: mpsc::WeakUnboundedSender<Request>,
-    client: redis::Client,
+    source: Source,
     connect_timeout: Duration,
     channels: HashMap<String, Channel>,
     connection: Option<(PubSubSink, PubSubStream)>,
@@ -156,6 +201,12 @@ impl Task {
                 },
                 () = tokio::time::sleep_until(self.next_attempt), if reconnect => {
                     self.connect().await;
+                }
+                () = self.source.moved() => {
+                    tracing::debug!("relock: the sentinel master moved; moving the release subscriber");
+                    self.connection = None;
+                    self.retry = FIRST_RETRY;
+                    self.next_attempt = Instant::now();
                 }
             }
         }
@@ -252,12 +303,27 @@ impl Task {
     }
 
     async fn connect(&mut self) {
-        let connected =
-            tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub()).await;
+        let connected = match &mut self.source {
+            Source::Server(client) => {
+                match tokio::time::timeout(self.connect_timeout, client.get_async_pubsub()).await {
+                    Ok(Ok(pubsub)) => Ok(pubsub),
+                    Ok(Err(err)) => Err(crate::error::describe(&err)),
+                    Err(_) => Err("connect timed out".to_owned()),
+                }
+            }
+            #[cfg(feature = "sentinel")]
+            Source::Sentinel { sentinels, at, .. } => match sentinels.connect_pubsub().await {
+                Ok((master, pubsub)) => {
+                    *at = Some(master);
+                    Ok(pubsub)
+                }
+                Err(Error::Backend(err)) => Err(err.to_string()),
+                Err(err) => Err(err.to_string()),
+            },
+        };
         let mut connection = match connected {
-            Ok(Ok(pubsub)) => pubsub.split(),
-            Ok(Err(err)) => return self.failed(&crate::error::describe(&err)),
-            Err(_) => return self.failed("connect timed out"),
+            Ok(pubsub) => pubsub.split(),
+            Err(reason) => return self.failed(&reason),
         };
         let wanted: Vec<String> = self.channels.keys().cloned().collect();
         if !wanted.is_empty() {
@@ -292,7 +358,12 @@ impl Task {
             tracing::warn!("relock: release subscriber lost its connection; reconnecting");
             self.next_attempt = Instant::now();
         }
-        self.wake_all();
+        // Behind Sentinel, a dropped connection usually means a dying master: a waiter woken
+        // now would only meet it and fail. Waiters are woken once the subscriber is on the new
+        // master (a release may have been missed meanwhile), or by their holder's lease.
+        if matches!(self.source, Source::Server(_)) {
+            self.wake_all();
+        }
     }
 
     fn wake_all(&self) {

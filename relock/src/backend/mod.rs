@@ -1,5 +1,6 @@
-//! Where locks live: a Redis server (through a multiplexed connection or a bb8 pool) or this
-//! process's memory. Both speak the same small protocol of attempts and releases.
+//! Where locks live: a Redis server (through a multiplexed connection, a bb8 pool or the master
+//! the sentinels name), a Redis Cluster, or this process's memory. All speak the same small
+//! protocol of attempts and releases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use crate::token::HoldToken;
 pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod redis;
+#[cfg(feature = "sentinel")]
+pub(crate) mod sentinel;
 
 /// The answer to one acquisition attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

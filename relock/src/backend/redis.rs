@@ -30,6 +30,9 @@ pub(crate) enum Connection {
         pool: bb8::Pool<RedisConnectionManager>,
         shared: Mutex<Option<MultiplexedConnection>>,
     },
+    /// The master the sentinels name, found again after a failover.
+    #[cfg(feature = "sentinel")]
+    Sentinel(Box<super::sentinel::MasterConnection>),
 }
 
 impl Connection {
@@ -44,14 +47,19 @@ impl Connection {
 /// The connection one command is sent on.
 enum Conn {
     Manager(ConnectionManager),
-    Pooled(MultiplexedConnection),
+    /// Checked out of a pool, or opened to the master the sentinels named (with the id of that
+    /// connection, to drop it if it fails).
+    Direct(
+        MultiplexedConnection,
+        #[cfg_attr(not(feature = "sentinel"), allow(dead_code))] u64,
+    ),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Manager(connection) => connection.req_packed_command(cmd),
-            Self::Pooled(connection) => connection.req_packed_command(cmd),
+            Self::Direct(connection, _) => connection.req_packed_command(cmd),
         }
     }
 
@@ -63,14 +71,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Manager(connection) => connection.req_packed_commands(cmd, offset, count),
-            Self::Pooled(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Direct(connection, _) => connection.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Manager(connection) => connection.get_db(),
-            Self::Pooled(connection) => connection.get_db(),
+            Self::Direct(connection, _) => connection.get_db(),
         }
     }
 }
@@ -91,7 +99,9 @@ const MAX_IDLE_DEDICATED: usize = 16;
 pub(crate) struct Dedicated {
     /// Opens them; without it (a pool and no URL), they are checked out of the pool.
     client: Option<redis::Client>,
-    idle: Mutex<Vec<MultiplexedConnection>>,
+    /// With the address of the master each was opened to, behind Sentinel (where the master
+    /// moves: a connection to an older master is not used again).
+    idle: Mutex<Vec<(Option<String>, MultiplexedConnection)>>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -116,6 +126,8 @@ impl fmt::Debug for RedisBackend {
         let connection = match self.connection {
             Connection::Multiplexed(_) => "multiplexed",
             Connection::Pool { .. } => "bb8 pool",
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(_) => "sentinel",
         };
         f.debug_struct("RedisBackend")
             .field("connection", &connection)
@@ -154,26 +166,39 @@ impl RedisBackend {
             Connection::Multiplexed(manager) => Ok(Conn::Manager(manager.clone())),
             Connection::Pool { pool, shared } => {
                 if let Some(connection) = lock(shared).clone() {
-                    return Ok(Conn::Pooled(connection));
+                    return Ok(Conn::Direct(connection, 0));
                 }
                 let checked_out: MultiplexedConnection = (*pool.get().await?).clone();
                 *lock(shared) = Some(checked_out.clone());
-                Ok(Conn::Pooled(checked_out))
+                Ok(Conn::Direct(checked_out, 0))
+            }
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(master) => {
+                let (id, connection) = master.get().await?;
+                Ok(Conn::Direct(connection, id))
             }
         }
     }
 
     /// Sends `command` on the shared connection; a connection-level failure makes the next
-    /// command check out a fresh connection from the pool (the manager reconnects by itself).
+    /// command check out a fresh connection from the pool, or resolve the sentinel master again
+    /// (as does `READONLY`: a demoted master); the manager reconnects by itself.
     async fn send<T>(
         &self,
         command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
         let mut connection = self.conn().await?;
         let result = command(&mut connection).await;
-        if let (Err(err), Connection::Pool { shared, .. }) = (&result, &self.connection) {
-            if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-                lock(shared).take();
+        if let Err(err) = &result {
+            match (&self.connection, &connection) {
+                (Connection::Pool { shared, .. }, _) => {
+                    if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                        lock(shared).take();
+                    }
+                }
+                #[cfg(feature = "sentinel")]
+                (Connection::Sentinel(master), Conn::Direct(_, id)) => master.failed(*id, err),
+                _ => {}
             }
         }
         Ok(result?)
@@ -215,16 +240,21 @@ impl RedisBackend {
             .dedicated
             .response_timeout
             .saturating_add(replicas.timeout);
-        let idle = lock(&self.dedicated.idle).pop();
-        let mut connection = match idle {
-            Some(connection) => connection,
+        let current = self.current_master();
+        let idle = {
+            let mut idle = lock(&self.dedicated.idle);
+            idle.retain(|(master, _)| *master == current);
+            idle.pop()
+        };
+        let (master, mut connection) = match idle {
+            Some(idle) => idle,
             None => self.open_dedicated().await?,
         };
         match send_acknowledged(&mut connection, &pipe, false, limit).await {
             Ok(replies) => {
                 let mut idle = lock(&self.dedicated.idle);
                 if idle.len() < MAX_IDLE_DEDICATED {
-                    idle.push(connection);
+                    idle.push((master, connection));
                 }
                 drop(idle);
                 parse_acknowledged(replies)
@@ -238,10 +268,22 @@ impl RedisBackend {
         }
     }
 
+    /// Behind Sentinel, the master's address as last learned.
+    fn current_master(&self) -> Option<String> {
+        match &self.connection {
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(master) => master
+                .sentinels()
+                .known_master()
+                .map(|addr| addr.to_string()),
+            _ => None,
+        }
+    }
+
     /// A new connection for acquisitions that wait for replicas: opened from the URL, or (a pool
     /// and no URL) a dedicated connection of the pool's manager, outside the pool, so that no
     /// other command — the application's, or relock's own — is sent on it.
-    async fn open_dedicated(&self) -> Result<MultiplexedConnection, Error> {
+    async fn open_dedicated(&self) -> Result<(Option<String>, MultiplexedConnection), Error> {
         let dedicated = &self.dedicated;
         let opening = async {
             match (&dedicated.client, &self.connection) {
@@ -249,21 +291,39 @@ impl RedisBackend {
                     let config = redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(dedicated.connect_timeout))
                         .set_response_timeout(None);
-                    Ok(client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?)
+                    Ok((
+                        None,
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    ))
                 }
                 (None, Connection::Pool { pool, .. }) => {
                     let mut connection = pool.dedicated_connection().await?;
                     // Bounded by the caller instead: the pool's default would cut `WAIT` short.
                     connection.set_response_timeout(Duration::from_secs(24 * 3600));
-                    Ok(connection)
+                    Ok((None, connection))
+                }
+                #[cfg(feature = "sentinel")]
+                (None, Connection::Sentinel(master)) => {
+                    // A connection of its own to the master the sentinels name now (its role
+                    // checked), not the shared one.
+                    let mut found = master.sentinels().connect_master().await?;
+                    found
+                        .connection
+                        .set_response_timeout(Duration::from_secs(24 * 3600));
+                    Ok((Some(found.addr.to_string()), found.connection))
                 }
                 (None, Connection::Multiplexed(_)) => {
                     Err(Error::backend("no connection for replica acknowledgements"))
                 }
             }
         };
+        #[cfg(feature = "sentinel")]
+        if matches!(self.connection, Connection::Sentinel(_)) {
+            // Each step through the sentinels is bounded on its own.
+            return opening.await;
+        }
         tokio::time::timeout(dedicated.connect_timeout, opening)
             .await
             .map_err(|_| {
