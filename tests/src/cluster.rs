@@ -418,7 +418,7 @@ fn expect_ok(port: u16, args: &[&str]) {
 }
 
 /// `redis-cli -p <port> <args>`'s output (the harness's own commands never go through relock).
-fn query(port: u16, args: &[&str]) -> String {
+pub(crate) fn query(port: u16, args: &[&str]) -> String {
     let output = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
@@ -427,7 +427,7 @@ fn query(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn wait_for(deadline: Instant, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(deadline: Instant, what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));

@@ -9,6 +9,7 @@ mod backend;
 mod bounded;
 mod cluster;
 mod proxy;
+mod sentinel;
 mod tls;
 
 pub use backend::{acl_user_rules, BackendKind, TestBackend, ACL_PASSWORD, ACL_USER};
@@ -16,6 +17,7 @@ pub use bounded::{bounded, run_bounded};
 pub use cluster::{RedisCluster, SlotMove};
 pub use proxy::Proxy;
 pub use tls::{self_signed, TestCa, TestCert};
+pub use sentinel::{RedisSentinel, MASTER_NAME};
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

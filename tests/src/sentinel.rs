@@ -1,0 +1,204 @@
+//! A private Redis Sentinel deployment: a master, one replica and three sentinels on free ports,
+//! for the Sentinel backend's tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{query, wait_for};
+use crate::{free_port, ping, RedisServer, INSTALL_HINT};
+
+/// The name the sentinels monitor the master under.
+pub const MASTER_NAME: &str = "relock-master";
+
+/// A master, one replica and three sentinels (`redis-server <config> --sentinel`, quorum 2,
+/// `down-after-milliseconds 1000`), every process on a free port, no persistence, killed on drop.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The master first, then the replica; either may be the master after a failover.
+    data: Vec<RedisServer>,
+    sentinels: Vec<SentinelProcess>,
+}
+
+impl RedisSentinel {
+    /// Starts the master and the replica, waits for the replica's link to be up, then starts the
+    /// sentinels and waits until each knows the replica and the two other sentinels.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` or `redis-cli` is missing or the deployment does not come up.
+    pub fn start() -> RedisSentinel {
+        // A replica's first sync otherwise waits 5 s for more replicas to sync together.
+        let fast_sync = || {
+            [
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let master = RedisServer::start_with(fast_sync());
+        let mut replica_args = fast_sync();
+        replica_args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port().to_string(),
+        ]);
+        let replica = RedisServer::start_with(replica_args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        wait_for(deadline, "the replica's link to the master", || {
+            query(replica.port(), &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        let sentinels = (0..3)
+            .map(|_| SentinelProcess::start(master.port()))
+            .collect();
+        let deployment = RedisSentinel {
+            data: vec![master, replica],
+            sentinels,
+        };
+        for sentinel in &deployment.sentinels {
+            wait_for(
+                deadline,
+                "every sentinel to know the replica and the others",
+                || {
+                    let info = query(sentinel.port, &["SENTINEL", "MASTER", MASTER_NAME]);
+                    let field = |name: &str| {
+                        let mut lines = info.lines();
+                        lines.find(|line| line.trim() == name)?;
+                        lines.next().map(|value| value.trim().to_owned())
+                    };
+                    field("num-slaves").as_deref() == Some("1")
+                        && field("num-other-sentinels").as_deref() == Some("2")
+                },
+            );
+        }
+        deployment
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|sentinel| format!("redis://127.0.0.1:{}", sentinel.port))
+            .collect()
+    }
+
+    /// A locker builder on this deployment: `Locker::builder().sentinel(urls, MASTER_NAME)`.
+    pub fn builder(&self) -> relock::LockerBuilder {
+        relock::Locker::builder().sentinel(self.sentinel_urls(), MASTER_NAME)
+    }
+
+    /// The data node that answers `ROLE` as a master.
+    pub fn master(&self) -> &RedisServer {
+        self.data
+            .iter()
+            .filter(|node| node.is_running())
+            .find(|node| query(node.port(), &["ROLE"]).starts_with("master"))
+            .expect("a running master")
+    }
+
+    /// SIGKILLs the master, then waits until a majority of the sentinels name the replica as the
+    /// master and it answers `ROLE` as one; returns how long that took.
+    pub fn kill_master(&mut self) -> Duration {
+        let old = self.master().port();
+        let killed = Instant::now();
+        self.data
+            .iter_mut()
+            .find(|node| node.port() == old)
+            .expect("the master is one of ours")
+            .kill();
+        let new = self
+            .data
+            .iter()
+            .find(|node| node.port() != old)
+            .expect("a replica")
+            .port();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        wait_for(deadline, "the sentinels to promote the replica", || {
+            let naming = self
+                .sentinels
+                .iter()
+                .filter(|sentinel| {
+                    let named = query(
+                        sentinel.port,
+                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
+                    );
+                    named.lines().nth(1).map(str::trim) == Some(&new.to_string())
+                })
+                .count();
+            naming * 2 > self.sentinels.len() && query(new, &["ROLE"]).starts_with("master")
+        });
+        killed.elapsed()
+    }
+}
+
+/// One `redis-server --sentinel` process with a generated configuration file.
+#[derive(Debug)]
+struct SentinelProcess {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl SentinelProcess {
+    fn start(master_port: u16) -> SentinelProcess {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "relock-sentinel-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
+        let port = free_port();
+        let config = dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 dir {dir}\n\
+                 logfile sentinel.log\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 2000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = dir.display(),
+            ),
+        )
+        .expect("write the sentinel's configuration");
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start redis-server ({err}). {INSTALL_HINT}"));
+        let mut sentinel = SentinelProcess { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ping(port) {
+            if let Ok(Some(status)) = sentinel.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(sentinel.dir.join("sentinel.log")).unwrap_or_default();
+                panic!("redis-server --sentinel exited with {status}: {log}\n{INSTALL_HINT}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on port {port} did not answer PING within 10 s. {INSTALL_HINT}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sentinel
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
