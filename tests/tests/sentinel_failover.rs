@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use relock::{Error, Locker};
-use relock_tests::{bounded, unique_key, until_subscribed, RedisSentinel};
+use relock_tests::{
+    bounded, release_channel, subscribers, unique_key, until_subscribed, RedisSentinel,
+};
 
 /// Longer than the failover (about 2–3 s with `down-after-milliseconds 1000`) plus a renewal
 /// period, so that holds the replica received survive it.
@@ -272,13 +274,19 @@ async fn a_waiter_is_woken_by_a_release_on_the_new_master() {
 
     let failover = tokio::task::block_in_place(|| deployment.kill_master());
     println!("failover took {failover:?}");
-    // The waiter's subscriber moves to the new master.
-    until_subscribed(&mut master_connection(&deployment).await, &key).await;
-    assert!(
-        !waiting.is_finished(),
-        "the waiter gave up: {:?}",
-        waiting.await
-    );
+    // The waiter's subscriber moves to the new master, and the waiter keeps waiting.
+    let mut new_master = master_connection(&deployment).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers(&mut new_master, &release_channel(&key)).await == 0 {
+        if waiting.is_finished() {
+            panic!("the waiter gave up in the failover: {:?}", waiting.await);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter's subscriber never moved to the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The holder's first command may still meet the dead master's connection and fail.
     let deadline = Instant::now() + Duration::from_secs(5);
     while holder.inspect(key.as_str()).await.is_err() {
