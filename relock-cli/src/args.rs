@@ -63,6 +63,22 @@ pub(crate) struct Global {
     )]
     pub(crate) tls_key: Option<std::path::PathBuf>,
 
+    /// Redis Sentinel instead of one server: the sentinels, comma-separated
+    /// (`redis://10.0.0.1:26379,redis://10.0.0.2:26379`), with `--master-name`.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with = "cluster",
+        requires = "master_name"
+    )]
+    pub(crate) sentinel: Vec<String>,
+
+    /// The name the sentinels monitor the master under (with `--sentinel`).
+    #[arg(long, global = true, env = "REDIS_SENTINEL_MASTER")]
+    pub(crate) master_name: Option<String>,
+
     /// The prefix of relock's Redis keys, as the applications set it (`<prefix>:{<key>}`).
     #[arg(long, global = true, default_value = "relock")]
     pub(crate) prefix: String,

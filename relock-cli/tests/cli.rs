@@ -19,6 +19,8 @@ async fn relock(url: &str, args: &[&str], stdin: &str) -> Output {
         .args(args)
         .env_remove("REDIS_URL")
         .env_remove("REDIS_CLUSTER")
+        .env_remove("REDIS_SENTINEL")
+        .env_remove("REDIS_SENTINEL_MASTER")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -570,4 +572,46 @@ async fn inspect_and_list_over_tls_with_a_private_ca_as_an_acl_user() {
     assert!(message.contains("--tls-ca-cert"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
     let _ = std::fs::remove_file(ca_file);
+}
+
+/// `--sentinel` with `--master-name`: the commands on the master the sentinels name; sentinels
+/// that cannot be reached fail with exit code 3, one line naming the master, within the timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_inspect_and_release_go_to_the_master() {
+    let deployment = relock_tests::RedisSentinel::start();
+    let sentinels = deployment.sentinel_urls().join(",");
+    let master = relock_tests::MASTER_NAME;
+    let locker = deployment.builder().build().expect("a sentinel locker");
+    let guard = locker.lock("cli-sentinel:1").await.expect("lock");
+    let unreachable = "redis://127.0.0.1:1";
+    let sentinel_args = ["--sentinel", &sentinels, "--master-name", master];
+    let mut args = sentinel_args.to_vec();
+    args.extend(["inspect", "cli-sentinel:1"]);
+    let output = relock(unreachable, &args, "").await;
+    assert_code(&output, 0);
+    assert!(stdout(&output).contains(&guard.fencing_token().to_string()));
+    let mut args = sentinel_args.to_vec();
+    args.extend(["release", "--yes", "cli-sentinel:1"]);
+    assert_code(&relock(unreachable, &args, "").await, 0);
+    assert!(locker.inspect("cli-sentinel:1").await.unwrap().is_none());
+
+    let closed = format!("redis://127.0.0.1:{}", relock_tests::free_port());
+    let started = Instant::now();
+    let args = [
+        "--sentinel",
+        &closed,
+        "--master-name",
+        "mymaster",
+        "--timeout",
+        "300ms",
+        "inspect",
+        "k",
+    ];
+    let output = relock(unreachable, &args, "").await;
+    assert_code(&output, 3);
+    one_line(&stderr(&output));
+    assert!(stderr(&output).contains("mymaster"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let output = relock(unreachable, &["--sentinel", &closed, "inspect", "k"], "").await;
+    assert_code(&output, 2);
 }

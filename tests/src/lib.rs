@@ -16,8 +16,8 @@ pub use backend::{acl_user_rules, BackendKind, TestBackend, ACL_PASSWORD, ACL_US
 pub use bounded::{bounded, run_bounded};
 pub use cluster::{RedisCluster, SlotMove};
 pub use proxy::Proxy;
-pub use tls::{self_signed, TestCa, TestCert};
 pub use sentinel::{RedisSentinel, MASTER_NAME};
+pub use tls::{self_signed, TestCa, TestCert};
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

@@ -84,10 +84,15 @@ pub(crate) struct Session {
 
 impl Session {
     fn new(global: &Global) -> Result<Self, Failure> {
-        let builder = if global.cluster.is_empty() {
-            Locker::builder().url(&global.url)
-        } else {
-            Locker::builder().cluster(global.cluster.iter().cloned())
+        let builder = match (
+            &global.cluster[..],
+            &global.sentinel[..],
+            &global.master_name,
+        ) {
+            ([], [], _) => Locker::builder().url(&global.url),
+            ([], sentinels, Some(name)) => Locker::builder().sentinel(sentinels.to_vec(), name),
+            ([], _, None) => return Err(Failure::usage("--sentinel needs --master-name")),
+            (seeds, _, _) => Locker::builder().cluster(seeds.to_vec()),
         };
         #[cfg(feature = "tls")]
         let builder = tls(builder, global)?;
@@ -102,17 +107,41 @@ impl Session {
                 relock::Error::Backend(err) => Failure::usage(err.to_string()),
                 err => Failure::usage(err.to_string()),
             })?;
-        let url = if global.cluster.is_empty() {
-            redacted(&global.url)
-        } else {
-            let seeds: Vec<String> = global.cluster.iter().map(|seed| redacted(seed)).collect();
-            seeds.join(",")
+        let (url, limit) = match (
+            &global.cluster[..],
+            &global.sentinel[..],
+            &global.master_name,
+        ) {
+            ([], [], _) => (redacted(&global.url), global.timeout.saturating_mul(2)),
+            // Each sentinel is asked in turn (connect, answer), then the master (connect, ROLE,
+            // the command's answer).
+            ([], sentinels, Some(name)) => (
+                format!(
+                    "{} (sentinel master `{name}`)",
+                    sentinels
+                        .iter()
+                        .map(|sentinel| redacted(sentinel))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                global
+                    .timeout
+                    .saturating_mul(2 * sentinels.len() as u32 + 3),
+            ),
+            (seeds, _, _) => (
+                seeds
+                    .iter()
+                    .map(|seed| redacted(seed))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                global.timeout.saturating_mul(2),
+            ),
         };
         Ok(Self {
             locker,
             url,
             json: global.json,
-            limit: global.timeout.saturating_mul(2),
+            limit,
         })
     }
 
