@@ -191,10 +191,10 @@ impl RedisBackend {
         let result = command(&mut connection).await;
         if let Err(err) = &result {
             match (&self.connection, &connection) {
-                (Connection::Pool { shared, .. }, _) => {
-                    if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-                        lock(shared).take();
-                    }
+                (Connection::Pool { shared, .. }, _)
+                    if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() =>
+                {
+                    lock(shared).take();
                 }
                 #[cfg(feature = "sentinel")]
                 (Connection::Sentinel(master), Conn::Direct(_, id)) => master.failed(*id, err),
