@@ -814,8 +814,9 @@ impl LockerBuilder {
     }
 
     /// Builds the locker. Fails with [`Error::Backend`] when neither a URL nor a pool was given,
-    /// the URL does not parse, or the prefix is invalid, and with [`Error::InvalidLease`] for a
-    /// lease out of range.
+    /// the URL does not parse (with `sentinel`: a sentinel URL, or no URL or master name at
+    /// all), or the prefix is invalid, and with [`Error::InvalidLease`] for a lease out of range.
+    /// Opens no connection.
     pub fn build(self) -> Result<Locker, Error> {
         crate::lease::check(self.config().lease)?;
         let prefix = self
