@@ -413,7 +413,9 @@ impl MasterConnection {
                 return Err(Error::backend(reason.clone()));
             }
         }
-        let resolved = self.sentinels.connect_master().await;
+        // Boxed: resolving is rare, and its future (connections to each sentinel and the master)
+        // would otherwise enlarge every command's future, even on other backends.
+        let resolved = Box::pin(self.sentinels.connect_master()).await;
         let id = self.resolutions.fetch_add(1, Ordering::AcqRel) + 1;
         match resolved {
             Ok(master) => {
