@@ -841,6 +841,7 @@ impl LockerBuilder {
                 self.master_credentials.clone(),
                 connect_timeout,
                 self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+                self.tls.clone(),
             )?);
             let connection = Connection::Sentinel(Box::new(
                 crate::backend::sentinel::MasterConnection::new(sentinels.clone()),

@@ -31,8 +31,9 @@ impl TlsSettings {
         Ok(redis::Client::open(url)?)
     }
 
-    /// A client for one cluster node, `info` being a seed's settings with the node's address.
-    #[cfg(feature = "cluster")]
+    /// A client for one node found at run time (a cluster node, a sentinel or the master it
+    /// names), `info` carrying its address and credentials.
+    #[cfg(any(feature = "cluster", feature = "sentinel"))]
     pub(crate) fn node_client(&self, info: redis::ConnectionInfo) -> Result<redis::Client, Error> {
         #[cfg(feature = "tls")]
         if !self.is_empty() {

@@ -313,3 +313,58 @@ async fn a_waiter_is_woken_by_a_release_on_the_new_master() {
     assert!(next.fencing_token() > before);
     next.release().await.expect("release");
 }
+
+/// Replica-acknowledged acquisitions through Sentinel: acknowledged by the replica before the
+/// failover; after it, the dedicated connection is on the new master (which has no replica left:
+/// the only one was promoted), so the acquisition fails with `NotReplicated` — not with an error
+/// from a connection to the dead master — and leaves nothing held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_acquisitions_follow_the_master_through_a_failover() {
+    let mut deployment = RedisSentinel::start();
+    let locker = deployment
+        .builder()
+        .lease(LEASE)
+        .replicas(1, Duration::from_millis(300))
+        .build()
+        .expect("a sentinel locker");
+    bounded(TEST_LIMIT, async {
+        let key = unique_key("sentinel-acked");
+        let guard = locker.lock(key.as_str()).await.expect("acknowledged lock");
+        guard.release().await.expect("release");
+
+        let failover = tokio::task::block_in_place(|| deployment.kill_master());
+        println!("failover took {failover:?}");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let outcome = loop {
+            match locker.lock(key.as_str()).await {
+                // The command connection still on the dead master: the next finds the new one.
+                Err(Error::Backend(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                outcome => break outcome,
+            }
+        };
+        match outcome {
+            Err(Error::NotReplicated {
+                acknowledged: 0,
+                required: 1,
+                ..
+            }) => {}
+            other => panic!("expected NotReplicated on the replica-less new master, got {other:?}"),
+        }
+        let plain = sentinel_locker(&deployment, LEASE);
+        let guard = plain
+            .try_lock(key.as_str())
+            .await
+            .expect("try_lock")
+            .expect("nothing left held by the unreplicated grant");
+        guard.release().await.expect("release");
+        let guard = locker
+            .lock(key.as_str())
+            .replicas(0, Duration::ZERO)
+            .await
+            .expect("no replica asked for");
+        guard.release().await.expect("release");
+    })
+    .await;
+}

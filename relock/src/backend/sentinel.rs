@@ -59,6 +59,8 @@ pub(crate) struct Sentinels {
     master_credentials: Option<(String, String)>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// What `rediss://` connections to the sentinels and the master trust and present.
+    tls: crate::tls::TlsSettings,
     /// The master's address as last learned (a resolution that checked its role, or a
     /// `+switch-master`); connections to another address are stale.
     master: watch::Sender<Option<MasterAddr>>,
@@ -87,6 +89,7 @@ impl Sentinels {
         master_credentials: Option<(String, String)>,
         connect_timeout: Duration,
         response_timeout: Duration,
+        tls: crate::tls::TlsSettings,
     ) -> Result<Self, Error> {
         if urls.is_empty() {
             return Err(Error::backend("no sentinel URLs given"));
@@ -109,6 +112,7 @@ impl Sentinels {
             master_credentials,
             connect_timeout,
             response_timeout,
+            tls,
             master: watch::channel(None).0,
             watching: AtomicBool::new(false),
             stop: Mutex::new(Some(stop_rx)),
@@ -151,7 +155,7 @@ impl Sentinels {
     /// A pub/sub connection to the master, for release notifications.
     pub(crate) async fn connect_pubsub(self: &Arc<Self>) -> Result<(MasterAddr, PubSub), Error> {
         let master = self.connect_master().await?;
-        let client = redis::Client::open(master.info)?;
+        let client = self.tls.node_client(master.info)?;
         match tokio::time::timeout(self.connect_timeout, client.get_async_pubsub()).await {
             Ok(pubsub) => Ok((master.addr, pubsub?)),
             Err(_) => Err(Error::backend(format!(
@@ -168,7 +172,10 @@ impl Sentinels {
     }
 
     async fn master_through(&self, node: &ConnectionInfo) -> Result<Master, String> {
-        let sentinel = redis::Client::open(sentinel_info(node)).map_err(|err| err.to_string())?;
+        let sentinel = self
+            .tls
+            .node_client(sentinel_info(node))
+            .map_err(|err| err.to_string())?;
         let mut connection = sentinel
             .get_multiplexed_async_connection_with_config(&self.config())
             .await
@@ -187,7 +194,10 @@ impl Sentinels {
         };
         let addr = MasterAddr { host, port };
         let info = self.master_info(node, &addr);
-        let client = redis::Client::open(info.clone()).map_err(|err| err.to_string())?;
+        let client = self
+            .tls
+            .node_client(info.clone())
+            .map_err(|err| err.to_string())?;
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&self.config())
             .await
@@ -263,7 +273,10 @@ impl Sentinels {
 
     /// Subscribes to `+switch-master` on the sentinel `node`.
     async fn switch_feed(&self, node: &ConnectionInfo) -> Result<PubSub, String> {
-        let client = redis::Client::open(sentinel_info(node)).map_err(|err| err.to_string())?;
+        let client = self
+            .tls
+            .node_client(sentinel_info(node))
+            .map_err(|err| err.to_string())?;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(SWITCH_MASTER).await?;
@@ -500,6 +513,7 @@ mod tests {
             credentials.map(|(user, pass)| (user.to_owned(), pass.to_owned())),
             Duration::from_secs(1),
             Duration::from_secs(1),
+            Default::default(),
         )
         .unwrap()
     }
@@ -544,7 +558,14 @@ mod tests {
 
     #[test]
     fn invalid_input_is_a_backend_error_without_the_password() {
-        let no_urls = Sentinels::new(&[], "m".into(), None, Duration::ZERO, Duration::ZERO);
+        let no_urls = Sentinels::new(
+            &[],
+            "m".into(),
+            None,
+            Duration::ZERO,
+            Duration::ZERO,
+            Default::default(),
+        );
         assert!(no_urls.unwrap_err().is_backend());
         let err = Sentinels::new(
             &["nope://user:hunter2@host".to_owned()],
@@ -552,6 +573,7 @@ mod tests {
             None,
             Duration::ZERO,
             Duration::ZERO,
+            Default::default(),
         )
         .unwrap_err();
         let Error::Backend(err) = err else {
