@@ -675,9 +675,11 @@ impl LockerBuilder {
     /// Locks on the master that the Redis Sentinels at `sentinels` (`redis://host:26379` URLs)
     /// monitor under `master_name`, following it through failovers.
     ///
-    /// The master is found by asking each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`),
-    /// then checked with `ROLE`: a sentinel that has not yet seen a failover names the old,
-    /// demoted master, and the next sentinel is asked. Each step is bounded by the
+    /// The master is found by asking every sentinel at once (`SENTINEL MASTER`) which master it
+    /// knows under which configuration epoch, then connecting to the one named under the highest
+    /// epoch and checking it with `ROLE` (a sentinel that has not yet seen a failover names the
+    /// old master under an older epoch; a master found after a newer one was announced is not
+    /// used). Each step is bounded by the
     /// [`connect_timeout`](Self::connect_timeout) or the
     /// [`response_timeout`](Self::response_timeout); when no sentinel names a reachable master,
     /// a command fails with [`Error::Backend`] naming the master name and each sentinel's answer.

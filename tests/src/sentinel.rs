@@ -133,6 +133,37 @@ impl RedisSentinel {
         });
         killed.elapsed()
     }
+
+    /// `SENTINEL FAILOVER` on the first sentinel: a graceful failover, the old master alive (and
+    /// still answering `ROLE` as a master until the sentinels reconfigure it as a replica).
+    /// Returns once the replica answers `ROLE` as the master.
+    pub fn graceful_failover(&mut self) -> Duration {
+        let old = self.master().port();
+        let new = self
+            .data
+            .iter()
+            .find(|node| node.port() != old)
+            .expect("a replica")
+            .port();
+        let started = Instant::now();
+        let answer = query(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", MASTER_NAME],
+        );
+        assert!(answer.contains("OK"), "SENTINEL FAILOVER: {answer}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        wait_for(deadline, "the replica to be promoted", || {
+            query(new, &["ROLE"]).starts_with("master")
+        });
+        started.elapsed()
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel, in the reverse order.
+    pub fn sentinel_urls_reversed(&self) -> Vec<String> {
+        let mut urls = self.sentinel_urls();
+        urls.reverse();
+        urls
+    }
 }
 
 /// One `redis-server --sentinel` process with a generated configuration file.

@@ -368,3 +368,69 @@ async fn acknowledged_acquisitions_follow_the_master_through_a_failover() {
     })
     .await;
 }
+
+/// A graceful failover (`SENTINEL FAILOVER`): the old master stays up, and answers `ROLE` as a
+/// master until the sentinels reconfigure it. History checked: whenever a second locker (asking
+/// the sentinels in the other order) is granted a key, the first locker's guard for it no longer
+/// says held — a renewal that only reached the old master must not keep it believing so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_never_leaves_two_holders() {
+    let mut deployment = RedisSentinel::start();
+    let lease = Duration::from_secs(3);
+    let holder = sentinel_locker(&deployment, lease);
+    let other = Locker::builder()
+        .sentinel(
+            deployment.sentinel_urls_reversed(),
+            relock_tests::MASTER_NAME,
+        )
+        .lease(lease)
+        .build()
+        .expect("a sentinel locker");
+    bounded(TEST_LIMIT, async {
+        let keys: Vec<String> = (0..8).map(|i| unique_key(&format!("graceful-{i}"))).collect();
+        let mut guards = Vec::new();
+        for key in &keys {
+            guards.push(holder.lock(key.as_str()).await.expect("lock"));
+        }
+        // `other` knows the old master too before the failover.
+        assert!(other.try_lock("graceful-warm-up").await.expect("try_lock").is_some());
+        until_replicated(&deployment).await;
+        let failover = tokio::task::block_in_place(|| deployment.graceful_failover());
+        println!("graceful failover: the replica answered ROLE master after {failover:?}");
+
+        let mut taken = vec![false; keys.len()];
+        let until = Instant::now() + lease * 3;
+        while Instant::now() < until {
+            for (at, key) in keys.iter().enumerate() {
+                if taken[at] {
+                    continue;
+                }
+                if let Ok(Some(second)) = other.try_lock(key.as_str()).await {
+                    assert!(
+                        !guards[at].is_held(),
+                        "{key}: granted to a second locker (token {}) while its first guard \
+                         (token {}) still says held",
+                        second.fencing_token(),
+                        guards[at].fencing_token()
+                    );
+                    assert!(second.fencing_token() > guards[at].fencing_token());
+                    taken[at] = true;
+                    std::mem::forget(second);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kept = guards.iter().filter(|guard| guard.is_held()).count();
+        let moved = taken.iter().filter(|taken| **taken).count();
+        println!("after the graceful failover: {kept} holds kept, {moved} keys taken by the other locker");
+        for (guard, taken) in guards.iter().zip(&taken) {
+            assert!(
+                guard.is_held() != *taken,
+                "{}: held by its first guard: {}, taken by the other locker: {taken}",
+                guard.key(),
+                guard.is_held()
+            );
+        }
+    })
+    .await;
+}

@@ -201,6 +201,19 @@ impl RedisBackend {
                 _ => {}
             }
         }
+        #[cfg(feature = "sentinel")]
+        if let (Ok(_), Connection::Sentinel(master), Conn::Direct(_, id)) =
+            (&result, &self.connection, &connection)
+        {
+            if !master.answered_by_current(*id) {
+                // Granted, renewed or released on a master the sentinels have replaced: not on
+                // the new one. The caller treats it as an unknown outcome (an acquisition is
+                // released in the background, a renewal is retried, a release too).
+                return Err(Error::backend(
+                    "the sentinel master changed while the command was in flight; its outcome is unknown",
+                ));
+            }
+        }
         Ok(result?)
     }
 
@@ -250,7 +263,14 @@ impl RedisBackend {
             Some(idle) => idle,
             None => self.open_dedicated().await?,
         };
-        match send_acknowledged(&mut connection, &pipe, false, limit).await {
+        let sent = send_acknowledged(&mut connection, &pipe, false, limit).await;
+        if sent.is_ok() && master.is_some() && self.current_master() != master {
+            // Behind Sentinel, answered by a master that has been replaced meanwhile.
+            return Err(Error::backend(
+                "the sentinel master changed while the acquisition was in flight; its outcome is unknown",
+            ));
+        }
+        match sent {
             Ok(replies) => {
                 let mut idle = lock(&self.dedicated.idle);
                 if idle.len() < MAX_IDLE_DEDICATED {

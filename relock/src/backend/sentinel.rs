@@ -64,6 +64,10 @@ pub(crate) struct Sentinels {
     /// The master's address as last learned (a resolution that checked its role, or a
     /// `+switch-master`); connections to another address are stale.
     master: watch::Sender<Option<MasterAddr>>,
+    /// Counts the changes of `master`: a resolution that started before a newer master was
+    /// learned (announced by `+switch-master`, or found by another resolution) must not put back
+    /// the one it found.
+    learned_changes: AtomicU64,
     watching: AtomicBool,
     /// Dropped with `self`, which stops the `+switch-master` watcher.
     stop: Mutex<Option<oneshot::Receiver<()>>>,
@@ -114,6 +118,7 @@ impl Sentinels {
             response_timeout,
             tls,
             master: watch::channel(None).0,
+            learned_changes: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             stop: Mutex::new(Some(stop_rx)),
             _stop: stop_tx,
@@ -130,17 +135,47 @@ impl Sentinels {
         self.master.subscribe()
     }
 
-    /// Asks each sentinel in turn for the master's address, connects to it and checks with
-    /// `ROLE` that it is a master (a sentinel that has not yet seen a failover names the demoted
-    /// one). Every step is bounded by the connect or response timeout.
+    /// Asks every sentinel at once which master it knows and under which configuration epoch,
+    /// then connects to the masters named under the highest epoch first and checks with `ROLE`
+    /// that it is a master: a sentinel that has not yet seen a failover names the old master
+    /// under an older epoch, and the old master may still answer `ROLE` as one until the
+    /// sentinels demote it. Every step is bounded by the connect or response timeout.
     pub(crate) async fn connect_master(self: &Arc<Self>) -> Result<Master, Error> {
         self.watch_switches();
+        let started = self.learned_changes.load(Ordering::Acquire);
+        let answers = futures_util::future::join_all(
+            self.nodes
+                .iter()
+                .map(|node| async move { (node, self.named_by(node).await) }),
+        )
+        .await;
         let mut failures = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
-            match self.master_through(node).await {
+        let mut named: Vec<(u64, MasterAddr, &ConnectionInfo)> = Vec::new();
+        for (node, answer) in answers {
+            match answer {
+                Ok((epoch, addr)) => named.push((epoch, addr, node)),
+                Err(reason) => failures.push(format!("{}: {reason}", node.addr())),
+            }
+        }
+        // Highest epoch first; among equals, in the order the sentinels were given.
+        named.sort_by_key(|named| std::cmp::Reverse(named.0));
+        let mut tried: Vec<MasterAddr> = Vec::new();
+        for (epoch, addr, node) in named {
+            if tried.contains(&addr) {
+                continue;
+            }
+            tried.push(addr.clone());
+            match self.checked_master(node, addr).await {
                 Ok(master) => {
-                    self.learned(&master.addr);
-                    return Ok(master);
+                    if self.learned_unless_moved(&master.addr, started) {
+                        return Ok(master);
+                    }
+                    failures.push(format!(
+                        "{}: named {} (epoch {epoch}), but a newer master was announced meanwhile",
+                        node.addr(),
+                        master.addr
+                    ));
+                    break;
                 }
                 Err(reason) => failures.push(format!("{}: {reason}", node.addr())),
             }
@@ -171,7 +206,9 @@ impl Sentinels {
             .set_response_timeout(Some(self.response_timeout))
     }
 
-    async fn master_through(&self, node: &ConnectionInfo) -> Result<Master, String> {
+    /// `SENTINEL MASTER <name>` on the sentinel `node`: the master's address and the
+    /// configuration epoch it was named under.
+    async fn named_by(&self, node: &ConnectionInfo) -> Result<(u64, MasterAddr), String> {
         let sentinel = self
             .tls
             .node_client(sentinel_info(node))
@@ -180,19 +217,50 @@ impl Sentinels {
             .get_multiplexed_async_connection_with_config(&self.config())
             .await
             .map_err(|err| err.to_string())?;
-        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("GET-MASTER-ADDR-BY-NAME")
+        let reply: redis::Value = redis::cmd("SENTINEL")
+            .arg("MASTER")
             .arg(&self.master_name)
             .query_async(&mut connection)
             .await
-            .map_err(|err| err.to_string())?;
-        let Some((host, port)) = named else {
+            .map_err(|err| {
+                if err.to_string().contains("No such master") {
+                    format!("does not know a master named `{}`", self.master_name)
+                } else {
+                    err.to_string()
+                }
+            })?;
+        let fields = master_fields(&reply);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let (Some(host), Some(port)) = (field("ip"), field("port").and_then(|p| p.parse().ok()))
+        else {
             return Err(format!(
-                "does not know a master named `{}`",
-                self.master_name
+                "answered SENTINEL MASTER without an address: {reply:?}"
             ));
         };
-        let addr = MasterAddr { host, port };
+        let epoch = field("config-epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .unwrap_or(0);
+        Ok((
+            epoch,
+            MasterAddr {
+                host: host.to_owned(),
+                port,
+            },
+        ))
+    }
+
+    /// Connects to `addr`, named by the sentinel `node`, and checks with `ROLE` that it is a
+    /// master.
+    async fn checked_master(
+        &self,
+        node: &ConnectionInfo,
+        addr: MasterAddr,
+    ) -> Result<Master, String> {
         let info = self.master_info(node, &addr);
         let client = self
             .tls
@@ -241,7 +309,8 @@ impl Sentinels {
         node.clone().set_addr(address).set_redis_settings(redis)
     }
 
-    /// Records a newer master address, waking the connections that follow it.
+    /// Records a newer master address (announced by `+switch-master`), waking the connections
+    /// that follow it.
     fn learned(&self, addr: &MasterAddr) {
         self.master.send_if_modified(|known| {
             if known.as_ref() == Some(addr) {
@@ -249,8 +318,30 @@ impl Sentinels {
             }
             tracing::info!(master = %addr, name = %self.master_name, "relock: sentinel master");
             *known = Some(addr.clone());
+            self.learned_changes.fetch_add(1, Ordering::AcqRel);
             true
         });
+    }
+
+    /// Records the master a resolution that started at change `started` found, unless another
+    /// master was learned since (a `+switch-master`, or another resolution): then the one found
+    /// may be the old master, still answering `ROLE` as one, and is not used.
+    fn learned_unless_moved(&self, addr: &MasterAddr, started: u64) -> bool {
+        let mut accepted = true;
+        self.master.send_if_modified(|known| {
+            if known.as_ref() == Some(addr) {
+                return false;
+            }
+            if self.learned_changes.load(Ordering::Acquire) != started {
+                accepted = false;
+                return false;
+            }
+            tracing::info!(master = %addr, name = %self.master_name, "relock: sentinel master");
+            *known = Some(addr.clone());
+            self.learned_changes.fetch_add(1, Ordering::AcqRel);
+            true
+        });
+        accepted
     }
 
     /// Starts, once, the task that listens for `+switch-master` on the sentinels.
@@ -349,6 +440,28 @@ async fn watch_switches(sentinels: Weak<Sentinels>, mut stop: oneshot::Receiver<
             () = tokio::time::sleep(WATCH_RETRY) => {}
             _ = &mut stop => return,
         }
+    }
+}
+
+/// The field-value pairs of a `SENTINEL MASTER` reply (an array of pairs in RESP2, a map in
+/// RESP3).
+fn master_fields(reply: &redis::Value) -> Vec<(String, String)> {
+    let text = |value: &redis::Value| match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        redis::Value::Int(number) => Some(number.to_string()),
+        _ => None,
+    };
+    match reply {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
+            .collect(),
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .filter_map(|(key, value)| Some((text(key)?, text(value)?)))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -465,13 +578,25 @@ impl MasterConnection {
             .map(|current| (current.id, current.connection.clone()))
     }
 
+    /// Whether connection `id` is still the one to the master as last learned: a reply read on a
+    /// connection to a master that has been replaced since may have been granted or renewed on
+    /// the old master only, so its outcome is unknown.
+    pub(crate) fn answered_by_current(&self, id: u64) -> bool {
+        let known = self.sentinels.known_master();
+        let current = lock(&self.current);
+        current.as_ref().is_some_and(|current| {
+            current.id == id && known.as_ref().is_none_or(|known| *known == current.addr)
+        })
+    }
+
     /// Drops connection `id` after `err`, if the error says it is no longer a usable master.
     pub(crate) fn failed(&self, id: u64, err: &redis::RedisError) {
         if !(err.is_io_error()
             || err.is_connection_dropped()
             || err.is_timeout()
             || err.is_unrecoverable_error()
-            || is_readonly(err))
+            || is_readonly(err)
+            || is_noreplicas(err))
         {
             return;
         }
@@ -486,6 +611,12 @@ impl MasterConnection {
 /// `READONLY`: the node is a replica now, directly or from inside a script.
 fn is_readonly(err: &redis::RedisError) -> bool {
     err.code() == Some("READONLY") || err.to_string().contains("READONLY")
+}
+
+/// `NOREPLICAS`: a master cut off from its replicas (`min-replicas-to-write`), which the
+/// sentinels may have replaced.
+fn is_noreplicas(err: &redis::RedisError) -> bool {
+    err.code() == Some("NOREPLICAS") || err.to_string().contains("NOREPLICAS")
 }
 
 /// The message inside an `Error::Backend`, whose own Display is generic.
