@@ -42,6 +42,30 @@ impl TlsSettings {
         Ok(redis::Client::open(info)?)
     }
 
+    /// `info` (a seed's or a sentinel's settings: credentials, TLS) for the node at `host:port`,
+    /// over the same transport (`rediss://` stays TLS, with its parameters).
+    #[cfg(any(feature = "cluster", feature = "sentinel"))]
+    pub(crate) fn at_address(
+        info: &redis::ConnectionInfo,
+        host: String,
+        port: u16,
+    ) -> redis::ConnectionInfo {
+        let addr = match info.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        info.clone().set_addr(addr)
+    }
+
     /// A cluster client builder for `seeds` carrying these settings.
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster_builder(

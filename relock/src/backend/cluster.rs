@@ -434,20 +434,9 @@ impl ClusterBackend {
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
             .ok_or_else(|| Error::backend(format!("a cluster node's address `{address}`")))?;
-        let addr = match template.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host, port),
-        };
-        let client = self.tls.node_client(template.set_addr(addr))?;
+        let client = self
+            .tls
+            .node_client(crate::tls::TlsSettings::at_address(&template, host, port))?;
         let connection = tokio::time::timeout(
             bound,
             client.get_multiplexed_async_connection_with_config(config),

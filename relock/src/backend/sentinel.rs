@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Role};
+use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, Role};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::Error;
@@ -288,25 +288,12 @@ impl Sentinels {
     /// scheme, so a TLS setting carries over), with its credentials and database unless
     /// separate master credentials were given.
     fn master_info(&self, node: &ConnectionInfo, addr: &MasterAddr) -> ConnectionInfo {
-        let (host, port) = (addr.host.clone(), addr.port);
-        let address = match node.addr().clone() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                tls_params,
-            },
-            _ => ConnectionAddr::Tcp(host, port),
-        };
         let mut redis = node.redis_settings().clone();
         if let Some((username, password)) = &self.master_credentials {
             redis = redis.set_username(username).set_password(password);
         }
-        node.clone().set_addr(address).set_redis_settings(redis)
+        crate::tls::TlsSettings::at_address(node, addr.host.clone(), addr.port)
+            .set_redis_settings(redis)
     }
 
     /// Records a newer master address (announced by `+switch-master`), waking the connections
