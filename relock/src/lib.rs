@@ -61,6 +61,19 @@
 //! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
 //! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
 //!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `macros` (default) | `#[locked]` |
+//! | `cluster` | `LockerBuilder::cluster`: Redis Cluster, renewals per master, sharded pub/sub |
+//! | `sentinel` | `LockerBuilder::sentinel`: the master Redis Sentinel names, followed through failovers |
+//! | `tls` | `rediss://` URLs over rustls, `LockerBuilder::tls_root_ca` and `tls_client_auth` |
+//! | `metrics` | `relock_*` metrics through the `metrics` facade |
+//!
+//! [`LockerBuilder::replicas`] (no feature) makes acquisitions wait until replicas acknowledge
+//! them; [`acl_rules`] is the least-privilege Redis ACL relock needs.
+//!
 //! # Failure contract
 //!
 //! | situation | what the caller sees |
@@ -73,6 +86,7 @@
 //! | guard dropped in a panic or cancellation | released in the background |
 //! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
 //! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
+//! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
 //! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
