@@ -583,7 +583,7 @@ impl LockerBuilder {
     /// An ACL user and its password go in the URL (`redis://user:password@host:port`); both
     /// connections log in with them. `rediss://` connects over TLS (feature `tls`), checking the
     /// server's certificate against the system's CA certificates or
-    /// [`tls_root_ca`](Self::tls_root_ca).
+    /// `tls_root_ca`.
     ///
     /// The connections are opened on first use; [`Locker::connect`] opens the first at once.
     pub fn url(mut self, url: impl Into<String>) -> Self {
@@ -616,7 +616,7 @@ impl LockerBuilder {
     /// within the [`connect_timeout`](Self::connect_timeout).
     ///
     /// Seeds may log in as an ACL user (`redis://user:password@host:port`, a user every node
-    /// knows) and use TLS (`rediss://`, feature `tls`; [`tls_root_ca`](Self::tls_root_ca) then
+    /// knows) and use TLS (`rediss://`, feature `tls`; `tls_root_ca` then
     /// applies to every node, the discovered ones included).
     ///
     /// ```no_run
@@ -636,7 +636,7 @@ impl LockerBuilder {
     /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for
     /// `rediss://` connections, **instead of** the system's: for a server whose certificate a
     /// private CA signed. Applies to every connection the locker opens: commands, release
-    /// notifications, and each node of a [`cluster`](Self::cluster).
+    /// notifications, and each node of a `cluster`.
     ///
     /// Giving TLS settings with a URL that is not `rediss://` fails at [`build`](Self::build).
     /// Defaults to the system's CA certificates.
