@@ -100,6 +100,15 @@ impl RedisSentinel {
             .expect("a running master")
     }
 
+    /// The port of the data node that is not on `port` (the replica, when `port` is the master).
+    fn other_data_node(&self, port: u16) -> u16 {
+        self.data
+            .iter()
+            .find(|node| node.port() != port)
+            .expect("a replica")
+            .port()
+    }
+
     /// SIGKILLs the master, then waits until a majority of the sentinels name the replica as the
     /// master and it answers `ROLE` as one; returns how long that took.
     pub fn kill_master(&mut self) -> Duration {
@@ -110,12 +119,7 @@ impl RedisSentinel {
             .find(|node| node.port() == old)
             .expect("the master is one of ours")
             .kill();
-        let new = self
-            .data
-            .iter()
-            .find(|node| node.port() != old)
-            .expect("a replica")
-            .port();
+        let new = self.other_data_node(old);
         let deadline = Instant::now() + Duration::from_secs(30);
         wait_for(deadline, "the sentinels to promote the replica", || {
             let naming = self
@@ -139,12 +143,7 @@ impl RedisSentinel {
     /// Returns once the replica answers `ROLE` as the master.
     pub fn graceful_failover(&mut self) -> Duration {
         let old = self.master().port();
-        let new = self
-            .data
-            .iter()
-            .find(|node| node.port() != old)
-            .expect("a replica")
-            .port();
+        let new = self.other_data_node(old);
         let started = Instant::now();
         let answer = query(
             self.sentinels[0].port,

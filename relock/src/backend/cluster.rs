@@ -266,19 +266,19 @@ impl ClusterBackend {
         });
         let mut outcome = vec![None; leases.len()];
         let mut failed = false;
-        // Whether each group's node answered (maybe with errors for some holds).
-        let mut answered = vec![false; groups.len()];
-        for (((master, indices), answers), answered) in groups
-            .iter()
-            .zip(join_all(rounds).await)
-            .zip(answered.iter_mut())
-        {
+        // Holds whose master answered with an error (`ASK` during a slot migration, `MOVED` after
+        // one) go once more through the cluster connection, which follows redirections, within
+        // what is left of the round's bound.
+        let mut redirected = Vec::new();
+        for ((master, indices), answers) in groups.iter().zip(join_all(rounds).await) {
             match answers {
                 Ok(answers) => {
-                    *answered = true;
                     for (&at, answer) in indices.iter().zip(answers) {
                         outcome[at] = answer;
                         failed |= answer.is_none();
+                        if answer.is_none() && master.is_some() {
+                            redirected.push(at);
+                        }
                     }
                 }
                 Err(err) => {
@@ -290,16 +290,6 @@ impl ClusterBackend {
                 }
             }
         }
-        // A hold whose master answered with an error (`ASK` during a slot migration, `MOVED`
-        // after one) goes once more through the cluster connection, which follows redirections,
-        // within what is left of the round's bound.
-        let redirected: Vec<usize> = groups
-            .iter()
-            .zip(&answered)
-            .filter(|((master, _), answered)| master.is_some() && **answered)
-            .flat_map(|((_, indices), _)| indices.iter().copied())
-            .filter(|&at| outcome[at].is_none())
-            .collect();
         if !redirected.is_empty() {
             let retries = redirected.iter().map(|&at| {
                 let invocation = renew_invocation(&self.prefix, &leases[at], self.fence_retention);
@@ -327,17 +317,9 @@ impl ClusterBackend {
     /// Indices into `slots`, grouped by the master that serves them (`None`, one group per slot,
     /// for slots whose owner is not known: those go through the cluster connection).
     fn group_by_master(&self, slots: &[u16]) -> Vec<(Option<String>, Vec<usize>)> {
-        let owners = lock(&self.owners);
-        let ranges = owners.as_ref().map(|owners| owners.ranges.as_slice());
         let mut groups: HashMap<(Option<String>, Option<u16>), Vec<usize>> = HashMap::new();
         for (at, &slot) in slots.iter().enumerate() {
-            let owner = ranges
-                .and_then(|ranges| {
-                    ranges
-                        .iter()
-                        .find(|range| range.first <= slot && slot <= range.last)
-                })
-                .map(|range| range.master.clone());
+            let owner = self.master_of_slot(slot);
             let by_slot = owner.is_none().then_some(slot);
             groups.entry((owner, by_slot)).or_default().push(at);
         }
@@ -345,6 +327,17 @@ impl ClusterBackend {
             .into_iter()
             .map(|((owner, _), indices)| (owner, indices))
             .collect()
+    }
+
+    /// The master serving `slot` in the slot owners as last read.
+    fn master_of_slot(&self, slot: u16) -> Option<String> {
+        lock(&self.owners).as_ref().and_then(|owners| {
+            owners
+                .ranges
+                .iter()
+                .find(|range| range.first <= slot && slot <= range.last)
+                .map(|range| range.master.clone())
+        })
     }
 
     /// Reads the slot owners again when they are old or a renewal found them wrong: from the
@@ -473,14 +466,9 @@ impl ClusterBackend {
                         self.refresh_owners(self.response_timeout),
                     )
                     .await;
-                    let owner = self
-                        .group_by_master(&[slot])
-                        .into_iter()
-                        .next()
-                        .and_then(|(owner, _)| owner)
-                        .ok_or_else(|| {
-                            Error::backend(format!("no known master serves slot {slot}"))
-                        })?;
+                    let owner = self.master_of_slot(slot).ok_or_else(|| {
+                        Error::backend(format!("no known master serves slot {slot}"))
+                    })?;
                     (owner, false)
                 }
             };

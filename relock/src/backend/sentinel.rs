@@ -488,6 +488,13 @@ struct Current {
     connection: MultiplexedConnection,
 }
 
+impl Current {
+    /// Whether this connection goes to `known`, the master as last learned (any, before one is).
+    fn follows(&self, known: Option<&MasterAddr>) -> bool {
+        known.is_none_or(|known| *known == self.addr)
+    }
+}
+
 impl fmt::Debug for MasterConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterConnection")
@@ -554,7 +561,7 @@ impl MasterConnection {
         let mut current = lock(&self.current);
         let stale = current
             .as_ref()
-            .is_some_and(|current| known.as_ref().is_some_and(|known| *known != current.addr));
+            .is_some_and(|current| !current.follows(known.as_ref()));
         if stale {
             let old = current.take().map(|current| current.addr);
             tracing::debug!(from = ?old, to = ?known, "relock: the sentinel master moved; reconnecting");
@@ -571,9 +578,9 @@ impl MasterConnection {
     pub(crate) fn answered_by_current(&self, id: u64) -> bool {
         let known = self.sentinels.known_master();
         let current = lock(&self.current);
-        current.as_ref().is_some_and(|current| {
-            current.id == id && known.as_ref().is_none_or(|known| *known == current.addr)
-        })
+        current
+            .as_ref()
+            .is_some_and(|current| current.id == id && current.follows(known.as_ref()))
     }
 
     /// Drops connection `id` after `err`, if the error says it is no longer a usable master.
