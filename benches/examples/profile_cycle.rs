@@ -12,7 +12,9 @@
 //! Contenders: `raw` (SET NX PX + Lua on a multiplexed connection), `relock`
 //! (`Locker::connect`), `relock-pool` (relock over a bb8 pool without checkout pings),
 //! `memory` (`Locker::in_memory`). A third argument `mt` runs on Tokio's multi-thread runtime
-//! (as the benchmark does), e.g. to count wake-ups with `strace -f -c -e futex`.
+//! (as the benchmark does), e.g. to count wake-ups with `strace -f -c -e futex`; `mtN` runs `N`
+//! tasks at once on it, each doing `n / N` cycles (the benchmark's 64-task load, e.g. to profile
+//! the server with `perf record -p <redis-server pid>`).
 
 use relock::Locker;
 use relock_tests::RedisServer;
@@ -28,18 +30,23 @@ fn main() {
         .nth(2)
         .and_then(|n| n.parse().ok())
         .unwrap_or(2_000);
-    let mut runtime = if std::env::args().nth(3).as_deref() == Some("mt") {
+    let mode = std::env::args().nth(3).unwrap_or_default();
+    let mut runtime = if mode.starts_with("mt") {
         tokio::runtime::Builder::new_multi_thread()
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
+    let tasks: usize = mode
+        .strip_prefix("mt")
+        .and_then(|tasks| tasks.parse().ok())
+        .unwrap_or(1);
     let runtime = runtime.enable_all().build().expect("runtime");
-    runtime.block_on(cycles(&which, n));
+    runtime.block_on(cycles(&which, n, tasks));
 }
 
-async fn cycles(which: &str, n: usize) {
+async fn cycles(which: &str, n: usize, tasks: usize) {
     let server = RedisServer::start();
-    let mut connection = server.connection().await;
+    let connection = server.connection().await;
     let release = redis::Script::new(RELEASE_LUA);
     let locker = match which {
         "relock" => Some(Locker::connect(&server.url()).await.expect("connect")),
@@ -56,34 +63,30 @@ async fn cycles(which: &str, n: usize) {
         "raw" => None,
         other => panic!("unknown contender `{other}`: raw, relock, relock-pool or memory"),
     };
-    for i in 0..n {
-        let key = format!("profile:{i}");
-        match &locker {
-            Some(locker) => {
-                let guard = locker.lock(&key).await.expect("lock");
-                guard.release().await.expect("release");
-            }
-            None => {
-                let token = format!("{:032x}", rand::random::<u128>());
-                let acquired: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(30_000)
-                    .query_async(&mut connection)
-                    .await
-                    .expect("SET");
-                assert!(acquired.is_some());
-                let _: i64 = release
-                    .key(&key)
-                    .arg(&token)
-                    .invoke_async(&mut connection)
-                    .await
-                    .expect("release");
-            }
-        }
+    let release = std::sync::Arc::new(release);
+    let locker = std::sync::Arc::new(locker);
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (locker, release) = (locker.clone(), release.clone());
+            let mut connection = connection.clone();
+            tokio::spawn(async move {
+                for i in 0..n / tasks {
+                    cycle(
+                        &format!("profile:{task}:{i}"),
+                        &locker,
+                        &release,
+                        &mut connection,
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("task");
     }
+    eprintln!("{:.0} pairs/s", n as f64 / started.elapsed().as_secs_f64());
     // What the server spent per command (`usec_per_call`), Lua's inner calls included.
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -91,4 +94,37 @@ async fn cycles(which: &str, n: usize) {
         .await
         .expect("INFO commandstats");
     eprintln!("{n} cycles of {which}; the server's command statistics:\n{stats}");
+}
+
+async fn cycle(
+    key: &str,
+    locker: &Option<Locker>,
+    release: &redis::Script,
+    connection: &mut redis::aio::MultiplexedConnection,
+) {
+    match locker {
+        Some(locker) => {
+            let guard = locker.lock(key).await.expect("lock");
+            guard.release().await.expect("release");
+        }
+        None => {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let acquired: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(connection)
+                .await
+                .expect("SET");
+            assert!(acquired.is_some());
+            let _: i64 = release
+                .key(key)
+                .arg(&token)
+                .invoke_async(connection)
+                .await
+                .expect("release");
+        }
+    }
 }

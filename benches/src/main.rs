@@ -114,6 +114,8 @@ struct Options {
     svg: PathBuf,
     serve: Option<Serve>,
     fence_memory: Option<usize>,
+    /// Runs only these scenarios (`--only throughput,handoff`); all when empty.
+    only: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +131,13 @@ struct Serve {
     seconds: u64,
 }
 
-const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH]
+const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH] [--only SCENARIOS]
        relock-benches --cluster [--quick] [--markdown]
        relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]
        relock-benches --fence-memory 1000000";
+
+/// The scenarios of a default run, as `--only` names them.
+const SCENARIOS: [&str; 5] = ["throughput", "reentry", "handoff", "renewal", "tower"];
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
@@ -142,6 +147,7 @@ fn options() -> Result<Options, String> {
         svg: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("handoff.svg"),
         serve: None,
         fence_memory: None,
+        only: Vec::new(),
     };
     let (mut port, mut seconds) = (3000, 60);
     let mut args = std::env::args().skip(1);
@@ -152,6 +158,17 @@ fn options() -> Result<Options, String> {
             "--markdown" => options.markdown = true,
             "--cluster" => options.cluster = true,
             "--svg" => options.svg = value("--svg")?.into(),
+            "--only" => {
+                for scenario in value("--only")?.split(',') {
+                    if !SCENARIOS.contains(&scenario) {
+                        return Err(format!(
+                            "--only takes a comma-separated list of {}, not `{scenario}`",
+                            SCENARIOS.join(", ")
+                        ));
+                    }
+                    options.only.push(scenario.to_owned());
+                }
+            }
             "--serve" => {
                 let backend = match value("--serve")?.as_str() {
                     "none" => Backend::None,
@@ -366,11 +383,24 @@ async fn run(server: &RedisServer, plan: &Plan, options: &Options) {
         mode,
     };
     let mut report = Report::default();
-    throughput::scenario(&bench, &mut report).await;
-    reentry::scenario(&bench, &mut report).await;
-    let rtt = handoff::scenario(&bench, &mut report).await;
-    renewal::scenario(&bench, rtt, &mut report).await;
-    tower::scenario(&bench, &mut report).await;
+    let runs =
+        |scenario: &str| options.only.is_empty() || options.only.iter().any(|s| s == scenario);
+    if runs("throughput") {
+        throughput::scenario(&bench, &mut report).await;
+    }
+    if runs("reentry") {
+        reentry::scenario(&bench, &mut report).await;
+    }
+    if runs("handoff") || runs("renewal") {
+        // The renewal scenario judges its bursts against the round trip the handoff measures.
+        let rtt = handoff::scenario(&bench, &mut report).await;
+        if runs("renewal") {
+            renewal::scenario(&bench, rtt, &mut report).await;
+        }
+    }
+    if runs("tower") {
+        tower::scenario(&bench, &mut report).await;
+    }
 
     header.push(format!(
         "load average (1, 5, 15 min) before: {load_before}, after: {}; run took {:.0} s",

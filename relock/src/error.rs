@@ -258,18 +258,37 @@ fn explain(err: &redis::RedisError) -> Option<String> {
         ));
     }
     let text = err.to_string();
+    let command = refused_command(&text).map(str::to_owned).or_else(|| {
+        refused_script_line(&text).and_then(|(sha, line)| crate::scripts::command_at(sha, line))
+    });
+    explain_refusal(&text, command, err.code() == Some("NOPERM"))
+}
+
+/// The error of one request of a batch script call that failed on `command` with `message` (the
+/// script catches each request's errors, so that one request's cannot fail the others).
+pub(crate) fn batched_request_failed(command: &str, message: &str, lock: &str) -> Error {
+    let text = format!("{message} (calling {command} in relock's batch script)");
+    if let Some(explained) = explain_refusal(&text, Some(command.to_lowercase()), false) {
+        return Error::backend(explained);
+    }
+    if message.starts_with("WRONGTYPE") {
+        return Error::backend(format!(
+            "the Redis key `{lock}` holds a value relock did not write (another application \
+             writes under relock's key prefix): {text}"
+        ));
+    }
+    Error::backend(text)
+}
+
+/// What to grant for an ACL refusal (`noperm`: the error's code says so) whose text is `text`,
+/// when the command refused is known.
+fn explain_refusal(text: &str, command: Option<String>, noperm: bool) -> Option<String> {
     // Redis 7 answers a command a script calls but the user may not run with a plain error
     // naming the script and its line, not with NOPERM.
     let in_script = text.contains("user executing the script can't");
-    if err.code() != Some("NOPERM") && !text.contains("NOPERM") && !in_script {
+    if !noperm && !text.contains("NOPERM") && !in_script {
         return None;
     }
-    let command = refused_command(&text).map(str::to_owned).or_else(|| {
-        in_script
-            .then(|| refused_script_line(&text))
-            .flatten()
-            .and_then(|(sha, line)| crate::scripts::command_at(sha, line))
-    });
     // A refused key or channel is reported with the command that named it: grant the pattern.
     let names_data = text.contains(" key") || text.contains("channel");
     let what = match command {
@@ -282,7 +301,7 @@ fn explain(err: &redis::RedisError) -> Option<String> {
         }
         _ => "lacks a permission relock needs".to_owned(),
     };
-    Some(format!("the Redis ACL user {what} ({ACL_HINT}; {err})"))
+    Some(format!("the Redis ACL user {what} ({ACL_HINT}; {text})"))
 }
 
 /// The command a `NOPERM` message names: `... has no permissions to run the 'evalsha' command`.

@@ -114,8 +114,19 @@ fn a_user_without_a_command_the_scripts_call_is_told_which() {
     relock_tests::run_bounded(TEST_LIMIT, || async {
         let server = RedisServer::start();
         let rules = without(&relock::acl_rules("relock"), "+publish");
-        let locker = locker_with(&server, "no-publish", &rules).await;
-        let guard = locker.lock(unique_key("acl")).await.expect("lock");
+        let url = server.acl_user("no-publish", "password", &rules).await;
+        let locker = Locker::builder()
+            .url(url.clone())
+            .build()
+            .expect("build a locker");
+        let key = unique_key("acl");
+        let guard = locker.lock(&key).await.expect("lock");
+        // Only the release of a hold that has refused someone is published.
+        let other = Locker::builder()
+            .url(url.clone())
+            .build()
+            .expect("build a locker");
+        assert!(other.try_lock(&key).await.expect("try_lock").is_none());
         let err = guard
             .release()
             .await
@@ -158,7 +169,7 @@ fn a_user_for_another_prefix_is_told_to_grant_the_key_pattern() {
             .release()
             .await
             .expect("release");
-        let other_prefix = Locker::builder().url(&url).build().expect("build");
+        let other_prefix = Locker::builder().url(url.clone()).build().expect("build");
         let err = other_prefix
             .lock(unique_key("acl"))
             .await

@@ -11,6 +11,7 @@ use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::token::HoldToken;
 
+pub(crate) mod batch;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 pub(crate) mod memory;

@@ -1,5 +1,6 @@
 //! The Redis backend: the Lua scripts over a multiplexed connection or a user's bb8 pool.
 
+use std::error::Error as _;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::RedisFuture;
 use redis::{ScriptInvocation, Value};
 
+use super::batch::{Batcher, Kind, Request};
 use super::{Attempt, Released, Replicas, HOLDER};
 use crate::error::Error;
 use crate::info::LockInfo;
@@ -42,10 +44,109 @@ impl Connection {
             shared: Mutex::new(None),
         }
     }
+
+    /// The connection for the next command.
+    async fn conn(&self) -> Result<Conn, Error> {
+        match self {
+            Connection::Multiplexed(manager) => Ok(Conn::Manager(manager.clone())),
+            Connection::Pool { pool, shared } => {
+                if let Some(connection) = lock(shared).clone() {
+                    return Ok(Conn::Direct(connection, 0));
+                }
+                let checked_out: MultiplexedConnection = (*pool.get().await?).clone();
+                *lock(shared) = Some(checked_out.clone());
+                Ok(Conn::Direct(checked_out, 0))
+            }
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(master) => {
+                let (id, connection) = master.get().await?;
+                Ok(Conn::Direct(connection, id))
+            }
+        }
+    }
+
+    /// Sends `command` on the shared connection; a connection-level failure makes the next
+    /// command check out a fresh connection from the pool, or resolve the sentinel master again
+    /// (as does `READONLY`: a demoted master); the manager reconnects by itself.
+    pub(super) async fn send<T>(
+        &self,
+        command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, Failure> {
+        let mut connection = self.conn().await.map_err(Failure::Connect)?;
+        let result = command(&mut connection).await;
+        if let Err(err) = &result {
+            match (self, &connection) {
+                (Connection::Pool { shared, .. }, _)
+                    if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() =>
+                {
+                    lock(shared).take();
+                }
+                #[cfg(feature = "sentinel")]
+                (Connection::Sentinel(master), Conn::Direct(_, id)) => master.failed(*id, err),
+                _ => {}
+            }
+        }
+        #[cfg(feature = "sentinel")]
+        if let (Ok(_), Connection::Sentinel(master), Conn::Direct(_, id)) =
+            (&result, self, &connection)
+        {
+            if !master.answered_by_current(*id) {
+                // Granted, renewed or released on a master the sentinels have replaced: not on
+                // the new one. The caller treats it as an unknown outcome (an acquisition is
+                // released in the background, a renewal is retried, a release too).
+                return Err(Failure::Replaced);
+            }
+        }
+        result.map_err(Failure::Redis)
+    }
+}
+
+/// Why a command sent on the shared connection failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// No connection could be had (a pool checkout, or the sentinels' master).
+    Connect(Error),
+    /// The server, or the connection to it, failed.
+    Redis(redis::RedisError),
+    /// Behind Sentinel, answered by a master that has been replaced meanwhile.
+    Replaced,
+    /// The server answered something relock did not expect.
+    Unexpected(String),
+}
+
+impl Failure {
+    /// The error for one of several requests that one failed call carried.
+    pub(super) fn to_error(&self) -> Error {
+        match self {
+            Self::Connect(err) => match err.source() {
+                Some(source) => Error::backend(source.to_string()),
+                None => Error::backend(err.to_string()),
+            },
+            Self::Redis(err) => err.clone().into(),
+            Self::Replaced => Self::Replaced.into(),
+            Self::Unexpected(message) => Error::backend(message.clone()),
+        }
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Connect(err) => err,
+            Failure::Redis(err) => err.into(),
+            // Granted, renewed or released on a master the sentinels have replaced: not on the
+            // new one. The caller treats it as an unknown outcome (an acquisition is released
+            // in the background, a renewal is retried, a release too).
+            Failure::Replaced => Error::backend(
+                "the sentinel master changed while the command was in flight; its outcome is unknown",
+            ),
+            Failure::Unexpected(message) => Error::backend(message),
+        }
+    }
 }
 
 /// The connection one command is sent on.
-enum Conn {
+pub(super) enum Conn {
     Manager(ConnectionManager),
     /// Checked out of a pool, or opened to the master the sentinels named (with the id of that
     /// connection, to drop it if it fails).
@@ -84,7 +185,9 @@ impl ConnectionLike for Conn {
 }
 
 pub(crate) struct RedisBackend {
-    connection: Connection,
+    connection: Arc<Connection>,
+    /// Acquisitions and releases queued while script calls are in flight (group commit).
+    batcher: Arc<Batcher>,
     prefix: String,
     fence_retention: Duration,
     dedicated: Dedicated,
@@ -123,7 +226,7 @@ impl Dedicated {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let connection = match self.connection {
+        let connection = match *self.connection {
             Connection::Multiplexed(_) => "multiplexed",
             Connection::Pool { .. } => "bb8 pool",
             #[cfg(feature = "sentinel")]
@@ -144,7 +247,8 @@ impl RedisBackend {
         dedicated: Dedicated,
     ) -> Self {
         Self {
-            connection,
+            connection: Arc::new(connection),
+            batcher: Arc::default(),
             prefix,
             fence_retention,
             dedicated,
@@ -160,61 +264,12 @@ impl RedisBackend {
         key_name(&self.prefix, key, suffix)
     }
 
-    /// The connection for the next command.
-    async fn conn(&self) -> Result<Conn, Error> {
-        match &self.connection {
-            Connection::Multiplexed(manager) => Ok(Conn::Manager(manager.clone())),
-            Connection::Pool { pool, shared } => {
-                if let Some(connection) = lock(shared).clone() {
-                    return Ok(Conn::Direct(connection, 0));
-                }
-                let checked_out: MultiplexedConnection = (*pool.get().await?).clone();
-                *lock(shared) = Some(checked_out.clone());
-                Ok(Conn::Direct(checked_out, 0))
-            }
-            #[cfg(feature = "sentinel")]
-            Connection::Sentinel(master) => {
-                let (id, connection) = master.get().await?;
-                Ok(Conn::Direct(connection, id))
-            }
-        }
-    }
-
-    /// Sends `command` on the shared connection; a connection-level failure makes the next
-    /// command check out a fresh connection from the pool, or resolve the sentinel master again
-    /// (as does `READONLY`: a demoted master); the manager reconnects by itself.
+    /// Sends `command` on the shared connection (see [`Connection::send`]).
     async fn send<T>(
         &self,
         command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let mut connection = self.conn().await?;
-        let result = command(&mut connection).await;
-        if let Err(err) = &result {
-            match (&self.connection, &connection) {
-                (Connection::Pool { shared, .. }, _)
-                    if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() =>
-                {
-                    lock(shared).take();
-                }
-                #[cfg(feature = "sentinel")]
-                (Connection::Sentinel(master), Conn::Direct(_, id)) => master.failed(*id, err),
-                _ => {}
-            }
-        }
-        #[cfg(feature = "sentinel")]
-        if let (Ok(_), Connection::Sentinel(master), Conn::Direct(_, id)) =
-            (&result, &self.connection, &connection)
-        {
-            if !master.answered_by_current(*id) {
-                // Granted, renewed or released on a master the sentinels have replaced: not on
-                // the new one. The caller treats it as an unknown outcome (an acquisition is
-                // released in the background, a renewal is retried, a release too).
-                return Err(Error::backend(
-                    "the sentinel master changed while the command was in flight; its outcome is unknown",
-                ));
-            }
-        }
-        Ok(result?)
+        Ok(self.connection.send(command).await?)
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
@@ -234,8 +289,27 @@ impl RedisBackend {
         token: &HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
-        parse_acquire(self.invoke(&invocation).await?)
+        let request = Request {
+            kind: Kind::Acquire {
+                lease_ms: millis(lease),
+                retention_ms: millis(self.fence_retention.max(lease)),
+            },
+            lock: self.lock_key(key),
+            second: self.key_name(key, ":fence"),
+            token: token.clone(),
+        };
+        match self.batcher.submit(&self.connection, request).await? {
+            (1, Value::Int(token)) if token > 0 => Ok(Attempt::Acquired {
+                fencing_token: token as u64,
+            }),
+            (0, Value::Int(pttl)) => Ok(Attempt::Held {
+                ttl: ttl_from_pttl(pttl),
+            }),
+            (status, value) => Err(unexpected(
+                "acquire",
+                &Value::Array(vec![Value::Int(status), value]),
+            )),
+        }
     }
 
     /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
@@ -290,7 +364,7 @@ impl RedisBackend {
 
     /// Behind Sentinel, the master's address as last learned.
     fn current_master(&self) -> Option<String> {
-        match &self.connection {
+        match &*self.connection {
             #[cfg(feature = "sentinel")]
             Connection::Sentinel(master) => master
                 .sentinels()
@@ -306,7 +380,7 @@ impl RedisBackend {
     async fn open_dedicated(&self) -> Result<(Option<String>, MultiplexedConnection), Error> {
         let dedicated = &self.dedicated;
         let opening = async {
-            match (&dedicated.client, &self.connection) {
+            match (&dedicated.client, &*self.connection) {
                 (Some(client), _) => {
                     let config = redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(dedicated.connect_timeout))
@@ -340,7 +414,7 @@ impl RedisBackend {
             }
         };
         #[cfg(feature = "sentinel")]
-        if matches!(self.connection, Connection::Sentinel(_)) {
+        if matches!(*self.connection, Connection::Sentinel(_)) {
             // Each step through the sentinels is bounded on its own.
             return opening.await;
         }
@@ -359,9 +433,20 @@ impl RedisBackend {
         key: &LockKey,
         token: &HoldToken,
     ) -> Result<Released, Error> {
-        let mut invocation = scripts::RELEASE.key(self.lock_key(key));
-        invocation.key(self.channel(key)).arg(token.as_str());
-        parse_release(self.invoke(&invocation).await?)
+        let request = Request {
+            kind: Kind::Release,
+            lock: self.lock_key(key),
+            second: self.channel(key),
+            token: token.clone(),
+        };
+        match self.batcher.submit(&self.connection, request).await? {
+            (1, _) => Ok(Released::Free),
+            (0, _) => Ok(Released::NotHeld),
+            (status, value) => Err(unexpected(
+                "release",
+                &Value::Array(vec![Value::Int(status), value]),
+            )),
+        }
     }
 
     pub(crate) async fn renew(&self, renewals: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
@@ -717,6 +802,7 @@ pub(super) fn parse_force_release(reply: Value) -> Result<(bool, u64), Error> {
     Err(unexpected("force-release", &reply))
 }
 
+#[cfg(any(feature = "cluster", test))]
 pub(super) fn parse_release(value: Value) -> Result<Released, Error> {
     match value {
         Value::Int(1) => Ok(Released::Free),
@@ -736,11 +822,14 @@ pub(super) fn parse_inspect(key: &LockKey, value: Value) -> Result<Option<LockIn
         _ => return Err(unexpected("inspect", &value)),
     };
     let text = text.ok_or_else(|| unexpected("inspect", &value))?;
-    let mut parts = text.splitn(3, ' ');
-    let (Some(owner), Some(fencing_token)) = (
-        parts.next().filter(|token| token.len() == 32),
-        parts.next().and_then(|fence| fence.parse().ok()),
-    ) else {
+    // "<hold token> <fencing token> <pid> <since ms> <host>", with "+" after the token once the
+    // hold has refused someone.
+    let (owner, rest) = match text.split_at_checked(32) {
+        Some((owner, rest)) if rest.starts_with([' ', '+']) => (owner, &rest[1..]),
+        _ => return Err(unexpected("inspect", &value)),
+    };
+    let mut parts = rest.splitn(2, ' ');
+    let Some(fencing_token) = parts.next().and_then(|fence| fence.parse().ok()) else {
         return Err(unexpected("inspect", &value));
     };
     let mut info = LockInfo {
@@ -848,8 +937,26 @@ mod tests {
     }
 
     #[test]
+    fn inspect_reads_a_hold_that_has_refused_someone() {
+        let reply = Value::Array(vec![
+            Value::Int(900),
+            bulk(&format!("{TOKEN}+1764000000000042 77 1700000000123 box")),
+        ]);
+        let info = parse_inspect(&test_key(), reply).unwrap().unwrap();
+        assert_eq!(info.owner, TOKEN);
+        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
+        assert_eq!(info.pid, Some(77));
+        assert_eq!(info.host.as_deref(), Some("box"));
+    }
+
+    #[test]
     fn inspect_reply_without_a_hold_token_or_fence_is_an_error() {
-        for text in ["", "short 5", &format!("{TOKEN} notanumber")] {
+        for text in [
+            "",
+            "short 5",
+            &format!("{TOKEN} notanumber"),
+            &format!("{TOKEN}x1764000000000042 77 1 box"),
+        ] {
             let reply = Value::Array(vec![Value::Int(10), bulk(text)]);
             assert!(parse_inspect(&test_key(), reply).is_err(), "{text}");
         }
@@ -872,7 +979,8 @@ mod tests {
     #[tokio::test]
     async fn key_names_share_the_hash_tag() {
         let backend = RedisBackend {
-            connection: Connection::pool(dummy_pool()),
+            connection: Arc::new(Connection::pool(dummy_pool())),
+            batcher: Arc::default(),
             prefix: "app".into(),
             fence_retention: Duration::from_secs(1),
             dedicated: Dedicated::new(None, Duration::from_secs(1), Duration::from_secs(1)),

@@ -1,6 +1,7 @@
 -- Takes the lock for a new hold, or reports how long the current holder's lease has left.
 --
--- KEYS[1]  lock `P:{K}`: the string "<hold token> <fencing token> <pid> <since ms> <host>"
+-- KEYS[1]  lock `P:{K}`: the string "<hold token> <fencing token> <pid> <since ms> <host>", with
+--          "+" for the first space once the hold has refused someone (see batch.lua)
 -- KEYS[2]  fencing counter `P:{K}:fence`: the last fencing token handed out for the key
 -- ARGV[1]  hold token (32 hex digits), new for every hold
 -- ARGV[2]  lease in milliseconds
@@ -18,14 +19,19 @@
 local value = redis.call('GET', KEYS[1])
 if value then
     if string.sub(value, 1, 32) == ARGV[1] then
-        return {1, tonumber(string.match(value, '^%x+ (%d+)'))}
+        return {1, tonumber(string.match(value, '^%x+[ +](%d+)'))}
+    end
+    -- Marks the hold as having refused someone ("+" after its token): its release is published.
+    if string.byte(value, 33) ~= 43 then
+        redis.call('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
     end
     return {0, redis.call('PTTL', KEYS[1])}
 end
 
 local now = redis.call('TIME')
 local fence = now[1] * 1000000 + now[2]
-local text = string.format('%.0f', fence)
+-- As text without string.format, which costs more than a call for a 16-digit number.
+local text = now[1] .. string.rep('0', 6 - #now[2]) .. now[2]
 -- Writes the clock's token and reads the counter in one call; the rare case where the counter
 -- is ahead of the clock (grants within one microsecond, a clock stepped back) writes again.
 local last = redis.call('SET', KEYS[2], text, 'PX', ARGV[3], 'GET')

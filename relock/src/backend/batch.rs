@@ -1,0 +1,295 @@
+//! Group commit: the acquisitions and releases bound for one Redis server go out as one script
+//! call when they queue up.
+//!
+//! A request that finds fewer than [`MAX_CALLS`] calls in flight is sent at once, alone: an idle
+//! process adds no latency. Requests arriving while that many calls are in flight queue up; when
+//! a call returns, everything queued (up to [`MAX_BATCH`] requests) goes out as the next call of
+//! the `batch` script, which runs the requests one after another, in the order they queued. Each
+//! request keeps its own reply, its own errors and its own cancellation:
+//!
+//! * the script runs each request exactly as the single-request call would (same reads, same
+//!   writes, same fencing counter, same release announcement), in queue order, so two requests
+//!   for one key in one call see each other's effects as two calls would;
+//! * a request whose caller went away before it was sent is left out (its outcome is then known:
+//!   nothing happened); one whose caller goes away after it was sent is answered to nobody, which
+//!   is the same unknown outcome as a cancelled call, handled the same way by the caller's guards
+//!   (an acquisition is released in the background, a release is retried);
+//! * a call that fails (the connection dropped, the server refused the script) fails every
+//!   request it carried, with the same error: each is an unknown outcome, as above.
+
+use std::sync::{Arc, Mutex};
+
+use redis::Value;
+use tokio::sync::oneshot;
+
+use super::redis::{holder_metadata, Connection, Failure};
+use crate::error::Error;
+use crate::scripts;
+use crate::token::HoldToken;
+
+/// The most requests one script call carries: a call blocks the server while it runs, and a
+/// bigger one would delay every other client's commands for longer.
+pub(crate) const MAX_BATCH: usize = 128;
+
+/// Script calls in flight at once on the connection: two keep client and server both busy (one
+/// call's replies are being handled while the next runs).
+pub(crate) const MAX_CALLS: usize = 2;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A new hold: the lease and the fencing counter's retention, in milliseconds.
+    Acquire {
+        lease_ms: u64,
+        retention_ms: u64,
+    },
+    Release,
+}
+
+/// One acquisition or release, with its keys named.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) kind: Kind,
+    /// `P:{K}`
+    pub(crate) lock: String,
+    /// `P:{K}:fence` for an acquisition, `P:{K}:released` for a release.
+    pub(crate) second: String,
+    pub(crate) token: HoldToken,
+}
+
+/// A request's own part of the script's reply: its status and value (see `batch.lua`).
+pub(crate) type Answer = Result<(i64, Value), Error>;
+
+struct Queued {
+    request: Request,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The queue of one connection.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Script calls in flight (or about to be sent).
+    calls: usize,
+    queue: Vec<Queued>,
+}
+
+impl State {
+    /// The next call's requests: the oldest queued ones whose callers still wait for them.
+    fn next_batch(&mut self) -> Vec<Queued> {
+        self.queue.retain(|queued| !queued.answer.is_closed());
+        let take = self.queue.len().min(MAX_BATCH);
+        self.queue.drain(..take).collect()
+    }
+}
+
+impl Batcher {
+    /// Sends `request` at once if fewer than [`MAX_CALLS`] calls are in flight and nothing is
+    /// queued before it, else queues it for the next call; resolves with its answer.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        connection: &Arc<Connection>,
+        request: Request,
+    ) -> Answer {
+        let queued = {
+            let mut state = lock(&self.state);
+            if state.calls < MAX_CALLS && state.queue.is_empty() {
+                state.calls += 1;
+                Err(request)
+            } else {
+                let (sender, answer) = oneshot::channel();
+                state.queue.push(Queued {
+                    request,
+                    answer: sender,
+                });
+                Ok(answer)
+            }
+        };
+        match queued {
+            Ok(answer) => answer.await.unwrap_or_else(|_| {
+                Err(Error::backend(
+                    "the script call carrying this request was dropped (its runtime shut down); \
+                     its outcome is unknown",
+                ))
+            }),
+            Err(request) => {
+                // Dropped when the call returns, or when this future is dropped mid-call: either
+                // way the requests queued meanwhile go out next.
+                let _slot = Slot {
+                    batcher: self.clone(),
+                    connection: connection.clone(),
+                };
+                match call(connection, &[&request]).await {
+                    Ok(mut answers) => answers.pop().expect("one answer per request"),
+                    Err(failure) => Err(failure.into()),
+                }
+            }
+        }
+    }
+}
+
+/// One of the [`MAX_CALLS`] calls in flight. Dropped (the call returned, or its future was
+/// dropped), it sends what queued meanwhile as the next call, from a task of its own, or frees
+/// its place when nothing did.
+struct Slot {
+    batcher: Arc<Batcher>,
+    connection: Arc<Connection>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let batch = {
+            let mut state = lock(&self.batcher.state);
+            let batch = state.next_batch();
+            if batch.is_empty() {
+                state.calls -= 1;
+                return;
+            }
+            batch
+        };
+        let next = Slot {
+            batcher: self.batcher.clone(),
+            connection: self.connection.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(flush(next, batch))),
+            Err(_) => {
+                // No runtime to send from (this one is being torn down): nothing was sent, so
+                // each caller learns that nothing happened. Dropping `next` does the same for
+                // the rest of the queue.
+                for queued in batch {
+                    let _ = queued.answer.send(Err(Error::backend(
+                        "no Tokio runtime is left to send this request from; it was not sent",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Sends `batch` as one call and answers each request.
+async fn flush(slot: Slot, batch: Vec<Queued>) {
+    let requests: Vec<&Request> = batch.iter().map(|queued| &queued.request).collect();
+    let result = call(&slot.connection, &requests).await;
+    drop(requests);
+    match result {
+        Ok(answers) => {
+            for (queued, answer) in batch.into_iter().zip(answers) {
+                // A caller gone since (its future dropped) treats the outcome as unknown.
+                let _ = queued.answer.send(answer);
+            }
+        }
+        Err(failure) => {
+            for queued in batch {
+                let _ = queued.answer.send(Err(failure.to_error()));
+            }
+        }
+    }
+    drop(slot);
+}
+
+/// One call of the batch script for `requests`, loading the script first if the server lacks it
+/// (a `NOSCRIPT` reply ran nothing, so sending again is safe): each request's answer.
+async fn call(connection: &Connection, requests: &[&Request]) -> Result<Vec<Answer>, Failure> {
+    let command = command(requests);
+    let send = async || {
+        connection
+            .send(async |connection| command.query_async::<Value>(connection).await)
+            .await
+    };
+    let reply = match send().await {
+        Err(Failure::Redis(err))
+            if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            connection
+                .send(async |connection| scripts::BATCH.load_async(connection).await)
+                .await?;
+            send().await?
+        }
+        reply => reply?,
+    };
+    answers(reply, requests)
+}
+
+/// `EVALSHA batch` for `requests`: their keys, the holder metadata, then each one's arguments.
+fn command(requests: &[&Request]) -> redis::Cmd {
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(scripts::BATCH.get_hash())
+        .arg(2 * requests.len());
+    for request in requests {
+        command.arg(&request.lock).arg(&request.second);
+    }
+    command.arg(holder_metadata());
+    for request in requests {
+        match request.kind {
+            Kind::Acquire {
+                lease_ms,
+                retention_ms,
+            } => command
+                .arg("a")
+                .arg(request.token.as_str())
+                .arg(lease_ms)
+                .arg(retention_ms),
+            Kind::Release => command.arg("r").arg(request.token.as_str()),
+        };
+    }
+    command
+}
+
+/// Splits the script's reply into each request's status and value.
+fn answers(reply: Value, requests: &[&Request]) -> Result<Vec<Answer>, Failure> {
+    let unexpected = |reply: &Value| {
+        Failure::Unexpected(format!(
+            "unexpected reply from the batch script for {} requests: {reply:?}",
+            requests.len()
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if items.len() != 2 * requests.len() {
+        return Err(unexpected(&Value::Array(items)));
+    }
+    let mut items = items.into_iter();
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        let (Some(status), Some(value)) = (items.next(), items.next()) else {
+            unreachable!("two items per request, checked above");
+        };
+        answers.push(match (status, value) {
+            (Value::Int(-1), failed) => {
+                let failed = text(&failed);
+                let (command, message) = failed.split_once(' ').unwrap_or(("", &failed));
+                Err(crate::error::batched_request_failed(
+                    command,
+                    message,
+                    &request.lock,
+                ))
+            }
+            (Value::Int(status), value) => Ok((status, value)),
+            (status, value) => Err(Error::backend(format!(
+                "unexpected reply from the batch script: {status:?}, {value:?}"
+            ))),
+        });
+    }
+    Ok(answers)
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(text) => text.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

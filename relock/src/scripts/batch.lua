@@ -1,0 +1,106 @@
+-- Acquires and releases holds, in the order given: one call carries every request that queued up
+-- for the server while the previous call was in flight (group commit), or a single request.
+--
+-- ARGV[1]  holder metadata "<pid> <since ms> <host>", written beside each grant
+-- then, per request, its kind and arguments; its keys follow in KEYS in the same order:
+--   "a" <hold token> <lease ms> <counter retention ms>   KEYS: lock `P:{K}`, fencing counter
+--                                                              `P:{K}:fence`
+--   "r" <hold token>                                     KEYS: lock `P:{K}`, release channel
+--                                                              `P:{K}:released`
+--
+-- Reply: two items per request, in order:
+--   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
+--                               the lock (the same grant again, so a client-side retry is harmless)
+--            0, pttl            held by another hold; pttl as PTTL reports it
+--   release  1, 0               released: the lock is free (and the channel was published to, if
+--                               the hold had refused someone)
+--            0, 0               the hold no longer has the lock; nothing was changed
+--   either  -1, "<command> <error>"   this request failed (a key of another type, an ACL
+--                               refusal, out of memory): the command that failed and its error;
+--                               the other requests ran as if it had not been there
+--
+-- The lock is "<hold token> <fencing token> <pid> <since ms> <host>"; a refusal turns the space
+-- after the hold token into "+" (the hold has had a waiter), and only such a hold's release is
+-- published: a waiter subscribes after its first refusal and then asks again, so every waiter
+-- that sleeps was refused by the hold whose release it waits for. The fencing token is
+-- max(counter + 1, server time in microseconds): it keeps increasing when the counter is gone
+-- (expired, a restart without persistence, a failover to a replica that had not received it) as
+-- long as the server's clock does not step back by more than the time between two grants of the
+-- key. The time is read once per call: a later grant in the same call is still past the counter.
+local holder = ARGV[1]
+-- The server's clock, read at the first grant: in microseconds, and as text (formatting a
+-- 16-digit number with string.format costs more than the call itself).
+local now, clock
+
+-- "+": the byte after the hold token of a lock that has refused someone.
+local WAITED = 43
+
+-- The command being called, to name it if it fails.
+local calling
+local function call(command, ...)
+    calling = command
+    return redis.call(command, ...)
+end
+
+local function acquire(lock, counter, token, lease, retention)
+    local value = call('GET', lock)
+    if value then
+        if string.sub(value, 1, 32) == token then
+            return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
+        end
+        if string.byte(value, 33) ~= WAITED then
+            call('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+        end
+        return 0, call('PTTL', lock)
+    end
+    if not now then
+        local time = call('TIME')
+        now = time[1] * 1000000 + time[2]
+        clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+    end
+    local fence, text = now, clock
+    -- Writes the clock's token and reads the counter in one call; the rare case where the
+    -- counter is ahead of the clock (grants within one microsecond, a clock stepped back) writes
+    -- again.
+    local last = call('SET', counter, text, 'PX', retention, 'GET')
+    if last and tonumber(last) >= fence then
+        fence = tonumber(last) + 1
+        text = string.format('%.0f', fence)
+        call('SET', counter, text, 'PX', retention)
+    end
+    call('SET', lock, token .. ' ' .. text .. ' ' .. holder, 'PX', lease)
+    return 1, fence
+end
+
+local function release(lock, channel, token)
+    local value = call('GET', lock)
+    if not value or string.sub(value, 1, 32) ~= token then
+        return 0, 0
+    end
+    call('DEL', lock)
+    if string.byte(value, 33) == WAITED then
+        call('PUBLISH', channel, '')
+    end
+    return 1, 0
+end
+
+local reply = {}
+local k, a = 1, 2
+while a <= #ARGV do
+    local ok, status, value
+    if ARGV[a] == 'a' then
+        ok, status, value = pcall(acquire, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+        a = a + 4
+    else
+        ok, status, value = pcall(release, KEYS[k], KEYS[k + 1], ARGV[a + 1])
+        a = a + 2
+    end
+    k = k + 2
+    if not ok then
+        local message = type(status) == 'table' and status.err or tostring(status)
+        status, value = -1, calling .. ' ' .. message
+    end
+    reply[#reply + 1] = status
+    reply[#reply + 1] = value
+end
+return reply
