@@ -17,6 +17,7 @@
 //! * a call that fails (the connection dropped, the server refused the script) fails every
 //!   request it carried, with the same error: each is an unknown outcome, as above.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use redis::Value;
@@ -46,14 +47,12 @@ pub(crate) enum Kind {
     Release,
 }
 
-/// One acquisition or release, with its keys named.
+/// One acquisition or release of the lock `P:{K}`.
 #[derive(Debug)]
 pub(crate) struct Request {
     pub(crate) kind: Kind,
     /// `P:{K}`
     pub(crate) lock: String,
-    /// `P:{K}:fence` for an acquisition, `P:{K}:released` for a release.
-    pub(crate) second: String,
     pub(crate) token: HoldToken,
 }
 
@@ -215,28 +214,51 @@ async fn call(connection: &Connection, requests: &[&Request]) -> Result<Vec<Answ
     answers(reply, requests)
 }
 
-/// `EVALSHA batch` for `requests`: their keys, the holder metadata, then each one's arguments.
+/// `EVALSHA batch` for `requests`: their locks, the holder metadata, the lease and retention
+/// of the first acquisition (which most share), then each request's argument.
 fn command(requests: &[&Request]) -> redis::Cmd {
+    let shared = requests
+        .iter()
+        .map(|request| request.kind)
+        .find(|kind| matches!(kind, Kind::Acquire { .. }));
+    let (lease_ms, retention_ms) = match shared {
+        Some(Kind::Acquire {
+            lease_ms,
+            retention_ms,
+        }) => (lease_ms, retention_ms),
+        _ => (0, 0),
+    };
     let mut command = redis::cmd("EVALSHA");
-    command
-        .arg(scripts::BATCH.get_hash())
-        .arg(2 * requests.len());
+    command.arg(scripts::BATCH.get_hash()).arg(requests.len());
     for request in requests {
-        command.arg(&request.lock).arg(&request.second);
+        command.arg(&request.lock);
     }
-    command.arg(holder_metadata());
+    command
+        .arg(holder_metadata())
+        .arg(lease_ms)
+        .arg(retention_ms);
+    let mut text = String::new();
     for request in requests {
+        let token = request.token.as_str();
         match request.kind {
+            kind @ Kind::Acquire { .. } if Some(kind) == shared => {
+                command.arg(token);
+            }
             Kind::Acquire {
                 lease_ms,
                 retention_ms,
-            } => command
-                .arg("a")
-                .arg(request.token.as_str())
-                .arg(lease_ms)
-                .arg(retention_ms),
-            Kind::Release => command.arg("r").arg(request.token.as_str()),
-        };
+            } => {
+                text.clear();
+                let _ = write!(text, "{token} {lease_ms} {retention_ms}");
+                command.arg(&text);
+            }
+            Kind::Release => {
+                text.clear();
+                text.push('-');
+                text.push_str(token);
+                command.arg(&text);
+            }
+        }
     }
     command
 }

@@ -295,7 +295,6 @@ impl RedisBackend {
                 retention_ms: millis(self.fence_retention.max(lease)),
             },
             lock: self.lock_key(key),
-            second: self.key_name(key, ":fence"),
             token: token.clone(),
         };
         match self.batcher.submit(&self.connection, request).await? {
@@ -436,7 +435,6 @@ impl RedisBackend {
         let request = Request {
             kind: Kind::Release,
             lock: self.lock_key(key),
-            second: self.channel(key),
             token: token.clone(),
         };
         match self.batcher.submit(&self.connection, request).await? {

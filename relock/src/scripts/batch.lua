@@ -1,12 +1,15 @@
 -- Acquires and releases holds, in the order given: one call carries every request that queued up
--- for the server while the previous call was in flight (group commit), or a single request.
+-- for the server while the previous calls were in flight (group commit), or a single request.
 --
+-- KEYS     the lock `P:{K}` of each request, in order; its fencing counter is `P:{K}:fence` and
+--          its release channel `P:{K}:released` (all share the hash tag `{K}`)
 -- ARGV[1]  holder metadata "<pid> <since ms> <host>", written beside each grant
--- then, per request, its kind and arguments; its keys follow in KEYS in the same order:
---   "a" <hold token> <lease ms> <counter retention ms>   KEYS: lock `P:{K}`, fencing counter
---                                                              `P:{K}:fence`
---   "r" <hold token>                                     KEYS: lock `P:{K}`, release channel
---                                                              `P:{K}:released`
+-- ARGV[2]  lease in milliseconds, for the acquisitions that give none of their own
+-- ARGV[3]  fencing counter retention in milliseconds (at least the lease), likewise
+-- then one argument per request, in the order of KEYS:
+--   "<hold token>"                            acquire for this hold (32 hex digits)
+--   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
+--   "-<hold token>"                           release this hold
 --
 -- Reply: two items per request, in order:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
@@ -32,8 +35,8 @@ local holder = ARGV[1]
 -- 16-digit number with string.format costs more than the call itself).
 local now, clock
 
--- "+": the byte after the hold token of a lock that has refused someone.
-local WAITED = 43
+-- "+": the byte after the hold token of a lock that has refused someone; "-": a release.
+local WAITED, MINUS = 43, 45
 
 -- The command being called, to name it if it fails.
 local calling
@@ -85,17 +88,18 @@ local function release(lock, channel, token)
 end
 
 local reply = {}
-local k, a = 1, 2
-while a <= #ARGV do
+for k = 1, #KEYS do
     local ok, status, value
-    if ARGV[a] == 'a' then
-        ok, status, value = pcall(acquire, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
-        a = a + 4
+    local lock, request = KEYS[k], ARGV[k + 3]
+    calling = 'the script'
+    if string.byte(request, 1) == MINUS then
+        ok, status, value = pcall(release, lock, lock .. ':released', string.sub(request, 2))
+    elseif #request == 32 then
+        ok, status, value = pcall(acquire, lock, lock .. ':fence', request, ARGV[2], ARGV[3])
     else
-        ok, status, value = pcall(release, KEYS[k], KEYS[k + 1], ARGV[a + 1])
-        a = a + 2
+        local token, lease, retention = string.match(request, '^(%x+) (%d+) (%d+)$')
+        ok, status, value = pcall(acquire, lock, lock .. ':fence', token, lease, retention)
     end
-    k = k + 2
     if not ok then
         local message = type(status) == 'table' and status.err or tostring(status)
         status, value = -1, calling .. ' ' .. message
