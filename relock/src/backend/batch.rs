@@ -1,19 +1,23 @@
 //! Group commit: the acquisitions and releases bound for one Redis server go out as one script
 //! call when they queue up.
 //!
-//! A request that finds fewer than [`MAX_CALLS`] calls in flight is sent at once, alone: an idle
-//! process adds no latency. Requests arriving while that many calls are in flight queue up; when
-//! a call returns, everything queued (up to [`MAX_BATCH`] requests) goes out as the next call of
-//! the `batch` script, which runs the requests one after another, in the order they queued. Each
-//! request keeps its own reply, its own errors and its own cancellation:
+//! A request that finds no call in flight is sent at once, alone, from its caller's future: an
+//! idle process adds no latency. Requests arriving while calls are in flight queue up; with one
+//! call in flight, the queue goes out at once as a second call, and with [`MAX_CALLS`] in flight
+//! it waits until one returns, then goes out (up to [`MAX_BATCH`] requests), each such call from
+//! a task of its own. A call is one run of the `batch` script, which runs its requests one after
+//! another, in the order they queued. Each request keeps its own reply, its own errors and its
+//! own cancellation:
 //!
-//! * the script runs each request exactly as the single-request call would (same reads, same
-//!   writes, same fencing counter, same release announcement), in queue order, so two requests
-//!   for one key in one call see each other's effects as two calls would;
+//! * the script runs each request exactly as a call of its own would (same reads, same writes,
+//!   same fencing counter, same release announcement), in queue order, so two requests for one
+//!   key in one call see each other's effects as two calls would;
 //! * a request whose caller went away before it was sent is left out (its outcome is then known:
-//!   nothing happened); one whose caller goes away after it was sent is answered to nobody, which
-//!   is the same unknown outcome as a cancelled call, handled the same way by the caller's guards
-//!   (an acquisition is released in the background, a release is retried);
+//!   nothing happened); one whose caller goes away after it was sent is the same unknown outcome
+//!   as a cancelled call, handled the same way by the caller's guards (an acquisition is released
+//!   in the background, a release is retried). Calls sent from tasks of their own are not ordered
+//!   among themselves, so that background release may run before the grant it undoes: a grant
+//!   that finds its caller gone is released again, after it;
 //! * a call that fails (the connection dropped, the server refused the script) fails every
 //!   request it carried, with the same error: each is an unknown outcome, as above.
 
@@ -61,7 +65,8 @@ pub(crate) type Answer = Result<(i64, Value), Error>;
 
 struct Queued {
     request: Request,
-    answer: oneshot::Sender<Answer>,
+    /// `None` for a release nobody waits for (of a grant whose caller is gone).
+    answer: Option<oneshot::Sender<Answer>>,
 }
 
 /// The queue of one connection.
@@ -80,41 +85,63 @@ struct State {
 impl State {
     /// The next call's requests: the oldest queued ones whose callers still wait for them.
     fn next_batch(&mut self) -> Vec<Queued> {
-        self.queue.retain(|queued| !queued.answer.is_closed());
+        self.queue.retain(|queued| {
+            queued
+                .answer
+                .as_ref()
+                .is_none_or(|answer| !answer.is_closed())
+        });
         let take = self.queue.len().min(MAX_BATCH);
         self.queue.drain(..take).collect()
     }
 }
 
 impl Batcher {
-    /// Sends `request` at once if fewer than [`MAX_CALLS`] calls are in flight and nothing is
-    /// queued before it, else queues it for the next call; resolves with its answer.
+    /// Sends `request` at once, alone, when no call is in flight (an idle process adds no
+    /// latency); with one in flight, sends what is queued and `request` as a second call from a
+    /// task of its own; with [`MAX_CALLS`] in flight, queues it for the next call. Resolves with
+    /// its answer.
+    ///
+    /// Only the first case runs the call in the caller's future, so at most one call depends on
+    /// its caller polling it: a caller that keeps its future without polling it (a `select!`
+    /// over `&mut fut`) delays its own call's hand-off, never the queue, which the other call
+    /// keeps draining.
     pub(crate) async fn submit(
         self: &Arc<Self>,
         connection: &Arc<Connection>,
         request: Request,
     ) -> Answer {
-        let queued = {
+        let (sender, answer) = oneshot::channel();
+        let next = {
             let mut state = lock(&self.state);
-            if state.calls < MAX_CALLS && state.queue.is_empty() {
-                state.calls += 1;
+            if state.calls == 0 {
+                state.calls = 1;
                 Err(request)
             } else {
-                let (sender, answer) = oneshot::channel();
                 state.queue.push(Queued {
                     request,
-                    answer: sender,
+                    answer: Some(sender),
                 });
-                Ok(answer)
+                if state.calls < MAX_CALLS {
+                    state.calls += 1;
+                    Ok(Some(state.next_batch()))
+                } else {
+                    Ok(None)
+                }
             }
         };
-        match queued {
-            Ok(answer) => answer.await.unwrap_or_else(|_| {
-                Err(Error::backend(
-                    "the script call carrying this request was dropped (its runtime shut down); \
-                     its outcome is unknown",
-                ))
-            }),
+        match next {
+            Ok(batch) => {
+                if let Some(batch) = batch {
+                    self.spawn_flush(connection, batch);
+                }
+                answer.await.unwrap_or_else(|_| {
+                    Err(Error::backend(
+                        "the script call carrying this request was dropped (its runtime shut \
+                         down); its outcome is unknown",
+                    ))
+                })
+            }
             Err(request) => {
                 // Dropped when the call returns, or when this future is dropped mid-call: either
                 // way the requests queued meanwhile go out next.
@@ -125,6 +152,30 @@ impl Batcher {
                 match call(connection, &[&request]).await {
                     Ok(mut answers) => answers.pop().expect("one answer per request"),
                     Err(failure) => Err(failure.into()),
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` as one call from a task of its own, holding one of the [`MAX_CALLS`]
+    /// places (taken by the caller).
+    fn spawn_flush(self: &Arc<Self>, connection: &Arc<Connection>, batch: Vec<Queued>) {
+        let slot = Slot {
+            batcher: self.clone(),
+            connection: connection.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(flush(slot, batch))),
+            Err(_) => {
+                // No runtime to send from (this one is being torn down): nothing was sent, so
+                // each caller learns that nothing happened. Dropping `slot` does the same for
+                // the rest of the queue.
+                for queued in batch {
+                    if let Some(answer) = queued.answer {
+                        let _ = answer.send(Err(Error::backend(
+                            "no Tokio runtime is left to send this request from; it was not sent",
+                        )));
+                    }
                 }
             }
         }
@@ -150,23 +201,7 @@ impl Drop for Slot {
             }
             batch
         };
-        let next = Slot {
-            batcher: self.batcher.clone(),
-            connection: self.connection.clone(),
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(flush(next, batch))),
-            Err(_) => {
-                // No runtime to send from (this one is being torn down): nothing was sent, so
-                // each caller learns that nothing happened. Dropping `next` does the same for
-                // the rest of the queue.
-                for queued in batch {
-                    let _ = queued.answer.send(Err(Error::backend(
-                        "no Tokio runtime is left to send this request from; it was not sent",
-                    )));
-                }
-            }
-        }
+        self.batcher.spawn_flush(&self.connection, batch);
     }
 }
 
@@ -175,18 +210,44 @@ async fn flush(slot: Slot, batch: Vec<Queued>) {
     let requests: Vec<&Request> = batch.iter().map(|queued| &queued.request).collect();
     let result = call(&slot.connection, &requests).await;
     drop(requests);
+    let mut orphans = Vec::new();
     match result {
         Ok(answers) => {
             for (queued, answer) in batch.into_iter().zip(answers) {
-                // A caller gone since (its future dropped) treats the outcome as unknown.
-                let _ = queued.answer.send(answer);
+                let granted = matches!(
+                    (&queued.request.kind, &answer),
+                    (Kind::Acquire { .. }, Ok((1, _)))
+                );
+                let delivered = match queued.answer {
+                    Some(sender) => sender.send(answer).is_ok(),
+                    None => true,
+                };
+                if granted && !delivered {
+                    // Granted to a caller gone since it was sent. Its guard released the token
+                    // in the background already, but that release may have run first (calls
+                    // from tasks of their own are not ordered): release it again, after the
+                    // grant.
+                    orphans.push(Queued {
+                        request: Request {
+                            kind: Kind::Release,
+                            lock: queued.request.lock,
+                            token: queued.request.token,
+                        },
+                        answer: None,
+                    });
+                }
             }
         }
         Err(failure) => {
             for queued in batch {
-                let _ = queued.answer.send(Err(failure.to_error()));
+                if let Some(answer) = queued.answer {
+                    let _ = answer.send(Err(failure.to_error()));
+                }
             }
         }
+    }
+    if !orphans.is_empty() {
+        lock(&slot.batcher.state).queue.extend(orphans);
     }
     drop(slot);
 }

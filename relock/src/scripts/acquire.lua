@@ -23,7 +23,8 @@ if value then
     end
     -- Marks the hold as having refused someone ("+" after its token): its release is published.
     if string.byte(value, 33) ~= 43 then
-        redis.call('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+        -- Best effort: a refusal must not fail because this write is refused (out of memory).
+        redis.pcall('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
     end
     return {0, redis.call('PTTL', KEYS[1])}
 end

@@ -52,7 +52,9 @@ local function acquire(lock, counter, token, lease, retention)
             return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
         end
         if string.byte(value, 33) ~= WAITED then
-            call('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+            -- Best effort: a refusal must not fail because this write is refused (out of
+            -- memory); the waiter then wakes when the lease ends instead.
+            redis.pcall('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
         end
         return 0, call('PTTL', lock)
     end
