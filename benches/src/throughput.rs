@@ -242,24 +242,36 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
         url: false,
     });
     tables.push(table);
+    // The goals of the throughput issue (relock with fencing tokens, holder metadata and
+    // release announcements kept), judged on this run.
     let seq_ratio = sequential[relock] / sequential[0];
     goals.push(Goal::new(
         "1 task: relock ÷ raw multiplexed",
-        "≥ 0.95×",
+        "≥ 0.92×",
         ratio(seq_ratio),
-        seq_ratio >= 0.95,
+        seq_ratio >= 0.92,
     ));
     let par_ratio = concurrent[relock] / concurrent[0];
+    let rslock_ratio = concurrent[rslock] / concurrent[0];
     goals.push(Goal::new(
         &format!("{} tasks: relock ÷ raw multiplexed", plan.tasks),
-        "≥ 1.00×",
-        format!(
-            "{} (rslock {})",
-            ratio(par_ratio),
-            ratio(concurrent[rslock] / concurrent[0])
-        ),
-        par_ratio >= 1.0,
+        "≥ 0.80×, ahead of rslock",
+        format!("{} (rslock {})", ratio(par_ratio), ratio(rslock_ratio)),
+        par_ratio >= 0.8 && par_ratio > rslock_ratio,
     ));
+    for (what, cpu, target) in [("server", &server_cpu, 1.3), ("client", &client_cpu, 1.15)] {
+        let cpu_ratio = median(&cpu[relock]) / median(&cpu[0]);
+        goals.push(Goal::new(
+            &format!("{what} CPU per pair: relock ÷ raw multiplexed"),
+            &format!("≤ {target:.2}×"),
+            format!(
+                "{} (rslock {})",
+                ratio(cpu_ratio),
+                ratio(median(&cpu[rslock]) / median(&cpu[0]))
+            ),
+            cpu_ratio <= target,
+        ));
+    }
     for (index, label) in [(pool_default, "default"), (pool_no_check, "no check")] {
         let par = concurrent[index] / concurrent[relock];
         let seq = sequential[index] / sequential[relock];

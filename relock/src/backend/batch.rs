@@ -111,27 +111,27 @@ impl Batcher {
         connection: &Arc<Connection>,
         request: Request,
     ) -> Answer {
-        let (sender, answer) = oneshot::channel();
         let next = {
             let mut state = lock(&self.state);
             if state.calls == 0 {
                 state.calls = 1;
                 Err(request)
             } else {
+                let (sender, answer) = oneshot::channel();
                 state.queue.push(Queued {
                     request,
                     answer: Some(sender),
                 });
                 if state.calls < MAX_CALLS {
                     state.calls += 1;
-                    Ok(Some(state.next_batch()))
+                    Ok((answer, Some(state.next_batch())))
                 } else {
-                    Ok(None)
+                    Ok((answer, None))
                 }
             }
         };
         match next {
-            Ok(batch) => {
+            Ok((answer, batch)) => {
                 if let Some(batch) = batch {
                     self.spawn_flush(connection, batch);
                 }
@@ -289,8 +289,14 @@ fn command(requests: &[&Request]) -> redis::Cmd {
         }) => (lease_ms, retention_ms),
         _ => (0, 0),
     };
-    let mut command = redis::cmd("EVALSHA");
-    command.arg(scripts::BATCH.get_hash()).arg(requests.len());
+    // Sized up front: the buffers would otherwise grow a few times per call.
+    let names: usize = requests.iter().map(|request| request.lock.len()).sum();
+    let mut command =
+        redis::Cmd::with_capacity(6 + 2 * requests.len(), 128 + names + 48 * requests.len());
+    command
+        .arg("EVALSHA")
+        .arg(scripts::BATCH.get_hash())
+        .arg(requests.len());
     for request in requests {
         command.arg(&request.lock);
     }
