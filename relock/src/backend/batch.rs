@@ -16,8 +16,9 @@
 //!   nothing happened); one whose caller goes away after it was sent is the same unknown outcome
 //!   as a cancelled call, handled the same way by the caller's guards (an acquisition is released
 //!   in the background, a release is retried). Calls sent from tasks of their own are not ordered
-//!   among themselves, so that background release may run before the grant it undoes: a grant
-//!   that finds its caller gone is released again, after it;
+//!   among themselves, so that background release may run before the grant it undoes: an
+//!   acquisition that finds its caller gone when its call returns (granted, or its call failed)
+//!   is released again, after it;
 //! * a call that fails (the connection dropped, the server refused the script) fails every
 //!   request it carried, with the same error: each is an unknown outcome, as above.
 
@@ -211,6 +212,20 @@ async fn flush(slot: Slot, batch: Vec<Queued>) {
     let result = call(&slot.connection, &requests).await;
     drop(requests);
     let mut orphans = Vec::new();
+    // A grant whose caller went away after it was sent: its guard released the token in the
+    // background already, but that release may have run first (calls sent from tasks of their
+    // own are not ordered), so it is released again, after the grant. A call that failed may
+    // have run all the same (the connection dropped after sending), so each of its
+    // acquisitions whose caller is gone is released again too.
+    let mut orphan = |request: Request| {
+        orphans.push(Queued {
+            request: Request {
+                kind: Kind::Release,
+                ..request
+            },
+            answer: None,
+        });
+    };
     match result {
         Ok(answers) => {
             for (queued, answer) in batch.into_iter().zip(answers) {
@@ -223,25 +238,18 @@ async fn flush(slot: Slot, batch: Vec<Queued>) {
                     None => true,
                 };
                 if granted && !delivered {
-                    // Granted to a caller gone since it was sent. Its guard released the token
-                    // in the background already, but that release may have run first (calls
-                    // from tasks of their own are not ordered): release it again, after the
-                    // grant.
-                    orphans.push(Queued {
-                        request: Request {
-                            kind: Kind::Release,
-                            lock: queued.request.lock,
-                            token: queued.request.token,
-                        },
-                        answer: None,
-                    });
+                    orphan(queued.request);
                 }
             }
         }
         Err(failure) => {
             for queued in batch {
-                if let Some(answer) = queued.answer {
-                    let _ = answer.send(Err(failure.to_error()));
+                let delivered = match queued.answer {
+                    Some(sender) => sender.send(Err(failure.to_error())).is_ok(),
+                    None => true,
+                };
+                if matches!(queued.request.kind, Kind::Acquire { .. }) && !delivered {
+                    orphan(queued.request);
                 }
             }
         }
