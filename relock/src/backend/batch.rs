@@ -308,10 +308,13 @@ fn command(requests: &[&Request]) -> redis::Cmd {
     for request in requests {
         command.arg(&request.lock);
     }
-    command
-        .arg(holder_metadata())
-        .arg(lease_ms)
-        .arg(retention_ms);
+    // Written beside each grant: a call of releases only has no use for it.
+    let holder = if shared.is_some() {
+        holder_metadata()
+    } else {
+        String::new()
+    };
+    command.arg(holder).arg(lease_ms).arg(retention_ms);
     let mut text = String::new();
     for request in requests {
         let token = request.token.as_str();
