@@ -100,6 +100,16 @@
 //! token handed out; `P:{K}:released` is the channel announcing releases. All share the hash tag
 //! `{K}`, so each operation is one Lua script on one Redis Cluster slot.
 //!
+//! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
+//! server only a marked hold's release is announced: a waiter subscribes after its first refusal
+//! and then asks again, so the hold it waits for has always refused it. An uncontended lock costs
+//! no `PUBLISH`.
+//!
+//! On a single server (directly, through a pool or behind Sentinel), acquisitions and releases
+//! that arrive while calls are in flight on the locker's connection queue up and go out together
+//! as one call of a batch script (group commit), which runs each as its own call would, in order,
+//! with its own reply and error; an idle locker sends each request at once, alone.
+//!
 //! Every fresh acquisition writes a token of its own, and release and renewal act on that token
 //! only: a late release or renewal of an old hold (lost, force-released, cancelled mid-flight)
 //! never touches a newer hold, even one taken in the same scope. Re-entry is decided in this
