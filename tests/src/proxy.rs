@@ -1,9 +1,11 @@
 //! A TCP proxy in front of a test server that can cut the line: requests sent while it is cut
-//! never reach the server and get no answer, as on a network that drops packets.
+//! never reach the server and get no answer, as on a network that drops packets. It can also
+//! swallow the server's replies on the connections open at that moment: their requests still run,
+//! but nobody hears the answers.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +18,8 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     /// Bumped by [`restore`](Self::restore): every connection open until then is closed.
     generation: watch::Sender<u64>,
+    /// Per connection opened so far: set, the server's replies on it are dropped.
+    mute: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -28,8 +32,9 @@ impl Proxy {
         let proxy_port = listener.local_addr().expect("the proxy's address").port();
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0);
+        let mute = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (cut, generation) = (cut.clone(), generation.clone());
+            let (cut, generation, mute) = (cut.clone(), generation.clone(), mute.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
@@ -37,7 +42,9 @@ impl Proxy {
                         continue;
                     }
                     let closed = generation.subscribe();
-                    tokio::spawn(forward(client, port, cut.clone(), closed));
+                    let muted = Arc::new(AtomicBool::new(false));
+                    lock(&mute).push(muted.clone());
+                    tokio::spawn(forward(client, port, cut.clone(), muted, closed));
                 }
             })
         };
@@ -45,6 +52,7 @@ impl Proxy {
             port: proxy_port,
             cut,
             generation,
+            mute,
             accept,
         }
     }
@@ -65,6 +73,15 @@ impl Proxy {
         self.cut.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, the server's replies on every connection open now are dropped: requests sent
+    /// on them still run, but their answers never come. Connections opened later (a client
+    /// reconnecting) are forwarded both ways.
+    pub fn swallow_replies_of_open_connections(&self) {
+        for muted in lock(&self.mute).iter() {
+            muted.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Restores the line: the connections that were open while it was cut are closed (their
     /// clients must reconnect), and new connections are forwarded again.
     pub fn restore(&self) {
@@ -80,10 +97,17 @@ impl Drop for Proxy {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 async fn forward(
     client: TcpStream,
     port: u16,
     cut: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
     mut closed: watch::Receiver<u64>,
 ) {
     let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
@@ -106,7 +130,21 @@ async fn forward(
             }
         }
     };
-    let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+    let downstream = async {
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let read = match from_server.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if muted.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to_client.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    };
     tokio::select! {
         () = upstream => {}
         _ = downstream => {}

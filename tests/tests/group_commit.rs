@@ -524,85 +524,6 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
 // 3. The connection dropped under a batch
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP proxy in front of the server whose open connections can be made to swallow the server's
-/// replies: their requests still run, but nobody hears the answer. Connections opened afterwards
-/// (a reconnecting client) are forwarded both ways.
-struct ReplyProxy {
-    port: u16,
-    open: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl ReplyProxy {
-    async fn start(server_port: u16) -> ReplyProxy {
-        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind the proxy");
-        let port = listener.local_addr().expect("the proxy's address").port();
-        let open = Arc::new(Mutex::new(Vec::new()));
-        let accept = tokio::spawn({
-            let open = open.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let swallow = Arc::new(AtomicBool::new(false));
-                    open.lock().unwrap().push(swallow.clone());
-                    tokio::spawn(forward(client, server_port, swallow));
-                }
-            }
-        });
-        ReplyProxy { port, open, accept }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// From now on, the server's replies on every connection open now are dropped.
-    fn swallow_replies_of_open_connections(&self) {
-        for swallow in self.open.lock().unwrap().iter() {
-            swallow.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Drop for ReplyProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Forwards one connection until either side closes it.
-async fn forward(client: tokio::net::TcpStream, server_port: u16, swallow: Arc<AtomicBool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(server) =
-        tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, server_port)).await
-    else {
-        return;
-    };
-    let (mut from_client, mut to_client) = client.into_split();
-    let (mut from_server, mut to_server) = server.into_split();
-    let upstream = tokio::io::copy(&mut from_client, &mut to_server);
-    let downstream = async {
-        let mut buffer = vec![0; 64 * 1024];
-        loop {
-            let read = match from_server.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            if swallow.load(Ordering::SeqCst) {
-                continue;
-            }
-            if to_client.write_all(&buffer[..read]).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = upstream => {}
-        () = downstream => {}
-    }
-}
-
 /// 150 acquisitions on distinct keys through a proxy, the server paused: two calls in flight
 /// (tasks 0 and 1), 148 queued. Task 0 is aborted, so its call's place goes to the queue: a
 /// call of 128 requests goes out, 20 stay queued. The proxy then swallows the replies and the
@@ -618,7 +539,7 @@ fn a_connection_killed_under_granted_unanswered_batches_leaks_no_lock() {
     const LEASE: Duration = Duration::from_secs(2);
     run_bounded(LIMIT, || async {
         let server = RedisServer::start();
-        let proxy = ReplyProxy::start(server.port()).await;
+        let proxy = relock_tests::Proxy::start(server.port()).await;
         let locker = Locker::builder()
             .url(proxy.url())
             .lease(LEASE)
