@@ -7,6 +7,7 @@
 //! The server is paused (SIGSTOP) to make requests queue: the first two are then in flight, the
 //! rest wait in the batcher until a call returns.
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,9 +97,18 @@ fn patient_locker(server: &RedisServer, lease: Duration) -> Locker {
 }
 
 /// Connects `locker` and loads the batch script, so that paused requests are the script calls.
+/// Loads every script the locker uses (a lone request runs its own script, several run the
+/// batch script), so that no call of a test is answered `NOSCRIPT` and sent again: four
+/// acquisitions at once are two lone calls and one call of the other two.
 async fn warm(locker: &Locker) {
-    let guard = locker.lock(unique_key("warm")).await.expect("warm-up lock");
-    guard.release().await.expect("warm-up release");
+    let locks = (0..4).map(|i| locker.lock(unique_key(&format!("warm-{i}"))));
+    let guards = futures_util::future::join_all(locks.map(IntoFuture::into_future)).await;
+    let releases = guards
+        .into_iter()
+        .map(|guard| guard.expect("warm-up lock").release());
+    for released in futures_util::future::join_all(releases).await {
+        released.expect("warm-up release");
+    }
 }
 
 type LockTask = JoinHandle<Result<LockGuard, Error>>;

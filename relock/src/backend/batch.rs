@@ -5,8 +5,9 @@
 //! idle process adds no latency. Requests arriving while calls are in flight queue up; with one
 //! call in flight, the queue goes out at once as a second call, and with [`MAX_CALLS`] in flight
 //! it waits until one returns, then goes out (up to [`MAX_BATCH`] requests), each such call from
-//! a task of its own. A call is one run of the `batch` script, which runs its requests one after
-//! another, in the order they queued. Each request keeps its own reply, its own errors and its
+//! a task of its own. A call of several requests is one run of the `batch` script, which runs
+//! them one after another, in the order they queued (a call of one request runs that request's
+//! own script). Each request keeps its own reply, its own errors and its
 //! own cancellation:
 //!
 //! * the script runs each request exactly as a call of its own would (same reads, same writes,
@@ -260,27 +261,99 @@ async fn flush(slot: Slot, batch: Vec<Queued>) {
     drop(slot);
 }
 
-/// One call of the batch script for `requests`, loading the script first if the server lacks it
-/// (a `NOSCRIPT` reply ran nothing, so sending again is safe): each request's answer.
+/// One call for `requests`, loading its script first if the server lacks it (a `NOSCRIPT`
+/// reply ran nothing, so sending again is safe): each request's answer. A lone request runs the
+/// single-request script (`acquire.lua` or `release.lua`), which costs the server about a fifth
+/// less than the batch script's loop around the same calls.
 async fn call(connection: &Connection, requests: &[&Request]) -> Result<Vec<Answer>, Failure> {
-    let command = command(requests);
+    if let [request] = requests {
+        let (script, command) = single(request);
+        return match send_script(connection, script, &command).await {
+            Ok(reply) => Ok(vec![single_answer(request, reply)]),
+            // The request's own failure (a foreign value at its key), as the batch script
+            // reports one: not the connection's.
+            Err(Failure::Redis(err)) if err.code() == Some("WRONGTYPE") => Ok(vec![Err(
+                crate::error::batched_request_failed("GET", &err.to_string(), &request.lock),
+            )]),
+            Err(failure) => Err(failure),
+        };
+    }
+    let reply = send_script(connection, &scripts::BATCH, &command(requests)).await?;
+    answers(reply, requests)
+}
+
+/// Sends `command`, a call of `script`; loads the script and sends again on `NOSCRIPT`.
+async fn send_script(
+    connection: &Connection,
+    script: &redis::Script,
+    command: &redis::Cmd,
+) -> Result<Value, Failure> {
     let send = async || {
         connection
             .send(async |connection| command.query_async::<Value>(connection).await)
             .await
     };
-    let reply = match send().await {
+    match send().await {
         Err(Failure::Redis(err))
             if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
         {
             connection
-                .send(async |connection| scripts::BATCH.load_async(connection).await)
+                .send(async |connection| script.load_async(connection).await)
                 .await?;
-            send().await?
+            send().await
         }
-        reply => reply?,
-    };
-    answers(reply, requests)
+        reply => reply,
+    }
+}
+
+/// The single-request script's call for `request` (see `acquire.lua` and `release.lua`).
+fn single(request: &Request) -> (&'static redis::Script, redis::Cmd) {
+    let lock = &request.lock;
+    let mut command = redis::Cmd::with_capacity(9, 192 + 2 * lock.len());
+    match request.kind {
+        Kind::Acquire {
+            lease_ms,
+            retention_ms,
+        } => {
+            command
+                .arg("EVALSHA")
+                .arg(scripts::ACQUIRE.get_hash())
+                .arg(2)
+                .arg(lock)
+                .arg(format!("{lock}:fence"))
+                .arg(request.token.as_str())
+                .arg(lease_ms)
+                .arg(retention_ms)
+                .arg(holder_metadata());
+            (&scripts::ACQUIRE, command)
+        }
+        Kind::Release => {
+            command
+                .arg("EVALSHA")
+                .arg(scripts::RELEASE.get_hash())
+                .arg(2)
+                .arg(lock)
+                .arg(format!("{lock}:released"))
+                .arg(request.token.as_str());
+            (&scripts::RELEASE, command)
+        }
+    }
+}
+
+/// The single-request script's reply as the batch script's status and value.
+fn single_answer(request: &Request, reply: Value) -> Answer {
+    match (request.kind, reply) {
+        (Kind::Acquire { .. }, Value::Array(items)) => match items.as_slice() {
+            [Value::Int(status), Value::Int(value)] => Ok((*status, Value::Int(*value))),
+            _ => Err(Error::backend(format!(
+                "unexpected reply from the acquire script: {items:?}"
+            ))),
+        },
+        (Kind::Release, Value::Int(released)) => Ok((released, Value::Int(0))),
+        (kind, reply) => Err(Error::backend(format!(
+            "unexpected reply to {kind:?} from its script: {reply:?}"
+        ))),
+    }
 }
 
 /// `EVALSHA batch` for `requests`: their locks, the holder metadata, the lease and retention

@@ -8,8 +8,9 @@
 -- ARGV[2]  (Redis Cluster only) how long the receipt is kept, in milliseconds; with it the
 --          release is announced with SPUBLISH on the sharded channel
 --
--- Reply:   1  released: the lock is free and the channel was published to (or, on a cluster, this
---             hold's release already happened: a retried request)
+-- Reply:   1  released: the lock is free and the channel was published to (on one server, only if
+--             the hold had refused someone), or, on a cluster, this hold's release already
+--             happened (a retried request)
 --          0  the hold no longer has the lock (its lease ended, it was force-released, or it was
 --             released already); nothing was changed
 local value = redis.call('GET', KEYS[1])
@@ -24,7 +25,9 @@ redis.call('DEL', KEYS[1])
 if KEYS[3] then
     redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
     redis.call('SPUBLISH', KEYS[2], '')
-else
+elseif string.byte(value, 33) == 43 then
+    -- On one server only a hold that has refused someone ("+" after its token) is announced:
+    -- its waiters subscribed before asking again (see batch.lua).
     redis.call('PUBLISH', KEYS[2], '')
 end
 return 1
