@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use redis::Value;
 use tokio::sync::oneshot;
 
-use super::redis::{holder_metadata, Connection, Failure};
+use super::redis::{as_string, holder_metadata, lock, Connection, Failure};
 use crate::error::Error;
 use crate::scripts;
 use crate::token::HoldToken;
@@ -436,7 +436,7 @@ fn answers(reply: Value, requests: &[&Request]) -> Result<Vec<Answer>, Failure> 
         };
         answers.push(match (status, value) {
             (Value::Int(-1), failed) => {
-                let failed = text(&failed);
+                let failed = as_string(&failed).unwrap_or_else(|| format!("{failed:?}"));
                 let (command, message) = failed.split_once(' ').unwrap_or(("", &failed));
                 Err(crate::error::batched_request_failed(
                     command,
@@ -451,18 +451,4 @@ fn answers(reply: Value, requests: &[&Request]) -> Result<Vec<Answer>, Failure> 
         });
     }
     Ok(answers)
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

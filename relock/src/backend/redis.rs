@@ -690,7 +690,7 @@ pub(super) fn found_keys(prefix: &str, pattern: &KeyPattern, names: &[String]) -
         .collect()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -755,7 +755,7 @@ pub(super) fn unexpected(script: &str, value: &Value) -> Error {
     ))
 }
 
-fn as_string(value: &Value) -> Option<String> {
+pub(super) fn as_string(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(text) => Some(text.clone()),
