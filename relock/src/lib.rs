@@ -107,8 +107,9 @@
 //!
 //! On a single server (directly, through a pool or behind Sentinel), acquisitions and releases
 //! that arrive while calls are in flight on the locker's connection queue up and go out together
-//! as one call of a batch script (group commit), which runs each as its own call would, in order,
-//! with its own reply and error; an idle locker sends each request at once, alone.
+//! as one call of a batch script (group commit), which runs each as its own call would (the
+//! releases first, so that a lock released and asked for in the same call is granted), with its
+//! own reply and error; an idle locker sends each request at once, alone.
 //!
 //! Every fresh acquisition writes a token of its own, and release and renewal act on that token
 //! only: a late release or renewal of an old hold (lost, force-released, cancelled mid-flight)

@@ -334,7 +334,22 @@ async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
         .query_async::<()>(&mut admin)
         .await
         .unwrap();
-    assert_eq!(take_and_release(&locker, &key).await, ahead + 1);
+    // The lock is written with the clock's token before the counter is read, and written again
+    // with the counter's: the hold must read back with the token its grant reported, or inspect
+    // and a retried request's answer (the same grant again) would give a smaller one.
+    let guard = locker.lock(&key).await.unwrap();
+    assert_eq!(guard.fencing_token(), ahead + 1);
+    let info = locker
+        .inspect(&key)
+        .await
+        .unwrap()
+        .expect("the lock is held");
+    assert_eq!(
+        info.fencing_token,
+        ahead + 1,
+        "the hold reads back with another token than its grant's"
+    );
+    guard.release().await.unwrap();
     assert_eq!(take_and_release(&locker, &key).await, ahead + 2);
 }
 

@@ -6,13 +6,15 @@
 //! call in flight, the queue goes out at once as a second call, and with [`MAX_CALLS`] in flight
 //! it waits until one returns, then goes out (up to [`MAX_BATCH`] requests), each such call from
 //! a task of its own. A call of several requests is one run of the `batch` script, which runs
-//! them one after another, in the order they queued (a call of one request runs that request's
-//! own script). Each request keeps its own reply, its own errors and its
-//! own cancellation:
+//! them one after another: the releases first, then the acquisitions, each in the order they
+//! queued (a call of one request runs that request's own script). Each request keeps its own
+//! reply, its own errors and its own cancellation:
 //!
 //! * the script runs each request exactly as a call of its own would (same reads, same writes,
-//!   same fencing counter, same release announcement), in queue order, so two requests for one
-//!   key in one call see each other's effects as two calls would;
+//!   same fencing counter, same release announcement), so two requests for one key in one call
+//!   see each other's effects as two calls would. The requests of a call were all in flight at
+//!   once, so running the releases first is an order they could have run in, and the one that
+//!   grants a lock released and asked for in the same call;
 //! * a request whose caller went away before it was sent is left out (its outcome is then known:
 //!   nothing happened); one whose caller goes away after it was sent is the same unknown outcome
 //!   as a cancelled call, handled the same way by the caller's guards (an acquisition is released
@@ -208,7 +210,9 @@ impl Drop for Slot {
 }
 
 /// Sends `batch` as one call and answers each request.
-async fn flush(slot: Slot, batch: Vec<Queued>) {
+async fn flush(slot: Slot, mut batch: Vec<Queued>) {
+    // The batch script takes the releases first (see `batch.lua`); answers come in this order.
+    batch.sort_by_key(|queued| matches!(queued.request.kind, Kind::Acquire { .. }));
     let requests: Vec<&Request> = batch.iter().map(|queued| &queued.request).collect();
     let result = call(&slot.connection, &requests).await;
     drop(requests);
@@ -356,13 +360,21 @@ fn single_answer(request: &Request, reply: Value) -> Answer {
     }
 }
 
-/// `EVALSHA batch` for `requests`: their locks, the holder metadata, the lease and retention
-/// of the first acquisition (which most share), then each request's argument.
+/// `EVALSHA batch` for `requests`, the releases first: their locks, the holder metadata, the
+/// lease and retention of the first acquisition (which most share), the number of releases,
+/// then each request's argument.
 fn command(requests: &[&Request]) -> redis::Cmd {
-    let shared = requests
+    let releases = requests
         .iter()
-        .map(|request| request.kind)
-        .find(|kind| matches!(kind, Kind::Acquire { .. }));
+        .take_while(|request| request.kind == Kind::Release)
+        .count();
+    debug_assert!(
+        requests[releases..]
+            .iter()
+            .all(|request| request.kind != Kind::Release),
+        "the releases come first"
+    );
+    let shared = requests.get(releases).map(|request| request.kind);
     let (lease_ms, retention_ms) = match shared {
         Some(Kind::Acquire {
             lease_ms,
@@ -373,7 +385,7 @@ fn command(requests: &[&Request]) -> redis::Cmd {
     // Sized up front: the buffers would otherwise grow a few times per call.
     let names: usize = requests.iter().map(|request| request.lock.len()).sum();
     let mut command =
-        redis::Cmd::with_capacity(6 + 2 * requests.len(), 128 + names + 48 * requests.len());
+        redis::Cmd::with_capacity(7 + 2 * requests.len(), 128 + names + 48 * requests.len());
     command
         .arg("EVALSHA")
         .arg(scripts::BATCH.get_hash())
@@ -387,27 +399,25 @@ fn command(requests: &[&Request]) -> redis::Cmd {
     } else {
         String::new()
     };
-    command.arg(holder).arg(lease_ms).arg(retention_ms);
+    command
+        .arg(holder)
+        .arg(lease_ms)
+        .arg(retention_ms)
+        .arg(releases);
     let mut text = String::new();
     for request in requests {
         let token = request.token.as_str();
         match request.kind {
-            kind @ Kind::Acquire { .. } if Some(kind) == shared => {
-                command.arg(token);
-            }
             Kind::Acquire {
                 lease_ms,
                 retention_ms,
-            } => {
+            } if Some(request.kind) != shared => {
                 text.clear();
                 let _ = write!(text, "{token} {lease_ms} {retention_ms}");
                 command.arg(&text);
             }
-            Kind::Release => {
-                text.clear();
-                text.push('-');
-                text.push_str(token);
-                command.arg(&text);
+            Kind::Acquire { .. } | Kind::Release => {
+                command.arg(token);
             }
         }
     }

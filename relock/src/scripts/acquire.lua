@@ -16,30 +16,35 @@
 -- the counter is gone (expired, a restart without persistence, a failover to a replica that had
 -- not received it) as long as the server's clock does not step back by more than the time
 -- between two grants of the key.
-local value = redis.call('GET', KEYS[1])
+--
+-- The lock is taken with the clock's token first (SET NX GET: one call takes a free lock, or
+-- reads the holder of a taken one, so a refusal writes nothing but the mark); the counter is
+-- then written and read in one call, and in the rare case where it is ahead of the clock (grants
+-- within one microsecond, a clock stepped back) both are written again. The script is atomic,
+-- so nobody sees the first token.
+local now = redis.call('TIME')
+-- As text without string.format, which costs more than a call for a 16-digit number.
+local text = now[1] .. string.rep('0', 6 - #now[2]) .. now[2]
+local value = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'NX', 'PX', ARGV[2], 'GET')
 if value then
-    if string.sub(value, 1, 32) == ARGV[1] then
+    if string.find(value, ARGV[1], 1, true) == 1 then
         return {1, tonumber(string.match(value, '^%x+[ +](%d+)'))}
     end
     -- Marks the hold as having refused someone ("+" after its token): its release is published.
-    if string.byte(value, 33) ~= 43 then
+    -- Only a hold not marked yet is written to, never a value that is not relock's.
+    if string.find(value, '^' .. string.rep('%x', 32) .. ' ') then
         -- Best effort: a refusal must not fail because this write is refused (out of memory).
         redis.pcall('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
     end
     return {0, redis.call('PTTL', KEYS[1])}
 end
 
-local now = redis.call('TIME')
 local fence = now[1] * 1000000 + now[2]
--- As text without string.format, which costs more than a call for a 16-digit number.
-local text = now[1] .. string.rep('0', 6 - #now[2]) .. now[2]
--- Writes the clock's token and reads the counter in one call; the rare case where the counter
--- is ahead of the clock (grants within one microsecond, a clock stepped back) writes again.
 local last = redis.call('SET', KEYS[2], text, 'PX', ARGV[3], 'GET')
 if last and tonumber(last) >= fence then
     fence = tonumber(last) + 1
     text = string.format('%.0f', fence)
     redis.call('SET', KEYS[2], text, 'PX', ARGV[3])
+    redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'KEEPTTL')
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'PX', ARGV[2])
 return {1, fence}

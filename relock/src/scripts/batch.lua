@@ -1,17 +1,19 @@
--- Acquires and releases holds, in the order given: one call carries every request that queued up
--- for the server while the previous calls were in flight (group commit), or a single request.
+-- Acquires and releases holds: one call carries every request that queued up for the server
+-- while the previous calls were in flight (group commit).
 --
--- KEYS     the lock `P:{K}` of each request, in order; its fencing counter is `P:{K}:fence` and
---          its release channel `P:{K}:released` (all share the hash tag `{K}`)
+-- KEYS     the lock `P:{K}` of each request: the releases first, then the acquisitions; its
+--          fencing counter is `P:{K}:fence` and its release channel `P:{K}:released` (all share
+--          the hash tag `{K}`)
 -- ARGV[1]  holder metadata "<pid> <since ms> <host>", written beside each grant
 -- ARGV[2]  lease in milliseconds, for the acquisitions that give none of their own
 -- ARGV[3]  fencing counter retention in milliseconds (at least the lease), likewise
+-- ARGV[4]  how many of the requests are releases
 -- then one argument per request, in the order of KEYS:
---   "<hold token>"                            acquire for this hold (32 hex digits)
+--   "<hold token>"                            release this hold (32 hex digits), or acquire
+--                                             for it
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
---   "-<hold token>"                           release this hold
 --
--- Reply: two items per request, in order:
+-- Reply: two items per request, in the order of KEYS:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
 --                               the lock (the same grant again, so a client-side retry is harmless)
 --            0, pttl            held by another hold; pttl as PTTL reports it
@@ -22,6 +24,10 @@
 --                               refusal, out of memory): the command that failed and its error;
 --                               the other requests ran as if it had not been there
 --
+-- The requests of one call were all in flight at once, so any order is one they could have run
+-- in; releases run first, so that a lock released and asked for in the same call is granted.
+-- Each request runs as acquire.lua or release.lua would run it alone.
+--
 -- The lock is "<hold token> <fencing token> <pid> <since ms> <host>"; a refusal turns the space
 -- after the hold token into "+" (the hold has had a waiter), and only such a hold's release is
 -- published: a waiter subscribes after its first refusal and then asks again, so every waiter
@@ -30,83 +36,97 @@
 -- (expired, a restart without persistence, a failover to a replica that had not received it) as
 -- long as the server's clock does not step back by more than the time between two grants of the
 -- key. The time is read once per call: a later grant in the same call is still past the counter.
-local holder = ARGV[1]
--- The server's clock, read at the first grant: in microseconds, and as text (formatting a
--- 16-digit number with string.format costs more than the call itself).
-local now, clock
+--
+-- Written for the server's CPU: no string is built that a request does not need (the token is
+-- compared in place, a channel name made only to publish), and the fencing token's text and the
+-- metadata after it are built once per call.
+local holder, releases = ARGV[1], tonumber(ARGV[4])
+local call, find, byte, sub = redis.call, string.find, string.byte, string.sub
+-- The server's clock, read at the first acquisition: in microseconds, as text (formatting a
+-- 16-digit number with string.format costs more than a call), and as the lock value's tail.
+local now, clock, tail
 
--- "+": the byte after the hold token of a lock that has refused someone; "-": a release.
-local WAITED, MINUS = 43, 45
+-- "+": the byte after the hold token of a lock that has refused someone.
+local WAITED = 43
+-- A hold that has refused nobody yet: only such a value is marked (any other value at a lock key
+-- is not relock's, and is never written to).
+local UNMARKED = '^' .. string.rep('%x', 32) .. ' '
 
 -- The command being called, to name it if it fails.
 local calling
-local function call(command, ...)
-    calling = command
-    return redis.call(command, ...)
-end
 
-local function acquire(lock, counter, token, lease, retention)
-    local value = call('GET', lock)
-    if value then
-        if string.sub(value, 1, 32) == token then
-            return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
-        end
-        if string.byte(value, 33) ~= WAITED then
-            -- Best effort: a refusal must not fail because this write is refused (out of
-            -- memory); the waiter then wakes when the lease ends instead.
-            redis.pcall('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
-        end
-        return 0, call('PTTL', lock)
-    end
+local function acquire(lock, token, lease, retention)
     if not now then
+        calling = 'TIME'
         local time = call('TIME')
         now = time[1] * 1000000 + time[2]
         clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+        tail = ' ' .. clock .. ' ' .. holder
     end
-    local fence, text = now, clock
+    -- Takes a free lock with the clock's token, or reads the holder of a taken one.
+    calling = 'SET'
+    local value = call('SET', lock, token .. tail, 'NX', 'PX', lease, 'GET')
+    if value then
+        if find(value, token, 1, true) == 1 then
+            return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
+        end
+        if find(value, UNMARKED) then
+            -- Best effort: a refusal must not fail because this write is refused (out of
+            -- memory); the waiter then wakes when the lease ends instead.
+            redis.pcall('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
+        end
+        calling = 'PTTL'
+        return 0, call('PTTL', lock)
+    end
     -- Writes the clock's token and reads the counter in one call; the rare case where the
-    -- counter is ahead of the clock (grants within one microsecond, a clock stepped back) writes
-    -- again.
-    local last = call('SET', counter, text, 'PX', retention, 'GET')
-    if last and tonumber(last) >= fence then
-        fence = tonumber(last) + 1
-        text = string.format('%.0f', fence)
+    -- counter is ahead of the clock (grants within one microsecond, a clock stepped back)
+    -- writes both again (the script is atomic: nobody saw the first token).
+    local counter = lock .. ':fence'
+    local last = call('SET', counter, clock, 'PX', retention, 'GET')
+    if last and tonumber(last) >= now then
+        local fence = tonumber(last) + 1
+        local text = string.format('%.0f', fence)
         call('SET', counter, text, 'PX', retention)
+        call('SET', lock, token .. ' ' .. text .. ' ' .. holder, 'KEEPTTL')
+        return 1, fence
     end
-    call('SET', lock, token .. ' ' .. text .. ' ' .. holder, 'PX', lease)
-    return 1, fence
+    return 1, now
 end
 
-local function release(lock, channel, token)
+local function release(lock, token)
+    calling = 'GET'
     local value = call('GET', lock)
-    if not value or string.sub(value, 1, 32) ~= token then
+    if not value or find(value, token, 1, true) ~= 1 then
         return 0, 0
     end
+    calling = 'DEL'
     call('DEL', lock)
-    if string.byte(value, 33) == WAITED then
-        call('PUBLISH', channel, '')
+    if byte(value, 33) == WAITED then
+        calling = 'PUBLISH'
+        call('PUBLISH', lock .. ':released', '')
     end
     return 1, 0
 end
 
-local reply = {}
+local reply, n = {}, 0
+local lease, retention = ARGV[2], ARGV[3]
 for k = 1, #KEYS do
     local ok, status, value
-    local lock, request = KEYS[k], ARGV[k + 3]
+    local request = ARGV[k + 4]
     calling = 'the script'
-    if string.byte(request, 1) == MINUS then
-        ok, status, value = pcall(release, lock, lock .. ':released', string.sub(request, 2))
+    if k <= releases then
+        ok, status, value = pcall(release, KEYS[k], request)
     elseif #request == 32 then
-        ok, status, value = pcall(acquire, lock, lock .. ':fence', request, ARGV[2], ARGV[3])
+        ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
-        local token, lease, retention = string.match(request, '^(%x+) (%d+) (%d+)$')
-        ok, status, value = pcall(acquire, lock, lock .. ':fence', token, lease, retention)
+        local token, own_lease, own_retention = string.match(request, '^(%x+) (%d+) (%d+)$')
+        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention)
     end
     if not ok then
-        local message = type(status) == 'table' and status.err or tostring(status)
-        status, value = -1, calling .. ' ' .. message
+        status, value = -1, calling .. ' ' .. (type(status) == 'table' and status.err or tostring(status))
     end
-    reply[#reply + 1] = status
-    reply[#reply + 1] = value
+    reply[n + 1] = status
+    reply[n + 2] = value
+    n = n + 2
 end
 return reply

@@ -14,7 +14,7 @@
 --          0  the hold no longer has the lock (its lease ended, it was force-released, or it was
 --             released already); nothing was changed
 local value = redis.call('GET', KEYS[1])
-if not value or string.sub(value, 1, 32) ~= ARGV[1] then
+if not value or string.find(value, ARGV[1], 1, true) ~= 1 then
     if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[1] then
         return 1
     end
