@@ -258,6 +258,9 @@ fn explain(err: &redis::RedisError) -> Option<String> {
         ));
     }
     let text = err.to_string();
+    if let Some(explained) = explain_old_server(&text) {
+        return Some(explained);
+    }
     let command = refused_command(&text).map(str::to_owned).or_else(|| {
         refused_script_line(&text).and_then(|(sha, line)| crate::scripts::command_at(sha, line))
     });
@@ -267,17 +270,37 @@ fn explain(err: &redis::RedisError) -> Option<String> {
 /// The error of one request of a batch script call that failed on `command` with `message` (the
 /// script catches each request's errors, so that one request's cannot fail the others).
 pub(crate) fn batched_request_failed(command: &str, message: &str, lock: &str) -> Error {
-    let text = format!("{message} (calling {command} in relock's batch script)");
+    let text = format!("{message} (calling {command} in relock's script)");
+    if let Some(explained) = explain_old_server(&text) {
+        return Error::backend(explained);
+    }
     if let Some(explained) = explain_refusal(&text, Some(command.to_lowercase()), false) {
         return Error::backend(explained);
     }
     if message.starts_with("WRONGTYPE") {
+        // The acquire scripts name the fencing counter when it is the key of another type.
+        let key = if message.contains("(at the fencing counter ") {
+            format!("{lock}:fence")
+        } else {
+            lock.to_owned()
+        };
         return Error::backend(format!(
-            "the Redis key `{lock}` holds a value relock did not write (another application \
+            "the Redis key `{key}` holds a value relock did not write (another application \
              writes under relock's key prefix): {text}"
         ));
     }
     Error::backend(text)
+}
+
+/// A server older than Redis 7.0 answers the acquire scripts' `SET … NX … GET` with a syntax
+/// error, which alone would leave the operator guessing.
+fn explain_old_server(text: &str) -> Option<String> {
+    text.contains("syntax error").then(|| {
+        format!(
+            "relock needs Redis 7.0 or later (its scripts use `SET` with both `NX` and `GET`), \
+             and this server refused that as a syntax error: {text}"
+        )
+    })
 }
 
 /// What to grant for an ACL refusal (`noperm`: the error's code says so) whose text is `text`,
@@ -353,6 +376,26 @@ impl From<bb8::RunError<redis::RedisError>> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_older_than_redis_7_is_named_as_the_cause() {
+        // What Redis 6.2 answers `SET k v NX GET`, raised in a script and caught in the batch.
+        let raised = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            "syntax error script: 0123abcd, on @user_script:29.".to_owned(),
+        ));
+        let batched = batched_request_failed("SET", "ERR syntax error", "relock:{k}");
+        for err in [Error::from(raised), batched] {
+            let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(
+                text.contains("relock needs Redis 7.0 or later"),
+                "a syntax error does not name the server's version as the cause: {text}"
+            );
+        }
+        let other = batched_request_failed("SET", "ERR something else", "relock:{k}");
+        assert!(!other.to_string().contains("7.0") && !format!("{other:?}").contains("7.0"));
+    }
 
     #[test]
     fn display_is_lowercase_without_trailing_period() {

@@ -957,6 +957,172 @@ fn a_foreign_string_at_a_lock_key_is_refused_and_never_written() {
     });
 }
 
+/// A fencing counter of another type (another application's hash at `P:{K}:fence`): the
+/// acquisition fails with an error naming the counter, and leaves the lock free (it is written
+/// before the counter is read, and taken back); batched, the other requests are granted.
+#[test]
+fn a_counter_of_another_type_fails_its_acquisition_and_leaves_the_lock_free() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let locker = patient_locker(&server, Duration::from_secs(30));
+        warm(&locker).await;
+        let mut admin = server.connection().await;
+        let bad = unique_key("bad-counter");
+        redis::cmd("HSET")
+            .arg(fence_name(&bad))
+            .arg("owner")
+            .arg("another application")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        let check = async |admin: &mut redis::aio::MultiplexedConnection,
+                           result: Result<LockGuard, Error>,
+                           how: &str| {
+            let err = result.expect_err(&format!(
+                "{how}: the acquisition was granted over a counter of another type"
+            ));
+            let source = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            println!("{how}: {err}: {source}");
+            assert!(
+                matches!(err, Error::Backend(_)) && source.contains(&fence_name(&bad)),
+                "{how}: the error does not name the counter `{}`: {err:?}: {source}",
+                fence_name(&bad)
+            );
+            assert!(
+                !exists(admin, &lock_name(&bad)).await,
+                "{how}: the failed acquisition left the lock `{}` taken",
+                lock_name(&bad)
+            );
+        };
+
+        let alone = locker.lock(&bad).wait(Duration::ZERO).await;
+        check(&mut admin, alone, "alone").await;
+
+        let mut keys: Vec<String> = (0..20).map(|i| unique_key(&format!("next-{i}"))).collect();
+        keys.insert(10, bad.clone());
+        server.reset_stats().await;
+        server.pause();
+        let tasks = queue_behind_two_calls(&locker, &keys, Duration::ZERO).await;
+        server.resume();
+        let mut guards = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = joined(task, &format!("request {i}")).await;
+            if i == 10 {
+                check(&mut admin, result, "batched").await;
+            } else {
+                guards.push(result.unwrap_or_else(|err| {
+                    panic!("request {i} beside the bad counter failed: {err:?}")
+                }));
+            }
+        }
+        assert!(
+            calls(&server, "evalsha").await < keys.len() as u64,
+            "the acquisitions were not batched, so the test exercised nothing"
+        );
+        let kind: String = redis::cmd("TYPE")
+            .arg(fence_name(&bad))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(kind, "hash", "the foreign counter was replaced");
+        for guard in guards {
+            guard.release().await.expect("release");
+        }
+    });
+}
+
+/// A server out of memory (`maxmemory` reached, `noeviction`) refuses writes: an acquisition of
+/// a free lock fails with its error, but one of a taken lock is still refused as busy (it needs
+/// no write), alone and batched, and the holder's release still works.
+#[test]
+fn a_server_out_of_memory_still_refuses_a_taken_lock_as_busy() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let locker = patient_locker(&server, Duration::from_secs(30));
+        warm(&locker).await;
+        let holder = server.locker().await;
+        let mut admin = server.connection().await;
+        let keys: Vec<String> = (0..20).map(|i| unique_key(&format!("oom-{i}"))).collect();
+        let mut held = Vec::new();
+        for key in &keys[..10] {
+            held.push(
+                holder
+                    .lock(key)
+                    .await
+                    .expect("lock before the memory runs out"),
+            );
+        }
+        let free = unique_key("oom-free");
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(1)
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+
+        let busy = |result: Result<LockGuard, Error>, how: &str| match result {
+            Err(err) if err.is_timeout() => {}
+            other => panic!(
+                "{how}: an acquisition of a taken lock on a server out of memory was not refused \
+                 as busy: {other:?}"
+            ),
+        };
+        busy(locker.lock(&keys[0]).wait(Duration::ZERO).await, "alone");
+        let err = locker
+            .lock(&free)
+            .wait(Duration::ZERO)
+            .await
+            .expect_err("a free lock was granted on a server out of memory");
+        assert!(
+            err.to_string().contains("OOM")
+                || std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("OOM")),
+            "the acquisition of a free lock on a server out of memory failed without saying so: \
+             {err:?}"
+        );
+
+        server.reset_stats().await;
+        server.pause();
+        let tasks = queue_behind_two_calls(&locker, &keys[1..10], Duration::ZERO).await;
+        server.resume();
+        for (i, task) in tasks.into_iter().enumerate() {
+            busy(joined(task, &format!("request {i}")).await, "batched");
+        }
+        assert!(
+            calls(&server, "evalsha").await < 9,
+            "the acquisitions were not batched, so the test exercised nothing"
+        );
+
+        for guard in held {
+            guard
+                .release()
+                .await
+                .expect("a release on a server out of memory (it frees memory)");
+        }
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(0)
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        let guard = locker
+            .lock(&keys[0])
+            .await
+            .expect("lock once memory is back");
+        guard.release().await.expect("release");
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Wake-ups with the "+" mark
 // ---------------------------------------------------------------------------------------------

@@ -276,9 +276,17 @@ async fn call(connection: &Connection, requests: &[&Request]) -> Result<Vec<Answ
             Ok(reply) => Ok(vec![single_answer(request, reply)]),
             // The request's own failure (a foreign value at its key), as the batch script
             // reports one: not the connection's.
-            Err(Failure::Redis(err)) if err.code() == Some("WRONGTYPE") => Ok(vec![Err(
-                crate::error::batched_request_failed("GET", &err.to_string(), &request.lock),
-            )]),
+            Err(Failure::Redis(err)) if err.code() == Some("WRONGTYPE") => {
+                let command = match request.kind {
+                    Kind::Acquire { .. } => "SET",
+                    Kind::Release => "GET",
+                };
+                Ok(vec![Err(crate::error::batched_request_failed(
+                    command,
+                    &err.to_string(),
+                    &request.lock,
+                ))])
+            }
             Err(failure) => Err(failure),
         };
     }

@@ -19,13 +19,22 @@
 --
 -- The lock is taken with the clock's token first (SET NX GET: one call takes a free lock, or
 -- reads the holder of a taken one, so a refusal writes nothing but the mark); the counter is
--- then written and read in one call, and in the rare case where it is ahead of the clock (grants
--- within one microsecond, a clock stepped back) both are written again. The script is atomic,
--- so nobody sees the first token.
+-- then written and read in one call, and in the rare case where it is ahead of the clock (a
+-- clock stepped back) both are written again. The script is atomic, so nobody sees the first
+-- token.
 local now = redis.call('TIME')
 -- As text without string.format, which costs more than a call for a 16-digit number.
 local text = now[1] .. string.rep('0', 6 - #now[2]) .. now[2]
-local value = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'NX', 'PX', ARGV[2], 'GET')
+-- A server that refuses writes (out of memory, too few replicas) refuses this one even when the
+-- lock is taken: a refusal and a retried grant are then read with GET, as they need no write.
+local value = redis.pcall('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'NX', 'PX', ARGV[2], 'GET')
+if type(value) == 'table' then
+    local refused = value
+    value = redis.call('GET', KEYS[1])
+    if not value then
+        return refused
+    end
+end
 if value then
     if string.find(value, ARGV[1], 1, true) == 1 then
         return {1, tonumber(string.match(value, '^%x+[ +](%d+)'))}
@@ -40,9 +49,17 @@ if value then
 end
 
 local fence = now[1] * 1000000 + now[2]
-local last = redis.call('SET', KEYS[2], text, 'PX', ARGV[3], 'GET')
-if last and tonumber(last) >= fence then
-    fence = tonumber(last) + 1
+local last = redis.pcall('SET', KEYS[2], text, 'PX', ARGV[3], 'GET')
+if type(last) == 'table' then
+    -- A counter of another type, or a refusal of its key: the lock was free before this
+    -- request, and is free again after it.
+    redis.call('DEL', KEYS[1])
+    return redis.error_reply(last.err .. ' (at the fencing counter ' .. KEYS[2] .. ')')
+end
+-- A counter that is not a number was overwritten by the clock's token, the fencing token then.
+last = tonumber(last)
+if last and last >= fence then
+    fence = last + 1
     text = string.format('%.0f', fence)
     redis.call('SET', KEYS[2], text, 'PX', ARGV[3])
     redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text .. ' ' .. ARGV[4], 'KEEPTTL')

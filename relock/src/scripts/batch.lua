@@ -35,13 +35,15 @@
 -- max(counter + 1, server time in microseconds): it keeps increasing when the counter is gone
 -- (expired, a restart without persistence, a failover to a replica that had not received it) as
 -- long as the server's clock does not step back by more than the time between two grants of the
--- key. The time is read once per call: a later grant in the same call is still past the counter.
+-- key. The time is read once per call (the grants of one call are of distinct keys: a locker
+-- has one request in flight per key, and no release runs after an acquisition).
 --
 -- Written for the server's CPU: no string is built that a request does not need (the token is
 -- compared in place, a channel name made only to publish), and the fencing token's text and the
 -- metadata after it are built once per call.
 local holder, releases = ARGV[1], tonumber(ARGV[4])
-local call, find, byte, sub = redis.call, string.find, string.byte, string.sub
+-- `try` returns an error as a table instead of raising it.
+local call, try, find, byte, sub, type = redis.call, redis.pcall, string.find, string.byte, string.sub, type
 -- The server's clock, read at the first acquisition: in microseconds, as text (formatting a
 -- 16-digit number with string.format costs more than a call), and as the lock value's tail.
 local now, clock, tail
@@ -63,9 +65,20 @@ local function acquire(lock, token, lease, retention)
         clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
         tail = ' ' .. clock .. ' ' .. holder
     end
-    -- Takes a free lock with the clock's token, or reads the holder of a taken one.
+    -- Takes a free lock with the clock's token, or reads the holder of a taken one. A server
+    -- that refuses writes (out of memory, too few replicas) refuses this one even when the lock
+    -- is taken: a refusal and a retried grant are then read with GET, as they need no write.
     calling = 'SET'
-    local value = call('SET', lock, token .. tail, 'NX', 'PX', lease, 'GET')
+    local value = try('SET', lock, token .. tail, 'NX', 'PX', lease, 'GET')
+    if type(value) == 'table' then
+        calling = 'GET'
+        local refused = value
+        value = call('GET', lock)
+        if not value then
+            calling = 'SET'
+            error(refused)
+        end
+    end
     if value then
         if find(value, token, 1, true) == 1 then
             return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
@@ -73,18 +86,26 @@ local function acquire(lock, token, lease, retention)
         if find(value, UNMARKED) then
             -- Best effort: a refusal must not fail because this write is refused (out of
             -- memory); the waiter then wakes when the lease ends instead.
-            redis.pcall('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
+            try('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
         end
         calling = 'PTTL'
         return 0, call('PTTL', lock)
     end
     -- Writes the clock's token and reads the counter in one call; the rare case where the
-    -- counter is ahead of the clock (grants within one microsecond, a clock stepped back)
-    -- writes both again (the script is atomic: nobody saw the first token).
+    -- counter is ahead of the clock (a clock stepped back) writes both again (the script is
+    -- atomic: nobody saw the first token). A counter that is not a number was overwritten by
+    -- the clock's token, which is then the fencing token.
     local counter = lock .. ':fence'
-    local last = call('SET', counter, clock, 'PX', retention, 'GET')
-    if last and tonumber(last) >= now then
-        local fence = tonumber(last) + 1
+    local last = try('SET', counter, clock, 'PX', retention, 'GET')
+    if type(last) == 'table' then
+        -- A counter of another type, or a refusal of its key: the lock was free before this
+        -- request, and is free again after it.
+        call('DEL', lock)
+        error({err = last.err .. ' (at the fencing counter ' .. counter .. ')'})
+    end
+    last = tonumber(last)
+    if last and last >= now then
+        local fence = last + 1
         local text = string.format('%.0f', fence)
         call('SET', counter, text, 'PX', retention)
         call('SET', lock, token .. ' ' .. text .. ' ' .. holder, 'KEEPTTL')

@@ -29,7 +29,8 @@ pub(crate) fn command_at(sha: &str, line: usize) -> Option<String> {
     let scripts = [&ACQUIRE, &RELEASE, &RENEW, &FORCE_RELEASE, &INSPECT, &BATCH];
     let at = scripts.iter().position(|script| script.get_hash() == sha)?;
     let text = SOURCES[at].lines().nth(line.checked_sub(1)?)?;
-    let (_, call) = text.split_once("redis.call('")?;
+    // `redis.call('X'` or `redis.pcall('X'`.
+    let (_, call) = text.split_once("call('")?;
     let (command, _) = call.split_once('\'')?;
     Some(command.to_lowercase())
 }
