@@ -331,8 +331,9 @@ fn single(request: &Request) -> (&'static redis::Script, redis::Cmd) {
                 .arg("EVALSHA")
                 .arg(scripts::ACQUIRE.get_hash())
                 .arg(2)
-                .arg(lock)
-                .arg(format!("{lock}:fence"))
+                .arg(lock);
+            suffixed(&mut command, lock, ":fence");
+            command
                 .arg(request.token.as_str())
                 .arg(lease_ms)
                 .arg(retention_ms)
@@ -344,12 +345,23 @@ fn single(request: &Request) -> (&'static redis::Script, redis::Cmd) {
                 .arg("EVALSHA")
                 .arg(scripts::RELEASE.get_hash())
                 .arg(2)
-                .arg(lock)
-                .arg(format!("{lock}:released"))
-                .arg(request.token.as_str());
+                .arg(lock);
+            suffixed(&mut command, lock, ":released");
+            command.arg(request.token.as_str());
             (&scripts::RELEASE, command)
         }
     }
+}
+
+/// Adds the argument `lock` + `suffix` to `command`, written in place: a `format!` per request
+/// cost about as much as the rest of building the command.
+fn suffixed(command: &mut redis::Cmd, lock: &str, suffix: &str) {
+    use redis::RedisWrite as _;
+    use std::io::Write as _;
+    let mut arg = command.writer_for_next_arg();
+    // Writing into the command's own buffer cannot fail.
+    let _ = arg.write_all(lock.as_bytes());
+    let _ = arg.write_all(suffix.as_bytes());
 }
 
 /// The single-request script's reply as the batch script's status and value.
