@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Drives a redis-server with the requests relock and the raw baseline send, for counting the
+server's instructions per acquire + release pair under callgrind (see count.sh).
+
+    drive.py PORT MODE PAIRS DEPTH TAG
+
+MODE:
+  raw             SET NX PX, then EVALSHA of the compare-and-delete release, DEPTH deep
+  raw1            the same, one request at a time
+  batch           relock's batch.lua: each call carries DEPTH acquisitions of fresh keys and the
+                  releases of the previous call's DEPTH keys (releases first, as relock sends them)
+  single          relock's acquire.lua then release.lua per pair, one request at a time
+
+Scripts are read from relock/src/scripts (run from the repository root), or from the files named
+by BATCH, ACQUIRE and RELEASE in the environment.
+"""
+import os
+import socket
+import sys
+
+port, mode, pairs, depth, tag = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
+                                 int(sys.argv[4]), sys.argv[5])
+scripts = os.environ.get('SCRIPTS', 'relock/src/scripts')
+sock = socket.create_connection(('127.0.0.1', port))
+reader = sock.makefile('rb')
+
+RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+HOLDER = '4242 1764000000000 benchhost'
+
+
+def encode(*args):
+    out = [b'*%d\r\n' % len(args)]
+    for arg in args:
+        arg = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b'$%d\r\n%s\r\n' % (len(arg), arg))
+    return b''.join(out)
+
+
+def read():
+    line = reader.readline()
+    kind = line[:1]
+    if kind == b'-':
+        raise RuntimeError(line)
+    if kind in b'+:':
+        return line
+    if kind == b'$':
+        size = int(line[1:])
+        return None if size < 0 else reader.read(size + 2)[:-2]
+    if kind == b'*':
+        return [read() for _ in range(max(int(line[1:]), 0))]
+    raise RuntimeError(line)
+
+
+def command(*args):
+    sock.sendall(encode(*args))
+    return read()
+
+
+def load(name, default):
+    path = os.environ.get(name) or os.path.join(scripts, default)
+    with open(path) as f:
+        return command('SCRIPT', 'LOAD', f.read()).decode()
+
+
+def token(i):
+    return '%032x' % (i * 7919 + 12345)
+
+
+def lock(i):
+    return 'relock:{%s:%d}' % (tag, i)
+
+
+if mode in ('raw', 'raw1'):
+    sha = command('SCRIPT', 'LOAD', RELEASE).decode()
+    step = depth if mode == 'raw' else 1
+    for start in range(0, pairs, step):
+        batch = range(start, min(start + step, pairs))
+        sock.sendall(b''.join(encode('SET', lock(i), token(i), 'NX', 'PX', 30000) for i in batch))
+        for _ in batch:
+            read()
+        sock.sendall(b''.join(encode('EVALSHA', sha, 1, lock(i), token(i)) for i in batch))
+        for _ in batch:
+            read()
+elif mode == 'single':
+    acquire, release = load('ACQUIRE', 'acquire.lua'), load('RELEASE', 'release.lua')
+    for i in range(pairs):
+        command('EVALSHA', acquire, 2, lock(i), lock(i) + ':fence', token(i), 30000, 600000, HOLDER)
+        command('EVALSHA', release, 2, lock(i), lock(i) + ':released', token(i))
+elif mode == 'batch':
+    sha = load('BATCH', 'batch.lua')
+    held, i = [], 0
+    while i < pairs or held:
+        taking = list(range(i, min(i + depth, pairs)))
+        i += len(taking)
+        keys = [lock(k) for k in held] + [lock(k) for k in taking]
+        args = [token(k) for k in held + taking]
+        reply = command('EVALSHA', sha, len(keys), *keys, HOLDER, 30000, 600000, len(held), *args)
+        assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
+        held = taking
+else:
+    sys.exit(f'unknown mode {mode}: raw, raw1, batch or single')
