@@ -869,6 +869,40 @@ fn a_foreign_value_at_one_key_fails_only_its_own_request_in_a_batch() {
     });
 }
 
+/// With the server paused, acquires `odd` in one batch with 20 fresh keys (at the middle of the
+/// queue, so that requests run before and after it in its call): `odd`'s result, and the guards
+/// of the others, which must all be granted. Fails when no call carried several requests.
+async fn batched_among_free_keys(
+    server: &RedisServer,
+    locker: &Locker,
+    odd: &str,
+) -> (Result<LockGuard, Error>, Vec<LockGuard>) {
+    let mut keys: Vec<String> = (0..20)
+        .map(|i| unique_key(&format!("beside-{i}")))
+        .collect();
+    keys.insert(10, odd.to_owned());
+    server.reset_stats().await;
+    server.pause();
+    let tasks = queue_behind_two_calls(locker, &keys, Duration::ZERO).await;
+    server.resume();
+    let (mut result, mut guards) = (None, Vec::new());
+    for (i, task) in tasks.into_iter().enumerate() {
+        let joined = joined(task, &format!("request {i}")).await;
+        if i == 10 {
+            result = Some(joined);
+        } else {
+            guards.push(joined.unwrap_or_else(|err| {
+                panic!("request {i} for a free key in a batch with `{odd}` failed: {err:?}")
+            }));
+        }
+    }
+    assert!(
+        calls(server, "evalsha").await < keys.len() as u64,
+        "the acquisitions were not batched, so the test exercised nothing"
+    );
+    (result.expect("the odd key's request"), guards)
+}
+
 /// A string that is not relock's at a lock key (another application's, or a value of an
 /// incompatible version): an acquisition sent alone and one batched with others are refused like
 /// any held lock, and the string is never written to (the refusal's "+" mark is only ever put
@@ -923,31 +957,10 @@ fn a_foreign_string_at_a_lock_key_is_refused_and_never_written() {
         let (value, pttl) = read(&mut admin).await;
         untouched(value, pttl, "a lone acquisition");
 
-        let mut keys: Vec<String> = (0..20)
-            .map(|i| unique_key(&format!("beside-{i}")))
-            .collect();
-        keys.insert(10, foreign.clone());
-        server.reset_stats().await;
-        server.pause();
-        let tasks = queue_behind_two_calls(&locker, &keys, Duration::ZERO).await;
-        server.resume();
-        let mut guards = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            let result = joined(task, &format!("request {i}")).await;
-            if i == 10 {
-                assert!(
-                    result.is_err(),
-                    "a batched acquisition took the foreign string for a free lock: {result:?}"
-                );
-            } else {
-                guards.push(result.unwrap_or_else(|err| {
-                    panic!("request {i} for a free key beside the foreign string failed: {err:?}")
-                }));
-            }
-        }
+        let (odd, guards) = batched_among_free_keys(&server, &locker, &foreign).await;
         assert!(
-            calls(&server, "evalsha").await < keys.len() as u64,
-            "the acquisitions were not batched, so the test exercised nothing"
+            odd.is_err(),
+            "a batched acquisition took the foreign string for a free lock: {odd:?}"
         );
         let (value, pttl) = read(&mut admin).await;
         untouched(value, pttl, "a batched acquisition");
@@ -1000,27 +1013,8 @@ fn a_counter_of_another_type_fails_its_acquisition_and_leaves_the_lock_free() {
         let alone = locker.lock(&bad).wait(Duration::ZERO).await;
         check(&mut admin, alone, "alone").await;
 
-        let mut keys: Vec<String> = (0..20).map(|i| unique_key(&format!("next-{i}"))).collect();
-        keys.insert(10, bad.clone());
-        server.reset_stats().await;
-        server.pause();
-        let tasks = queue_behind_two_calls(&locker, &keys, Duration::ZERO).await;
-        server.resume();
-        let mut guards = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            let result = joined(task, &format!("request {i}")).await;
-            if i == 10 {
-                check(&mut admin, result, "batched").await;
-            } else {
-                guards.push(result.unwrap_or_else(|err| {
-                    panic!("request {i} beside the bad counter failed: {err:?}")
-                }));
-            }
-        }
-        assert!(
-            calls(&server, "evalsha").await < keys.len() as u64,
-            "the acquisitions were not batched, so the test exercised nothing"
-        );
+        let (odd, guards) = batched_among_free_keys(&server, &locker, &bad).await;
+        check(&mut admin, odd, "batched").await;
         let kind: String = redis::cmd("TYPE")
             .arg(fence_name(&bad))
             .query_async(&mut admin)
