@@ -14,10 +14,46 @@
 //! `memory` (`Locker::in_memory`). A third argument `mt` runs on Tokio's multi-thread runtime
 //! (as the benchmark does), e.g. to count wake-ups with `strace -f -c -e futex`; `mtN` runs `N`
 //! tasks at once on it, each doing `n / N` cycles (the benchmark's 64-task load, e.g. to profile
-//! the server with `perf record -p <redis-server pid>`).
+//! the server with `perf record -p <redis-server pid>`). It prints the pairs per second, this
+//! process's heap allocations and bytes asked for per pair (a counting global allocator, after
+//! 100 warm-up pairs), and the server's `INFO commandstats`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use relock::Locker;
 use relock_tests::RedisServer;
+
+/// Counts this process's heap allocations (and the bytes asked for), to report them per pair.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED.fetch_add(new_size as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `realloc` is passed on as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) end return 0";
@@ -65,6 +101,19 @@ async fn cycles(which: &str, n: usize, tasks: usize) {
     };
     let release = std::sync::Arc::new(release);
     let locker = std::sync::Arc::new(locker);
+    // Warm-up (connections, scripts loaded, tables grown), left out of the allocation count.
+    for i in 0..100 {
+        let mut connection = connection.clone();
+        cycle(
+            &format!("profile:warm:{i}"),
+            &locker,
+            &release,
+            &mut connection,
+        )
+        .await;
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocated = ALLOCATED.load(Ordering::Relaxed);
     let started = std::time::Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|task| {
@@ -87,6 +136,12 @@ async fn cycles(which: &str, n: usize, tasks: usize) {
         handle.await.expect("task");
     }
     eprintln!("{:.0} pairs/s", n as f64 / started.elapsed().as_secs_f64());
+    // Includes the loop's own key names (one `format!` per pair, as every contender has).
+    eprintln!(
+        "{:.1} heap allocations and {:.0} bytes asked for per pair (this process)",
+        (ALLOCATIONS.load(Ordering::Relaxed) - allocations) as f64 / n as f64,
+        (ALLOCATED.load(Ordering::Relaxed) - allocated) as f64 / n as f64
+    );
     // What the server spent per command (`usec_per_call`), Lua's inner calls included.
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
