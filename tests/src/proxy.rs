@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -113,41 +113,35 @@ async fn forward(
     let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
         return;
     };
-    let (mut from_client, mut to_client) = client.into_split();
-    let (mut from_server, mut to_server) = server.into_split();
-    let upstream = async {
-        let mut buffer = vec![0; 64 * 1024];
-        loop {
-            let read = match from_client.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            if cut.load(Ordering::SeqCst) {
-                continue;
-            }
-            if to_server.write_all(&buffer[..read]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let downstream = async {
-        let mut buffer = vec![0; 64 * 1024];
-        loop {
-            let read = match from_server.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            if muted.load(Ordering::SeqCst) {
-                continue;
-            }
-            if to_client.write_all(&buffer[..read]).await.is_err() {
-                return;
-            }
-        }
-    };
+    let (from_client, to_client) = client.into_split();
+    let (from_server, to_server) = server.into_split();
+    let upstream = pump(from_client, to_server, &cut);
+    let downstream = pump(from_server, to_client, &muted);
     tokio::select! {
         () = upstream => {}
         _ = downstream => {}
         _ = closed.changed() => {}
+    }
+}
+
+/// Copies what `from` reads to `to` until either side closes, throwing it away instead while
+/// `dropped` is set.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    dropped: &AtomicBool,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if dropped.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }

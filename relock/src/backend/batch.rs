@@ -321,36 +321,29 @@ async fn send_script(
 /// The single-request script's call for `request` (see `acquire.lua` and `release.lua`).
 fn single(request: &Request) -> (&'static redis::Script, redis::Cmd) {
     let lock = &request.lock;
+    let (script, second_key): (&'static redis::Script, _) = match request.kind {
+        Kind::Acquire { .. } => (&scripts::ACQUIRE, ":fence"),
+        Kind::Release => (&scripts::RELEASE, ":released"),
+    };
     let mut command = redis::Cmd::with_capacity(9, 192 + 2 * lock.len());
-    match request.kind {
-        Kind::Acquire {
-            lease_ms,
-            retention_ms,
-        } => {
-            command
-                .arg("EVALSHA")
-                .arg(scripts::ACQUIRE.get_hash())
-                .arg(2)
-                .arg(lock);
-            suffixed(&mut command, lock, ":fence");
-            command
-                .arg(request.token.as_str())
-                .arg(lease_ms)
-                .arg(retention_ms)
-                .arg(holder_metadata());
-            (&scripts::ACQUIRE, command)
-        }
-        Kind::Release => {
-            command
-                .arg("EVALSHA")
-                .arg(scripts::RELEASE.get_hash())
-                .arg(2)
-                .arg(lock);
-            suffixed(&mut command, lock, ":released");
-            command.arg(request.token.as_str());
-            (&scripts::RELEASE, command)
-        }
+    command
+        .arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2)
+        .arg(lock);
+    suffixed(&mut command, lock, second_key);
+    command.arg(request.token.as_str());
+    if let Kind::Acquire {
+        lease_ms,
+        retention_ms,
+    } = request.kind
+    {
+        command
+            .arg(lease_ms)
+            .arg(retention_ms)
+            .arg(holder_metadata());
     }
+    (script, command)
 }
 
 /// Adds the argument `lock` + `suffix` to `command`, written in place: a `format!` per request
