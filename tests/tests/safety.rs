@@ -647,3 +647,115 @@ fn a_grant_read_after_the_lease_ended_is_not_returned_as_a_guard() {
     });
     other.join().unwrap();
 }
+
+/// The cluster client may run an acquire script twice (a `MOVED`, `ASK` or timeout after the
+/// script ran): the second run of the same hold's request must answer the same grant, with the
+/// same fencing token, and write nothing; it must not answer "busy" (the holder would release a
+/// hold it has), nor a new token. Checked on the scripts themselves, run the way relock sends
+/// them: the lone `acquire.lua` and the batch script, with the counter ahead of the clock (the
+/// lock is then written twice inside the script), after a refusal marked the hold, and on a
+/// server out of memory (where the script's `SET` is refused and the lock is read instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_run_twice_answers_the_same_grant() {
+    let acquire = redis::Script::new(include_str!("../../relock/src/scripts/acquire.lua"));
+    let batch = redis::Script::new(include_str!("../../relock/src/scripts/batch.lua"));
+    let server = RedisServer::start();
+    let mut admin = server.connection().await;
+    let holder = "4242 1764000000000 testhost";
+    let alone = async |admin: &mut redis::aio::MultiplexedConnection, lock: &str, token: &str| {
+        acquire
+            .key(lock)
+            .key(format!("{lock}:fence"))
+            .arg(token)
+            .arg(30_000)
+            .arg(600_000)
+            .arg(holder)
+            .invoke_async::<(i64, u64)>(admin)
+            .await
+            .expect("acquire.lua")
+    };
+    let batched = async |admin: &mut redis::aio::MultiplexedConnection, lock: &str, token: &str| {
+        // No releases; the one acquisition beside another on a fresh key (whose answer, a
+        // grant or, out of memory, an error, is not looked at).
+        let other = unique_key("beside");
+        let (status, fence, _, _): (i64, u64, i64, redis::Value) = batch
+            .key(lock)
+            .key(format!("relock:{{{other}}}"))
+            .arg(holder)
+            .arg(30_000)
+            .arg(600_000)
+            .arg(0)
+            .arg(token)
+            .arg(format!("{:032x}", 7u128))
+            .invoke_async(admin)
+            .await
+            .expect("batch.lua");
+        (status, fence)
+    };
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+        + 3_600_000_000;
+    for (n, how) in ["alone", "batched"].into_iter().enumerate() {
+        let key = unique_key(how);
+        let lock = format!("relock:{{{key}}}");
+        redis::cmd("SET")
+            .arg(format!("{lock}:fence"))
+            .arg(ahead)
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        let token = format!("{:032x}", 0xabc0 + n as u128);
+        let run = async |admin: &mut redis::aio::MultiplexedConnection| match how {
+            "alone" => alone(admin, &lock, &token).await,
+            _ => batched(admin, &lock, &token).await,
+        };
+        let first = run(&mut admin).await;
+        assert_eq!(first, (1, ahead + 1), "{how}: the first run's grant");
+        let value = async |admin: &mut redis::aio::MultiplexedConnection| {
+            redis::cmd("GET")
+                .arg(&lock)
+                .query_async::<String>(admin)
+                .await
+                .unwrap()
+        };
+        let written = value(&mut admin).await;
+        assert_eq!(
+            run(&mut admin).await,
+            first,
+            "{how}: a second run answered another grant"
+        );
+        assert_eq!(
+            value(&mut admin).await,
+            written,
+            "{how}: a second run rewrote the hold"
+        );
+        // A refusal marks the hold; its own retry still gets the same grant.
+        let refused = alone(&mut admin, &lock, &format!("{:032x}", 0xdef)).await;
+        assert_eq!(refused.0, 0, "{how}: another hold was not refused");
+        assert_eq!(run(&mut admin).await, first, "{how}: a retry after a mark");
+        // Out of memory: the script's first write is refused; the retry reads the lock instead.
+        for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(setting)
+                .arg(value)
+                .query_async::<()>(&mut admin)
+                .await
+                .unwrap();
+        }
+        let out_of_memory = run(&mut admin).await;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(0)
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            out_of_memory, first,
+            "{how}: a retry on a server out of memory"
+        );
+    }
+}
