@@ -327,11 +327,18 @@ async fn acquire_from_backend(
                     .backend()
                     .acquire_acknowledged(&key, &token, lease, replicas)
                     .await?;
-                if matches!(attempt, Attempt::Acquired { .. }) && acknowledged < replicas.count {
+                if let (Attempt::Acquired { fencing_token }, true) =
+                    (attempt, acknowledged < replicas.count)
+                {
                     // Granted, but a failover could forget it: give it back. Until the release
                     // is answered, `in_flight` still releases in the background if this future
                     // is dropped or the release fails.
-                    if locker.backend().release(&key, &token).await.is_ok() {
+                    if locker
+                        .backend()
+                        .release(&key, &token, fencing_token)
+                        .await
+                        .is_ok()
+                    {
                         drop(in_flight.answered());
                     }
                     return Err(Error::NotReplicated {
@@ -372,6 +379,13 @@ async fn acquire_from_backend(
                     hold,
                     reentrant: false,
                 }));
+            }
+            Attempt::ReleasedAlready => {
+                // Only an acquisition whose outcome was unknown is released before it is
+                // answered, and its caller has gone: nobody should be reading this.
+                return Err(Error::backend(
+                    "the acquisition reached the server after its own release; nothing is held",
+                ));
             }
             Attempt::Held { ttl } => {
                 if try_only {
@@ -432,7 +446,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         drop(self.gate.take());
         self.locker
-            .release_in_background(self.key, self.token, None, self.free_by);
+            .release_in_background(self.key, self.token, 0, None, self.free_by);
     }
 }
 

@@ -278,14 +278,8 @@ pub(crate) fn batched_request_failed(command: &str, message: &str, lock: &str) -
         return Error::backend(explained);
     }
     if message.starts_with("WRONGTYPE") {
-        // The acquire scripts name the fencing counter when it is the key of another type.
-        let key = if message.contains("(at the fencing counter ") {
-            format!("{lock}:fence")
-        } else {
-            lock.to_owned()
-        };
         return Error::backend(format!(
-            "the Redis key `{key}` holds a value relock did not write (another application \
+            "the Redis key `{lock}` holds a value relock did not write (another application \
              writes under relock's key prefix): {text}"
         ));
     }
@@ -336,6 +330,14 @@ fn refused_command(text: &str) -> Option<&str> {
 
 /// The script SHA1 and line a refusal inside a script names: `... script: <sha>, on
 /// @user_script:<line>.`
+/// The command (uppercase) that a script's error message names by its line, as Redis reports an
+/// error raised inside a script (`… script: <sha>, on @user_script:<line>.`).
+pub(crate) fn script_command(text: &str) -> Option<String> {
+    refused_script_line(text)
+        .and_then(|(sha, line)| crate::scripts::command_at(sha, line))
+        .map(|command| command.to_uppercase())
+}
+
 fn refused_script_line(text: &str) -> Option<(&str, usize)> {
     let (_, rest) = text.split_once("script: ")?;
     let (sha, rest) = rest.split_once(", on @user_script:")?;

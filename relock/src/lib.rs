@@ -88,17 +88,23 @@
 //! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
-//! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
+//! | server restarted without persistence, tombstone expired, failover | the next fencing token is still larger than every earlier one |
+//! | an acquisition reaches the server after its own release (a delayed request) | refused; nothing is left held |
 //! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
 //!
-//! For a key `K` and prefix `P` (default `relock`): the string `P:{K}` holds the current hold's
-//! own random 128-bit token, its fencing token and holder metadata, with `PX` = lease (set in the
-//! same command, so a lock never exists without an expiry); `P:{K}:fence` keeps the last fencing
-//! token handed out; `P:{K}:released` is the channel announcing releases. All share the hash tag
-//! `{K}`, so each operation is one Lua script on one Redis Cluster slot.
+//! For a key `K` and prefix `P` (default `relock`), a lock is **one key**, `P:{K}`, and one
+//! channel, `P:{K}:released`, sharing the hash tag `{K}` (one Redis Cluster slot, one Lua script
+//! per operation). The key holds either a **hold** — its own random 128-bit token, the fencing
+//! token, the lease's **deadline** on the server's clock (checked by every script: a hold past it
+//! is free) and holder metadata — or, after a release, a **tombstone** keeping the last fencing
+//! token and naming the released hold, so that a retried release recognises its own effect and
+//! an acquisition that reaches the server after its own release is refused. The key's expiry is
+//! the retention ([`LockerBuilder::fence_retention`], 10 minutes by default, never shorter than a
+//! live hold's lease): after it nothing of the lock is left. A value of any other form is never
+//! overwritten. `relock/src/scripts/README.md` is the protocol, byte for byte.
 //!
 //! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
 //! server only a marked hold's release is announced: a waiter subscribes after its first refusal
@@ -120,8 +126,11 @@
 //! # Fencing tokens
 //!
 //! A fencing token is `max(last token + 1, server time in µs)`: strictly increasing per key, and
-//! still increasing when the counter is gone — expired after its retention, lost in a restart of
-//! a server without persistence, or missing on a replica promoted before it was replicated. The
+//! still increasing when the last token is gone — its tombstone expired after the retention, lost
+//! in a restart of a server without persistence, or missing on a replica promoted before it was
+//! replicated. Tokens stay below 2^53 (Lua's numbers are doubles, exact up to there): a key whose
+//! last token is at that limit refuses further grants with an error rather than hand out a
+//! token twice (the clock alone reaches it in the year 2255). The
 //! one assumption: the server's clock (after a failover, the new master's clock) does not step
 //! back by more than the time between two grants of a key. Keep server clocks synchronised
 //! (NTP slews rather than steps small offsets).
@@ -154,6 +163,7 @@ mod local;
 mod locker;
 mod metrics;
 mod pattern;
+mod protocol;
 mod scope;
 mod scripts;
 mod subscriber;

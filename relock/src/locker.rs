@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::acquire::Acquire;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Connection, Dedicated, RedisBackend};
-use crate::backend::{Backend, Replicas};
+use crate::backend::{Backend, Released, Replicas};
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::info::LockInfo;
@@ -27,8 +27,8 @@ use crate::watchdog::Watchdog;
 const DEFAULT_PREFIX: &str = "relock";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-/// The fencing counter only has to bridge a server clock that steps back between two grants; the
-/// clock mixed into every token does the rest.
+/// The tombstone only has to bridge a server clock that steps back between two grants, and a
+/// request delayed past its own release; the clock mixed into every token does the rest.
 const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(10 * 60);
 /// Longer retentions are cut to this.
 const MAX_FENCE_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -100,6 +100,8 @@ pub(crate) struct Config {
 struct ReleaseJob {
     key: LockKey,
     token: HoldToken,
+    /// The hold's fencing token, 0 when never learnt (the tombstone then takes the hold's).
+    fencing_token: u64,
     /// The key's local slot, freed once the server answers.
     slot: Option<u64>,
     /// When the lease has ended at the server for sure: retrying past it is pointless.
@@ -109,6 +111,9 @@ struct ReleaseJob {
 /// A background release that fails is retried after this long at first, doubling up to
 /// [`LONGEST_RELEASE_RETRY`].
 const FIRST_RELEASE_RETRY: Duration = Duration::from_millis(50);
+/// The first repeat of the release of an acquisition whose outcome is unknown and that found
+/// nothing to release; each repeat waits twice as long as the one before.
+const FIRST_LATE_RELEASE: Duration = Duration::from_millis(500);
 const LONGEST_RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 impl Locker {
@@ -397,6 +402,7 @@ impl Locker {
         &self,
         key: &LockKey,
         token: &HoldToken,
+        fencing_token: u64,
         slot: Option<u64>,
         free_by: Instant,
     ) {
@@ -408,6 +414,7 @@ impl Locker {
         let job = ReleaseJob {
             key: key.clone(),
             token: token.clone(),
+            fencing_token,
             slot,
             free_by,
         };
@@ -427,13 +434,47 @@ impl Locker {
 /// Sends a background release until the server answers: a failed attempt may not have reached
 /// it, and the lock must not stay held for the rest of its lease by a hold nobody has. Gives up
 /// when the lease has ended at the server for sure.
+///
+/// The release of an acquisition whose outcome is unknown (its fencing token never learnt) that
+/// finds nothing to release may have overtaken the acquisition (a delayed request on another
+/// connection). Its tombstone refuses that acquisition when it arrives — unless another hold was
+/// granted and released in between, and the tombstone names that one. So such a release is sent
+/// again at growing intervals until the lease would have ended anyway: a grant that slipped
+/// through is released within one interval, not held by nobody for its whole lease.
 async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, job: ReleaseJob) {
+    let answer = release_once_answered(&backend, &job).await;
+    if let Some(slot) = job.slot {
+        local.remove(&job.key, slot);
+    }
+    if job.fencing_token != 0 || answer != Some(Released::NotHeld) {
+        return;
+    }
+    let mut again = FIRST_LATE_RELEASE;
+    while Instant::now() + again < job.free_by {
+        tokio::time::sleep(again).await;
+        again = again.saturating_mul(2);
+        if let Some(Released::Free) = release_once_answered(&backend, &job).await {
+            tracing::debug!(
+                key = %job.key,
+                "relock: an acquisition that arrived after its own release was granted; released it"
+            );
+            return;
+        }
+    }
+}
+
+/// Sends the release until the server answers it, or until the lease has ended for sure (then
+/// `None`).
+async fn release_once_answered(backend: &Backend, job: &ReleaseJob) -> Option<Released> {
     let mut retry = FIRST_RELEASE_RETRY;
     loop {
-        match backend.release(&job.key, &job.token).await {
-            Ok(_) => {
+        match backend
+            .release(&job.key, &job.token, job.fencing_token)
+            .await
+        {
+            Ok(released) => {
                 tracing::debug!(key = %job.key, "relock: released in the background");
-                break;
+                return Some(released);
             }
             Err(err) if Instant::now() + retry < job.free_by => {
                 tracing::debug!(
@@ -452,12 +493,9 @@ async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, j
                     "relock: background release failed; the lock frees itself when its lease ends"
                 );
                 tokio::time::sleep_until(job.free_by.into()).await;
-                break;
+                return None;
             }
         }
-    }
-    if let Some(slot) = job.slot {
-        local.remove(&job.key, slot);
     }
 }
 
@@ -755,14 +793,17 @@ impl LockerBuilder {
         self
     }
 
-    /// How long a key's fencing counter is kept after its last use (a grant or a renewal).
+    /// How long a lock's Redis key is kept after its last grant or renewal (its retention): after
+    /// a release it is the tombstone that keeps the key's last fencing token and names the
+    /// released hold (so a retried release recognises itself and a late acquisition of that hold
+    /// is refused).
     ///
-    /// Fencing tokens mix the server's clock into the counter (`max(counter + 1, server time in
-    /// µs)`), so a key whose counter is gone still gets a larger token than any before, as long
-    /// as the server's clock has not stepped back since. The counter only has to bridge such a
-    /// step: keeping it longer costs one Redis key per recently locked key. Never shorter than
-    /// the lease in force (a shorter retention is stretched to the lease), at most a year.
-    /// Defaults to 10 minutes.
+    /// Fencing tokens mix the server's clock in (`max(last token + 1, server time in µs)`), so a
+    /// key whose tombstone is gone still gets a larger token than any before, as long as the
+    /// server's clock has not stepped back since. The tombstone only has to bridge such a step and
+    /// a delayed request: keeping it longer costs one small Redis key per recently locked key.
+    /// Never shorter than the lease in force (a shorter retention is stretched to the lease), at
+    /// most a year. Defaults to 10 minutes.
     pub fn fence_retention(mut self, retention: Duration) -> Self {
         self.fence_retention = Some(retention);
         self
