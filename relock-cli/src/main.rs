@@ -35,8 +35,10 @@ mod args;
 mod commands;
 mod failure;
 mod json;
+mod pattern;
 mod table;
 mod time;
+mod url;
 
 use std::process::ExitCode;
 
