@@ -17,6 +17,10 @@ impl Failure {
     pub(crate) const USAGE: u8 = 2;
     /// The server can't be reached or refused: exit code 3.
     pub(crate) const SERVER: u8 = 3;
+    /// `doctor`: every check ran, some warn and none fails: exit code 4.
+    pub(crate) const WARNINGS: u8 = 4;
+    /// `doctor`: at least one check fails: exit code 5.
+    pub(crate) const FAILURES: u8 = 5;
 
     pub(crate) fn free(message: impl Into<String>) -> Self {
         Self::new(Self::FREE, message)

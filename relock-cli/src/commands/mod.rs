@@ -1,6 +1,7 @@
 //! The subcommands, each in its file, and what they share: a locker built from the global
 //! options, and a bound on every round trip.
 
+mod doctor;
 mod inspect;
 mod list;
 mod release;
@@ -36,6 +37,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             watch::run(&session, &key, bounds).await
         }
         Command::Release { key, yes } => release::run(&session, &key, yes).await,
+        Command::Doctor => doctor::run(&session, &cli.global).await,
     }
 }
 
