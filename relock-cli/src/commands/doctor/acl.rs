@@ -71,6 +71,7 @@ fn invocation(rule: &str, probe: &Probe) -> (Vec<String>, bool) {
         "wait" => (words(&["WAIT", "0", "1"]), true),
         "config|get" => (words(&["CONFIG", "GET", "maxmemory-policy"]), true),
         "time" | "ping" | "asking" => (words(&[rule]), true),
+        "cluster|slots" => (words(&["CLUSTER", "SLOTS"]), true),
         // A command added to the rules later: dry-run it with the key, never run it blind.
         other => {
             let mut args: Vec<String> = other.split('|').map(str::to_owned).collect();
@@ -127,8 +128,10 @@ async fn verdicts(
         let (args, runnable) = invocation(&need.rule, probe);
         let verdict = if runnable {
             try_it(connection, &args).await
+        } else if need.rule.contains("subscribe") {
+            Verdict::Unchecked("the pub/sub check sends them".to_owned())
         } else {
-            Verdict::Unchecked("not sent".to_owned())
+            Verdict::Unchecked("not sent blind".to_owned())
         };
         verdicts.push(verdict);
     }
@@ -182,7 +185,7 @@ fn judge(
     let mut missing = Vec::new();
     let mut reasons = Vec::new();
     let mut without: Vec<(&str, Vec<String>)> = Vec::new();
-    let mut unchecked = Vec::new();
+    let mut unchecked: Vec<(String, Vec<String>)> = Vec::new();
     for (need, verdict) in needs.iter().zip(verdicts) {
         match (verdict, need.feature) {
             (Verdict::Allowed, _) => {}
@@ -209,7 +212,13 @@ fn judge(
                     None => without.push((feature, vec![format!("+{}", need.rule)])),
                 }
             }
-            (Verdict::Unchecked(_), _) => unchecked.push(need.rule.to_uppercase()),
+            (Verdict::Unchecked(why), _) => {
+                let rule = need.rule.to_uppercase();
+                match unchecked.iter_mut().find(|(known, _)| known == why) {
+                    Some((_, rules)) => rules.push(rule),
+                    None => unchecked.push((why.clone(), vec![rule])),
+                }
+            }
         }
     }
     if !missing.is_empty() {
@@ -232,11 +241,8 @@ fn judge(
     }
     let required = needs.iter().filter(|need| need.feature.is_none()).count();
     let mut found = format!("user `{user}` may run the {required} commands relock sends ({how})");
-    if !unchecked.is_empty() {
-        found.push_str(&format!(
-            "; {} left to the pub/sub check",
-            unchecked.join(", ")
-        ));
+    for (why, rules) in unchecked {
+        found.push_str(&format!("; not checked here: {} ({why})", rules.join(", ")));
     }
     for (feature, rules) in without {
         found.push_str(&format!(
