@@ -132,8 +132,8 @@ pub(crate) enum Command {
         yes: bool,
     },
     /// Checks the deployment against everything relock assumes (version, eviction, persistence,
-    /// replica settings, cluster coverage, ACL permissions, clocks, round trip, a lock, pub/sub,
-    /// the locks kept), one line per check with what to change. Exits 0 when every check
+    /// replica settings, cluster coverage, ACL permissions, clocks, round trip, pub/sub, the
+    /// locks kept, a lock taken and released), one line per check with what to change. Exits 0 when every check
     /// passes, 4 on warnings, 5 on failures.
     Doctor,
 }

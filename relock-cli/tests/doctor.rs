@@ -83,9 +83,9 @@ const SINGLE_CHECKS: [&str; 11] = [
     "acl",
     "clocks",
     "round trip",
-    "lock",
     "pub/sub",
     "locks",
+    "lock",
 ];
 
 #[tokio::test]
