@@ -316,6 +316,30 @@ async fn over_tls_as_an_acl_user_with_a_private_ca() {
 }
 
 #[tokio::test]
+async fn a_url_naming_a_replica_fails_the_connection_check() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let out = relock(&["--url", &replica.url(), "--json", "doctor"]).await;
+    assert_code(&out, 5);
+    let (status, found, fix) = check(&out, "connection");
+    assert_eq!(status, "failure", "{found}");
+    assert!(found.contains("answers ROLE as a replica"), "{found}");
+    assert_eq!(fix.as_deref(), Some("point --url at the master"));
+    assert_eq!(check(&out, "lock").0, "failure");
+
+    // The master reports its replica, which is checked too.
+    let out = relock(&["--url", &master.url(), "--json", "doctor"]).await;
+    assert_code(&out, 0);
+    let (_, found, _) = check(&out, "connection");
+    assert_eq!(
+        found,
+        "1 server and 1 replica(s) it reports, as user `default`"
+    );
+    let (_, found, _) = check(&out, "clocks");
+    assert!(found.starts_with("the 2 nodes agree"), "{found}");
+}
+
+#[tokio::test]
 async fn an_unreachable_server_exits_3() {
     let url = format!("redis://127.0.0.1:{}", relock_tests::free_port());
     let out = relock(&["--url", &url, "doctor"]).await;

@@ -251,13 +251,15 @@ async fn single(connector: &Connector, url: &str) -> Result<Deployment, Failure>
         .await
         .map_err(|why| Failure::server(format!("server at {} failed: {why}", redacted(url))))?;
     let role: Result<Value, RedisError> = redis::cmd("ROLE").query_async(&mut connection).await;
-    let (role, replicas) = match role.ok().as_ref().map(parse_role) {
-        Some((role, replicas)) => (role, replicas),
-        None => (Role::Master, Vec::new()),
+    let replicas = match role.ok().as_ref().map(parse_role) {
+        Some((_, replicas)) => replicas,
+        None => Vec::new(),
     };
+    // The URL is where relock writes, whatever the node answers: the connection check says
+    // when that is a replica.
     deployment.nodes.push(Node {
         addr: info.addr().to_string(),
-        role,
+        role: Role::Master,
         client,
         connection,
     });

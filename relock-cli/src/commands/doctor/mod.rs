@@ -29,7 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::Session;
 use crate::args::Global;
 use crate::failure::Failure;
-use deployment::{Deployment, Kind};
+use deployment::{Deployment, Kind, Role};
 use report::Check;
 
 /// The doctor's own key and channel under the prefix, unique to this run, so that no
@@ -78,11 +78,11 @@ pub(crate) fn glob_escaped(prefix: &str) -> String {
 pub(super) async fn run(session: &Session, global: &Global) -> Result<ExitCode, Failure> {
     let mut deployment = Deployment::discover(global).await?;
     let probe = Probe::new(&global.prefix);
-    let mut checks = vec![connection(&deployment)];
     let mut facts = Vec::new();
     for node in deployment.nodes.iter_mut() {
         facts.push(server::facts(node).await);
     }
+    let mut checks = vec![connection(&deployment, &facts)];
     checks.push(server::version(&facts));
     checks.push(server::eviction(&facts));
     checks.push(server::persistence(&facts));
@@ -103,8 +103,9 @@ pub(super) async fn run(session: &Session, global: &Global) -> Result<ExitCode, 
     Ok(report::print(&checks, session.json))
 }
 
-/// Which nodes were reached, over what, as whom.
-fn connection(deployment: &Deployment) -> Check {
+/// Which nodes were reached, over what, as whom; and whether the nodes relock writes to are
+/// masters.
+fn connection(deployment: &Deployment, facts: &[server::Facts]) -> Check {
     const NAME: &str = "connection";
     let masters = deployment.masters().count();
     let replicas = deployment.nodes.len() - masters;
@@ -132,6 +133,24 @@ fn connection(deployment: &Deployment) -> Check {
         .iter()
         .filter(|said| !said.contains(": master "))
         .collect();
+    let read_only: Vec<&str> = facts
+        .iter()
+        .filter(|node| node.role == Role::Master && node.reported == Some(Role::Replica))
+        .map(|node| node.addr.as_str())
+        .collect();
+    if !read_only.is_empty() {
+        return Check::failure(
+            NAME,
+            format!(
+                "{found}; {} answers ROLE as a replica: every lock fails there (READONLY)",
+                read_only.join(", ")
+            ),
+            match deployment.kind {
+                Kind::Single => "point --url at the master",
+                _ => "wait for the failover to settle, then run again",
+            },
+        );
+    }
     if !deployment.unreachable.is_empty() {
         let down: Vec<String> = deployment
             .unreachable

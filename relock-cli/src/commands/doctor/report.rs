@@ -81,6 +81,13 @@ impl Check {
 
     /// The worst of several findings of one check (one per node), their texts joined.
     pub(crate) fn worst(name: &'static str, findings: Vec<Check>) -> Check {
+        if findings.is_empty() {
+            return Check::warning(
+                name,
+                "no master reached to check",
+                "see the connection check",
+            );
+        }
         let status = findings
             .iter()
             .map(|check| check.status)

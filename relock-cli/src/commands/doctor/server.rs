@@ -31,6 +31,8 @@ pub(crate) struct Facts {
     pub(crate) config: Result<HashMap<String, String>, String>,
     /// The replicas a master reports as connected (`ROLE`), if the user may ask.
     pub(crate) replicas: Option<usize>,
+    /// The role the node reports itself (`ROLE`), if the user may ask.
+    pub(crate) reported: Option<Role>,
 }
 
 pub(crate) async fn facts(node: &mut Node) -> Facts {
@@ -55,9 +57,9 @@ pub(crate) async fn facts(node: &mut Node) -> Facts {
         .map(|config| fields(&config))
         .map_err(|err| err.to_string());
     let role: Result<Value, _> = redis::cmd("ROLE").query_async(connection).await;
+    let role = role.ok().map(|role| parse_role(&role));
     let replicas = role
-        .ok()
-        .map(|role| parse_role(&role))
+        .as_ref()
         .filter(|(role, _)| *role == Role::Master)
         .map(|(_, replicas)| replicas.len());
     Facts {
@@ -66,6 +68,7 @@ pub(crate) async fn facts(node: &mut Node) -> Facts {
         version,
         config,
         replicas,
+        reported: role.map(|(role, _)| role),
     }
 }
 
@@ -425,6 +428,7 @@ mod tests {
             version: Ok(("redis".to_owned(), "6.2.14".to_owned())),
             config: Ok(HashMap::new()),
             replicas: None,
+            reported: None,
         }];
         let check = version(&facts);
         assert_eq!(check.status, Status::Failure);
