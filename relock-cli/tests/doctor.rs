@@ -445,4 +445,28 @@ async fn sentinel_replica_settings_against_the_failover_time() {
     let out = relock(&args).await;
     assert_code(&out, 0);
     assert_eq!(check(&out, "replicas").0, "ok");
+
+    // A sentinel that does not answer is named; the others still lead to the master.
+    let closed = format!("redis://127.0.0.1:{}", relock_tests::free_port());
+    let with_closed = format!("{sentinels},{closed}");
+    let args = [
+        "--sentinel",
+        &with_closed,
+        "--master-name",
+        master,
+        "--json",
+        "doctor",
+    ];
+    let out = relock(&args).await;
+    assert_code(&out, 4);
+    let (status, found, _) = check(&out, "connection");
+    assert_eq!(status, "warning", "{found}");
+    assert!(found.contains("named by 3 sentinel(s)"), "{found}");
+    assert!(
+        found.contains(&format!(
+            "no answer from sentinel {}",
+            &closed["redis://".len()..]
+        )),
+        "{found}"
+    );
 }

@@ -54,6 +54,15 @@ pub(crate) struct Failover {
     pub(crate) millis: u64,
 }
 
+/// What one sentinel said about the master.
+#[derive(Debug, Clone)]
+pub(crate) struct SentinelAnswer {
+    /// The sentinel's `host:port`.
+    pub(crate) addr: String,
+    /// The master's `host:port` it names, or why it named none.
+    pub(crate) master: Result<String, String>,
+}
+
 /// Everything the checks look at.
 #[derive(Debug)]
 pub(crate) struct Deployment {
@@ -61,8 +70,8 @@ pub(crate) struct Deployment {
     pub(crate) nodes: Vec<Node>,
     /// Nodes named by the deployment that could not be reached: `host:port` and why.
     pub(crate) unreachable: Vec<(String, String)>,
-    /// What the sentinels said, one line each, for the connection check.
-    pub(crate) sentinels: Vec<String>,
+    /// What each sentinel said, for the connection check.
+    pub(crate) sentinels: Vec<SentinelAnswer>,
     pub(crate) failover: Option<Failover>,
     /// The ACL user the connections log in as.
     pub(crate) user: String,
@@ -458,14 +467,17 @@ async fn sentinel(
     name: &str,
 ) -> Result<Deployment, Failure> {
     let mut answers: Vec<(ConnectionInfo, HashMap<String, String>, Vec<Address>)> = Vec::new();
-    let mut said = Vec::new();
+    let mut said: Vec<SentinelAnswer> = Vec::new();
     for url in sentinels {
         let info = parse(url)?;
         let shown = info.addr().to_string();
         let (_, mut connection) = match connector.connect(info.clone()).await {
             Ok(connected) => connected,
             Err(why) => {
-                said.push(format!("sentinel {shown}: {why}"));
+                said.push(SentinelAnswer {
+                    addr: shown,
+                    master: Err(why),
+                });
                 continue;
             }
         };
@@ -477,7 +489,10 @@ async fn sentinel(
         let master = match master {
             Ok(master) => fields(&master),
             Err(err) => {
-                said.push(format!("sentinel {shown}: {err}"));
+                said.push(SentinelAnswer {
+                    addr: shown,
+                    master: Err(err.to_string()),
+                });
                 continue;
             }
         };
@@ -504,19 +519,14 @@ async fn sentinel(
                 .collect(),
             _ => Vec::new(),
         };
-        said.push(format!(
-            "sentinel {shown}: master {}:{} (epoch {}, down-after-milliseconds {})",
-            master.get("ip").map(String::as_str).unwrap_or("?"),
-            master.get("port").map(String::as_str).unwrap_or("?"),
-            master
-                .get("config-epoch")
-                .map(String::as_str)
-                .unwrap_or("?"),
-            master
-                .get("down-after-milliseconds")
-                .map(String::as_str)
-                .unwrap_or("?"),
-        ));
+        said.push(SentinelAnswer {
+            addr: shown,
+            master: Ok(format!(
+                "{}:{}",
+                master.get("ip").map(String::as_str).unwrap_or("?"),
+                master.get("port").map(String::as_str).unwrap_or("?"),
+            )),
+        });
         answers.push((info, master, replicas));
     }
     let epoch = |master: &HashMap<String, String>| {
@@ -530,9 +540,16 @@ async fn sentinel(
         .max_by_key(|(_, master, _)| epoch(master))
         .cloned()
     else {
+        let why: Vec<String> = said
+            .iter()
+            .map(|answer| match &answer.master {
+                Ok(master) => format!("sentinel {}: {master}", answer.addr),
+                Err(why) => format!("sentinel {}: {why}", answer.addr),
+            })
+            .collect();
         return Err(Failure::server(format!(
             "no sentinel named the master `{name}`: {}",
-            said.join("; ")
+            why.join("; ")
         )));
     };
     let mut deployment = base(Kind::Sentinel, &info, connector.timeout);

@@ -120,7 +120,11 @@ fn connection(deployment: &Deployment, facts: &[server::Facts]) -> Check {
                 .next()
                 .map(|node| node.addr.as_str())
                 .unwrap_or("?"),
-            deployment.sentinels.len()
+            deployment
+                .sentinels
+                .iter()
+                .filter(|answer| answer.master.is_ok())
+                .count()
         ),
     };
     let found = format!(
@@ -128,11 +132,6 @@ fn connection(deployment: &Deployment, facts: &[server::Facts]) -> Check {
         deployment.user,
         if deployment.tls { ", over TLS" } else { "" }
     );
-    let sentinels_failed: Vec<&String> = deployment
-        .sentinels
-        .iter()
-        .filter(|said| !said.contains(": master "))
-        .collect();
     let read_only: Vec<&str> = facts
         .iter()
         .filter(|node| node.role == Role::Master && node.reported == Some(Role::Replica))
@@ -164,31 +163,40 @@ fn connection(deployment: &Deployment, facts: &[server::Facts]) -> Check {
              node's address as the deployment announces it, and the credentials",
         );
     }
-    if !sentinels_failed.is_empty() {
-        let failed: Vec<&str> = sentinels_failed.iter().map(|said| said.as_str()).collect();
+    let silent: Vec<String> = deployment
+        .sentinels
+        .iter()
+        .filter_map(|answer| {
+            let why = answer.master.as_ref().err()?;
+            Some(format!("sentinel {} ({why})", answer.addr))
+        })
+        .collect();
+    if !silent.is_empty() {
         return Check::warning(
             NAME,
-            format!("{found}; {}", failed.join("; ")),
+            format!("{found}; no answer from {}", silent.join(", ")),
             "every sentinel in --sentinel should answer: applications ask them in turn",
         );
     }
-    let masters_agree = {
-        let mut named: Vec<&str> = deployment
+    let mut named: Vec<&str> = deployment
+        .sentinels
+        .iter()
+        .filter_map(|answer| answer.master.as_deref().ok())
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    if named.len() > 1 {
+        let answers: Vec<String> = deployment
             .sentinels
             .iter()
-            .filter_map(|said| said.split(": master ").nth(1))
-            .filter_map(|rest| rest.split(' ').next())
+            .filter_map(|answer| {
+                let master = answer.master.as_ref().ok()?;
+                Some(format!("sentinel {} names {master}", answer.addr))
+            })
             .collect();
-        named.dedup();
-        named.len() <= 1
-    };
-    if !masters_agree {
         return Check::warning(
             NAME,
-            format!(
-                "{found}; the sentinels name different masters: {}",
-                deployment.sentinels.join("; ")
-            ),
+            format!("{found}; the sentinels disagree: {}", answers.join(", ")),
             "wait for the failover to settle; if it lasts, check the sentinels' quorum and network",
         );
     }
