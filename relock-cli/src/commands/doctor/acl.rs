@@ -52,7 +52,7 @@ pub(crate) fn needs(prefix: &str, cluster: bool) -> Vec<Need> {
 /// A harmless invocation of `rule` on the doctor's key and channel, and whether it may be sent
 /// for real (subscriptions change the connection's mode, so they are only dry-run).
 fn invocation(rule: &str, probe: &Probe) -> (Vec<String>, bool) {
-    let key = probe.key.clone();
+    let key = probe.acl_key.clone();
     let channel = probe.channel.clone();
     let words = |words: &[&str]| words.iter().map(|word| (*word).to_owned()).collect();
     let zero_sha = "0".repeat(40);
@@ -135,9 +135,10 @@ async fn verdicts(
         };
         verdicts.push(verdict);
     }
-    // The doctor's probe key must not outlive the check, whatever DEL was allowed to do.
+    // The probed DEL may have run before SET in the rules' order: remove the probe now (a user
+    // that may not delete it leaves it to its 1 s expiry).
     let _: Result<Value, _> = redis::cmd("DEL")
-        .arg(&probe.key)
+        .arg(&probe.acl_key)
         .query_async(connection)
         .await;
     (verdicts, "each command tried")

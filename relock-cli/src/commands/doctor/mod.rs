@@ -38,8 +38,9 @@ use report::Check;
 pub(crate) struct Probe {
     /// The user key (`relock-doctor-<hex>`).
     pub(crate) lock: String,
-    /// Its Redis key, `P:{relock-doctor-<hex>}`.
-    pub(crate) key: String,
+    /// The key the ACL check reads and writes, `P:{relock-doctor-<hex>-acl}`: apart from the
+    /// lock's, so that a probe the user may write but not delete never blocks the lock check.
+    pub(crate) acl_key: String,
     /// Its release channel, `P:{relock-doctor-<hex>}:released`.
     pub(crate) channel: String,
 }
@@ -56,9 +57,13 @@ impl Probe {
                 .as_nanos(),
         );
         let lock = format!("relock-doctor-{:016x}", hasher.finish());
-        let key = format!("{prefix}:{{{lock}}}");
-        let channel = format!("{key}:released");
-        Probe { lock, key, channel }
+        let acl_key = format!("{prefix}:{{{lock}-acl}}");
+        let channel = format!("{prefix}:{{{lock}}}:released");
+        Probe {
+            lock,
+            acl_key,
+            channel,
+        }
     }
 }
 
