@@ -327,7 +327,26 @@ async fn a_url_naming_a_replica_fails_the_connection_check() {
     assert_eq!(fix.as_deref(), Some("point --url at the master"));
     assert_eq!(check(&out, "lock").0, "failure");
 
-    // The master reports its replica, which is checked too.
+    // The master reports its replica, which is checked too. The replica's link is up; the
+    // master lists it (ROLE) once it has acknowledged the first sync.
+    let mut connection = master.connection().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let role: redis::Value = redis::cmd("ROLE")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        match role {
+            redis::Value::Array(items) if matches!(items.get(2), Some(redis::Value::Array(replicas)) if !replicas.is_empty()) => {
+                break
+            }
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "the master never listed its replica"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let out = relock(&["--url", &master.url(), "--json", "doctor"]).await;
     assert_code(&out, 0);
     let (_, found, _) = check(&out, "connection");
