@@ -260,6 +260,29 @@ async fn release_of_a_free_lock_exits_1() {
     let out = relock(&server.url(), &["release", "--yes", "order:42"], "").await;
     assert_code(&out, 1);
     one_line(&stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+#[tokio::test]
+async fn release_json_of_a_free_or_kept_lock_prints_released_false_and_exits_1() {
+    let server = RedisServer::start();
+    let out = relock(
+        &server.url(),
+        &["--json", "release", "--yes", "order:42"],
+        "",
+    )
+    .await;
+    assert_code(&out, 1);
+    let expected = serde_json::json!({"key": "order:42", "released": false});
+    assert_eq!(json_lines(&out), std::slice::from_ref(&expected));
+    one_line(&stderr(&out));
+
+    let locker = server.locker().await;
+    let guard = locker.lock("order:42").await.unwrap();
+    let out = relock(&server.url(), &["--json", "release", "order:42"], "n\n").await;
+    assert_code(&out, 1);
+    assert_eq!(json_lines(&out), [expected]);
+    assert!(guard.is_held());
 }
 
 #[tokio::test]
