@@ -98,6 +98,11 @@ pub enum InvalidKeyReason {
     Brace,
     /// The key contains a control character (such as a newline or NUL).
     ControlCharacter,
+    /// The request gives the value the key is read from more than once (`?cart=7&cart=8`, two
+    /// `x-order-id` headers), so the lock and the code that handles the request could read
+    /// different values; the error's `key` names the parameter or header. Reported by
+    /// relock-tower's extractors.
+    Repeated,
 }
 
 impl fmt::Display for InvalidKeyReason {
@@ -111,6 +116,9 @@ impl fmt::Display for InvalidKeyReason {
             ),
             Self::Brace => f.write_str("key contains `{` or `}`"),
             Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::Repeated => {
+                f.write_str("the request repeats the query parameter or header it is read from")
+            }
         }
     }
 }
