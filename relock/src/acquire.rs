@@ -288,6 +288,7 @@ async fn acquire_from_backend(
         try_only,
     } = request;
     let lease = lease::check(lease)?;
+    locker.check_eviction().await?;
     let deadline = lease::after(started, wait);
     // This hold's own identity at the server, for every attempt of this request: a retried
     // attempt that the server already granted gets the same grant back.

@@ -92,6 +92,8 @@
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
 //! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
+//! | server may evict keys (`maxmemory` with a `maxmemory-policy` other than `noeviction`) | [`Error::EvictingServer`] from `connect` and the first lock, naming the setting, unless [`LockerBuilder::allow_eviction`]; checked on every master of a cluster and each master found behind Sentinel |
+//! | with `allow_eviction`, a held lock evicted | [`LockGuard::lost`] fires at the next renewal (within lease/3); `run` aborts |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
