@@ -1,6 +1,6 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -494,7 +494,7 @@ pub(crate) async fn run_holding<F: Future>(
     };
     let output = match on_lost {
         OnLost::Continue => body.await,
-        OnLost::Abort => match lease::until_lost(&guards, body).await {
+        OnLost::Abort => match lease::until_lost(&guards, pin!(body)).await {
             Ok(output) => output,
             Err(key) => {
                 return Err(Error::Lost {

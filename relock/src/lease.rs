@@ -7,7 +7,7 @@
 //! a lease has no side effects, so observers may drop theirs anywhere, even under a lock.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -321,11 +321,14 @@ impl Watched for crate::guard::LockGuard {
 /// Loss is checked before every poll of the body, by the clock and not only by the wake-up: a
 /// process that stalled past its lease (a blocking call, a pause) must not take another step of
 /// the body when it wakes.
+///
+/// `body` comes pinned by the caller: moved in by value, it would be stored twice in this
+/// future (as the argument and as the pinned local), and nested `run`s would double the size of
+/// their futures at each level.
 pub(crate) async fn until_lost<W: Watched, F: Future>(
     leases: &[W],
-    body: F,
+    mut body: Pin<&mut F>,
 ) -> Result<F::Output, LockKey> {
-    let mut body = pin!(body);
     let mut lost = pin!(first_lost(leases));
     std::future::poll_fn(|cx| {
         if let Some(lost) = leases.iter().find(|watched| watched.lease().is_lost()) {

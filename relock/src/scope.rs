@@ -3,6 +3,7 @@
 //! at the server: every hold there has its own token.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -178,7 +179,7 @@ pub fn inherit_checked<F: Future>(fut: F) -> impl Future<Output = Result<F::Outp
                 None => fut.await,
             }
         };
-        lease::until_lost(&leases, body)
+        lease::until_lost(&leases, pin!(body))
             .await
             .map_err(|key| Error::Lost {
                 key: key.to_string(),
