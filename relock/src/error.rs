@@ -84,7 +84,8 @@ pub enum Error {
     /// [`LockerBuilder::allow_eviction`](crate::LockerBuilder::allow_eviction).
     ///
     /// Checked by [`Locker::connect`](crate::Locker::connect) and before a locker's first lock,
-    /// on every master of a cluster, and on each master found behind Sentinel.
+    /// on every master of a cluster, and on each master found behind Sentinel (which is then not
+    /// used for any command).
     EvictingServer {
         /// The server (`host:port`) that may evict.
         server: String,

@@ -825,11 +825,15 @@ impl LockerBuilder {
     /// Such a server deletes keys when it runs out of memory, held locks among them: another
     /// owner can take an evicted lock at once, while its holder learns of the loss only at its
     /// next renewal (up to a third of a lease later; [`LockGuard::lost`](crate::LockGuard::lost)
-    /// then resolves and `run` aborts its body). Without this setting, [`Locker::connect`] and a
-    /// locker's first lock request fail with [`Error::EvictingServer`] on such a server — a
-    /// single server, any master of a cluster, or any master found behind Sentinel (after a
-    /// failover too). The settings are read with `INFO memory`, else `CONFIG GET`; when the ACL
-    /// user may run neither, relock warns through `tracing` and uses the server.
+    /// then resolves and `run` aborts its body). Without this setting, [`Locker::connect`] and
+    /// lock requests fail with [`Error::EvictingServer`] on such a server: a single server or
+    /// any master of a cluster is checked before the locker's first lock (until it passes; a
+    /// refusal is not remembered, so fixing the setting lets the next request through), and a
+    /// master found behind Sentinel — after a failover too — is checked when the locker connects
+    /// to it, and not used at all (every command fails) while it may evict. A cluster master
+    /// that cannot be reached at the check is left unchecked, with a warning. The settings are
+    /// read with `INFO memory`, else `CONFIG GET`; when the ACL user may run neither, relock
+    /// warns through `tracing` and uses the server.
     ///
     /// Defaults to refusing a server that may evict keys.
     #[must_use = "the builder with the setting is returned; call `build` on it"]
