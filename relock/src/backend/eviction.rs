@@ -83,16 +83,17 @@ impl EvictionCheck {
         if self.passed.initialized() {
             return Ok(());
         }
-        self.passed
-            .get_or_try_init(|| async {
-                match backend {
-                    Backend::Redis(redis) => redis.check_eviction(&self.server).await,
-                    #[cfg(feature = "cluster")]
-                    Backend::Cluster(cluster) => cluster.check_eviction().await,
-                    Backend::Memory(_) => Ok(()),
-                }
-            })
-            .await?;
+        // Boxed: the check runs once, and its future (a round trip, or one per cluster master)
+        // would otherwise enlarge every acquisition's future.
+        Box::pin(self.passed.get_or_try_init(|| async {
+            match backend {
+                Backend::Redis(redis) => redis.check_eviction(&self.server).await,
+                #[cfg(feature = "cluster")]
+                Backend::Cluster(cluster) => cluster.check_eviction().await,
+                Backend::Memory(_) => Ok(()),
+            }
+        }))
+        .await?;
         Ok(())
     }
 }
