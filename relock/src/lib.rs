@@ -58,8 +58,9 @@
 //! subscribes: an `acquire` span (target `relock`) for every request that reaches the server,
 //! recording its `outcome`, `waited` and `fencing_token`; a `trace` event for a re-entry (no
 //! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
-//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
-//! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
+//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`),
+//! when a renewal fails, and when a server's eviction settings cannot be read (`server`,
+//! `reason`: see [`LockerBuilder::allow_eviction`]). With the `metrics` feature it records `relock_*` counters, histograms
 //! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
 //!
 //! # Features
