@@ -8,7 +8,7 @@ use std::time::Duration;
 /// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]) or the lease
 /// ([`Error::InvalidLease`]), restructure the call
 /// ([`Error::WouldDeadlock`]), configure a locker ([`Error::NoLocker`]) or check the server
-/// ([`Error::Backend`]).
+/// ([`Error::Backend`], [`Error::EvictingServer`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -76,6 +76,24 @@ pub enum Error {
         /// How many were asked for.
         required: u32,
     },
+    /// The Redis server may evict keys, held locks included: `maxmemory` is set and
+    /// `maxmemory-policy` is not `noeviction` (the `volatile-*` policies evict relock's keys too:
+    /// each has an expiry). An evicted lock is free for another owner at once, while its holder
+    /// learns of the loss only at its next renewal. Nothing was locked: set
+    /// `maxmemory-policy noeviction` on the server, or accept the risk with
+    /// [`LockerBuilder::allow_eviction`](crate::LockerBuilder::allow_eviction).
+    ///
+    /// Checked by [`Locker::connect`](crate::Locker::connect) and before a locker's first lock,
+    /// on every master of a cluster, and on each master found behind Sentinel (which is then not
+    /// used for any command).
+    EvictingServer {
+        /// The server (`host:port`) that may evict.
+        server: String,
+        /// Its `maxmemory`, in bytes.
+        maxmemory: u64,
+        /// Its `maxmemory-policy`.
+        policy: String,
+    },
     /// No locker was given, none is in scope, and no global locker was set with
     /// [`set_global`](crate::set_global).
     NoLocker,
@@ -98,6 +116,11 @@ pub enum InvalidKeyReason {
     Brace,
     /// The key contains a control character (such as a newline or NUL).
     ControlCharacter,
+    /// The request gives the value the key is read from more than once (`?cart=7&cart=8`, two
+    /// `x-order-id` headers), so the lock and the code that handles the request could read
+    /// different values; the error's `key` names the parameter or header. Reported by
+    /// relock-tower's extractors.
+    Repeated,
 }
 
 impl fmt::Display for InvalidKeyReason {
@@ -111,6 +134,9 @@ impl fmt::Display for InvalidKeyReason {
             ),
             Self::Brace => f.write_str("key contains `{` or `}`"),
             Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::Repeated => {
+                f.write_str("the request repeats the query parameter or header it is read from")
+            }
         }
     }
 }
@@ -177,6 +203,16 @@ impl fmt::Display for Error {
                 f,
                 "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked \
                  for acknowledged it in time; it was released again"
+            ),
+            Self::EvictingServer {
+                server,
+                maxmemory,
+                policy,
+            } => write!(
+                f,
+                "the Redis server at {server} may evict held locks (maxmemory {maxmemory} bytes \
+                 with maxmemory-policy {policy}): set `maxmemory-policy noeviction`, or call \
+                 `allow_eviction()` on the locker builder to accept losing locks to eviction"
             ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",
@@ -417,6 +453,11 @@ mod tests {
                 lease: Duration::ZERO,
                 min: Duration::from_millis(10),
                 max: Duration::from_secs(1),
+            },
+            Error::EvictingServer {
+                server: "127.0.0.1:6379".into(),
+                maxmemory: 1 << 20,
+                policy: "allkeys-lru".into(),
             },
             Error::NoLocker,
             Error::backend("connection refused"),

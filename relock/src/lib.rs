@@ -4,7 +4,8 @@
 //! future does — however deeply nested, across `.await`s and `join!`s — sees the hold, so a nested
 //! lock on the same key re-enters at once with **no Redis round trip**, while two sibling futures
 //! that are not nested exclude each other like any two owners. `tokio::spawn` does not inherit a
-//! scope; [`inherit`] carries it across explicitly.
+//! scope; [`inherit`] carries it across explicitly ([`inherit_checked`] also stops the spawned
+//! future once a hold it carries is lost, as `run` stops its body).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
@@ -57,8 +58,9 @@
 //! subscribes: an `acquire` span (target `relock`) for every request that reaches the server,
 //! recording its `outcome`, `waited` and `fencing_token`; a `trace` event for a re-entry (no
 //! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
-//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
-//! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
+//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`),
+//! when a renewal fails, and when a server's eviction settings cannot be read (`server`,
+//! `reason`: see [`LockerBuilder::allow_eviction`]). With the `metrics` feature it records `relock_*` counters, histograms
 //! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
 //!
 //! # Features
@@ -85,12 +87,15 @@
 //! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
 //! | guard dropped in a panic or cancellation | released in the background |
 //! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
-//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
+//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again (a stall *inside* one poll — a blocking call, then a write before the next `.await` — only the fencing token covers) |
+//! | hold lost while a spawned future carries it | [`inherit_checked`] returns [`Error::Lost`] without polling the future again; a future carried by plain [`inherit`] is **not** stopped |
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, tombstone expired, failover | the next fencing token is still larger than every earlier one |
 //! | an acquisition reaches the server after its own release (a delayed request) | refused; nothing is left held |
 //! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
+//! | server may evict keys (`maxmemory` with a `maxmemory-policy` other than `noeviction`) | [`Error::EvictingServer`] from `connect` and the first lock, naming the setting, unless [`LockerBuilder::allow_eviction`]; checked on every master of a cluster and each master found behind Sentinel |
+//! | with `allow_eviction`, a held lock evicted | [`LockGuard::lost`] fires at the next renewal (within lease/3); `run` aborts |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
@@ -179,7 +184,7 @@ pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
-pub use scope::{current_guard, inherit};
+pub use scope::{current_guard, inherit, inherit_checked};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
 pub use bb8;
