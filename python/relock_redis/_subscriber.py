@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from typing import Any, Deque
 
 from redis.asyncio import Redis
@@ -154,7 +155,11 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                reply = await connection.read_response()
+                # Blocks without the socket timeout (math.inf); replies of a subscribed
+                # connection are read as pushes.
+                reply = await connection.read_response(
+                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                )
                 if not isinstance(reply, list) or len(reply) < 3:
                     continue
                 kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])

@@ -454,11 +454,15 @@ class Locker:
                     hold.lose()
         return bool(removed == 1)
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace: float = 2.0) -> None:
         """Stops the renewal task and the subscriber (holds still held are then left to their
-        leases), waits for background releases, and closes the client if the locker made it."""
+        leases), gives background releases up to ``grace`` seconds to be answered, and closes
+        the client if the locker made it."""
         if self._background:
-            await asyncio.wait(set(self._background), timeout=2 * self.lease)
+            pending = set(self._background)
+            await asyncio.wait(pending, timeout=grace)
+            for task in pending:
+                task.cancel()
         if self._watchdog is not None:
             await self._watchdog.aclose()
         if self._subscriber is not None:
