@@ -35,14 +35,14 @@ class Script:
         source = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_bytes()
         return cls(name, source, hashlib.sha1(source).hexdigest())
 
-    async def run(self, redis: "Redis[Any]", keys: Sequence[str], args: Sequence[object]) -> Any:
+    async def run(self, redis: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """``EVALSHA``, then ``SCRIPT LOAD`` and again if the server lacks the script (a
         ``NOSCRIPT`` reply ran nothing, so sending it again is safe)."""
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await redis.script_load(self.source)  # type: ignore[arg-type]
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 ACQUIRE = Script.load("acquire")

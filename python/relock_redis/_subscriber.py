@@ -81,7 +81,7 @@ class Subscription:
 class Subscriber:
     """The locker's subscriber connection, opened on first use."""
 
-    def __init__(self, redis: "Redis[Any]") -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._channels: dict[str, _Channel] = {}
         self._outbox: Deque[tuple[str, str]] = collections.deque()
@@ -120,7 +120,7 @@ class Subscriber:
         return self._sent
 
     async def _run(self) -> None:
-        connection = self._redis.connection_pool.make_connection()
+        connection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         reader: asyncio.Task[None] | None = None
         try:
             await connection.connect()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class Watchdog:
-    def __init__(self, redis: "Redis[Any]", retention: float) -> None:
+    def __init__(self, redis: Redis, retention: float) -> None:
         self._redis = redis
         self._retention = retention
         self.holds: set["Hold"] = set()
@@ -99,7 +99,7 @@ class Watchdog:
             replies = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
                 # NOSCRIPT ran nothing: load the script and send the pipeline again.
-                await self._redis.script_load(protocol.RENEW.source)  # type: ignore[arg-type]
+                await self._redis.script_load(protocol.RENEW.source)
                 continue
             return list(replies)
         return list(replies)

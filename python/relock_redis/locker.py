@@ -353,7 +353,7 @@ class Locker:
 
     def __init__(
         self,
-        redis: "Redis[Any] | str",
+        redis: "Redis | str",
         *,
         prefix: str = "relock",
         lease: Seconds = 30.0,
@@ -361,7 +361,7 @@ class Locker:
         retention: Seconds = 600.0,
     ) -> None:
         self._owns_client = isinstance(redis, str)
-        self.redis: Redis[Any] = Redis.from_url(redis) if isinstance(redis, str) else redis
+        self.redis: Redis = Redis.from_url(redis) if isinstance(redis, str) else redis
         self.prefix = prefix
         self.lease = _check_lease(_seconds(lease))
         self.wait = _seconds(wait)
@@ -661,7 +661,7 @@ class Locker:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def _call(self, script: protocol.Script, keys: list[str], args: list[object]) -> Any:
+    async def _call(self, script: protocol.Script, keys: list[str], args: list[str | int]) -> Any:
         try:
             return await script.run(self.redis, keys, args)
         except (RedisError, OSError) as err:
