@@ -1,12 +1,12 @@
 """acquire + release of relock-redis ÷ redis-py's own ``Lock`` (same server, same process, one
 task), and re-entry without a round trip.
 
-    python python/benches/bench.py [--url redis://127.0.0.1:6379] [--seconds 0.25] [--rounds 40]
+    python python/benches/bench.py [--url redis://127.0.0.1:6379] [--pairs 20] [--blocks 300]
 
 Without ``--url`` it starts a private redis-server (no persistence) on a free port. The two
-clients run in alternating short rounds of equal length (so that a busy machine slows both
-alike); the ratio is relock-redis's pairs per second over redis-py's, round by round (median)
-and over all rounds (higher is better; 1.0 is parity).
+clients run in alternating blocks of a few pairs (so that a busy machine slows both alike); the
+ratio is relock-redis's pairs per second over redis-py's, as the median over adjacent blocks
+and over the whole run (higher is better; 1.0 is parity).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import redis
 import redis.asyncio
 
 from relock_redis import Locker
+from relock_redis import _protocol as protocol
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
@@ -51,30 +52,39 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     return process, f"redis://127.0.0.1:{port}"
 
 
-async def relock_pairs(locker: Locker, seconds: float) -> float:
-    count, end = 0, time.perf_counter() + seconds
+async def relock_pairs(locker: Locker, pairs: int) -> float:
+    """Seconds for ``pairs`` acquire + release of relock-redis."""
     started = time.perf_counter()
-    while time.perf_counter() < end:
-        for _ in range(50):
-            async with locker.lock("bench:relock"):
-                pass
-        count += 50
-    return count / (time.perf_counter() - started)
+    for _ in range(pairs):
+        async with locker.lock("bench:relock"):
+            pass
+    return time.perf_counter() - started
 
 
-async def redis_py_pairs(client: "redis.asyncio.Redis[bytes]", seconds: float) -> float:
-    count, end = 0, time.perf_counter() + seconds
+async def script_pairs(client: redis.asyncio.Redis, pairs: int) -> float:
+    """Seconds for ``pairs`` of the protocol's acquire and release scripts sent bare (no client
+    machinery): the floor any client of the protocol pays."""
+    lock, channel = "relock:{bench:scripts}", "relock:{bench:scripts}:released"
     started = time.perf_counter()
-    while time.perf_counter() < end:
-        for _ in range(50):
-            lock = client.lock("bench:redis-py", timeout=30)
-            await lock.acquire()
-            await lock.release()
-        count += 50
-    return count / (time.perf_counter() - started)
+    for _ in range(pairs):
+        token = os.urandom(16).hex()
+        _, fence = await client.evalsha(
+            protocol.ACQUIRE.sha, 1, lock, token, 30000, 600000, "0 0 bench")
+        await client.evalsha(protocol.RELEASE.sha, 2, lock, channel, token, fence, 600000)
+    return time.perf_counter() - started
 
 
-async def reentries(locker: Locker, seconds: float, sync: "redis.Redis[bytes]") -> tuple[float, int]:
+async def redis_py_pairs(client: redis.asyncio.Redis, pairs: int) -> float:
+    """Seconds for ``pairs`` acquire + release of redis-py's ``Lock``."""
+    started = time.perf_counter()
+    for _ in range(pairs):
+        lock = client.lock("bench:redis-py", timeout=30)
+        await lock.acquire()
+        await lock.release()
+    return time.perf_counter() - started
+
+
+async def reentries(locker: Locker, seconds: float, sync: redis.Redis) -> tuple[float, int]:
     async with locker.lock("bench:reentry"):
         before = int(sync.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
         count, end = 0, time.perf_counter() + seconds
@@ -92,33 +102,48 @@ async def reentries(locker: Locker, seconds: float, sync: "redis.Redis[bytes]") 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url")
-    parser.add_argument("--seconds", type=float, default=0.25)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--pairs", type=int, default=20, help="pairs per block")
+    parser.add_argument("--blocks", type=int, default=300, help="blocks per client")
     options = parser.parse_args()
     server = None
     url = options.url
     if url is None:
         server, url = start_server()
     try:
-        client: redis.asyncio.Redis[bytes] = redis.asyncio.Redis.from_url(url)
-        sync: redis.Redis[bytes] = redis.Redis.from_url(url)
+        client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url)
+        sync: redis.Redis = redis.Redis.from_url(url)
         locker = Locker(client)
         # Warm up: connections, scripts loaded, the watchdog task started.
-        await relock_pairs(locker, 0.3)
-        await redis_py_pairs(client, 0.3)
-        ours, theirs = [], []
-        for _ in range(options.rounds):
-            ours.append(await relock_pairs(locker, options.seconds))
-            theirs.append(await redis_py_pairs(client, options.seconds))
-        ratios = [a / b for a, b in zip(ours, theirs)]
+        await relock_pairs(locker, 200)
+        await redis_py_pairs(client, 200)
+        await script_pairs(client, 200)
+        ours, theirs, bare = [], [], []
+        for block in range(options.blocks):
+            # Rotate which goes first, so none always follows another.
+            runs = [
+                (ours, lambda: relock_pairs(locker, options.pairs)),
+                (theirs, lambda: redis_py_pairs(client, options.pairs)),
+                (bare, lambda: script_pairs(client, options.pairs)),
+            ]
+            for times, run in runs[block % 3:] + runs[:block % 3]:
+                times.append(await run())
+        ratios = [t / o for o, t in zip(ours, theirs)]
+        floors = [t / b for b, t in zip(bare, theirs)]
         rate, calls = await reentries(locker, 1.0, sync)
         print(f"python {platform.python_version()}, redis-py {redis.__version__}, "
               f"redis-server {sync.info('server')['redis_version']}, {os.cpu_count()} cpus, "
               f"load {os.getloadavg()[0]:.2f}")
-        print(f"relock-redis  acquire+release: median {statistics.median(ours):8.0f}/s")
-        print(f"redis-py Lock acquire+release: median {statistics.median(theirs):8.0f}/s")
-        print(f"ratio relock-redis / redis-py: median of rounds {statistics.median(ratios):.2f}, "
-              f"overall {sum(ours) / sum(theirs):.2f} ({options.rounds} rounds of {options.seconds}s each)")
+        per_second = lambda seconds: options.pairs / seconds  # noqa: E731
+        print(f"relock-redis  acquire+release: median block {per_second(statistics.median(ours)):7.0f}/s, "
+              f"overall {options.pairs * len(ours) / sum(ours):7.0f}/s")
+        print(f"redis-py Lock acquire+release: median block {per_second(statistics.median(theirs)):7.0f}/s, "
+              f"overall {options.pairs * len(theirs) / sum(theirs):7.0f}/s")
+        print(f"ratio relock-redis / redis-py (throughput): median of adjacent blocks "
+              f"{statistics.median(ratios):.2f}, overall {sum(theirs) / sum(ours):.2f} "
+              f"({options.blocks} blocks of {options.pairs} pairs each)")
+        print(f"the protocol's two scripts sent bare / redis-py (the floor of any client): median "
+              f"{statistics.median(floors):.2f}, overall {sum(theirs) / sum(bare):.2f}; relock-redis / "
+              f"bare scripts: overall {sum(bare) / sum(ours):.2f}")
         print(f"re-entry (nested async with on a held key): {rate:,.0f}/s, {calls} EVALSHA sent")
         await locker.aclose()
         await client.aclose()

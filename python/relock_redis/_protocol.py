@@ -80,11 +80,20 @@ def _host_name() -> str:
 
 
 HOST = _host_name()
+_PID = str(os.getpid())
+
+
+def _forked() -> None:
+    global _PID
+    _PID = str(os.getpid())
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def holder_metadata() -> str:
     """``"<pid> <now in ms> <host>"``: who takes a lock, for ``inspect``."""
-    return f"{os.getpid()} {time.time_ns() // 1_000_000} {HOST}"
+    return f"{_PID} {time.time_ns() // 1_000_000} {HOST}"
 
 
 def new_hold_token() -> str:

@@ -367,6 +367,7 @@ class Locker:
         self.wait = _seconds(wait)
         self.retention = max(_seconds(retention), self.lease)
         self._retention_ms = protocol.millis(self.retention)
+        self._lease_args = (protocol.millis(self.lease), self._retention_ms)
         self._watchdog: Watchdog | None = None
         self._subscriber: Subscriber | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -502,7 +503,10 @@ class Locker:
         # The hold's identity at the server for every attempt of this request: a retried
         # attempt that the server already granted gets the same grant back.
         token = protocol.new_hold_token()
-        args = (token, protocol.millis(lease), protocol.millis(max(self.retention, lease)))
+        if lease == self.lease:
+            args = (token, *self._lease_args)
+        else:
+            args = (token, protocol.millis(lease), protocol.millis(max(self.retention, lease)))
         subscription: Subscription | None = None
         backoff = 0.002
         try:
