@@ -425,3 +425,19 @@ def test_locked_refuses_unknown_placeholders_and_plain_functions() -> None:
     with pytest.raises(TypeError, match="async def"):
         @locked("order:{order_id}")
         def g(order_id: int) -> None: ...
+
+
+async def test_a_hold_is_lost_by_its_local_deadline_while_redis_does_not_answer(
+    locker: Locker, key: str, sync_client: "redis.Redis"
+) -> None:
+    guard = await locker.lock(key, lease=0.3)
+    acquired = time.monotonic()
+    sync_client.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+    await asyncio.wait_for(guard.lost.wait(), 2)
+    lost_after = time.monotonic() - acquired
+    assert not guard.is_held
+    # By the local deadline (lease less the drift margin), not when the server answers again.
+    assert 0.25 < lost_after < 0.5, lost_after
+    await asyncio.sleep(1.0)  # the pause ends
+    with pytest.raises(Lost):
+        await guard.release()
