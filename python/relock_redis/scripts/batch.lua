@@ -19,8 +19,8 @@
 --                               the lock (the same grant again, so a client-side retry is harmless)
 --            0, ttl ms          held by another hold (PTTL's answer for a value not relock's)
 --            2, 0               refused: this hold was released already (see acquire.lua)
---   release  1, 0               released: the lock is free (and the channel was published to, if
---                               the hold had refused someone)
+--   release  1, 0               released: the hold had the lock until now (and the channel was
+--                               published to, if the hold had refused someone); see release.lua
 --            0, 0               the hold no longer had the lock; nothing another hold has changed
 --   either  -1, "<command> <error>"   this request failed (a key of another type, an ACL
 --                               refusal, out of memory, the fencing token's limit): the command
@@ -42,8 +42,8 @@ local holder, releases = ARGV[1], tonumber(ARGV[4])
 local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.find, string.byte,
     string.sub, string.match, type
 -- The server's clock, read at the first request that needs it: milliseconds, and microseconds as
--- text (formatting a 16-digit number with string.format costs more than a call).
-local now, clock
+-- a number and as text (formatting a 16-digit number with string.format costs more than a call).
+local now, micros, clock
 
 -- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
 local WAITED, TOMBSTONE = 43, 45
@@ -56,6 +56,7 @@ local function tick()
     local time = call('TIME')
     now = time[1] * 1000 + math.floor(time[2] / 1000)
     clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+    micros = tonumber(clock)
 end
 
 -- The text after the hold token of a grant with the clock's token, per lease.
@@ -85,7 +86,7 @@ local function acquire(lock, token, lease, retention)
         end
     end
     if not value then
-        return 1, tonumber(clock)
+        return 1, micros
     end
     local last
     if byte(value, 1) == TOMBSTONE then
@@ -120,7 +121,7 @@ local function acquire(lock, token, lease, retention)
         error({err = 'the fencing token is ' .. last ..
             ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
     end
-    local fence, text = tonumber(clock), clock
+    local fence, text = micros, clock
     if tonumber(last) >= fence then
         fence = tonumber(last) + 1
         text = string.format('%.0f', fence)
@@ -143,7 +144,6 @@ local function release(lock, request)
         end
         calling = 'DEL'
         call('DEL', lock)
-        known = match(value, '^%x+[ +](%d+)')
     elseif not value then
         -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
         calling = 'PEXPIRE'
@@ -166,20 +166,12 @@ local function release(lock, request)
         -- Another hold's lock, or a value that is not relock's: put back as it was.
         call('SET', lock, value, 'KEEPTTL')
         return 0, 0
-    elseif sub(value, 34, 33 + #known) ~= known or byte(value, 34 + #known) ~= 32 then
-        -- The caller did not know the fencing token: the tombstone takes the hold's.
+    elseif known == '0' then
+        -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
+        -- the hold's. A caller that knows it wrote it already.
         known = match(value, '^%x+[ +](%d+)')
         calling = 'SET'
         call('SET', lock, '-' .. known .. ' ' .. token, 'KEEPTTL')
-    end
-    -- The hold's own lock; its lease may have ended, and the lock then was free already.
-    if not now then
-        tick()
-    end
-    local from = 35 + #known
-    local ends = find(value, ' ', from, true)
-    if tonumber(sub(value, from, (ends or 0) - 1)) <= now then
-        return 0, 0
     end
     if byte(value, 33) == WAITED then
         calling = 'PUBLISH'

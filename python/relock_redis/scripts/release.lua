@@ -10,10 +10,12 @@
 -- ARGV[4]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel; on one
 --          server only a hold that has refused someone ("+" after its token) is announced
 --
--- Reply:   1  released: the lock is free and the channel was published to; also for a retried
---             release of a hold released already (its tombstone names it)
---          0  the hold no longer had the lock (its lease had ended, it was force-released, or it
---             never had it); nothing that another hold has was changed
+-- Reply:   1  released: the hold had the lock until now (the channel was published to); also for
+--             a retried release of a hold released already (its tombstone names it). The script
+--             does not read the clock: a hold whose deadline had passed unseen answers 1 too, and
+--             the client, whose local deadline ends before the server's, reports that loss itself
+--          0  the hold no longer had the lock (taken by another after its deadline, force-released,
+--             or never granted); nothing that another hold has was changed
 --
 -- The tombstone "-<fencing token> <hold token>" keeps the key's last fencing token and names the
 -- released hold, so that an acquisition of that hold reaching the server later (a delayed
@@ -23,14 +25,10 @@
 local token = ARGV[1]
 local value = redis.call('SET', KEYS[1], '-' .. ARGV[2] .. ' ' .. token, 'KEEPTTL', 'GET')
 if value and string.find(value, token, 1, true) == 1 then
-    local fence, deadline = string.match(value, '^%x+[ +](%d+) (%d+)')
-    if fence ~= ARGV[2] then
-        redis.call('SET', KEYS[1], '-' .. fence .. ' ' .. token, 'KEEPTTL')
-    end
-    local time = redis.call('TIME')
-    if tonumber(deadline) <= time[1] * 1000 + math.floor(time[2] / 1000) then
-        -- Its lease had ended: the lock was free already, and may have been seen free.
-        return 0
+    if ARGV[2] == '0' then
+        -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
+        -- the hold's. A caller that knows it wrote it already.
+        redis.call('SET', KEYS[1], '-' .. string.match(value, '^%x+[ +](%d+)') .. ' ' .. token, 'KEEPTTL')
     end
     if ARGV[4] == 'sharded' then
         redis.call('SPUBLISH', KEYS[2], '')
