@@ -297,6 +297,26 @@ class Acquire:
         return await guard.__aexit__(exc_type, exc, tb)
 
 
+class _Entered:
+    """Leaves an already entered :class:`Acquire` at the end of an ``async with``."""
+
+    __slots__ = ("_acquire",)
+
+    def __init__(self, acquire: Acquire) -> None:
+        self._acquire = acquire
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool:
+        return await self._acquire.__aexit__(exc_type, exc, tb)
+
+
 class _Checked:
     """Drives a coroutine, checking the hold before every step: a task that stalled past its
     lease (a blocking call, a paused process) never takes another step of the body when it
@@ -420,7 +440,15 @@ class Locker:
         a paused process) never takes another step; ``body`` is cancelled and :class:`Lost`
         raised.
         """
-        async with self.lock(key, wait=wait, lease=lease) as guard:
+        try:
+            acquired = self.lock(key, wait=wait, lease=lease)
+            guard = await acquired.__aenter__()
+        except BaseException:
+            # Never started: close it, so it is not reported as never awaited.
+            if isinstance(body, Coroutine):
+                body.close()
+            raise
+        async with _Entered(acquired):
             scope = guard._scope
             if not isinstance(body, Coroutine):
                 return await body

@@ -50,12 +50,13 @@ def rust() -> RustBinaries:
             "(install Rust from https://rustup.rs)",
             pytrace=False,
         )
-    built = subprocess.run(
-        [cargo, "build", "--quiet", "-p", "relock-tests", "--bin", "fenced_worker",
-         "--bin", "lock_on_command", "-p", "relock-cli"],
-        cwd=REPO,
-    )
-    assert built.returncode == 0, "cargo build of the Rust workers failed"
+    # Two builds: `--bin` would filter relock-cli's binary out of one.
+    for command in (
+        ["-p", "relock-tests", "--bin", "fenced_worker", "--bin", "lock_on_command"],
+        ["-p", "relock-cli"],
+    ):
+        built = subprocess.run([cargo, "build", "--quiet", *command], cwd=REPO)
+        assert built.returncode == 0, f"cargo build {' '.join(command)} failed"
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"
     return RustBinaries(target / "fenced_worker", target / "lock_on_command", target / "relock")
 

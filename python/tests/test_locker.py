@@ -441,3 +441,20 @@ async def test_a_hold_is_lost_by_its_local_deadline_while_redis_does_not_answer(
     await asyncio.sleep(1.0)  # the pause ends
     with pytest.raises(Lost):
         await guard.release()
+
+
+async def test_run_closes_a_body_it_never_started(
+    locker: Locker, client: "redis.asyncio.Redis", key: str
+) -> None:
+    other = Locker(client)
+    try:
+        async with other.lock(key):
+            async def body() -> None:
+                raise AssertionError("never runs")
+
+            coroutine = body()
+            with pytest.raises(Timeout):
+                await locker.run(key, coroutine, wait=0.05)
+            assert coroutine.cr_frame is None  # closed
+    finally:
+        await other.aclose()
