@@ -458,3 +458,42 @@ async def test_run_closes_a_body_it_never_started(
             assert coroutine.cr_frame is None  # closed
     finally:
         await other.aclose()
+
+
+async def test_many_waiters_on_a_few_keys_exclude_each_other_and_all_finish(
+    locker: Locker, key: str
+) -> None:
+    inside: dict[str, int] = {}
+    overlaps = 0
+
+    async def worker(n: int) -> None:
+        nonlocal overlaps
+        for i in range(15):
+            k = f"{key}:{(n + i) % 3}"
+            async with locker.lock(k, wait=20):
+                inside[k] = inside.get(k, 0) + 1
+                overlaps += inside[k] > 1
+                await asyncio.sleep(0.001 * (i % 3))
+                inside[k] -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(8))), 30)
+    assert overlaps == 0
+
+
+async def test_waiters_survive_the_loss_of_the_subscriber_connection(
+    locker: Locker, client: "redis.asyncio.Redis", key: str, sync_client: "redis.Redis"
+) -> None:
+    other = Locker(client)
+    try:
+        guard = await other.lock(key, lease=30)
+        waiter = asyncio.create_task(locker.lock(key, wait=10)._acquire())
+        await asyncio.sleep(0.2)
+        assert sync_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        await asyncio.sleep(0.2)  # the waiter woke, was refused, and subscribed again
+        released = time.monotonic()
+        await guard.release()
+        got = await waiter
+        assert time.monotonic() - released < 0.2
+        await got.release()
+    finally:
+        await other.aclose()
