@@ -49,7 +49,9 @@ class Watchdog:
             for hold in [hold for hold in self.holds if now >= hold.deadline or hold.is_lost]:
                 self.holds.discard(hold)
                 hold.lose()
-            due = [hold for hold in self.holds if hold.renew_at <= now]
+            # Renewing up to lease/6 early lets holds taken at nearby moments share a round trip
+            # (as the Rust crate's watchdog does).
+            due = [hold for hold in self.holds if hold.renew_at <= now + hold.lease / 6]
             if due:
                 await self._renew(due, loop)
                 continue
