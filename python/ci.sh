@@ -13,4 +13,5 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+"$PYTHON" -m mypy --strict relock_redis
 "$PYTHON" -m pytest -q -p no:cacheprovider tests "$@"

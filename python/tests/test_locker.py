@@ -505,3 +505,42 @@ async def test_waiters_survive_the_loss_of_the_subscriber_connection(
         await got.release()
     finally:
         await other.aclose()
+
+
+async def test_locked_uses_the_global_locker_and_says_when_there_is_none(
+    locker: Locker, key: str
+) -> None:
+    from relock_redis import NoLocker, locker as locker_module, set_global
+
+    @locked(key + ":{n}")
+    async def work(n: int) -> str:
+        guard = current_guard()
+        assert guard is not None
+        return guard.key
+
+    saved = list(locker_module._GLOBAL)
+    try:
+        locker_module._GLOBAL.clear()
+        with pytest.raises(NoLocker):
+            await work(1)
+        set_global(locker)
+        assert await work(1) == f"{key}:1"
+    finally:
+        locker_module._GLOBAL[:] = saved
+
+
+async def test_re_entering_a_lost_hold_raises_lost(
+    locker: Locker, client: "redis.asyncio.Redis", key: str
+) -> None:
+    operator = Locker(client)
+    try:
+        async with locker.lock(key, lease=0.3, on_lost="continue") as guard:
+            await operator.force_release(key)
+            await asyncio.wait_for(guard.lost.wait(), 2)
+            with pytest.raises(Lost):
+                async with locker.lock(key):
+                    pass
+            with pytest.raises(Lost):
+                await guard.release()
+    finally:
+        await operator.aclose()
