@@ -32,7 +32,7 @@ class Hold:
         "lease",
         "deadline",
         "renew_at",
-        "lost",
+        "_lost",
         "is_lost",
         "released",
         "task",
@@ -62,13 +62,23 @@ class Hold:
         # earlier), less the drift margin.
         self.deadline = sent + max(lease - drift_margin(lease), 0.0)
         self.renew_at = sent + lease / 3
-        self.lost = asyncio.Event()
+        # Made on first use: most holds are released without anyone watching for a loss.
+        self._lost: asyncio.Event | None = None
         self.is_lost = False
         self.released = False
         self.task = asyncio.current_task()
         self.scoped = False
         self.scopes: list["_Scope"] = []
         self._time = time
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the hold is lost, or ended."""
+        if self._lost is None:
+            self._lost = asyncio.Event()
+            if self.is_lost:
+                self._lost.set()
+        return self._lost
 
     def check(self) -> bool:
         """Whether the lease is still in force by the local deadline; never a round trip.
@@ -92,7 +102,8 @@ class Hold:
         if self.is_lost:
             return
         self.is_lost = True
-        self.lost.set()
+        if self._lost is not None:
+            self._lost.set()
         for scope in list(self.scopes):
             scope.on_loss()
 
@@ -100,4 +111,5 @@ class Hold:
         """Released by its owner: no longer held, and not a loss."""
         self.released = True
         self.is_lost = True
-        self.lost.set()
+        if self._lost is not None:
+            self._lost.set()

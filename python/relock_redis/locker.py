@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Coroutine, Generator, Literal, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import _protocol as protocol
 from ._key import validate_key
@@ -281,7 +281,8 @@ class Acquire:
         return guard
 
     async def __aenter__(self) -> LockGuard:
-        guard = await self._acquire()
+        guard = await self._locker._acquire(self._key, self._wait, self._lease, try_only=False)
+        assert guard is not None
         self._guard = guard
         return guard._enter(self._on_lost)
 
@@ -542,9 +543,15 @@ class Locker:
                 armed = subscription.arm() if subscription is not None else None
                 sent = loop.time()
                 try:
-                    reply = await protocol.ACQUIRE.run(
-                        self.redis, (name,), (*args, protocol.holder_metadata())
-                    )
+                    try:
+                        reply = await self.redis.evalsha(
+                            protocol.ACQUIRE.sha, 1, name, *args, protocol.holder_metadata()
+                        )
+                    except NoScriptError:
+                        # NOSCRIPT ran nothing: load the script and send again.
+                        reply = await protocol.ACQUIRE.run(
+                            self.redis, (name,), (*args, protocol.holder_metadata())
+                        )
                 except ResponseError as err:
                     raise BackendError(f"acquiring `{key}`: {err}") from err
                 except BaseException as err:
@@ -628,11 +635,17 @@ class Locker:
             self._watchdog.unregister(hold)
         channel = protocol.channel(self.prefix, hold.key)
         try:
-            reply = await protocol.RELEASE.run(
-                self.redis,
-                (hold.name, channel),
-                (hold.token, hold.fencing_token, self._retention_ms),
-            )
+            try:
+                reply = await self.redis.evalsha(
+                    protocol.RELEASE.sha, 2, hold.name, channel,
+                    hold.token, hold.fencing_token, self._retention_ms,
+                )
+            except NoScriptError:
+                reply = await protocol.RELEASE.run(
+                    self.redis,
+                    (hold.name, channel),
+                    (hold.token, hold.fencing_token, self._retention_ms),
+                )
         except ResponseError as err:
             raise BackendError(f"releasing `{hold.key}`: {err}") from err
         except BaseException as err:
