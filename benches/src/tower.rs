@@ -159,8 +159,14 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
         .expect("connect");
     let variants: [(&str, Router); 4] = [
         ("no layer", app(None)),
-        ("LockLayer, relock in memory", app(Some(Locker::in_memory()))),
-        ("hand-written SET NX PX + compare-and-delete middleware", raw_lock_app(raw)),
+        (
+            "LockLayer, relock in memory",
+            app(Some(Locker::in_memory())),
+        ),
+        (
+            "hand-written SET NX PX + compare-and-delete middleware",
+            raw_lock_app(raw),
+        ),
         ("LockLayer, relock Locker::connect", app(Some(redis_locker))),
     ];
     let mut servers = Vec::new();
