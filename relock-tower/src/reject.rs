@@ -200,6 +200,17 @@ mod tests {
         );
     }
 
+    /// `LockLayer::lease` documents this answer for a lease out of range.
+    #[test]
+    fn invalid_lease_is_500() {
+        let response = reject(relock::Error::InvalidLease {
+            lease: Duration::ZERO,
+            min: relock::Locker::MIN_LEASE,
+            max: relock::Locker::MAX_LEASE,
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
     #[test]
     fn every_body_is_one_line_ending_with_a_newline() {
         let errors = [

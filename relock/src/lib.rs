@@ -89,7 +89,7 @@
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
-//! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
+//! | lease under 10 ms or over 30 days ([`Locker::MIN_LEASE`], [`Locker::MAX_LEASE`]) | [`Error::InvalidLease`], nothing sent; never a lock without expiry (any `wait` works, `Duration::MAX` included) |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
