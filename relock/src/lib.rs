@@ -26,6 +26,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Adding it
+//!
+//! relock is not published on crates.io yet (the `relock` there is another project's crate):
+//! depend on a clone of its repository, here next to your project in `../relock`, with Tokio's
+//! `macros` and `rt-multi-thread` features for `#[tokio::main]`:
+//!
+//! ```toml
+//! [dependencies]
+//! relock = { path = "../relock/relock" }  # features: cluster, sentinel, tls, metrics
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! ```
+//!
+//! Beside it in the repository:
+//!
+//! * **relock-tower** (`relock-tower = { path = "../relock/relock-tower" }`): `LockLayer`, a
+//!   tower middleware that takes a lock per request in axum and tonic services.
+//! * **relock-cli**, the operator's `relock` command (`cargo install --path relock-cli` in the
+//!   clone): which locks are held, by which host and process, for how much longer; watch them
+//!   change hands; force-release a stuck one.
+//! * `#[locked]` (feature `macros`, on by default), from the relock-macros crate.
+//!
+//! The repository's README walks from here to a locked axum route and a CLI session; its
+//! `docs/` pages cover production Redis (eviction, Sentinel, Cluster, TLS, ACLs, replicas,
+//! clocks), the failure contract and the Redis layout.
+//!
 //! # Waiting, leases and loss
 //!
 //! * A request for a held lock waits up to its `wait` (default 10 s) and then fails with
@@ -59,7 +84,7 @@
 //! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
 //! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
 //! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
-//! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
+//! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; docs/observability.md in the repository lists them.
 //!
 //! # Features
 //!
@@ -189,8 +214,3 @@ pub mod __private;
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use relock_macros::locked;
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
