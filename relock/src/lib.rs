@@ -66,8 +66,10 @@
 //!   hold is **lost**: [`LockGuard::lost`] resolves and [`LockGuard::is_held`] turns false, with no
 //!   round trip. [`Acquire::run`] then drops the body and returns [`Error::Lost`] (unless
 //!   [`OnLost::Continue`] is chosen). Loss is checked by the clock before every poll of the
-//!   body, so a process that stalled past its lease (a blocking call, a pause) never takes
-//!   another step of the body when it wakes.
+//!   body, so a process that stalled past its lease between two polls (a pause, an overloaded
+//!   runtime) never takes another step of the body when it wakes. A stall *inside* one poll —
+//!   a blocking call, then a write before the next `.await` — finishes that poll's steps: only
+//!   the fencing token makes such a write rejectable.
 //! * A guard dropped without [`LockGuard::release`] — an early return, a panic, a cancelled
 //!   future — is released by the locker's background task, so the lock is free again within a
 //!   round trip.
@@ -110,7 +112,7 @@
 //! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
 //! | guard dropped in a panic or cancellation | released in the background |
 //! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
-//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
+//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again (a stall inside one poll finishes that poll: check the fencing token) |
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
