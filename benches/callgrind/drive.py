@@ -9,7 +9,10 @@ MODE:
   raw1            the same, one request at a time
   batch           relock's batch.lua: each call carries DEPTH acquisitions of fresh keys and the
                   releases of the previous call's DEPTH keys (releases first, as relock sends them)
+  batch-reuse     the same over 4*DEPTH keys used again and again: every acquisition meets the
+                  tombstone of the key's previous release
   single          relock's acquire.lua then release.lua per pair, one request at a time
+  single-reuse    the same over 64 keys used again and again (a tombstone each time)
 
 Scripts are read from relock/src/scripts (run from the repository root), or from the files named
 by BATCH, ACQUIRE and RELEASE in the environment.
@@ -67,7 +70,15 @@ def token(i):
 
 
 def lock(i):
+    if mode == 'batch-reuse':
+        i %= 4 * depth
+    elif mode == 'single-reuse':
+        i %= 64
     return 'relock:{%s:%d}' % (tag, i)
+
+
+def number(reply):
+    return int(reply[1:-2])
 
 
 if mode in ('raw', 'raw1'):
@@ -81,21 +92,26 @@ if mode in ('raw', 'raw1'):
         sock.sendall(b''.join(encode('EVALSHA', sha, 1, lock(i), token(i)) for i in batch))
         for _ in batch:
             read()
-elif mode == 'single':
+elif mode in ('single', 'single-reuse'):
     acquire, release = load('ACQUIRE', 'acquire.lua'), load('RELEASE', 'release.lua')
     for i in range(pairs):
-        command('EVALSHA', acquire, 2, lock(i), lock(i) + ':fence', token(i), 30000, 600000, HOLDER)
-        command('EVALSHA', release, 2, lock(i), lock(i) + ':released', token(i))
-elif mode == 'batch':
+        status, fence = command('EVALSHA', acquire, 1, lock(i), token(i), 30000, 600000, HOLDER)
+        assert status == b':1\r\n', (status, fence)
+        released = command('EVALSHA', release, 2, lock(i), lock(i) + ':released', token(i),
+                           number(fence), 600000)
+        assert released == b':1\r\n', released
+elif mode in ('batch', 'batch-reuse'):
     sha = load('BATCH', 'batch.lua')
-    held, i = [], 0
+    held, fences, i = [], {}, 0
     while i < pairs or held:
         taking = list(range(i, min(i + depth, pairs)))
         i += len(taking)
         keys = [lock(k) for k in held] + [lock(k) for k in taking]
-        args = [token(k) for k in held + taking]
+        args = ['%s%d' % (token(k), fences[k]) for k in held] + [token(k) for k in taking]
         reply = command('EVALSHA', sha, len(keys), *keys, HOLDER, 30000, 600000, len(held), *args)
         assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
+        for at, k in enumerate(taking):
+            fences[k] = number(reply[2 * (len(held) + at) + 1])
         held = taking
 else:
-    sys.exit(f'unknown mode {mode}: raw, raw1, batch or single')
+    sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, single or single-reuse')

@@ -6,8 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 /// Inspect, list, watch and force-release relock's distributed locks on Redis.
 ///
-/// Exit codes: 0 done (for `inspect`: the lock is held); 1 the lock is free, or nothing was
-/// released; 2 a usage error or an invalid key; 3 the server can't be reached or refused.
+/// Exit codes: 0 done (for `inspect`: the lock is held; for `doctor`: every check passed); 1 the
+/// lock is free, or nothing was released; 2 a usage error, an invalid key or pattern; 3 the
+/// server can't be reached or refused; 4 `doctor` found warnings; 5 `doctor` found failures.
 #[derive(Debug, Parser)]
 #[command(name = "relock", version)]
 pub(crate) struct Cli {
@@ -87,7 +88,7 @@ pub(crate) struct Global {
     #[arg(long, global = true, default_value = "2s", value_parser = crate::time::parse_duration)]
     pub(crate) timeout: Duration,
 
-    /// Prints JSON, one object per lock or event, one per line.
+    /// Prints JSON, one object per lock, event or check, one per line.
     #[arg(long, global = true)]
     pub(crate) json: bool,
 }
@@ -130,4 +131,9 @@ pub(crate) enum Command {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Checks the deployment against everything relock assumes (version, eviction, persistence,
+    /// replica settings, cluster coverage, ACL permissions, clocks, round trip, pub/sub, the
+    /// locks kept, a lock taken and released), one line per check with what to change. Exits 0 when every check
+    /// passes, 4 on warnings, 5 on failures.
+    Doctor,
 }

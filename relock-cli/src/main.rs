@@ -7,6 +7,7 @@
 //! relock list 'order:*'            # every held lock matching, as a table
 //! relock watch order:42            # live: acquisitions and releases as they happen
 //! relock release order:42          # force-release; asks unless --yes
+//! relock doctor                     # checks the deployment against what relock assumes
 //! ```
 //!
 //! Global options: `--url` (or `REDIS_URL`, default `redis://127.0.0.1:6379`; `rediss://` for
@@ -15,10 +16,11 @@
 //! or event, one per line), and with TLS `--tls-ca-cert` (a private CA's PEM) and
 //! `--tls-cert`/`--tls-key` (a client certificate).
 //!
-//! Exit codes: 0 done (for `inspect`: the lock is held); 1 the lock is free (`inspect`), or
-//! nothing was released (`release`: the lock was already free, or the answer was no); 2 a usage
-//! error, an invalid key or pattern; 3 the server can't be reached or refused. Every failure
-//! prints one line on stderr.
+//! Exit codes: 0 done (for `inspect`: the lock is held; for `doctor`: every check passed); 1 the
+//! lock is free (`inspect`), or nothing was released (`release`: the lock was already free, or
+//! the answer was no); 2 a usage error, an invalid key or pattern; 3 the server can't be reached
+//! or refused; 4 `doctor` found warnings and no failure; 5 `doctor` found a failure. Every
+//! failure prints one line on stderr.
 //!
 //! Everything goes through the [relock] library — the same scripts and key layout as the
 //! applications that take the locks.
@@ -35,8 +37,10 @@ mod args;
 mod commands;
 mod failure;
 mod json;
+mod pattern;
 mod table;
 mod time;
+mod url;
 
 use std::process::ExitCode;
 

@@ -138,6 +138,25 @@ async fn inspect_of_a_free_lock_exits_1() {
 }
 
 #[tokio::test]
+async fn inspect_json_of_a_free_lock_prints_held_false_and_exits_1() {
+    let server = RedisServer::start();
+    let out = relock(&server.url(), &["--json", "inspect", "order:42"], "").await;
+    assert_code(&out, 1);
+    let objects = json_lines(&out);
+    assert_eq!(
+        objects,
+        [serde_json::json!({"key": "order:42", "held": false})]
+    );
+    one_line(&stderr(&out));
+
+    let locker = server.locker().await;
+    let _guard = locker.lock("order:42").await.unwrap();
+    let out = relock(&server.url(), &["--json", "inspect", "order:42"], "").await;
+    assert_code(&out, 0);
+    assert_eq!(json_lines(&out)[0]["held"], true);
+}
+
+#[tokio::test]
 async fn list_shows_matching_locks_as_a_table() {
     let server = RedisServer::start();
     let locker = server.locker().await;
@@ -180,6 +199,37 @@ async fn list_json_is_one_object_per_line() {
 }
 
 #[tokio::test]
+async fn list_json_is_sorted_like_the_table() {
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let keys = [
+        "order:7", "order:42", "order:10", "order:1", "order:b", "order:A",
+    ];
+    let mut guards = Vec::new();
+    for key in keys {
+        guards.push(locker.lock(key).await.unwrap());
+    }
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort();
+
+    let out = relock(&server.url(), &["--json", "list", "order:*"], "").await;
+    assert_code(&out, 0);
+    let listed: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|lock| lock["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, sorted);
+    let out = relock(&server.url(), &["list", "order:*"], "").await;
+    assert_code(&out, 0);
+    let rows: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .map(|row| row.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(rows, sorted);
+}
+
+#[tokio::test]
 async fn list_with_no_match_prints_nothing_and_exits_0() {
     let server = RedisServer::start();
     let out = relock(&server.url(), &["list", "order:*"], "").await;
@@ -210,6 +260,29 @@ async fn release_of_a_free_lock_exits_1() {
     let out = relock(&server.url(), &["release", "--yes", "order:42"], "").await;
     assert_code(&out, 1);
     one_line(&stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+#[tokio::test]
+async fn release_json_of_a_free_or_kept_lock_prints_released_false_and_exits_1() {
+    let server = RedisServer::start();
+    let out = relock(
+        &server.url(),
+        &["--json", "release", "--yes", "order:42"],
+        "",
+    )
+    .await;
+    assert_code(&out, 1);
+    let expected = serde_json::json!({"key": "order:42", "released": false});
+    assert_eq!(json_lines(&out), std::slice::from_ref(&expected));
+    one_line(&stderr(&out));
+
+    let locker = server.locker().await;
+    let guard = locker.lock("order:42").await.unwrap();
+    let out = relock(&server.url(), &["--json", "release", "order:42"], "n\n").await;
+    assert_code(&out, 1);
+    assert_eq!(json_lines(&out), [expected]);
+    assert!(guard.is_held());
 }
 
 #[tokio::test]
@@ -422,13 +495,12 @@ async fn url_comes_from_redis_url_when_not_given() {
 }
 
 #[tokio::test]
-async fn a_bad_key_or_pattern_exits_2() {
+async fn a_bad_key_exits_2() {
     let server = RedisServer::start();
     for args in [
         &["inspect", "order:{42}"][..],
         &["release", "--yes", "a\u{7}b"],
         &["watch", "", "--count", "1"],
-        &["list", "order:{*"],
     ] {
         let out = relock(&server.url(), args, "").await;
         assert_code(&out, 2);
@@ -439,6 +511,109 @@ async fn a_bad_key_or_pattern_exits_2() {
             stderr(&out)
         );
     }
+}
+
+#[tokio::test]
+async fn a_bad_pattern_exits_2_and_is_called_a_pattern() {
+    let server = RedisServer::start();
+    for (pattern, says) in [
+        ("order:{*", "`{` or `}`"),
+        ("order:[", "`[` is not closed"),
+        ("order:[0-9", "`[` is not closed"),
+        ("order:\\", "lone `\\`"),
+        ("", "empty"),
+    ] {
+        for json in [false, true] {
+            let args = if json {
+                vec!["--json", "list", pattern]
+            } else {
+                vec!["list", pattern]
+            };
+            let out = relock(&server.url(), &args, "").await;
+            assert_code(&out, 2);
+            assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+            let message = stderr(&out);
+            one_line(&message);
+            assert!(
+                message.contains(&format!("invalid pattern `{pattern}`")),
+                "{message}"
+            );
+            assert!(message.contains(says), "{message}");
+            assert!(!message.contains("invalid lock key"), "{message}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_url_with_an_unknown_scheme_lists_the_accepted_ones() {
+    for (option, url) in [
+        ("--url", "foo://x"),
+        ("--url", "localhost:6379"),
+        ("--cluster", "http://127.0.0.1:7000"),
+        ("--sentinel", "foo://u:secret@127.0.0.1:26379"),
+    ] {
+        let out = match option {
+            "--url" => relock(url, &["inspect", "k"], "").await,
+            "--sentinel" => {
+                let args = [option, url, "--master-name", "m", "inspect", "k"];
+                relock("redis://127.0.0.1:1", &args, "").await
+            }
+            _ => relock("redis://127.0.0.1:1", &[option, url, "inspect", "k"], "").await,
+        };
+        assert_code(&out, 2);
+        let message = stderr(&out);
+        one_line(&message);
+        assert!(message.contains(&format!("invalid {option}")), "{message}");
+        assert!(message.contains("redis://, rediss:// (TLS)"), "{message}");
+        assert!(!message.contains("InvalidClientConfig"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+}
+
+/// `rediss://` against a plain port waits for a handshake that never comes; `redis://` against
+/// a TLS port is dropped: both say what is likely wrong.
+#[tokio::test]
+async fn a_tls_mismatch_asks_whether_the_server_is_tls() {
+    let ca = relock_tests::TestCa::new("relock test CA");
+    let server = RedisServer::start_tls(&ca);
+    let ca_file =
+        std::env::temp_dir().join(format!("relock-cli-ca-mismatch-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_arg = ca_file.display().to_string();
+    let plain_port_over_tls = format!("rediss://127.0.0.1:{}", server.port());
+    let tls_port_in_plain = format!("redis://127.0.0.1:{}", server.tls_port());
+    for (url, args) in [
+        (
+            plain_port_over_tls.as_str(),
+            &[
+                "--tls-ca-cert",
+                &ca_arg,
+                "--timeout",
+                "300ms",
+                "inspect",
+                "k",
+            ][..],
+        ),
+        (tls_port_in_plain.as_str(), &["inspect", "k"]),
+    ] {
+        let started = Instant::now();
+        let out = relock(url, args, "").await;
+        assert_code(&out, 3);
+        let message = stderr(&out);
+        one_line(&message);
+        assert!(message.contains("is the server TLS?"), "{url}: {message}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{url}");
+    }
+    // The right scheme for each port still works.
+    let out = relock(
+        &server.tls_url(),
+        &["--tls-ca-cert", &ca_arg, "inspect", "k"],
+        "",
+    )
+    .await;
+    assert_code(&out, 1);
+    assert!(!stderr(&out).contains("TLS?"), "{}", stderr(&out));
+    let _ = std::fs::remove_file(ca_file);
 }
 
 #[tokio::test]

@@ -290,6 +290,7 @@ async fn acquire_from_backend(
         try_only,
     } = request;
     let lease = lease::check(lease)?;
+    locker.check_eviction().await?;
     let deadline = lease::after(started, wait);
     // This hold's own identity at the server, for every attempt of this request: a retried
     // attempt that the server already granted gets the same grant back.
@@ -329,11 +330,18 @@ async fn acquire_from_backend(
                     .backend()
                     .acquire_acknowledged(&key, &token, lease, replicas)
                     .await?;
-                if matches!(attempt, Attempt::Acquired { .. }) && acknowledged < replicas.count {
+                if let (Attempt::Acquired { fencing_token }, true) =
+                    (attempt, acknowledged < replicas.count)
+                {
                     // Granted, but a failover could forget it: give it back. Until the release
                     // is answered, `in_flight` still releases in the background if this future
                     // is dropped or the release fails.
-                    if locker.backend().release(&key, &token).await.is_ok() {
+                    if locker
+                        .backend()
+                        .release(&key, &token, fencing_token)
+                        .await
+                        .is_ok()
+                    {
                         drop(in_flight.answered());
                     }
                     return Err(Error::NotReplicated {
@@ -374,6 +382,13 @@ async fn acquire_from_backend(
                     hold,
                     reentrant: false,
                 }));
+            }
+            Attempt::ReleasedAlready => {
+                // Only an acquisition whose outcome was unknown is released before it is
+                // answered, and its caller has gone: nobody should be reading this.
+                return Err(Error::backend(
+                    "the acquisition reached the server after its own release; nothing is held",
+                ));
             }
             Attempt::Held { ttl } => {
                 if try_only {
@@ -434,7 +449,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         drop(self.gate.take());
         self.locker
-            .release_in_background(self.key, self.token, None, self.free_by);
+            .release_in_background(self.key, self.token, 0, None, self.free_by);
     }
 }
 
@@ -495,27 +510,14 @@ pub(crate) async fn run_holding<F: Future>(
     };
     let output = match on_lost {
         OnLost::Continue => body.await,
-        OnLost::Abort => {
-            let mut body = pin!(body);
-            let mut lost = pin!(first_lost(&guards));
-            let ended = std::future::poll_fn(|cx| {
-                // Loss is checked before every poll of the body, by the clock and not only by the
-                // wake-up: a process that stalled past its lease (a blocking call, a pause) must
-                // not take another step of the body when it wakes.
-                if let Some(guard) = guards.iter().find(|guard| !guard.is_held()) {
-                    return Poll::Ready(Err(guard.key().to_owned()));
-                }
-                if let Poll::Ready(output) = body.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(output));
-                }
-                lost.as_mut().poll(cx).map(Err)
-            })
-            .await;
-            match ended {
-                Ok(output) => output,
-                Err(key) => return Err(Error::Lost { key }),
+        OnLost::Abort => match lease::until_lost(&guards, pin!(body)).await {
+            Ok(output) => output,
+            Err(key) => {
+                return Err(Error::Lost {
+                    key: key.to_string(),
+                })
             }
-        }
+        },
     };
     let mut result = Ok(output);
     for guard in guards.into_iter().rev() {
@@ -526,24 +528,6 @@ pub(crate) async fn run_holding<F: Future>(
         }
     }
     result
-}
-
-/// Resolves with the key of the first of `guards` to lose its hold.
-async fn first_lost(guards: &[LockGuard]) -> String {
-    if let [guard] = guards {
-        guard.lost().await;
-        return guard.key().to_owned();
-    }
-    let mut losts: Vec<_> = guards.iter().map(|guard| Box::pin(guard.lost())).collect();
-    std::future::poll_fn(|cx| {
-        for (guard, lost) in guards.iter().zip(&mut losts) {
-            if lost.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(guard.key().to_owned());
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 impl IntoFuture for Acquire {

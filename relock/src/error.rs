@@ -8,7 +8,7 @@ use std::time::Duration;
 /// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]) or the lease
 /// ([`Error::InvalidLease`]), restructure the call
 /// ([`Error::WouldDeadlock`]), configure a locker ([`Error::NoLocker`]) or check the server
-/// ([`Error::Backend`]).
+/// ([`Error::Backend`], [`Error::EvictingServer`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -76,6 +76,24 @@ pub enum Error {
         /// How many were asked for.
         required: u32,
     },
+    /// The Redis server may evict keys, held locks included: `maxmemory` is set and
+    /// `maxmemory-policy` is not `noeviction` (the `volatile-*` policies evict relock's keys too:
+    /// each has an expiry). An evicted lock is free for another owner at once, while its holder
+    /// learns of the loss only at its next renewal. Nothing was locked: set
+    /// `maxmemory-policy noeviction` on the server, or accept the risk with
+    /// [`LockerBuilder::allow_eviction`](crate::LockerBuilder::allow_eviction).
+    ///
+    /// Checked by [`Locker::connect`](crate::Locker::connect) and before a locker's first lock,
+    /// on every master of a cluster, and on each master found behind Sentinel (which is then not
+    /// used for any command).
+    EvictingServer {
+        /// The server (`host:port`) that may evict.
+        server: String,
+        /// Its `maxmemory`, in bytes.
+        maxmemory: u64,
+        /// Its `maxmemory-policy`.
+        policy: String,
+    },
     /// No locker was given, none is in scope, and no global locker was set with
     /// [`set_global`](crate::set_global).
     NoLocker,
@@ -98,6 +116,11 @@ pub enum InvalidKeyReason {
     Brace,
     /// The key contains a control character (such as a newline or NUL).
     ControlCharacter,
+    /// The request gives the value the key is read from more than once (`?cart=7&cart=8`, two
+    /// `x-order-id` headers), so the lock and the code that handles the request could read
+    /// different values; the error's `key` names the parameter or header. Reported by
+    /// relock-tower's extractors.
+    Repeated,
 }
 
 impl fmt::Display for InvalidKeyReason {
@@ -111,6 +134,9 @@ impl fmt::Display for InvalidKeyReason {
             ),
             Self::Brace => f.write_str("key contains `{` or `}`"),
             Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::Repeated => {
+                f.write_str("the request repeats the query parameter or header it is read from")
+            }
         }
     }
 }
@@ -177,6 +203,16 @@ impl fmt::Display for Error {
                 f,
                 "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked \
                  for acknowledged it in time; it was released again"
+            ),
+            Self::EvictingServer {
+                server,
+                maxmemory,
+                policy,
+            } => write!(
+                f,
+                "the Redis server at {server} may evict held locks (maxmemory {maxmemory} bytes \
+                 with maxmemory-policy {policy}): set `maxmemory-policy noeviction`, or call \
+                 `allow_eviction()` on the locker builder to accept losing locks to eviction"
             ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",
@@ -278,14 +314,8 @@ pub(crate) fn batched_request_failed(command: &str, message: &str, lock: &str) -
         return Error::backend(explained);
     }
     if message.starts_with("WRONGTYPE") {
-        // The acquire scripts name the fencing counter when it is the key of another type.
-        let key = if message.contains("(at the fencing counter ") {
-            format!("{lock}:fence")
-        } else {
-            lock.to_owned()
-        };
         return Error::backend(format!(
-            "the Redis key `{key}` holds a value relock did not write (another application \
+            "the Redis key `{lock}` holds a value relock did not write (another application \
              writes under relock's key prefix): {text}"
         ));
     }
@@ -336,6 +366,14 @@ fn refused_command(text: &str) -> Option<&str> {
 
 /// The script SHA1 and line a refusal inside a script names: `... script: <sha>, on
 /// @user_script:<line>.`
+/// The command (uppercase) that a script's error message names by its line, as Redis reports an
+/// error raised inside a script (`… script: <sha>, on @user_script:<line>.`).
+pub(crate) fn script_command(text: &str) -> Option<String> {
+    refused_script_line(text)
+        .and_then(|(sha, line)| crate::scripts::command_at(sha, line))
+        .map(|command| command.to_uppercase())
+}
+
 fn refused_script_line(text: &str) -> Option<(&str, usize)> {
     let (_, rest) = text.split_once("script: ")?;
     let (sha, rest) = rest.split_once(", on @user_script:")?;
@@ -415,6 +453,11 @@ mod tests {
                 lease: Duration::ZERO,
                 min: Duration::from_millis(10),
                 max: Duration::from_secs(1),
+            },
+            Error::EvictingServer {
+                server: "127.0.0.1:6379".into(),
+                maxmemory: 1 << 20,
+                policy: "allkeys-lru".into(),
             },
             Error::NoLocker,
             Error::backend("connection refused"),

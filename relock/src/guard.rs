@@ -44,14 +44,17 @@ impl Hold {
         let released = self
             .locker
             .backend()
-            .release(&self.lease.key, &self.lease.token)
+            .release(&self.lease.key, &self.lease.token, self.lease.fencing_token)
             .await?;
         self.released = true;
         if released == Released::NotHeld {
             self.lease.mark_gone(Loss::Gone);
         }
+        // The server does not read its clock on a release: a hold whose deadline passed unseen is
+        // released as any other. The local deadline ends before the server's, so a lease that had
+        // ended by the time the answer came shows here.
         match released {
-            Released::Free if !was_lost => Ok(()),
+            Released::Free if !was_lost && !self.lease.is_lost() => Ok(()),
             Released::Free | Released::NotHeld => Err(Error::Lost {
                 key: self.lease.key.to_string(),
             }),
@@ -84,6 +87,7 @@ impl Drop for Hold {
             self.locker.release_in_background(
                 &lease.key,
                 &lease.token,
+                lease.fencing_token,
                 Some(lease.slot),
                 lease.free_by(),
             );

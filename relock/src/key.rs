@@ -156,6 +156,30 @@ impl IntoLockKey for Cow<'_, str> {
     }
 }
 
+/// A key that could not be computed fails with its error, from the same `await` as every other
+/// lock error: for extractors that refuse what they were given (relock-tower refuses a repeated
+/// query parameter this way).
+///
+/// ```
+/// use relock::{Error, IntoLockKey, InvalidKeyReason};
+///
+/// let refused: Result<String, Error> = Err(Error::InvalidKey {
+///     key: "cart".into(),
+///     reason: InvalidKeyReason::Repeated,
+/// });
+/// assert!(matches!(
+///     refused.into_lock_key(),
+///     Err(Error::InvalidKey { reason: InvalidKeyReason::Repeated, .. })
+/// ));
+/// assert_eq!(Ok::<_, Error>("cart:7").into_lock_key()?.as_str(), "cart:7");
+/// # Ok::<(), Error>(())
+/// ```
+impl<K: IntoLockKey> IntoLockKey for Result<K, Error> {
+    fn into_lock_key(self) -> Result<LockKey, Error> {
+        self?.into_lock_key()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //! future does — however deeply nested, across `.await`s and `join!`s — sees the hold, so a nested
 //! lock on the same key re-enters at once with **no Redis round trip**, while two sibling futures
 //! that are not nested exclude each other like any two owners. `tokio::spawn` does not inherit a
-//! scope; [`inherit`] carries it across explicitly.
+//! scope; [`inherit`] carries it across explicitly ([`inherit_checked`] also stops the spawned
+//! future once a hold it carries is lost, as `run` stops its body).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
@@ -84,9 +85,11 @@
 //! subscribes: an `acquire` span (target `relock`) for every request that reaches the server,
 //! recording its `outcome`, `waited` and `fencing_token`; a `trace` event for a re-entry (no
 //! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
-//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
-//! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
-//! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; docs/observability.md in the repository lists them.
+//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`),
+//! when a renewal fails, and when a server's eviction settings cannot be read (`server`,
+//! `reason`: see [`LockerBuilder::allow_eviction`]). With the `metrics` feature it records
+//! `relock_*` counters, histograms and a gauge through the [`metrics`](https://docs.rs/metrics)
+//! facade; docs/observability.md in the repository lists them.
 //!
 //! # Features
 //!
@@ -112,20 +115,29 @@
 //! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
 //! | guard dropped in a panic or cancellation | released in the background |
 //! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
-//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again (a stall inside one poll finishes that poll: check the fencing token) |
+//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again (a stall *inside* one poll — a blocking call, then a write before the next `.await` — only the fencing token covers) |
+//! | hold lost while a spawned future carries it | [`inherit_checked`] returns [`Error::Lost`] without polling the future again; a future carried by plain [`inherit`] is **not** stopped |
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
-//! | server restarted without persistence, counter expired, failover | the next fencing token is still larger than every earlier one |
+//! | server restarted without persistence, tombstone expired, failover | the next fencing token is still larger than every earlier one |
+//! | an acquisition reaches the server after its own release (a delayed request) | refused; nothing is left held |
 //! | lease under 10 ms or over 30 days ([`Locker::MIN_LEASE`], [`Locker::MAX_LEASE`]) | [`Error::InvalidLease`], nothing sent; never a lock without expiry (any `wait` works, `Duration::MAX` included) |
+//! | server may evict keys (`maxmemory` with a `maxmemory-policy` other than `noeviction`) | [`Error::EvictingServer`] from `connect` and the first lock, naming the setting, unless [`LockerBuilder::allow_eviction`]; checked on every master of a cluster and each master found behind Sentinel |
+//! | with `allow_eviction`, a held lock evicted | [`LockGuard::lost`] fires at the next renewal (within lease/3); `run` aborts |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //!
 //! # Redis layout
 //!
-//! For a key `K` and prefix `P` (default `relock`): the string `P:{K}` holds the current hold's
-//! own random 128-bit token, its fencing token and holder metadata, with `PX` = lease (set in the
-//! same command, so a lock never exists without an expiry); `P:{K}:fence` keeps the last fencing
-//! token handed out; `P:{K}:released` is the channel announcing releases. All share the hash tag
-//! `{K}`, so each operation is one Lua script on one Redis Cluster slot.
+//! For a key `K` and prefix `P` (default `relock`), a lock is **one key**, `P:{K}`, and one
+//! channel, `P:{K}:released`, sharing the hash tag `{K}` (one Redis Cluster slot, one Lua script
+//! per operation). The key holds either a **hold** — its own random 128-bit token, the fencing
+//! token, the lease's **deadline** on the server's clock (checked by every script: a hold past it
+//! is free) and holder metadata — or, after a release, a **tombstone** keeping the last fencing
+//! token and naming the released hold, so that a retried release recognises its own effect and
+//! an acquisition that reaches the server after its own release is refused. The key's expiry is
+//! the retention ([`LockerBuilder::fence_retention`], 10 minutes by default, never shorter than a
+//! live hold's lease): after it nothing of the lock is left. A value of any other form is never
+//! overwritten. `relock/src/scripts/README.md` is the protocol, byte for byte.
 //!
 //! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
 //! server only a marked hold's release is announced: a waiter subscribes after its first refusal
@@ -147,8 +159,11 @@
 //! # Fencing tokens
 //!
 //! A fencing token is `max(last token + 1, server time in µs)`: strictly increasing per key, and
-//! still increasing when the counter is gone — expired after its retention, lost in a restart of
-//! a server without persistence, or missing on a replica promoted before it was replicated. The
+//! still increasing when the last token is gone — its tombstone expired after the retention, lost
+//! in a restart of a server without persistence, or missing on a replica promoted before it was
+//! replicated. Tokens stay below 2^53 (Lua's numbers are doubles, exact up to there): a key whose
+//! last token is at that limit refuses further grants with an error rather than hand out a
+//! token twice (the clock alone reaches it in the year 2255). The
 //! one assumption: the server's clock (after a failover, the new master's clock) does not step
 //! back by more than the time between two grants of a key. Keep server clocks synchronised
 //! (NTP slews rather than steps small offsets).
@@ -181,6 +196,7 @@ mod local;
 mod locker;
 mod metrics;
 mod pattern;
+mod protocol;
 mod scope;
 mod scripts;
 mod subscriber;
@@ -196,7 +212,7 @@ pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
-pub use scope::{current_guard, inherit};
+pub use scope::{current_guard, inherit, inherit_checked};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
 pub use bb8;

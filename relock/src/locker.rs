@@ -8,9 +8,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use crate::acquire::Acquire;
+use crate::backend::eviction::EvictionCheck;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Connection, Dedicated, RedisBackend};
-use crate::backend::{Backend, Replicas};
+use crate::backend::{Backend, Released, Replicas};
 use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::info::LockInfo;
@@ -27,8 +28,8 @@ use crate::watchdog::Watchdog;
 const DEFAULT_PREFIX: &str = "relock";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-/// The fencing counter only has to bridge a server clock that steps back between two grants; the
-/// clock mixed into every token does the rest.
+/// The tombstone only has to bridge a server clock that steps back between two grants, and a
+/// request delayed past its own release; the clock mixed into every token does the rest.
 const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(10 * 60);
 /// Longer retentions are cut to this.
 const MAX_FENCE_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -81,6 +82,8 @@ struct Shared {
     notifications: Option<Notifications>,
     subscriber: OnceLock<Subscriber>,
     connect_timeout: Duration,
+    /// Whether the server may evict keys, checked before the first lock.
+    eviction: EvictionCheck,
 }
 
 impl Drop for Shared {
@@ -100,6 +103,8 @@ pub(crate) struct Config {
 struct ReleaseJob {
     key: LockKey,
     token: HoldToken,
+    /// The hold's fencing token, 0 when never learnt (the tombstone then takes the hold's).
+    fencing_token: u64,
     /// The key's local slot, freed once the server answers.
     slot: Option<u64>,
     /// When the lease has ended at the server for sure: retrying past it is pointless.
@@ -109,6 +114,9 @@ struct ReleaseJob {
 /// A background release that fails is retried after this long at first, doubling up to
 /// [`LONGEST_RELEASE_RETRY`].
 const FIRST_RELEASE_RETRY: Duration = Duration::from_millis(50);
+/// The first repeat of the release of an acquisition whose outcome is unknown and that found
+/// nothing to release; each repeat waits twice as long as the one before.
+const FIRST_LATE_RELEASE: Duration = Duration::from_millis(500);
 const LONGEST_RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 impl Locker {
@@ -120,18 +128,25 @@ impl Locker {
     /// a long lease only says how long a crashed holder keeps the lock.
     pub const MAX_LEASE: Duration = crate::lease::MAX_LEASE;
 
-    /// Connects to the Redis server at `url` with the default settings, checking that it answers.
+    /// Connects to the Redis server at `url` with the default settings, checking that it answers
+    /// and that it does not evict keys.
     ///
-    /// Fails with [`Error::Backend`] if it does not: at once for a closed port, within the
-    /// connect timeout (2 s) for a server that does not accept or complete the handshake, and at
-    /// the latest after the connect and response timeouts together.
+    /// Fails with [`Error::Backend`] if it does not answer: at once for a closed port, within
+    /// the connect timeout (2 s) for a server that does not accept or complete the handshake, and
+    /// at the latest after the connect and response timeouts together. Fails with
+    /// [`Error::EvictingServer`] if the server has `maxmemory` set with an evicting
+    /// `maxmemory-policy` (build with [`LockerBuilder::allow_eviction`] to accept that).
     pub async fn connect(url: &str) -> Result<Locker, Error> {
         let locker = Self::builder().url(url).build()?;
         let limit = locker
             .shared
             .connect_timeout
             .saturating_add(DEFAULT_RESPONSE_TIMEOUT);
-        match tokio::time::timeout(limit, locker.ping()).await {
+        let checked = async {
+            locker.ping().await?;
+            locker.check_eviction().await
+        };
+        match tokio::time::timeout(limit, checked).await {
             Ok(answered) => answered?,
             Err(_) => {
                 return Err(Error::backend(format!(
@@ -160,6 +175,7 @@ impl Locker {
         config: Config,
         notifications: Option<Notifications>,
         connect_timeout: Duration,
+        eviction: EvictionCheck,
     ) -> Locker {
         let (releases, background) = mpsc::unbounded_channel();
         let locker = Locker {
@@ -174,6 +190,7 @@ impl Locker {
                 notifications,
                 subscriber: OnceLock::new(),
                 connect_timeout,
+                eviction,
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -314,6 +331,12 @@ impl Locker {
         &self.shared.backend
     }
 
+    /// Refuses a server that may evict keys ([`Error::EvictingServer`]); asks it only until it
+    /// passes once.
+    pub(crate) async fn check_eviction(&self) -> Result<(), Error> {
+        self.shared.eviction.ensure(&self.shared.backend).await
+    }
+
     pub(crate) fn local(&self) -> &Arc<LocalHolds> {
         &self.shared.local
     }
@@ -397,6 +420,7 @@ impl Locker {
         &self,
         key: &LockKey,
         token: &HoldToken,
+        fencing_token: u64,
         slot: Option<u64>,
         free_by: Instant,
     ) {
@@ -408,6 +432,7 @@ impl Locker {
         let job = ReleaseJob {
             key: key.clone(),
             token: token.clone(),
+            fencing_token,
             slot,
             free_by,
         };
@@ -427,13 +452,47 @@ impl Locker {
 /// Sends a background release until the server answers: a failed attempt may not have reached
 /// it, and the lock must not stay held for the rest of its lease by a hold nobody has. Gives up
 /// when the lease has ended at the server for sure.
+///
+/// The release of an acquisition whose outcome is unknown (its fencing token never learnt) that
+/// finds nothing to release may have overtaken the acquisition (a delayed request on another
+/// connection). Its tombstone refuses that acquisition when it arrives — unless another hold was
+/// granted and released in between, and the tombstone names that one. So such a release is sent
+/// again at growing intervals until the lease would have ended anyway: a grant that slipped
+/// through is released within one interval, not held by nobody for its whole lease.
 async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, job: ReleaseJob) {
+    let answer = release_once_answered(&backend, &job).await;
+    if let Some(slot) = job.slot {
+        local.remove(&job.key, slot);
+    }
+    if job.fencing_token != 0 || answer != Some(Released::NotHeld) {
+        return;
+    }
+    let mut again = FIRST_LATE_RELEASE;
+    while Instant::now() + again < job.free_by {
+        tokio::time::sleep(again).await;
+        again = again.saturating_mul(2);
+        if let Some(Released::Free) = release_once_answered(&backend, &job).await {
+            tracing::debug!(
+                key = %job.key,
+                "relock: an acquisition that arrived after its own release was granted; released it"
+            );
+            return;
+        }
+    }
+}
+
+/// Sends the release until the server answers it, or until the lease has ended for sure (then
+/// `None`).
+async fn release_once_answered(backend: &Backend, job: &ReleaseJob) -> Option<Released> {
     let mut retry = FIRST_RELEASE_RETRY;
     loop {
-        match backend.release(&job.key, &job.token).await {
-            Ok(_) => {
+        match backend
+            .release(&job.key, &job.token, job.fencing_token)
+            .await
+        {
+            Ok(released) => {
                 tracing::debug!(key = %job.key, "relock: released in the background");
-                break;
+                return Some(released);
             }
             Err(err) if Instant::now() + retry < job.free_by => {
                 tracing::debug!(
@@ -452,12 +511,9 @@ async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, j
                     "relock: background release failed; the lock frees itself when its lease ends"
                 );
                 tokio::time::sleep_until(job.free_by.into()).await;
-                break;
+                return None;
             }
         }
-    }
-    if let Some(slot) = job.slot {
-        local.remove(&job.key, slot);
     }
 }
 
@@ -573,6 +629,7 @@ pub struct LockerBuilder {
     response_timeout: Option<Duration>,
     replicas: Option<Replicas>,
     tls: TlsSettings,
+    allow_eviction: bool,
 }
 
 impl LockerBuilder {
@@ -755,14 +812,17 @@ impl LockerBuilder {
         self
     }
 
-    /// How long a key's fencing counter is kept after its last use (a grant or a renewal).
+    /// How long a lock's Redis key is kept after its last grant or renewal (its retention): after
+    /// a release it is the tombstone that keeps the key's last fencing token and names the
+    /// released hold (so a retried release recognises itself and a late acquisition of that hold
+    /// is refused).
     ///
-    /// Fencing tokens mix the server's clock into the counter (`max(counter + 1, server time in
-    /// µs)`), so a key whose counter is gone still gets a larger token than any before, as long
-    /// as the server's clock has not stepped back since. The counter only has to bridge such a
-    /// step: keeping it longer costs one Redis key per recently locked key. Never shorter than
-    /// the lease in force (a shorter retention is stretched to the lease), at most a year.
-    /// Defaults to 10 minutes.
+    /// Fencing tokens mix the server's clock in (`max(last token + 1, server time in µs)`), so a
+    /// key whose tombstone is gone still gets a larger token than any before, as long as the
+    /// server's clock has not stepped back since. The tombstone only has to bridge such a step and
+    /// a delayed request: keeping it longer costs one small Redis key per recently locked key.
+    /// Never shorter than the lease in force (a shorter retention is stretched to the lease), at
+    /// most a year. Defaults to 10 minutes.
     pub fn fence_retention(mut self, retention: Duration) -> Self {
         self.fence_retention = Some(retention);
         self
@@ -797,6 +857,29 @@ impl LockerBuilder {
     /// ```
     pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
         self.replicas = Some(Replicas { count, timeout });
+        self
+    }
+
+    /// Uses a server that may evict keys: one with `maxmemory` set and a `maxmemory-policy`
+    /// other than `noeviction` (`volatile-*` included, as every relock key has an expiry).
+    ///
+    /// Such a server deletes keys when it runs out of memory, held locks among them: another
+    /// owner can take an evicted lock at once, while its holder learns of the loss only at its
+    /// next renewal (up to a third of a lease later; [`LockGuard::lost`](crate::LockGuard::lost)
+    /// then resolves and `run` aborts its body). Without this setting, [`Locker::connect`] and
+    /// lock requests fail with [`Error::EvictingServer`] on such a server: a single server or
+    /// any master of a cluster is checked before the locker's first lock (until it passes; a
+    /// refusal is not remembered, so fixing the setting lets the next request through), and a
+    /// master found behind Sentinel — after a failover too — is checked when the locker connects
+    /// to it, and not used at all (every command fails) while it may evict. A cluster master
+    /// that cannot be reached at the check is left unchecked, with a warning. The settings are
+    /// read with `INFO memory`, else `CONFIG GET`; when the ACL user may run neither, relock
+    /// warns through `tracing` and uses the server.
+    ///
+    /// Defaults to refusing a server that may evict keys.
+    #[must_use = "the builder with the setting is returned; call `build` on it"]
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
         self
     }
 
@@ -845,9 +928,11 @@ impl LockerBuilder {
                 self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
                 self.tls.clone(),
             )?);
-            let connection = Connection::Sentinel(Box::new(
-                crate::backend::sentinel::MasterConnection::new(sentinels.clone()),
-            ));
+            let connection =
+                Connection::Sentinel(Box::new(crate::backend::sentinel::MasterConnection::new(
+                    sentinels.clone(),
+                    self.allow_eviction,
+                )));
             return Ok(Locker::new(
                 Backend::Redis(Box::new(RedisBackend::new(
                     connection,
@@ -862,6 +947,8 @@ impl LockerBuilder {
                 self.config(),
                 Some(Notifications::Sentinel(sentinels)),
                 connect_timeout,
+                // The master connection checks each master it finds.
+                EvictionCheck::skipped(),
             ));
         }
         let client = self
@@ -896,12 +983,18 @@ impl LockerBuilder {
             connect_timeout,
             self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         );
+        let server = match &client {
+            Some(client) => client.get_connection_info().addr().to_string(),
+            None => "the bb8 pool's server".to_owned(),
+        };
+        let eviction = self.eviction_check(server);
         let backend = RedisBackend::new(connection, prefix, self.retention(), dedicated);
         Ok(Locker::new(
             Backend::Redis(Box::new(backend)),
             self.config(),
             client.map(|client| Notifications::Server(Box::new(client))),
             connect_timeout,
+            eviction,
         ))
     }
 
@@ -941,6 +1034,8 @@ impl LockerBuilder {
                 tls: self.tls.clone(),
             }),
             connect_timeout,
+            // Each master is named by its own address.
+            self.eviction_check(String::new()),
         ))
     }
 
@@ -952,7 +1047,16 @@ impl LockerBuilder {
             self.config(),
             None,
             DEFAULT_CONNECT_TIMEOUT,
+            EvictionCheck::skipped(),
         )
+    }
+
+    fn eviction_check(&self, server: String) -> EvictionCheck {
+        if self.allow_eviction {
+            EvictionCheck::skipped()
+        } else {
+            EvictionCheck::new(server)
+        }
     }
 
     fn retention(&self) -> Duration {
@@ -980,6 +1084,7 @@ impl fmt::Debug for LockerBuilder {
             .field("wait", &self.wait)
             .field("replicas", &self.replicas)
             .field("tls", &self.tls)
+            .field("allow_eviction", &self.allow_eviction)
             .finish_non_exhaustive()
     }
 }

@@ -1,11 +1,13 @@
 //! A TCP proxy in front of a test server that can cut the line: requests sent while it is cut
 //! never reach the server and get no answer, as on a network that drops packets. It can also
 //! swallow the server's replies on the connections open at that moment: their requests still run,
-//! but nobody hears the answers.
+//! but nobody hears the answers. And it can delay the requests of the connections open at that
+//! moment, as a congested path that delivers a packet late, after the client gave up on it.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +22,8 @@ pub struct Proxy {
     generation: watch::Sender<u64>,
     /// Per connection opened so far: set, the server's replies on it are dropped.
     mute: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Per connection opened so far: how long its requests are held back, in milliseconds.
+    delay: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -33,8 +37,10 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0);
         let mute = Arc::new(Mutex::new(Vec::new()));
+        let delay = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (cut, generation, mute) = (cut.clone(), generation.clone(), mute.clone());
+            let (cut, generation, mute, delays) =
+                (cut.clone(), generation.clone(), mute.clone(), delay.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
@@ -44,7 +50,9 @@ impl Proxy {
                     let closed = generation.subscribe();
                     let muted = Arc::new(AtomicBool::new(false));
                     lock(&mute).push(muted.clone());
-                    tokio::spawn(forward(client, port, cut.clone(), muted, closed));
+                    let delay = Arc::new(AtomicU64::new(0));
+                    lock(&delays).push(delay.clone());
+                    tokio::spawn(forward(client, port, cut.clone(), muted, delay, closed));
                 }
             })
         };
@@ -53,6 +61,7 @@ impl Proxy {
             cut,
             generation,
             mute,
+            delay,
             accept,
         }
     }
@@ -82,6 +91,15 @@ impl Proxy {
         }
     }
 
+    /// From now on, the requests sent on every connection open now reach the server `delay`
+    /// after they were sent (in order); connections opened later are forwarded at once.
+    pub fn delay_requests_of_open_connections(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        for delayed in lock(&self.delay).iter() {
+            delayed.store(millis, Ordering::SeqCst);
+        }
+    }
+
     /// Restores the line: the connections that were open while it was cut are closed (their
     /// clients must reconnect), and new connections are forwarded again.
     pub fn restore(&self) {
@@ -108,6 +126,7 @@ async fn forward(
     port: u16,
     cut: Arc<AtomicBool>,
     muted: Arc<AtomicBool>,
+    delay: Arc<AtomicU64>,
     mut closed: watch::Receiver<u64>,
 ) {
     let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
@@ -115,7 +134,7 @@ async fn forward(
     };
     let (from_client, to_client) = client.into_split();
     let (from_server, to_server) = server.into_split();
-    let upstream = pump(from_client, to_server, &cut);
+    let upstream = pump_delayed(from_client, to_server, &cut, &delay);
     let downstream = pump(from_server, to_client, &muted);
     tokio::select! {
         () = upstream => {}
@@ -144,4 +163,44 @@ async fn pump(
             return;
         }
     }
+}
+
+/// [`pump`], holding each chunk back until `delay` (in milliseconds, read as the chunk arrives)
+/// after it was read: the writer keeps the order, so a delayed connection's requests arrive late
+/// but in sequence.
+async fn pump_delayed(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    dropped: &AtomicBool,
+    delay: &AtomicU64,
+) {
+    let (chunks, mut pending) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reading = async move {
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if dropped.load(Ordering::SeqCst) {
+                continue;
+            }
+            let due =
+                tokio::time::Instant::now() + Duration::from_millis(delay.load(Ordering::SeqCst));
+            if chunks.send((due, buffer[..read].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    let writing = async move {
+        while let Some((due, chunk)) = pending.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The reader ending (the client closed) lets the writer deliver what is still held back.
+    tokio::join!(reading, writing);
 }

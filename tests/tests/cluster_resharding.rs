@@ -279,10 +279,12 @@ async fn reshard(
 
 /// Locks and releases sent while their slot is half moved. Redis answers a script naming a key
 /// that is missing from a migrating slot with `ASK` (all missing: ask the target) or `TRYAGAIN`
-/// (some missing; and always on the importing target) — acquire names the lock and fence keys,
-/// release the lock key, the channel and the receipt — and the cluster client retries until the
-/// slot has moved. A move as `redis-cli --cluster reshard` makes it (a few hundred milliseconds
-/// here) is absorbed: the calls succeed, fencing tokens keep increasing, nothing is held twice.
+/// (some missing; and, for several keys, always on the importing target) — acquire names the
+/// lock key `P:{K}` alone (a hold or a tombstone, or nothing), release the lock key and its
+/// channel `P:{K}:released` (a name that is never a key, so always missing) — and the cluster
+/// client retries until the slot has moved. A move as `redis-cli --cluster reshard` makes it (a
+/// few hundred milliseconds here) is absorbed: the calls succeed, fencing tokens keep increasing
+/// (the last one travels with the key, in its tombstone), nothing is held twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_and_releases_during_a_slot_move_work() {
     let cluster = Arc::new(RedisCluster::start(3, 0));
@@ -290,13 +292,47 @@ async fn locks_and_releases_during_a_slot_move_work() {
         let first = locker(&cluster);
         let second = locker(&cluster);
 
-        // C was locked and released before the move: its fence key is on the source, its lock
-        // key is gone. D is new.
+        // C was locked and released before the move: its key, a tombstone with its last fencing
+        // token, is on the source (acquired there until it is migrated). D is new: nothing on
+        // either side (acquired on the target, after `ASK`).
         let key_c = unique_key("half-moved-c");
         let key_d = unique_key("half-moved-d");
         let before = first.lock(key_c.as_str()).await.expect("lock C");
         let token_before = before.fencing_token();
         before.release().await.expect("release C");
+        // C's tombstone is pushed ahead of the clock (as a clock that stepped back would leave
+        // it): C's next grant must follow it exactly, on whichever side of the move it runs.
+        let ahead = token_before + 3_600_000_000;
+        {
+            let source = tokio::task::block_in_place(|| cluster.master_of(&key_c));
+            let mut node = redis::Client::open(format!("redis://127.0.0.1:{source}/"))
+                .expect("the source's URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to C's master");
+            let lock_c = format!("relock:{{{key_c}}}");
+            let tombstone: Option<String> = redis::cmd("GET")
+                .arg(&lock_c)
+                .query_async(&mut node)
+                .await
+                .expect("GET C's lock key");
+            let tombstone = tombstone.unwrap_or_else(|| panic!("C's released key is gone"));
+            let released = tombstone
+                .strip_prefix(&format!("-{token_before} "))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "C's released key holds `{tombstone}`, not a tombstone with its fencing \
+                         token {token_before}"
+                    )
+                });
+            redis::cmd("SET")
+                .arg(&lock_c)
+                .arg(format!("-{ahead} {released}"))
+                .arg("KEEPTTL")
+                .query_async::<()>(&mut node)
+                .await
+                .expect("SET C's tombstone");
+        }
         let slots = |cluster: &RedisCluster| {
             let mut slots = vec![cluster.slot_of(&key_c), cluster.slot_of(&key_d)];
             slots.dedup();
@@ -315,10 +351,11 @@ async fn locks_and_releases_during_a_slot_move_work() {
         let c = c.expect("lock C while its slot moves");
         let d = d.expect("lock D while its slot moves");
         println!("C and D locked during their slots' move in {took:?}");
-        assert!(
-            c.fencing_token() > token_before,
-            "C's fencing token went backwards across the move: {} after {token_before}",
-            c.fencing_token()
+        assert_eq!(
+            c.fencing_token(),
+            ahead + 1,
+            "C's grant during the move did not follow the last fencing token of its tombstone \
+             ({ahead}, ahead of the clock): fencing tokens could go backwards across a move"
         );
         for (key, guard) in [(&key_c, &c), (&key_d, &d)] {
             assert!(

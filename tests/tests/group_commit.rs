@@ -28,23 +28,76 @@ fn lock_name(key: &str) -> String {
     format!("relock:{{{key}}}")
 }
 
-/// `P:{K}:fence`: the fencing counter, written by every grant and kept for 10 minutes.
-fn fence_name(key: &str) -> String {
-    format!("relock:{{{key}}}:fence")
+/// The hold token a force-release writes into its tombstone: it names no hold.
+const NO_HOLD: &str = "00000000000000000000000000000000";
+
+/// What the lock key `P:{K}` holds (see `relock/src/protocol.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stored {
+    /// Nothing: never locked, or past its retention.
+    Absent,
+    /// `<hold token><mark><fencing token> <deadline ms> <holder>`
+    Hold { token: String, fence: u64 },
+    /// `-<fencing token> <hold token>`: free, the last fencing token kept.
+    Tombstone { fence: u64, released: String },
+    /// Anything else.
+    Other(String),
 }
 
-async fn exists(connection: &mut redis::aio::MultiplexedConnection, name: &str) -> bool {
-    redis::cmd("EXISTS")
-        .arg(name)
-        .query_async(connection)
-        .await
-        .expect("EXISTS")
+impl Stored {
+    fn parse(value: Option<String>) -> Stored {
+        let Some(value) = value else {
+            return Stored::Absent;
+        };
+        if let Some((fence, released)) = value
+            .strip_prefix('-')
+            .and_then(|rest| rest.split_once(' '))
+        {
+            if let Ok(fence) = fence.parse() {
+                return Stored::Tombstone {
+                    fence,
+                    released: released.to_owned(),
+                };
+            }
+        }
+        let fence = value
+            .get(33..)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|fence| fence.parse().ok());
+        match (value.get(..32), value.as_bytes().get(32), fence) {
+            (Some(token), Some(b' ' | b'+'), Some(fence)) => Stored::Hold {
+                token: token.to_owned(),
+                fence,
+            },
+            _ => Stored::Other(value),
+        }
+    }
+
+    /// The last fencing token the key keeps (a hold's or a tombstone's).
+    fn fence(&self) -> Option<u64> {
+        match self {
+            Stored::Hold { fence, .. } | Stored::Tombstone { fence, .. } => Some(*fence),
+            Stored::Absent | Stored::Other(_) => None,
+        }
+    }
 }
 
-/// Sets the fencing counter of each of `keys` (by index `i`) to `base + i`, ahead of the server's
-/// clock, and returns `base`: a grant of key `i` then has fencing token `base + i + 1` exactly
-/// (`max(counter + 1, clock)`). Grants in one call otherwise share the clock's token, so this is
-/// what shows a request handed another request's answer.
+/// What the lock key of `key` holds.
+async fn stored(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> Stored {
+    Stored::parse(
+        redis::cmd("GET")
+            .arg(lock_name(key))
+            .query_async(connection)
+            .await
+            .expect("GET the lock key"),
+    )
+}
+
+/// Presets the last fencing token of each of `keys` (by index `i`) to `base + i`, ahead of the
+/// server's clock, with a tombstone `-<base + i> 000…0` (what a force-release leaves), and
+/// returns `base`: a grant of key `i` then has fencing token `base + i + 1` exactly
+/// (`max(last token + 1, clock)`). Grants in one call otherwise share the clock's token, so this
+/// is what shows a request handed another request's answer.
 async fn preset_fences(
     connection: &mut redis::aio::MultiplexedConnection,
     keys: &[String],
@@ -57,24 +110,20 @@ async fn preset_fences(
     let base = now + 3_600_000_000;
     for i in indexes {
         redis::cmd("SET")
-            .arg(fence_name(&keys[i]))
-            .arg(base + i as u64)
+            .arg(lock_name(&keys[i]))
+            .arg(format!("-{} {NO_HOLD}", base + i as u64))
             .arg("PX")
             .arg(600_000)
             .query_async::<()>(connection)
             .await
-            .expect("SET the fencing counter");
+            .expect("SET a tombstone");
     }
     base
 }
 
-/// The fencing counter of `key`, if it has one.
+/// The last fencing token the lock key of `key` keeps (a hold's or a tombstone's), if any.
 async fn fence(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<u64> {
-    redis::cmd("GET")
-        .arg(fence_name(key))
-        .query_async(connection)
-        .await
-        .expect("GET the fencing counter")
+    stored(connection, key).await.fence()
 }
 
 /// Calls of `command` (lowercase) by `INFO commandstats`; commands run inside scripts count too.
@@ -287,38 +336,62 @@ fn batched_acquisitions_from_three_lockers_never_overlap_and_fence_in_grant_orde
         }
         let acquired = acquired.load(Ordering::Relaxed) as u64;
         let evalsha = calls(&server, "evalsha").await;
-        // Every release request starts with one `GET` of its lock inside the script (an
-        // acquisition starts with `SET NX GET`): at least one per hold. Every refused acquisition
-        // reads the holder's `PTTL`. The requests the calls carried are at least those releases
-        // and refusals, and one granted acquisition per hold.
-        let releases = calls(&server, "get").await;
-        let requests = releases + calls(&server, "pttl").await + acquired;
+        // Every request, acquisition or release, starts with one `SET … GET` of its lock inside
+        // the script (`SET NX PX GET` to take a free key, `SET KEEPTTL GET` to leave a
+        // tombstone). Beyond that first write, a hold causes at most two more: its grant's second
+        // `SET` over the tombstone (or expired hold) its key had, and the "+" mark written by the
+        // first refusal it gives — and every marked hold's release (each returned `Ok`: its
+        // lease was live) publishes exactly once, while an unmarked one never does. No release
+        // here writes twice: each knows its hold's fencing token and finds its own hold. The
+        // requests the calls carried are therefore at least the `SET`s less one per hold and one
+        // per `PUBLISH` — and, counted without the scripts, at least one acquisition and one
+        // release per hold.
+        let sets = calls(&server, "set").await;
+        let published = calls(&server, "publish").await;
+        let requests = sets.saturating_sub(acquired + published).max(2 * acquired);
         let longest = *longest_wait.lock().unwrap();
         println!(
             "hammer: {acquired} holds on {KEYS} keys by {TASKS} tasks on 3 lockers in {HAMMER:?}; \
-             {evalsha} script calls carried at least {requests} acquire and release requests; \
-             longest wait {longest:?}"
+             {evalsha} script calls ran {sets} SET and {published} PUBLISH and carried at least \
+             {requests} acquire and release requests; longest wait {longest:?}"
         );
         assert!(
             acquired >= 400,
             "only {acquired} holds in {HAMMER:?}: too few for the test to say anything"
         );
         assert!(
-            releases >= acquired,
-            "{releases} release requests counted for {acquired} holds, each of which was \
-             released: the count of requests is wrong"
+            sets >= 2 * acquired,
+            "{sets} SET calls counted for {acquired} holds, each of which was granted and \
+             released (one write each at least): the count of requests is wrong"
         );
         assert!(
             evalsha < requests,
             "{evalsha} EVALSHA calls for at least {requests} acquire and release requests: no \
              call carried more than one request, so batching was not exercised"
         );
+        // Nothing is held, and each key's tombstone keeps the last fencing token granted for it
+        // and names the hold it released.
         let mut admin = server.connection().await;
-        for key in keys.iter() {
-            assert!(
-                !exists(&mut admin, &lock_name(key)).await,
-                "`{key}` is still held at the server after every hold was released"
-            );
+        for (k, key) in keys.iter().enumerate() {
+            let last = grants[k].lock().unwrap().last().copied();
+            match (stored(&mut admin, key).await, last) {
+                (Stored::Tombstone { fence, released }, Some((token, task))) => {
+                    assert_eq!(
+                        fence, token,
+                        "key {k}'s tombstone keeps fencing token {fence}, but its last grant \
+                         (to task {task}) had {token}"
+                    );
+                    assert_ne!(
+                        released, NO_HOLD,
+                        "key {k}'s tombstone names no hold, as if force-released"
+                    );
+                }
+                (Stored::Absent, None) => {}
+                (other, last) => panic!(
+                    "`{key}` (key {k}, last grant {last:?}) holds {other:?} after every hold was \
+                     released: expected the tombstone of its last hold"
+                ),
+            }
         }
     });
 }
@@ -330,7 +403,11 @@ fn batched_acquisitions_from_three_lockers_never_overlap_and_fence_in_grant_orde
 /// 200 acquisitions on distinct keys from one locker, the server paused: two in flight (tasks 0
 /// and 1), 198 queued. While paused:
 ///
-/// 1. odd tasks from 3 up are aborted while still queued: their requests must never be sent;
+/// 1. odd tasks from 3 up are aborted while still queued: their requests must never be sent.
+///    Half of them (5, 9, 13, …) ask for keys another locker holds, so that a request that ran
+///    at all, even refused, would show: the refusal marks the hold with "+". (Their callers
+///    cannot know that the request was never sent: the background release that follows may
+///    leave a tombstone of fencing token 0 at a free key, or put a held key's value back.)
 /// 2. task 0, whose call is in flight, is aborted: its call's place goes to the queue, which is
 ///    sent now as one call (with its own acquisition still granted later: an unknown outcome);
 /// 3. tasks 2, 6, 10, … are aborted after that call took them: answered to nobody. Half of them
@@ -354,9 +431,14 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
         let abandoned: Vec<usize> = std::iter::once(0).chain((6..N).step_by(8)).collect();
         let refused: Vec<usize> = (2..N).step_by(8).collect();
         let live: Vec<usize> = std::iter::once(1).chain((4..N).step_by(4)).collect();
+        let skipped_held: Vec<usize> = (5..N).step_by(4).collect();
         let mut foreign = Vec::new();
         for &i in &refused {
             foreign.push((i, other.lock(&keys[i]).await.expect("another owner's hold")));
+        }
+        let mut blocking = Vec::new();
+        for &i in &skipped_held {
+            blocking.push((i, other.lock(&keys[i]).await.expect("another owner's hold")));
         }
         let base = preset_fences(&mut admin, &keys, live.iter().chain(&abandoned).copied()).await;
 
@@ -420,8 +502,9 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
             assert_eq!(
                 fence(&mut admin, &keys[i]).await,
                 Some(base + i as u64 + 1),
-                "task {i}'s request was never granted at the server (its fencing counter did not \
-                 move): the test did not exercise a grant answered to nobody"
+                "task {i}'s request was never granted at the server (its key's last fencing \
+                 token, preset by a tombstone, did not move): the test did not exercise a grant \
+                 answered to nobody"
             );
         }
 
@@ -472,16 +555,46 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
                  refused request answered to nobody"
             );
         }
-        for &i in &skipped {
-            assert!(
-                !exists(&mut admin, &fence_name(&keys[i])).await,
-                "task {i} was aborted while its request was still queued, yet the request was \
-                 sent and granted (the key has a fencing counter): a queued request whose caller \
-                 went away must be left out of the batch"
+        // A queued request whose caller went away must be left out of the batch: it is never
+        // granted (a free key keeps nothing with a fencing token of its own), and never run at
+        // all (a held key is not marked by its refusal).
+        for &i in skipped.iter().filter(|i| !skipped_held.contains(i)) {
+            match stored(&mut admin, &keys[i]).await {
+                Stored::Absent | Stored::Tombstone { fence: 0, .. } => {}
+                left => panic!(
+                    "task {i} was aborted while its request was still queued, yet its free key \
+                     holds {left:?} (a hold, or a tombstone with a fencing token: the request was \
+                     sent and granted): a queued request whose caller went away must be left \
+                     out of the batch"
+                ),
+            }
+        }
+        for (i, guard) in &blocking {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(lock_name(&keys[*i]))
+                .query_async(&mut admin)
+                .await
+                .expect("GET");
+            let value = value.unwrap_or_else(|| {
+                panic!(
+                    "key {i}, held by another locker, is free: the background release of task \
+                     {i}'s request (aborted while queued) removed the other owner's hold"
+                )
+            });
+            assert_eq!(
+                value.as_bytes().get(32),
+                Some(&b' '),
+                "task {i} was aborted while its request was still queued, yet the hold another \
+                 locker has of its key is marked as having refused someone ({value}): the \
+                 request was sent: a queued request whose caller went away must be left out of \
+                 the batch"
             );
-            assert!(
-                !exists(&mut admin, &lock_name(&keys[i])).await,
-                "key of task {i}, aborted while queued, is held at the server"
+            let info = other.inspect(&keys[*i]).await.expect("inspect");
+            assert_eq!(
+                info.map(|info| info.fencing_token),
+                Some(guard.fencing_token()),
+                "key {i} was held by another locker; the background release of task {i}'s \
+                 request (aborted while queued) touched the other owner's hold"
             );
         }
 
@@ -506,16 +619,17 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
             );
         }
         // A late background release of an abandoned grant must not free the new owner's hold,
-        // and the background releases of refused requests must not free the holder's.
+        // and the background releases of refused requests, and of requests aborted while
+        // queued, must not free the holder's.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for (i, guard) in &foreign {
+        for (i, guard) in foreign.iter().chain(&blocking) {
             let info = other.inspect(&keys[*i]).await.expect("inspect");
             assert_eq!(
                 info.map(|info| info.fencing_token),
                 Some(guard.fencing_token()),
-                "key {i} was held by another locker; task {i}'s request for it was refused and \
-                 the task aborted, and its background release (of a token that never held the \
-                 key) removed the other owner's hold"
+                "key {i} was held by another locker; task {i} asked for it and was aborted, and \
+                 its background release (of a token that never held the key) removed or \
+                 replaced the other owner's hold"
             );
         }
         for (i, guard) in &taken {
@@ -527,7 +641,12 @@ fn acquisitions_cancelled_in_the_queue_are_skipped_and_cancelled_in_flight_are_r
                  released) is gone or replaced: a stale release touched a newer hold"
             );
         }
-        for (_, guard) in guards.into_iter().chain(taken).chain(foreign) {
+        for (_, guard) in guards
+            .into_iter()
+            .chain(taken)
+            .chain(foreign)
+            .chain(blocking)
+        {
             guard.release().await.expect("release");
         }
     });
@@ -970,57 +1089,88 @@ fn a_foreign_string_at_a_lock_key_is_refused_and_never_written() {
     });
 }
 
-/// A fencing counter of another type (another application's hash at `P:{K}:fence`): the
-/// acquisition fails with an error naming the counter, and leaves the lock free (it is written
-/// before the counter is read, and taken back); batched, the other requests are granted.
+/// A key of another type at the lock key itself (another application's hash at `P:{K}`; the lock
+/// has no other key): an acquisition sent alone (`acquire.lua`) and one batched among free keys
+/// (`batch.lua`) each fail with a backend error naming the Redis key, the batch's other requests
+/// are granted, and `inspect` and `force_release` fail too — and none of them changes the hash,
+/// its fields or its (absent) expiry.
 #[test]
-fn a_counter_of_another_type_fails_its_acquisition_and_leaves_the_lock_free() {
+fn a_key_of_another_type_at_the_lock_key_fails_only_its_own_requests_and_is_left_alone() {
     run_bounded(LIMIT, || async {
         let server = RedisServer::start();
         let locker = patient_locker(&server, Duration::from_secs(30));
         warm(&locker).await;
         let mut admin = server.connection().await;
-        let bad = unique_key("bad-counter");
+        let bad = unique_key("bad-type");
+        let bad_name = lock_name(&bad);
         redis::cmd("HSET")
-            .arg(fence_name(&bad))
+            .arg(&bad_name)
             .arg("owner")
             .arg("another application")
             .query_async::<()>(&mut admin)
             .await
             .unwrap();
-        let check = async |admin: &mut redis::aio::MultiplexedConnection,
-                           result: Result<LockGuard, Error>,
-                           how: &str| {
+        let read = async |admin: &mut redis::aio::MultiplexedConnection| {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&bad_name)
+                .query_async(admin)
+                .await
+                .unwrap();
+            let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&bad_name)
+                .query_async(admin)
+                .await
+                .unwrap();
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&bad_name)
+                .query_async(admin)
+                .await
+                .unwrap();
+            (kind, fields, pttl)
+        };
+        let before = read(&mut admin).await;
+        assert_eq!(before.0, "hash", "the test's hash was not written");
+        let untouched = async |admin: &mut redis::aio::MultiplexedConnection, how: &str| {
+            assert_eq!(
+                read(admin).await,
+                before,
+                "{how}: the hash at the lock key `{bad_name}` was changed, replaced or given an \
+                 expiry"
+            );
+        };
+        let failed = |result: Result<LockGuard, Error>, how: &str| {
             let err = result.expect_err(&format!(
-                "{how}: the acquisition was granted over a counter of another type"
+                "{how}: the acquisition was granted over a hash at the lock key"
             ));
             let source = std::error::Error::source(&err)
                 .map(ToString::to_string)
                 .unwrap_or_default();
             println!("{how}: {err}: {source}");
             assert!(
-                matches!(err, Error::Backend(_)) && source.contains(&fence_name(&bad)),
-                "{how}: the error does not name the counter `{}`: {err:?}: {source}",
-                fence_name(&bad)
-            );
-            assert!(
-                !exists(admin, &lock_name(&bad)).await,
-                "{how}: the failed acquisition left the lock `{}` taken",
-                lock_name(&bad)
+                matches!(err, Error::Backend(_)) && source.contains(&bad_name),
+                "{how}: the error is not a backend error naming the lock key `{bad_name}`: \
+                 {err:?}: {source}"
             );
         };
 
-        let alone = locker.lock(&bad).wait(Duration::ZERO).await;
-        check(&mut admin, alone, "alone").await;
+        failed(locker.lock(&bad).wait(Duration::ZERO).await, "alone");
+        untouched(&mut admin, "alone").await;
 
         let (odd, guards) = batched_among_free_keys(&server, &locker, &bad).await;
-        check(&mut admin, odd, "batched").await;
-        let kind: String = redis::cmd("TYPE")
-            .arg(fence_name(&bad))
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        assert_eq!(kind, "hash", "the foreign counter was replaced");
+        failed(odd, "batched");
+        untouched(&mut admin, "batched").await;
+
+        let inspected = locker.inspect(&bad).await;
+        assert!(
+            inspected.is_err(),
+            "inspect read a hash at the lock key as a lock: {inspected:?}"
+        );
+        let forced = locker.force_release(&bad).await;
+        assert!(
+            forced.is_err(),
+            "force_release of a hash at the lock key did not fail: {forced:?}"
+        );
+        untouched(&mut admin, "inspect and force_release").await;
         for guard in guards {
             guard.release().await.expect("release");
         }

@@ -22,8 +22,9 @@ fn replicated(server: &RedisServer, timeout: Duration) -> Locker {
         .expect("a locker")
 }
 
-/// Whether `name` exists on the server at `port` (`READONLY` first, for a cluster replica).
-fn exists(port: u16, name: &str, readonly: bool) -> bool {
+/// Whether the lock `name` holds a hold on the server at `port` (`READONLY` first, for a cluster
+/// replica): a value that is not a release's tombstone (`-…`).
+fn held(port: u16, name: &str, readonly: bool) -> bool {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
     let mut connection = client.get_connection().expect("connect");
     if readonly {
@@ -31,11 +32,11 @@ fn exists(port: u16, name: &str, readonly: bool) -> bool {
             .query::<()>(&mut connection)
             .expect("READONLY");
     }
-    redis::cmd("EXISTS")
+    redis::cmd("GET")
         .arg(name)
-        .query::<i64>(&mut connection)
-        .expect("EXISTS")
-        == 1
+        .query::<Option<String>>(&mut connection)
+        .expect("GET")
+        .is_some_and(|value| !value.starts_with('-'))
 }
 
 fn lock_name(key: &str) -> String {
@@ -71,7 +72,7 @@ async fn an_acknowledged_grant_is_on_the_replica_when_lock_returns() {
             let guard = locker.lock(key.as_str()).await.expect("lock");
             // `WAIT` answered 1 before `lock` returned: the replica has the grant now, not later.
             assert!(
-                exists(replica.port(), &lock_name(&key), false),
+                held(replica.port(), &lock_name(&key), false),
                 "{key} is not on the replica when its lock returned"
             );
             guard.release().await.expect("release");
@@ -98,7 +99,7 @@ async fn an_acknowledged_grant_is_on_the_replica_when_lock_returns() {
         first.release().await.expect("release");
         let second = waiter.await.expect("join").expect("the waiter's lock");
         assert!(second.fencing_token() > token);
-        assert!(exists(replica.port(), &lock_name(&key), false));
+        assert!(held(replica.port(), &lock_name(&key), false));
         second.release().await.expect("release");
     })
     .await;
@@ -121,7 +122,7 @@ async fn a_stalled_replica_fails_the_acquisition_and_leaves_no_hold() {
         assert!(took >= timeout, "WAIT gave up after {took:?}");
         // Released before the error was returned: nothing is left on the master.
         assert!(
-            !exists(master.port(), &lock_name(&key), false),
+            !held(master.port(), &lock_name(&key), false),
             "{key}: the unreplicated grant is still on the master"
         );
         let taken = plain
@@ -146,7 +147,7 @@ async fn a_stalled_replica_fails_the_acquisition_and_leaves_no_hold() {
                 .map(|guard| guard.expect("granted or failed, never busy")),
             &key,
         );
-        assert!(!exists(master.port(), &lock_name(&key), false));
+        assert!(!held(master.port(), &lock_name(&key), false));
 
         replica.resume();
         let guard = locker
@@ -178,7 +179,7 @@ async fn an_acknowledged_acquisition_cancelled_mid_wait_leaves_no_hold() {
             // The grant is released in the background, on the shared connection (`WAIT` blocks
             // only its own).
             let deadline = Instant::now() + Duration::from_secs(3);
-            while exists(master.port(), &lock_name(&key), false) {
+            while held(master.port(), &lock_name(&key), false) {
                 assert!(
                     Instant::now() < deadline,
                     "{key}: the cancelled acquisition's grant is still held after 3 s"
@@ -281,7 +282,7 @@ async fn cluster_grants_are_acknowledged_by_the_slots_replica() {
             let guard = locker.lock(key.as_str()).await.expect("lock");
             let replica = cluster.replica_of(cluster.master_of(key));
             assert!(
-                exists(replica, &lock_name(key), true),
+                held(replica, &lock_name(key), true),
                 "{key} is not on its slot's replica when its lock returned"
             );
             guard.release().await.expect("release");
@@ -292,7 +293,7 @@ async fn cluster_grants_are_acknowledged_by_the_slots_replica() {
         cluster.pause(replica);
         assert_not_replicated(locker.lock(victim.as_str()).await, &victim);
         assert!(
-            !exists(master, &lock_name(&victim), false),
+            !held(master, &lock_name(&victim), false),
             "{victim}: the unreplicated grant is still on its master"
         );
         // Keys on the other masters are still acknowledged.
@@ -332,7 +333,7 @@ async fn a_pooled_locker_waits_on_a_checked_out_connection() {
     bounded(Duration::from_secs(30), async {
         let key = unique_key("pooled-acked");
         let guard = locker.lock(key.as_str()).await.expect("lock");
-        assert!(exists(replica.port(), &lock_name(&key), false));
+        assert!(held(replica.port(), &lock_name(&key), false));
         guard.release().await.expect("release");
         replica.pause();
         // Longer than bb8-redis connections' 500 ms response timeout: the wait is bounded by
@@ -346,7 +347,7 @@ async fn a_pooled_locker_waits_on_a_checked_out_connection() {
             &key,
         );
         assert!(started.elapsed() >= Duration::from_millis(800));
-        assert!(!exists(master.port(), &lock_name(&key), false));
+        assert!(!held(master.port(), &lock_name(&key), false));
         replica.resume();
     })
     .await;

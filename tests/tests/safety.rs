@@ -1,5 +1,6 @@
 //! Exclusion and fencing under the histories that used to break them: a late release of a lost
-//! hold, a stalled process waking past its lease, counters that vanish, durations at the edges.
+//! hold, a stalled process waking past its lease, last fencing tokens that vanish or fall behind,
+//! durations at the edges.
 //!
 //! Each test is a history — who held what, when — ending in the question the contract answers:
 //! can two owners both believe they hold the key, and did a fencing token go backwards?
@@ -271,7 +272,7 @@ on_every_backend! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Redis only: fencing counters that vanish, requests whose outcome is unknown
+// Redis only: last fencing tokens that vanish or fall behind, requests whose outcome is unknown
 // ---------------------------------------------------------------------------------------------
 
 async fn take_and_release(locker: &Locker, key: &str) -> u64 {
@@ -281,8 +282,9 @@ async fn take_and_release(locker: &Locker, key: &str) -> u64 {
     token
 }
 
-/// A server restarted without persistence has forgotten every counter: the next token is still
-/// larger than every earlier one (it used to start again at 1).
+/// A server restarted without persistence has forgotten every key (tombstones and their last
+/// fencing tokens): the next token is still larger than every earlier one (it used to start
+/// again at 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_keep_increasing_across_a_restart_without_persistence() {
     let mut server = RedisServer::start();
@@ -302,43 +304,71 @@ async fn fencing_tokens_keep_increasing_across_a_restart_without_persistence() {
     assert!(after > last, "{after} after a restart, {last} before");
 }
 
-/// A counter that is gone (expired, never replicated) or behind (a replica promoted before the
-/// last grants reached it): the next token is still larger. One ahead of the clock is followed.
+/// The lock key `P:{K}`: a hold, or the tombstone `-<fencing token> <hold token>` of the last
+/// one, kept for the retention.
+fn lock_name(key: &str) -> String {
+    format!("relock:{{{key}}}")
+}
+
+/// The hold token a force-release writes into its tombstone: it names no hold.
+const NO_HOLD: &str = "00000000000000000000000000000000";
+
+async fn set_lock_value(admin: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    redis::cmd("SET")
+        .arg(lock_name(key))
+        .arg(value)
+        .arg("PX")
+        .arg(600_000)
+        .query_async::<()>(admin)
+        .await
+        .unwrap();
+}
+
+/// A key whose last fencing token is gone (the tombstone expired, or was never replicated) or
+/// behind (a replica promoted before the last grants reached it: a tombstone or an expired hold
+/// with an older token): the next token is still larger. A last token ahead of the clock (the
+/// clock stepped back since), in a tombstone or in an expired hold, is followed: the next token
+/// is exactly one more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
+async fn fencing_tokens_keep_increasing_when_the_tombstone_is_lost_or_behind() {
     let server = RedisServer::start();
     let locker = server.locker().await;
     let mut admin = server.connection().await;
-    let key = unique_key("counter");
-    let counter = format!("relock:{{{key}}}:fence");
+    let key = unique_key("lost-tombstone");
+    let stale = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
     let mut last = take_and_release(&locker, &key).await;
-    for damage in ["DEL", "SET"] {
-        let mut command = redis::cmd(damage);
-        command.arg(&counter);
-        if damage == "SET" {
-            command.arg(1);
+    for (damage, value) in [
+        ("the tombstone deleted", None),
+        ("a tombstone behind", Some(format!("-1 {NO_HOLD}"))),
+        (
+            "an expired hold behind",
+            Some(format!("{stale} 1 1 4242 1 stale-host")),
+        ),
+    ] {
+        match value {
+            None => redis::cmd("DEL")
+                .arg(lock_name(&key))
+                .query_async::<()>(&mut admin)
+                .await
+                .unwrap(),
+            Some(value) => set_lock_value(&mut admin, &key, &value).await,
         }
-        command.query_async::<()>(&mut admin).await.unwrap();
         let token = take_and_release(&locker, &key).await;
-        assert!(
-            token > last,
-            "{token} after {damage} of the counter, {last} before"
-        );
+        assert!(token > last, "{token} after {damage}, {last} before");
         last = token;
     }
-    // A counter ahead of the clock (the clock stepped back since): the counter wins.
+    // A tombstone ahead of the clock (the clock stepped back since): its token wins.
     let ahead = last + 1_000_000_000_000;
-    redis::cmd("SET")
-        .arg(&counter)
-        .arg(ahead)
-        .query_async::<()>(&mut admin)
-        .await
-        .unwrap();
-    // The lock is written with the clock's token before the counter is read, and written again
-    // with the counter's: the hold must read back with the token its grant reported, or inspect
-    // and a retried request's answer (the same grant again) would give a smaller one.
+    set_lock_value(&mut admin, &key, &format!("-{ahead} {NO_HOLD}")).await;
+    // The script's `SET NX` finds the tombstone and the grant is written by a second `SET`, with
+    // the tombstone's token + 1: the hold must read back with the token its grant reported, or
+    // inspect and a retried request's answer (the same grant again) would give another one.
     let guard = locker.lock(&key).await.unwrap();
-    assert_eq!(guard.fencing_token(), ahead + 1);
+    assert_eq!(
+        guard.fencing_token(),
+        ahead + 1,
+        "the grant after a tombstone ahead of the clock"
+    );
     let info = locker
         .inspect(&key)
         .await
@@ -350,35 +380,115 @@ async fn fencing_tokens_keep_increasing_when_the_counter_is_lost_or_behind() {
         "the hold reads back with another token than its grant's"
     );
     guard.release().await.unwrap();
+    let value: Option<String> = redis::cmd("GET")
+        .arg(lock_name(&key))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        value,
+        Some(format!("-{} {}", ahead + 1, info.owner)),
+        "the release's tombstone does not keep the hold's fencing token and name the hold"
+    );
     assert_eq!(take_and_release(&locker, &key).await, ahead + 2);
+    // An expired hold ahead of the clock: its token wins too.
+    let further = ahead + 1_000_000;
+    set_lock_value(
+        &mut admin,
+        &key,
+        &format!("{stale} {further} 1 4242 1 stale-host"),
+    )
+    .await;
+    assert_eq!(
+        take_and_release(&locker, &key).await,
+        further + 1,
+        "the grant after an expired hold ahead of the clock"
+    );
 }
 
-/// A hold renewed for longer than the counter's retention keeps the counter alive: renewals
-/// refresh it, not only fresh grants.
+/// A hold renewed for far longer than the retention (100 ms, stretched to its 1 s lease) keeps
+/// its key at least as long as its remaining lease: grants and renewals set the key's expiry to
+/// the retention stretched to the lease, so the key (with the hold and its fencing token) never
+/// expires under a live lease. Once the key is gone, the next token is still larger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewals_keep_the_fencing_counter_alive() {
+async fn renewals_keep_the_lock_key_for_at_least_the_remaining_lease() {
+    /// `TIME` in a script and the key's expiry are read from two clock readings at most a
+    /// millisecond apart, each rounded down to a millisecond.
+    const ROUNDING_MS: i64 = 5;
     let server = RedisServer::start();
+    let lease = Duration::from_secs(1);
     let locker = Locker::builder()
         .url(server.url())
-        .lease(Duration::from_millis(300))
-        .fence_retention(Duration::from_millis(300))
+        .lease(lease)
+        .fence_retention(Duration::from_millis(100))
         .build()
         .unwrap();
     let mut admin = server.connection().await;
     let key = unique_key("retention");
-    let counter = format!("relock:{{{key}}}:fence");
+    // The key's expiry, its value and the server's clock, read at one instant.
+    let read = redis::Script::new(
+        "return {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]), redis.call('TIME')}",
+    );
     let guard = locker.lock(&key).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(guard.is_held());
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&counter)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert!(ttl > 0, "the counter of a live hold expired (PTTL {ttl})");
+    let held_until = Instant::now() + 3 * lease;
+    let mut samples = 0;
+    while Instant::now() < held_until {
+        let (pttl, value, (seconds, micros)): (i64, Option<String>, (u64, u64)) = read
+            .key(lock_name(&key))
+            .invoke_async(&mut admin)
+            .await
+            .unwrap();
+        let value = value.unwrap_or_else(|| {
+            panic!(
+                "the key of a live hold expired (held: {}, PTTL {pttl})",
+                guard.is_held()
+            )
+        });
+        let deadline: i64 = value
+            .get(33..)
+            .and_then(|rest| rest.split(' ').nth(1))
+            .and_then(|deadline| deadline.parse().ok())
+            .unwrap_or_else(|| panic!("not a hold: {value}"));
+        let left = deadline - (seconds * 1000 + micros / 1000) as i64;
+        assert!(
+            left > 0 || !guard.is_held(),
+            "the guard holds a hold {left} ms past its deadline"
+        );
+        assert!(
+            pttl >= left - ROUNDING_MS,
+            "the key of a hold with {left} ms of its lease left expires in {pttl} ms: the \
+             retention (100 ms) was not stretched to the lease"
+        );
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        guard.is_held(),
+        "the hold was lost while renewed ({samples} samples)"
+    );
     let token = guard.fencing_token();
     guard.release().await.unwrap();
-    assert!(take_and_release(&locker, &key).await > token);
+    // The tombstone keeps the expiry of the last renewal: gone within a lease.
+    let gone_by = Instant::now() + lease + Duration::from_secs(2);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(lock_name(&key))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            Instant::now() < gone_by,
+            "the tombstone outlived the lease-long retention by seconds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        take_and_release(&locker, &key).await > token,
+        "the fencing token went backwards once the key was gone"
+    );
 }
 
 /// An acquisition whose reply does not come in time may still be granted by the server; it is
@@ -587,7 +697,8 @@ fn a_grant_read_after_the_lease_ended_is_not_returned_as_a_guard() {
             rt.block_on(async {
                 let other = Locker::connect(&url).await.unwrap();
                 ready_tx.send(()).unwrap();
-                // Wait until the first owner's grant is there, then take the key when it expires.
+                // Wait until the first owner's grant is there (the key is new: nothing else writes
+                // it), then take the key when its lease ends.
                 let mut admin = redis::Client::open(url.as_str())
                     .unwrap()
                     .get_multiplexed_async_connection()
@@ -652,9 +763,10 @@ fn a_grant_read_after_the_lease_ended_is_not_returned_as_a_guard() {
 /// script ran): the second run of the same hold's request must answer the same grant, with the
 /// same fencing token, and write nothing; it must not answer "busy" (the holder would release a
 /// hold it has), nor a new token. Checked on the scripts themselves, run the way relock sends
-/// them: the lone `acquire.lua` and the batch script, with the counter ahead of the clock (the
-/// lock is then written twice inside the script), after a refusal marked the hold, and on a
-/// server out of memory (where the script's `SET` is refused and the lock is read instead).
+/// them: the lone `acquire.lua` and the batch script, with a tombstone ahead of the clock at the
+/// key (the script's `SET NX … GET` finds it, and the grant is a second `SET` with the
+/// tombstone's token + 1), after a refusal marked the hold, and on a server out of memory (where
+/// the script's `SET` is refused and the lock is read instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquisition_run_twice_answers_the_same_grant() {
     let acquire = redis::Script::new(include_str!("../../relock/src/scripts/acquire.lua"));
@@ -665,7 +777,6 @@ async fn an_acquisition_run_twice_answers_the_same_grant() {
     let alone = async |admin: &mut redis::aio::MultiplexedConnection, lock: &str, token: &str| {
         acquire
             .key(lock)
-            .key(format!("{lock}:fence"))
             .arg(token)
             .arg(30_000)
             .arg(600_000)
@@ -701,8 +812,10 @@ async fn an_acquisition_run_twice_answers_the_same_grant() {
         let key = unique_key(how);
         let lock = format!("relock:{{{key}}}");
         redis::cmd("SET")
-            .arg(format!("{lock}:fence"))
-            .arg(ahead)
+            .arg(&lock)
+            .arg(format!("-{ahead} {NO_HOLD}"))
+            .arg("PX")
+            .arg(600_000)
             .query_async::<()>(&mut admin)
             .await
             .unwrap();

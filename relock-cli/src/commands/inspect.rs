@@ -10,10 +10,17 @@ use crate::time::{human, rfc3339};
 
 pub(super) async fn run(session: &Session, key: &str) -> Result<ExitCode, Failure> {
     let Some(info) = session.call(session.locker.inspect(key)).await? else {
+        if session.json {
+            // A script reading stdout gets an answer either way, not an empty line.
+            let fields = vec![("key", key.into()), ("held", false.into())];
+            println!("{}", crate::json::line(&fields));
+        }
         return Err(Failure::free(format!("lock `{key}` is free")));
     };
     if session.json {
-        println!("{}", crate::json::line(&crate::json::lock(&info)));
+        let mut fields = crate::json::lock(&info);
+        fields.push(("held", true.into()));
+        println!("{}", crate::json::line(&fields));
     } else {
         print!("{}", describe(&info));
     }

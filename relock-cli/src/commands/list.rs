@@ -11,6 +11,7 @@ use crate::failure::Failure;
 use crate::time::{human, rfc3339};
 
 pub(super) async fn run(session: &Session, pattern: &str) -> Result<ExitCode, Failure> {
+    crate::pattern::check(pattern)?;
     let mut locks = pin!(session.locker.list(pattern));
     let mut found = Vec::new();
     // Each item is at most one SCAN batch and its pipelined reads: bound each, not the walk.
@@ -18,20 +19,20 @@ pub(super) async fn run(session: &Session, pattern: &str) -> Result<ExitCode, Fa
         .call(async { locks.next().await.transpose() })
         .await?
     {
-        if session.json {
-            println!("{}", crate::json::line(&crate::json::lock(&info)));
-        } else {
-            found.push(info);
-        }
+        found.push(info);
     }
+    // Both outputs in one order, so that a script sees what the table shows.
+    found.sort_by(|a, b| a.key.cmp(&b.key));
     if session.json {
+        for info in &found {
+            println!("{}", crate::json::line(&crate::json::lock(info)));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if found.is_empty() {
         eprintln!("relock: no held lock matches `{pattern}`");
         return Ok(ExitCode::SUCCESS);
     }
-    found.sort_by(|a, b| a.key.cmp(&b.key));
     print!("{}", table(&found));
     Ok(ExitCode::SUCCESS)
 }

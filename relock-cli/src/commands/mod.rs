@@ -1,6 +1,7 @@
 //! The subcommands, each in its file, and what they share: a locker built from the global
 //! options, and a bound on every round trip.
 
+mod doctor;
 mod inspect;
 mod list;
 mod release;
@@ -14,6 +15,7 @@ use relock::Locker;
 
 use crate::args::{Cli, Command, Global};
 use crate::failure::Failure;
+use crate::url::redacted;
 
 /// Runs the command line's subcommand to its exit code.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Failure> {
@@ -35,6 +37,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             watch::run(&session, &key, bounds).await
         }
         Command::Release { key, yes } => release::run(&session, &key, yes).await,
+        Command::Doctor => doctor::run(&session, &cli.global).await,
     }
 }
 
@@ -57,26 +60,13 @@ fn tls(
     Ok(builder)
 }
 
-/// `url` with its password masked, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) if authority[..at].contains(':') => {
-            let user = &authority[..authority[..at].find(':').unwrap_or(at)];
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// A locker on the chosen server, and how to report on it.
 #[derive(Debug)]
 pub(crate) struct Session {
     locker: Locker,
     url: String,
+    /// Whether the server is reached over TLS, for the hint when a handshake goes wrong.
+    tls: bool,
     json: bool,
     /// The longest one call may take: connecting, then the answer.
     limit: Duration,
@@ -84,6 +74,15 @@ pub(crate) struct Session {
 
 impl Session {
     fn new(global: &Global) -> Result<Self, Failure> {
+        let (option, urls) = match (&global.cluster[..], &global.sentinel[..]) {
+            ([], []) => ("--url", std::slice::from_ref(&global.url)),
+            ([], sentinels) => ("--sentinel", sentinels),
+            (seeds, _) => ("--cluster", seeds),
+        };
+        for url in urls {
+            crate::url::check(option, url)?;
+        }
+        let uses_tls = urls.iter().any(|url| crate::url::is_tls(url));
         let builder = match (
             &global.cluster[..],
             &global.sentinel[..],
@@ -97,6 +96,9 @@ impl Session {
         #[cfg(feature = "tls")]
         let builder = tls(builder, global)?;
         let locker = builder
+            // The operator's tool takes no locks, and must inspect and clear them on any
+            // server, one that may evict keys included.
+            .allow_eviction()
             .prefix(&global.prefix)
             .connect_timeout(global.timeout)
             .response_timeout(global.timeout)
@@ -140,6 +142,7 @@ impl Session {
         Ok(Self {
             locker,
             url,
+            tls: uses_tls,
             json: global.json,
             limit,
         })
@@ -152,10 +155,12 @@ impl Session {
         call: impl Future<Output = Result<T, relock::Error>>,
     ) -> Result<T, Failure> {
         match tokio::time::timeout(self.limit, call).await {
-            Ok(result) => result.map_err(|err| Failure::from_error(err, &self.url)),
+            Ok(result) => result.map_err(|err| Failure::from_error(err, &self.url, self.tls)),
             Err(_) => Err(Failure::server(format!(
-                "server at {} did not answer within {:?}",
-                self.url, self.limit
+                "server at {} did not answer within {:?}{}",
+                self.url,
+                self.limit,
+                crate::failure::tls_hint(self.tls, "timed out")
             ))),
         }
     }

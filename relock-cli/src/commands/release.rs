@@ -8,8 +8,16 @@ use super::Session;
 use crate::failure::Failure;
 
 pub(super) async fn run(session: &Session, key: &str, yes: bool) -> Result<ExitCode, Failure> {
+    let not_released = |message: String| {
+        if session.json {
+            // A script reading stdout gets an answer either way, not an empty line.
+            let fields = vec![("key", key.into()), ("released", false.into())];
+            println!("{}", crate::json::line(&fields));
+        }
+        Failure::free(message)
+    };
     let Some(holder) = session.call(session.locker.inspect(key)).await? else {
-        return Err(Failure::free(format!("lock `{key}` is already free")));
+        return Err(not_released(format!("lock `{key}` is already free")));
     };
     let host = holder.host.as_deref().unwrap_or("unknown host");
     let pid = holder
@@ -23,18 +31,18 @@ pub(super) async fn run(session: &Session, key: &str, yes: bool) -> Result<ExitC
              Its holder will lose it. [y/N] "
         );
         if !confirmed().await {
-            return Err(Failure::free(format!("lock `{key}` was not released")));
+            return Err(not_released(format!("lock `{key}` was not released")));
         }
         // The answer may have taken a while: never remove a holder the operator was not shown.
         let now = session.call(session.locker.inspect(key)).await?;
         if now.as_ref().map(|info| &info.owner) != Some(&holder.owner) {
-            return Err(Failure::free(format!(
+            return Err(not_released(format!(
                 "lock `{key}` changed hands while asking; not released, run again"
             )));
         }
     }
     if !session.call(session.locker.force_release(key)).await? {
-        return Err(Failure::free(format!("lock `{key}` is already free")));
+        return Err(not_released(format!("lock `{key}` is already free")));
     }
     if session.json {
         let mut fields = crate::json::lock(&holder);

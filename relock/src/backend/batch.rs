@@ -25,16 +25,15 @@
 //! * a call that fails (the connection dropped, the server refused the script) fails every
 //!   request it carried, with the same error: each is an unknown outcome, as above.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use redis::Value;
 use tokio::sync::oneshot;
 
-use super::redis::{as_string, holder_metadata, lock, Connection, Failure};
+use super::redis::{lock, Connection, Failure};
 use crate::error::Error;
+use crate::protocol::{self, Answer, Kind, Request};
 use crate::scripts;
-use crate::token::HoldToken;
 
 /// The most requests one script call carries: a call blocks the server while it runs, and a
 /// bigger one would delay every other client's commands for longer.
@@ -44,29 +43,6 @@ pub(crate) const MAX_BATCH: usize = 128;
 /// call's replies are being handled while the next runs).
 pub(crate) const MAX_CALLS: usize = 2;
 
-/// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A new hold: the lease and the fencing counter's retention, in milliseconds.
-    Acquire {
-        lease_ms: u64,
-        retention_ms: u64,
-    },
-    Release,
-}
-
-/// One acquisition or release of the lock `P:{K}`.
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub(crate) kind: Kind,
-    /// `P:{K}`
-    pub(crate) lock: String,
-    pub(crate) token: HoldToken,
-}
-
-/// A request's own part of the script's reply: its status and value (see `batch.lua`).
-pub(crate) type Answer = Result<(i64, Value), Error>;
-
 struct Queued {
     request: Request,
     /// `None` for a release nobody waits for (of a grant whose caller is gone).
@@ -74,9 +50,11 @@ struct Queued {
 }
 
 /// The queue of one connection.
-#[derive(Default)]
 pub(crate) struct Batcher {
     state: Mutex<State>,
+    /// The locker's retention in milliseconds: the expiry of a tombstone that a release writes
+    /// where it finds nothing (its acquisition may still be on its way).
+    retention_ms: u64,
 }
 
 #[derive(Default)]
@@ -101,6 +79,13 @@ impl State {
 }
 
 impl Batcher {
+    pub(crate) fn new(retention_ms: u64) -> Self {
+        Self {
+            state: Mutex::default(),
+            retention_ms,
+        }
+    }
+
     /// Sends `request` at once, alone, when no call is in flight (an idle process adds no
     /// latency); with one in flight, sends what is queued and `request` as a second call from a
     /// task of its own; with [`MAX_CALLS`] in flight, queues it for the next call. Resolves with
@@ -153,7 +138,7 @@ impl Batcher {
                     batcher: self.clone(),
                     connection: connection.clone(),
                 };
-                match call(connection, &[&request]).await {
+                match call(connection, &[&request], self.retention_ms).await {
                     Ok(mut answers) => answers.pop().expect("one answer per request"),
                     Err(failure) => Err(failure.into()),
                 }
@@ -212,9 +197,9 @@ impl Drop for Slot {
 /// Sends `batch` as one call and answers each request.
 async fn flush(slot: Slot, mut batch: Vec<Queued>) {
     // The batch script takes the releases first (see `batch.lua`); answers come in this order.
-    batch.sort_by_key(|queued| matches!(queued.request.kind, Kind::Acquire { .. }));
+    batch.sort_by_key(|queued| !queued.request.kind.is_release());
     let requests: Vec<&Request> = batch.iter().map(|queued| &queued.request).collect();
-    let result = call(&slot.connection, &requests).await;
+    let result = call(&slot.connection, &requests, slot.batcher.retention_ms).await;
     drop(requests);
     let mut orphans = Vec::new();
     // A grant whose caller went away after it was sent: its guard released the token in the
@@ -225,7 +210,7 @@ async fn flush(slot: Slot, mut batch: Vec<Queued>) {
     let mut orphan = |request: Request| {
         orphans.push(Queued {
             request: Request {
-                kind: Kind::Release,
+                kind: Kind::Release { fencing_token: 0 },
                 ..request
             },
             answer: None,
@@ -269,29 +254,50 @@ async fn flush(slot: Slot, mut batch: Vec<Queued>) {
 /// reply ran nothing, so sending again is safe): each request's answer. A lone request runs the
 /// single-request script (`acquire.lua` or `release.lua`), which costs the server about a fifth
 /// less than the batch script's loop around the same calls.
-async fn call(connection: &Connection, requests: &[&Request]) -> Result<Vec<Answer>, Failure> {
+async fn call(
+    connection: &Connection,
+    requests: &[&Request],
+    retention_ms: u64,
+) -> Result<Vec<Answer>, Failure> {
     if let [request] = requests {
-        let (script, command) = single(request);
+        let (script, command) = protocol::single(request, retention_ms);
         return match send_script(connection, script, &command).await {
-            Ok(reply) => Ok(vec![single_answer(request, reply)]),
-            // The request's own failure (a foreign value at its key), as the batch script
-            // reports one: not the connection's.
-            Err(Failure::Redis(err)) if err.code() == Some("WRONGTYPE") => {
-                let command = match request.kind {
-                    Kind::Acquire { .. } => "SET",
-                    Kind::Release => "GET",
+            Ok(reply) => Ok(vec![protocol::single_answer(request, reply)]),
+            // The request's own failure (a foreign value at its key, the fencing token's limit),
+            // as the batch script reports one: not the connection's.
+            Err(Failure::Redis(err)) if is_request_failure(&err) => {
+                let message = match (err.code(), err.detail()) {
+                    (Some(code), Some(detail)) => format!("{code} {detail}"),
+                    _ => err.to_string(),
                 };
+                let command = crate::error::script_command(&message).unwrap_or_default();
                 Ok(vec![Err(crate::error::batched_request_failed(
-                    command,
-                    &err.to_string(),
+                    &command,
+                    &message,
                     &request.lock,
                 ))])
             }
             Err(failure) => Err(failure),
         };
     }
-    let reply = send_script(connection, &scripts::BATCH, &command(requests)).await?;
-    answers(reply, requests)
+    let reply = send_script(
+        connection,
+        &scripts::BATCH,
+        &protocol::batch_command(requests, retention_ms),
+    )
+    .await?;
+    protocol::batch_answers(reply, requests).ok_or_else(|| {
+        Failure::Unexpected(format!(
+            "unexpected reply from the batch script for {} requests",
+            requests.len()
+        ))
+    })
+}
+
+/// An error a script raised for its own request (a key of another type, the fencing token's
+/// limit), not one of the connection or the server as a whole.
+fn is_request_failure(err: &redis::RedisError) -> bool {
+    err.code() == Some("WRONGTYPE") || err.to_string().contains("relock: ")
 }
 
 /// Sends `command`, a call of `script`; loads the script and sends again on `NOSCRIPT`.
@@ -316,162 +322,4 @@ async fn send_script(
         }
         reply => reply,
     }
-}
-
-/// The single-request script's call for `request` (see `acquire.lua` and `release.lua`).
-fn single(request: &Request) -> (&'static redis::Script, redis::Cmd) {
-    let lock = &request.lock;
-    let (script, second_key): (&'static redis::Script, _) = match request.kind {
-        Kind::Acquire { .. } => (&scripts::ACQUIRE, ":fence"),
-        Kind::Release => (&scripts::RELEASE, ":released"),
-    };
-    let mut command = redis::Cmd::with_capacity(9, 192 + 2 * lock.len());
-    command
-        .arg("EVALSHA")
-        .arg(script.get_hash())
-        .arg(2)
-        .arg(lock);
-    suffixed(&mut command, lock, second_key);
-    command.arg(request.token.as_str());
-    if let Kind::Acquire {
-        lease_ms,
-        retention_ms,
-    } = request.kind
-    {
-        command
-            .arg(lease_ms)
-            .arg(retention_ms)
-            .arg(holder_metadata());
-    }
-    (script, command)
-}
-
-/// Adds the argument `lock` + `suffix` to `command`, written in place: a `format!` per request
-/// cost about as much as the rest of building the command.
-fn suffixed(command: &mut redis::Cmd, lock: &str, suffix: &str) {
-    use redis::RedisWrite as _;
-    use std::io::Write as _;
-    let mut arg = command.writer_for_next_arg();
-    // Writing into the command's own buffer cannot fail.
-    let _ = arg.write_all(lock.as_bytes());
-    let _ = arg.write_all(suffix.as_bytes());
-}
-
-/// The single-request script's reply as the batch script's status and value.
-fn single_answer(request: &Request, reply: Value) -> Answer {
-    match (request.kind, reply) {
-        (Kind::Acquire { .. }, Value::Array(items)) => match items.as_slice() {
-            [Value::Int(status), Value::Int(value)] => Ok((*status, Value::Int(*value))),
-            _ => Err(Error::backend(format!(
-                "unexpected reply from the acquire script: {items:?}"
-            ))),
-        },
-        (Kind::Release, Value::Int(released)) => Ok((released, Value::Int(0))),
-        (kind, reply) => Err(Error::backend(format!(
-            "unexpected reply to {kind:?} from its script: {reply:?}"
-        ))),
-    }
-}
-
-/// `EVALSHA batch` for `requests`, the releases first: their locks, the holder metadata, the
-/// lease and retention of the first acquisition (which most share), the number of releases,
-/// then each request's argument.
-fn command(requests: &[&Request]) -> redis::Cmd {
-    let releases = requests
-        .iter()
-        .take_while(|request| request.kind == Kind::Release)
-        .count();
-    debug_assert!(
-        requests[releases..]
-            .iter()
-            .all(|request| request.kind != Kind::Release),
-        "the releases come first"
-    );
-    let shared = requests.get(releases).map(|request| request.kind);
-    let (lease_ms, retention_ms) = match shared {
-        Some(Kind::Acquire {
-            lease_ms,
-            retention_ms,
-        }) => (lease_ms, retention_ms),
-        _ => (0, 0),
-    };
-    // Sized up front: the buffers would otherwise grow a few times per call.
-    let names: usize = requests.iter().map(|request| request.lock.len()).sum();
-    let mut command =
-        redis::Cmd::with_capacity(7 + 2 * requests.len(), 128 + names + 48 * requests.len());
-    command
-        .arg("EVALSHA")
-        .arg(scripts::BATCH.get_hash())
-        .arg(requests.len());
-    for request in requests {
-        command.arg(&request.lock);
-    }
-    // Written beside each grant: a call of releases only has no use for it.
-    let holder = if shared.is_some() {
-        holder_metadata()
-    } else {
-        String::new()
-    };
-    command
-        .arg(holder)
-        .arg(lease_ms)
-        .arg(retention_ms)
-        .arg(releases);
-    let mut text = String::new();
-    for request in requests {
-        let token = request.token.as_str();
-        match request.kind {
-            Kind::Acquire {
-                lease_ms,
-                retention_ms,
-            } if Some(request.kind) != shared => {
-                text.clear();
-                let _ = write!(text, "{token} {lease_ms} {retention_ms}");
-                command.arg(&text);
-            }
-            Kind::Acquire { .. } | Kind::Release => {
-                command.arg(token);
-            }
-        }
-    }
-    command
-}
-
-/// Splits the script's reply into each request's status and value.
-fn answers(reply: Value, requests: &[&Request]) -> Result<Vec<Answer>, Failure> {
-    let unexpected = |reply: &Value| {
-        Failure::Unexpected(format!(
-            "unexpected reply from the batch script for {} requests: {reply:?}",
-            requests.len()
-        ))
-    };
-    let Value::Array(items) = reply else {
-        return Err(unexpected(&reply));
-    };
-    if items.len() != 2 * requests.len() {
-        return Err(unexpected(&Value::Array(items)));
-    }
-    let mut items = items.into_iter();
-    let mut answers = Vec::with_capacity(requests.len());
-    for request in requests {
-        let (Some(status), Some(value)) = (items.next(), items.next()) else {
-            unreachable!("two items per request, checked above");
-        };
-        answers.push(match (status, value) {
-            (Value::Int(-1), failed) => {
-                let failed = as_string(&failed).unwrap_or_else(|| format!("{failed:?}"));
-                let (command, message) = failed.split_once(' ').unwrap_or(("", &failed));
-                Err(crate::error::batched_request_failed(
-                    command,
-                    message,
-                    &request.lock,
-                ))
-            }
-            (Value::Int(status), value) => Ok((status, value)),
-            (status, value) => Err(Error::backend(format!(
-                "unexpected reply from the batch script: {status:?}, {value:?}"
-            ))),
-        });
-    }
-    Ok(answers)
 }

@@ -3,9 +3,8 @@
 //! Every script names only keys with the hash tag `{K}`, so each call runs on one slot and the
 //! client routes it by its first key. The client retries a request after a redirection (`MOVED`,
 //! `ASK`), a connection error or a timeout, so a script may run twice: acquire answers a retried
-//! request of the same hold with the same grant, renew only extends a lease it still has, and
-//! release leaves a short-lived receipt of the released hold token so that a retry of a release
-//! that took effect answers "released" again, not "lost".
+//! request of the same hold with the same grant, renew only extends a lease it still has, and a
+//! retried release finds the tombstone naming its hold and answers "released" again, not "lost".
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,17 +22,17 @@ use redis::{ConnectionAddr, ConnectionInfo, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::redis::{
-    acknowledged_pipeline, acquire_invocation, found_keys, key_name, millis, parse_acknowledged,
-    parse_acquire, parse_force_release, parse_inspect, parse_release, renew_invocation, scan_glob,
-    send_acknowledged,
-};
 use super::{Attempt, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::pattern::KeyPattern;
+use crate::protocol::{
+    self, acknowledged_pipeline, acquire_invocation, found_keys, parse_acknowledged, parse_acquire,
+    parse_force_release, parse_inspect, parse_release, renew_invocation, scan_glob,
+    send_acknowledged,
+};
 use crate::scripts;
 
 /// Idle connections kept per node for acquisitions that wait for replicas.
@@ -48,9 +47,7 @@ pub(crate) struct ClusterBackend {
     /// Bounds opening the connection, whatever the number of seed nodes.
     connect_limit: Duration,
     prefix: String,
-    fence_retention: Duration,
-    /// How long a release receipt is kept: well past the client's last retry of the release.
-    receipt_retention: Duration,
+    retention: Duration,
     /// The master serving each slot range, for grouping renewals by node.
     owners: Mutex<Option<Owners>>,
     /// The first seed's settings (credentials, TLS, protocol): a direct connection to a node
@@ -102,7 +99,7 @@ impl ClusterBackend {
         connect_timeout: Duration,
         response_timeout: Duration,
         prefix: String,
-        fence_retention: Duration,
+        retention: Duration,
         tls: crate::tls::TlsSettings,
     ) -> Self {
         let infos: Vec<ConnectionInfo> = seeds
@@ -126,16 +123,13 @@ impl ClusterBackend {
             // master: bound the whole, not one socket.
             connect_limit: connect_timeout.saturating_add(response_timeout),
             prefix,
-            fence_retention,
-            receipt_retention: response_timeout
-                .saturating_mul(4)
-                .max(Duration::from_secs(10)),
+            retention,
             owners: Mutex::new(None),
         }
     }
 
     /// The shared connection, opened on first use; a failed attempt is retried by the next call.
-    async fn conn(&self) -> Result<ClusterConnection, Error> {
+    pub(super) async fn conn(&self) -> Result<ClusterConnection, Error> {
         let connect = async {
             match tokio::time::timeout(self.connect_limit, self.client.get_async_connection()).await
             {
@@ -149,13 +143,9 @@ impl ClusterBackend {
         self.connection.get_or_try_init(|| connect).await.cloned()
     }
 
-    fn key_name(&self, key: &LockKey, suffix: &str) -> String {
-        key_name(&self.prefix, key, suffix)
-    }
-
     /// `P:{K}:released`: the sharded channel a release of `key` is announced on.
     pub(crate) fn channel(&self, key: &LockKey) -> String {
-        self.key_name(key, ":released")
+        protocol::channel(&self.prefix, key)
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, Error> {
@@ -182,7 +172,7 @@ impl ClusterBackend {
         token: &crate::token::HoldToken,
         lease: Duration,
     ) -> Result<Attempt, Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention);
         parse_acquire(self.invoke(&invocation).await?)
     }
 
@@ -190,28 +180,27 @@ impl ClusterBackend {
         &self,
         key: &LockKey,
         token: &crate::token::HoldToken,
+        fencing_token: u64,
     ) -> Result<Released, Error> {
-        let mut invocation = scripts::RELEASE.key(self.key_name(key, ""));
-        invocation
-            .key(self.channel(key))
-            .key(self.key_name(key, ":receipt"))
-            .arg(token.as_str())
-            .arg(millis(self.receipt_retention));
+        let invocation = protocol::release_invocation(
+            &self.prefix,
+            key,
+            token,
+            fencing_token,
+            self.retention,
+            true,
+        );
         parse_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
-        let mut invocation = scripts::FORCE_RELEASE.key(self.key_name(key, ""));
-        invocation
-            .key(self.channel(key))
-            .key(self.key_name(key, ":fence"))
-            .arg("sharded");
+        let invocation = protocol::force_release_invocation(&self.prefix, key, true);
         parse_force_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
-        let invocation = scripts::INSPECT.key(self.key_name(key, ""));
-        parse_inspect(key, self.invoke(&invocation).await?)
+        let invocation = protocol::inspect_invocation(&self.prefix, key);
+        parse_inspect(&self.prefix, key, self.invoke(&invocation).await?)
     }
 
     /// Renews `leases` with one pipelined round trip per master, sent concurrently on a direct
@@ -236,11 +225,7 @@ impl ClusterBackend {
         let rounds = groups.iter().map(|(master, indices)| {
             let mut pipe = redis::pipe();
             for &at in indices {
-                pipe.invoke_script(&renew_invocation(
-                    &self.prefix,
-                    &leases[at],
-                    self.fence_retention,
-                ));
+                pipe.invoke_script(&renew_invocation(&self.prefix, &leases[at], self.retention));
             }
             let route = SingleNodeRoutingInfo::SpecificNode(Route::new(
                 slots[indices[0]],
@@ -292,7 +277,7 @@ impl ClusterBackend {
         }
         if !redirected.is_empty() {
             let retries = redirected.iter().map(|&at| {
-                let invocation = renew_invocation(&self.prefix, &leases[at], self.fence_retention);
+                let invocation = renew_invocation(&self.prefix, &leases[at], self.retention);
                 async move {
                     let mut connection = self.conn().await.ok()?;
                     let renewed: i64 = invocation.invoke_async(&mut connection).await.ok()?;
@@ -453,7 +438,7 @@ impl ClusterBackend {
         lease: Duration,
         replicas: Replicas,
     ) -> Result<(Attempt, u32), Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention);
         let limit = self.response_timeout.saturating_add(replicas.timeout);
         let slot = slot(key.as_str().as_bytes());
         let mut target: Option<(String, bool)> = None;
@@ -563,7 +548,7 @@ impl ClusterBackend {
     }
 
     /// The addresses of the masters, as `CLUSTER SLOTS` names them.
-    async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
+    pub(super) async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
         let mut connection = self.conn().await?;
         let reply = connection
             .route_command(

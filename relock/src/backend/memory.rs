@@ -1,5 +1,6 @@
 //! The in-memory backend: the Redis scripts' semantics (one token per hold, clock-mixed fencing
-//! tokens, lease expiry, inspect) over a map in this process.
+//! tokens, lease expiry, tombstones that remember the last fencing token and the released hold,
+//! inspect) over a map in this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,10 +37,15 @@ struct Entry {
     since: SystemTime,
 }
 
+/// What outlives a hold for the retention: the Redis layout's tombstone (and the fencing token
+/// of the live hold beside it).
 #[derive(Debug)]
 struct Fence {
     last: u64,
     expires: Instant,
+    /// The hold released last (none after a force-release): its late acquisition is refused and
+    /// its retried release answered as done.
+    released: Option<HoldToken>,
 }
 
 /// Expired entries are dropped lazily on access, and in a sweep after this many acquisitions, so
@@ -93,13 +99,19 @@ impl MemoryBackend {
         }
         let expires = now + self.retention(lease);
         let clock = clock_micros();
-        let fence = state
-            .fences
-            .entry(key.clone())
-            .or_insert(Fence { last: 0, expires });
+        let fence = state.fences.entry(key.clone()).or_insert(Fence {
+            last: 0,
+            expires,
+            released: None,
+        });
         if fence.expires <= now {
             fence.last = 0;
+            fence.released = None;
         }
+        if fence.released.as_ref() == Some(token) {
+            return Attempt::ReleasedAlready;
+        }
+        fence.released = None;
         fence.last = clock.max(fence.last + 1);
         fence.expires = expires;
         let fencing_token = fence.last;
@@ -117,15 +129,36 @@ impl MemoryBackend {
 
     pub(crate) fn release(&self, key: &LockKey, token: &HoldToken) -> Released {
         let now = Instant::now();
+        let retention = self.fence_retention;
         let mut state = self.state();
-        if state
-            .live(key, now)
-            .is_none_or(|entry| entry.token != *token)
-        {
-            return Released::NotHeld;
+        let released = match state.live(key, now) {
+            Some(entry) if entry.token == *token => {
+                state.remove(key);
+                Released::Free
+            }
+            // Another hold's lock: left alone.
+            Some(_) => return Released::NotHeld,
+            None => match state.fences.get(key) {
+                // A retried release: the first one took effect.
+                Some(fence) if fence.expires > now && fence.released.as_ref() == Some(token) => {
+                    return Released::Free;
+                }
+                _ => Released::NotHeld,
+            },
+        };
+        // The tombstone names this hold (so that its late acquisition is refused) and keeps the
+        // last fencing token, or starts one where nothing was.
+        let fence = state.fences.entry(key.clone()).or_insert(Fence {
+            last: 0,
+            expires: now + retention,
+            released: None,
+        });
+        if fence.expires <= now {
+            fence.last = 0;
+            fence.expires = now + retention;
         }
-        state.remove(key);
-        Released::Free
+        fence.released = Some(token.clone());
+        released
     }
 
     pub(crate) fn renew(&self, key: &LockKey, token: &HoldToken, lease: Duration) -> bool {
@@ -156,7 +189,13 @@ impl MemoryBackend {
     pub(crate) fn force_release(&self, key: &LockKey) -> (bool, u64) {
         let now = Instant::now();
         let mut state = self.state();
-        let last = state.fences.get(key).map_or(0, |fence| fence.last);
+        let last = match state.fences.get_mut(key) {
+            Some(fence) if fence.expires > now => {
+                fence.released = None;
+                fence.last
+            }
+            _ => 0,
+        };
         (state.live(key, now).is_some() && state.remove(key), last)
     }
 
@@ -246,7 +285,7 @@ mod tests {
     fn token_of(attempt: Attempt) -> u64 {
         match attempt {
             Attempt::Acquired { fencing_token } => fencing_token,
-            Attempt::Held { .. } => panic!("expected Acquired"),
+            other => panic!("expected Acquired, got {other:?}"),
         }
     }
 
@@ -271,7 +310,21 @@ mod tests {
         let first = memory.acquire(&key("k"), &a, LEASE);
         assert_eq!(memory.acquire(&key("k"), &a, LEASE), first);
         assert_eq!(memory.release(&key("k"), &a), Released::Free);
-        assert_eq!(memory.release(&key("k"), &a), Released::NotHeld);
+        // A retried release finds its own tombstone.
+        assert_eq!(memory.release(&key("k"), &a), Released::Free);
+    }
+
+    #[test]
+    fn an_acquisition_after_its_own_release_is_refused_and_leaves_nothing_held() {
+        let memory = backend();
+        let late = HoldToken::random();
+        assert_eq!(memory.release(&key("k"), &late), Released::NotHeld);
+        assert_eq!(
+            memory.acquire(&key("k"), &late, LEASE),
+            Attempt::ReleasedAlready
+        );
+        assert!(memory.inspect(&key("k")).is_none());
+        token_of(memory.acquire(&key("k"), &HoldToken::random(), LEASE));
     }
 
     #[test]

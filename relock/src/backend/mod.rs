@@ -14,6 +14,7 @@ use crate::token::HoldToken;
 pub(crate) mod batch;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+pub(crate) mod eviction;
 pub(crate) mod memory;
 pub(crate) mod redis;
 #[cfg(feature = "sentinel")]
@@ -26,6 +27,9 @@ pub(crate) enum Attempt {
     Acquired { fencing_token: u64 },
     /// Another hold has it; its lease has this much left, when the backend knows.
     Held { ttl: Option<Duration> },
+    /// Refused: this hold token was released already (the acquisition reached the server after
+    /// its own release, sent when its outcome was unknown). Nothing is held.
+    ReleasedAlready,
 }
 
 /// How many replicas must acknowledge a grant, and how long the master waits for them (`WAIT`).
@@ -94,15 +98,18 @@ impl Backend {
         }
     }
 
+    /// Releases the hold `token` of `key`, whose fencing token is `fencing_token` (0 when the
+    /// caller never learnt it: an acquisition whose outcome is unknown).
     pub(crate) async fn release(
         &self,
         key: &LockKey,
         token: &HoldToken,
+        fencing_token: u64,
     ) -> Result<Released, Error> {
         match self {
-            Self::Redis(redis) => redis.release(key, token).await,
+            Self::Redis(redis) => redis.release(key, token, fencing_token).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cluster.release(key, token).await,
+            Self::Cluster(cluster) => cluster.release(key, token, fencing_token).await,
             Self::Memory(memory) => Ok(memory.release(key, token)),
         }
     }

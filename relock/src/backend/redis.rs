@@ -3,20 +3,21 @@
 use std::error::Error as _;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::RedisFuture;
 use redis::{ScriptInvocation, Value};
 
-use super::batch::{Batcher, Kind, Request};
-use super::{Attempt, Released, Replicas, HOLDER};
+use super::batch::Batcher;
+use super::{Attempt, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::pattern::KeyPattern;
+use crate::protocol::{self, Kind, Request};
 use crate::scripts;
 use crate::token::HoldToken;
 
@@ -189,7 +190,7 @@ pub(crate) struct RedisBackend {
     /// Acquisitions and releases queued while script calls are in flight (group commit).
     batcher: Arc<Batcher>,
     prefix: String,
-    fence_retention: Duration,
+    retention: Duration,
     dedicated: Dedicated,
 }
 
@@ -243,29 +244,25 @@ impl RedisBackend {
     pub(crate) fn new(
         connection: Connection,
         prefix: String,
-        fence_retention: Duration,
+        retention: Duration,
         dedicated: Dedicated,
     ) -> Self {
         Self {
             connection: Arc::new(connection),
-            batcher: Arc::default(),
+            batcher: Arc::new(Batcher::new(protocol::millis(retention))),
             prefix,
-            fence_retention,
+            retention,
             dedicated,
         }
     }
 
     /// `P:{K}`: the lock.
     pub(crate) fn lock_key(&self, key: &LockKey) -> String {
-        self.key_name(key, "")
-    }
-
-    fn key_name(&self, key: &LockKey, suffix: &str) -> String {
-        key_name(&self.prefix, key, suffix)
+        protocol::lock_key(&self.prefix, key)
     }
 
     /// Sends `command` on the shared connection (see [`Connection::send`]).
-    async fn send<T>(
+    pub(super) async fn send<T>(
         &self,
         command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
@@ -291,24 +288,16 @@ impl RedisBackend {
     ) -> Result<Attempt, Error> {
         let request = Request {
             kind: Kind::Acquire {
-                lease_ms: millis(lease),
-                retention_ms: millis(self.fence_retention.max(lease)),
+                lease_ms: protocol::millis(lease),
+                retention_ms: protocol::millis(self.retention.max(lease)),
             },
             lock: self.lock_key(key),
             token: token.clone(),
         };
-        match self.batcher.submit(&self.connection, request).await? {
-            (1, Value::Int(token)) if token > 0 => Ok(Attempt::Acquired {
-                fencing_token: token as u64,
-            }),
-            (0, Value::Int(pttl)) => Ok(Attempt::Held {
-                ttl: ttl_from_pttl(pttl),
-            }),
-            (status, value) => Err(unexpected(
-                "acquire",
-                &Value::Array(vec![Value::Int(status), value]),
-            )),
-        }
+        let (status, value) = self.batcher.submit(&self.connection, request).await?;
+        protocol::attempt_from(status, &value).ok_or_else(|| {
+            protocol::unexpected("acquire", &Value::Array(vec![Value::Int(status), value]))
+        })
     }
 
     /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
@@ -320,8 +309,9 @@ impl RedisBackend {
         lease: Duration,
         replicas: Replicas,
     ) -> Result<(Attempt, u32), Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.fence_retention);
-        let pipe = acknowledged_pipeline(&invocation, replicas, false);
+        let invocation =
+            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention);
+        let pipe = protocol::acknowledged_pipeline(&invocation, replicas, false);
         let limit = self
             .dedicated
             .response_timeout
@@ -336,7 +326,7 @@ impl RedisBackend {
             Some(idle) => idle,
             None => self.open_dedicated().await?,
         };
-        let sent = send_acknowledged(&mut connection, &pipe, false, limit).await;
+        let sent = protocol::send_acknowledged(&mut connection, &pipe, false, limit).await;
         if sent.is_ok() && master.is_some() && self.current_master() != master {
             // Behind Sentinel, answered by a master that has been replaced meanwhile.
             return Err(Error::backend(
@@ -350,7 +340,7 @@ impl RedisBackend {
                     idle.push((master, connection));
                 }
                 drop(idle);
-                parse_acknowledged(replies)
+                protocol::parse_acknowledged(replies)
             }
             Err(err) => {
                 // The connection may have a reply outstanding, and after a restart the idle ones
@@ -431,16 +421,17 @@ impl RedisBackend {
         &self,
         key: &LockKey,
         token: &HoldToken,
+        fencing_token: u64,
     ) -> Result<Released, Error> {
         let request = Request {
-            kind: Kind::Release,
+            kind: Kind::Release { fencing_token },
             lock: self.lock_key(key),
             token: token.clone(),
         };
         match self.batcher.submit(&self.connection, request).await? {
             (1, _) => Ok(Released::Free),
             (0, _) => Ok(Released::NotHeld),
-            (status, value) => Err(unexpected(
+            (status, value) => Err(protocol::unexpected(
                 "release",
                 &Value::Array(vec![Value::Int(status), value]),
             )),
@@ -450,10 +441,10 @@ impl RedisBackend {
     pub(crate) async fn renew(&self, renewals: &[Arc<Lease>]) -> Result<Vec<bool>, Error> {
         let mut pipe = redis::pipe();
         for renewal in renewals {
-            pipe.invoke_script(&renew_invocation(
+            pipe.invoke_script(&protocol::renew_invocation(
                 &self.prefix,
                 renewal,
-                self.fence_retention,
+                self.retention,
             ));
         }
         let replies: Vec<i64> = self.query_scripts(&pipe, &scripts::RENEW).await?;
@@ -492,7 +483,7 @@ impl RedisBackend {
         pattern: &KeyPattern,
         cursor: u64,
     ) -> Result<(u64, Vec<LockKey>), Error> {
-        let glob = scan_glob(&self.prefix, pattern);
+        let glob = protocol::scan_glob(&self.prefix, pattern);
         let (next, names): (u64, Vec<String>) = self
             .send(async |connection| {
                 redis::cmd("SCAN")
@@ -505,7 +496,7 @@ impl RedisBackend {
                     .await
             })
             .await?;
-        Ok((next, found_keys(&self.prefix, pattern, &names)))
+        Ok((next, protocol::found_keys(&self.prefix, pattern, &names)))
     }
 
     /// Inspects `keys` in one pipelined round trip.
@@ -518,176 +509,31 @@ impl RedisBackend {
         }
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.invoke_script(&scripts::INSPECT.key(self.lock_key(key)));
+            pipe.invoke_script(&protocol::inspect_invocation(&self.prefix, key));
         }
         let replies: Vec<Value> = self.query_scripts(&pipe, &scripts::INSPECT).await?;
         keys.iter()
             .zip(replies)
-            .map(|(key, reply)| parse_inspect(key, reply))
+            .map(|(key, reply)| protocol::parse_inspect(&self.prefix, key, reply))
             .collect()
     }
 
     /// `P:{K}:released`: the channel a release of `key` is announced on.
     pub(crate) fn channel(&self, key: &LockKey) -> String {
-        self.key_name(key, ":released")
+        protocol::channel(&self.prefix, key)
     }
 
     /// Removes whatever hold `key` has; returns whether there was one, and the last fencing
     /// token handed out before the removal.
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
-        let mut invocation = scripts::FORCE_RELEASE.key(self.lock_key(key));
-        invocation
-            .key(self.channel(key))
-            .key(self.key_name(key, ":fence"));
-        parse_force_release(self.invoke(&invocation).await?)
+        let invocation = protocol::force_release_invocation(&self.prefix, key, false);
+        protocol::parse_force_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
-        let invocation = scripts::INSPECT.key(self.lock_key(key));
-        parse_inspect(key, self.invoke(&invocation).await?)
+        let invocation = protocol::inspect_invocation(&self.prefix, key);
+        protocol::parse_inspect(&self.prefix, key, self.invoke(&invocation).await?)
     }
-}
-
-/// The acquire script's invocation for a new hold of `key` (the same on one server and on a
-/// cluster). The fencing counter is kept at least as long as the lease.
-pub(super) fn acquire_invocation(
-    prefix: &str,
-    key: &LockKey,
-    token: &HoldToken,
-    lease: Duration,
-    fence_retention: Duration,
-) -> ScriptInvocation<'static> {
-    let mut invocation = scripts::ACQUIRE.key(key_name(prefix, key, ""));
-    invocation
-        .key(key_name(prefix, key, ":fence"))
-        .arg(token.as_str())
-        .arg(millis(lease))
-        .arg(millis(fence_retention.max(lease)))
-        .arg(holder_metadata());
-    invocation
-}
-
-/// `EVALSHA acquire` then `WAIT count timeout`, as one pipeline; after `ASKING` when `asking`
-/// (a cluster node importing the slot runs the script only right after it).
-pub(super) fn acknowledged_pipeline(
-    invocation: &ScriptInvocation<'_>,
-    replicas: Replicas,
-    asking: bool,
-) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    if asking {
-        pipe.cmd("ASKING");
-    }
-    pipe.invoke_script(invocation);
-    pipe.cmd("WAIT")
-        .arg(replicas.count)
-        .arg(millis(replicas.timeout).max(1));
-    pipe
-}
-
-/// Sends [`acknowledged_pipeline`] on `connection`, each send bounded by `limit`, loading the
-/// acquire script there if the server lacks it (a `NOSCRIPT` reply ran nothing, so sending again
-/// is safe): the script's reply and `WAIT`'s.
-pub(super) async fn send_acknowledged(
-    connection: &mut impl ConnectionLike,
-    pipe: &redis::Pipeline,
-    asking: bool,
-    limit: Duration,
-) -> Result<Vec<Value>, Error> {
-    let offset = usize::from(asking);
-    let late = || {
-        Error::backend(format!(
-            "the server did not answer an acquisition waiting for replicas within {limit:?}"
-        ))
-    };
-    let replies = tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
-        .await
-        .map_err(|_| late())??;
-    let noscript = matches!(
-        replies.first(),
-        Some(Value::ServerError(err)) if err.kind() == Some(redis::ServerErrorKind::NoScript)
-    );
-    if !noscript {
-        return Ok(replies);
-    }
-    tokio::time::timeout(
-        limit,
-        scripts::ACQUIRE.prepare_invoke().load_async(connection),
-    )
-    .await
-    .map_err(|_| late())??;
-    Ok(
-        tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
-            .await
-            .map_err(|_| late())??,
-    )
-}
-
-/// The acquire script's answer and `WAIT`'s count of acknowledging replicas.
-pub(super) fn parse_acknowledged(replies: Vec<Value>) -> Result<(Attempt, u32), Error> {
-    let [attempt, acknowledged]: [Value; 2] = replies
-        .try_into()
-        .map_err(|replies: Vec<Value>| unexpected("acquire and WAIT", &Value::Array(replies)))?;
-    let attempt = parse_acquire(attempt.extract_error()?)?;
-    match acknowledged.extract_error()? {
-        Value::Int(count) => Ok((attempt, u32::try_from(count).unwrap_or(0))),
-        other => Err(unexpected("WAIT", &other)),
-    }
-}
-
-/// The renew script's invocation for `lease`'s hold, which also keeps its fencing counter alive.
-pub(super) fn renew_invocation(
-    prefix: &str,
-    lease: &Lease,
-    fence_retention: Duration,
-) -> ScriptInvocation<'static> {
-    let mut invocation = scripts::RENEW.key(key_name(prefix, &lease.key, ""));
-    invocation
-        .key(key_name(prefix, &lease.key, ":fence"))
-        .arg(lease.token.as_str())
-        .arg(millis(lease.duration))
-        .arg(millis(fence_retention.max(lease.duration)));
-    invocation
-}
-
-/// `P:{K}<suffix>`, built without the formatting machinery: it runs twice per lock.
-pub(super) fn key_name(prefix: &str, key: &LockKey, suffix: &str) -> String {
-    let key = key.as_str();
-    let mut name = String::with_capacity(prefix.len() + key.len() + suffix.len() + 3);
-    name.push_str(prefix);
-    name.push_str(":{");
-    name.push_str(key);
-    name.push('}');
-    name.push_str(suffix);
-    name
-}
-
-/// The `SCAN MATCH` glob of the locks whose keys match `pattern`.
-pub(super) fn scan_glob(prefix: &str, pattern: &KeyPattern) -> String {
-    let mut glob = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
-    for c in prefix.chars().chain([':', '{']) {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            glob.push('\\');
-        }
-        glob.push(c);
-    }
-    glob.push_str(pattern.as_str());
-    glob.push('}');
-    glob
-}
-
-/// The lock keys among the Redis key `names` a scan with [`scan_glob`] found.
-pub(super) fn found_keys(prefix: &str, pattern: &KeyPattern, names: &[String]) -> Vec<LockKey> {
-    names
-        .iter()
-        .filter_map(|name| {
-            name.strip_prefix(prefix)?
-                .strip_prefix(":{")?
-                .strip_suffix('}')
-        })
-        .filter(|key| pattern.matches(key))
-        .filter_map(|key| LockKey::new(key).ok())
-        .collect()
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -700,303 +546,4 @@ pub(super) fn is_noscript(err: &crate::error::BackendError) -> bool {
     err.get_ref()
         .downcast_ref::<redis::RedisError>()
         .is_some_and(|err| err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-}
-
-/// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`. Built by hand: it runs on
-/// every acquisition.
-pub(super) fn holder_metadata() -> String {
-    static PID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| HOLDER.pid.to_string());
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let mut digits = [0u8; 39];
-    let mut at = digits.len();
-    let mut rest = since;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let since = std::str::from_utf8(&digits[at..]).expect("ASCII digits");
-    let mut text = String::with_capacity(PID.len() + since.len() + HOLDER.host.len() + 2);
-    text.push_str(&PID);
-    text.push(' ');
-    text.push_str(since);
-    text.push(' ');
-    text.push_str(&HOLDER.host);
-    text
-}
-
-/// Parses what [`holder_metadata`] wrote.
-fn parse_holder(text: &str, info: &mut LockInfo) {
-    let mut parts = text.splitn(3, ' ');
-    info.pid = parts.next().and_then(|pid| pid.parse().ok());
-    info.acquired_at = parts
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-    info.host = parts.next().map(str::to_owned);
-}
-
-/// Lease and retention go to Redis in whole milliseconds, at least one (PEXPIRE 0 deletes).
-pub(super) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-pub(super) fn unexpected(script: &str, value: &Value) -> Error {
-    Error::backend(format!(
-        "unexpected reply from the {script} script: {value:?}"
-    ))
-}
-
-pub(super) fn as_string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A PTTL reply: -1 (no expiry) and -2 (gone) have no remaining time to report.
-fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
-    u64::try_from(pttl).ok().map(Duration::from_millis)
-}
-
-pub(super) fn parse_acquire(value: Value) -> Result<Attempt, Error> {
-    if let Value::Array(items) = &value {
-        match items.as_slice() {
-            [Value::Int(1), Value::Int(token)] if *token > 0 => {
-                return Ok(Attempt::Acquired {
-                    fencing_token: *token as u64,
-                });
-            }
-            [Value::Int(0), Value::Int(pttl)] => {
-                return Ok(Attempt::Held {
-                    ttl: ttl_from_pttl(*pttl),
-                });
-            }
-            _ => {}
-        }
-    }
-    Err(unexpected("acquire", &value))
-}
-
-/// Parses the force-release script's `{removed, last fencing token}`.
-pub(super) fn parse_force_release(reply: Value) -> Result<(bool, u64), Error> {
-    if let Value::Array(items) = &reply {
-        if let [Value::Int(removed), Value::Int(last)] = items.as_slice() {
-            if *last >= 0 {
-                return Ok((*removed == 1, *last as u64));
-            }
-        }
-    }
-    Err(unexpected("force-release", &reply))
-}
-
-#[cfg(any(feature = "cluster", test))]
-pub(super) fn parse_release(value: Value) -> Result<Released, Error> {
-    match value {
-        Value::Int(1) => Ok(Released::Free),
-        Value::Int(0) => Ok(Released::NotHeld),
-        other => Err(unexpected("release", &other)),
-    }
-}
-
-/// Parses the inspect script's `{pttl, "<hold token> <fencing token> <pid> <since ms> <host>"}`.
-pub(super) fn parse_inspect(key: &LockKey, value: Value) -> Result<Option<LockInfo>, Error> {
-    let Value::Array(items) = &value else {
-        return Err(unexpected("inspect", &value));
-    };
-    let (pttl, text) = match items.as_slice() {
-        [] => return Ok(None),
-        [Value::Int(pttl), text] => (*pttl, as_string(text)),
-        _ => return Err(unexpected("inspect", &value)),
-    };
-    let text = text.ok_or_else(|| unexpected("inspect", &value))?;
-    // "<hold token> <fencing token> <pid> <since ms> <host>", with "+" after the token once the
-    // hold has refused someone.
-    let (owner, rest) = match text.split_at_checked(32) {
-        Some((owner, rest)) if rest.starts_with([' ', '+']) => (owner, &rest[1..]),
-        _ => return Err(unexpected("inspect", &value)),
-    };
-    let mut parts = rest.splitn(2, ' ');
-    let Some(fencing_token) = parts.next().and_then(|fence| fence.parse().ok()) else {
-        return Err(unexpected("inspect", &value));
-    };
-    let mut info = LockInfo {
-        key: key.as_str().to_owned(),
-        owner: owner.to_owned(),
-        holds: 1,
-        ttl: ttl_from_pttl(pttl).unwrap_or_default(),
-        fencing_token,
-        host: None,
-        pid: None,
-        acquired_at: None,
-    };
-    parse_holder(parts.next().unwrap_or_default(), &mut info);
-    Ok(Some(info))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn acquire_reply_acquired() {
-        let reply = Value::Array(vec![Value::Int(1), Value::Int(1_764_000_000_000_007)]);
-        assert_eq!(
-            parse_acquire(reply).unwrap(),
-            Attempt::Acquired {
-                fencing_token: 1_764_000_000_000_007
-            }
-        );
-    }
-
-    #[test]
-    fn acquire_reply_held_carries_the_ttl() {
-        let reply = Value::Array(vec![Value::Int(0), Value::Int(1500)]);
-        assert_eq!(
-            parse_acquire(reply).unwrap(),
-            Attempt::Held {
-                ttl: Some(Duration::from_millis(1500))
-            }
-        );
-        let no_expiry = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
-        assert_eq!(
-            parse_acquire(no_expiry).unwrap(),
-            Attempt::Held { ttl: None }
-        );
-    }
-
-    #[test]
-    fn acquire_reply_malformed_is_a_backend_error() {
-        for reply in [
-            Value::Nil,
-            Value::Int(1),
-            Value::Array(vec![Value::Int(1), Value::Int(0)]),
-            Value::Array(vec![Value::Int(1), Value::Int(5), Value::Int(1)]),
-            Value::Array(vec![Value::Int(2), Value::Int(1)]),
-        ] {
-            assert!(parse_acquire(reply).unwrap_err().is_backend());
-        }
-    }
-
-    #[test]
-    fn release_replies() {
-        assert_eq!(parse_release(Value::Int(1)).unwrap(), Released::Free);
-        assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::NotHeld);
-        assert!(parse_release(Value::Int(2)).is_err());
-        assert!(parse_release(Value::Nil).is_err());
-    }
-
-    #[test]
-    fn inspect_reply_free() {
-        assert_eq!(
-            parse_inspect(&test_key(), Value::Array(vec![])).unwrap(),
-            None
-        );
-    }
-
-    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-    fn test_key() -> LockKey {
-        LockKey::new("order:42").unwrap()
-    }
-
-    #[test]
-    fn inspect_reply_held() {
-        let reply = Value::Array(vec![
-            Value::Int(2500),
-            bulk(&format!("{TOKEN} 1764000000000042 77 1700000000123 box")),
-        ]);
-        let info = parse_inspect(&test_key(), reply).unwrap().unwrap();
-        assert_eq!(info.key, "order:42");
-        assert_eq!(info.owner, TOKEN);
-        assert_eq!(info.holds, 1);
-        assert_eq!(info.ttl, Duration::from_millis(2500));
-        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
-        assert_eq!(info.host.as_deref(), Some("box"));
-        assert_eq!(info.pid, Some(77));
-        assert_eq!(
-            info.acquired_at,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
-        );
-    }
-
-    #[test]
-    fn inspect_reads_a_hold_that_has_refused_someone() {
-        let reply = Value::Array(vec![
-            Value::Int(900),
-            bulk(&format!("{TOKEN}+1764000000000042 77 1700000000123 box")),
-        ]);
-        let info = parse_inspect(&test_key(), reply).unwrap().unwrap();
-        assert_eq!(info.owner, TOKEN);
-        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
-        assert_eq!(info.pid, Some(77));
-        assert_eq!(info.host.as_deref(), Some("box"));
-    }
-
-    #[test]
-    fn inspect_reply_without_a_hold_token_or_fence_is_an_error() {
-        for text in [
-            "",
-            "short 5",
-            &format!("{TOKEN} notanumber"),
-            &format!("{TOKEN}x1764000000000042 77 1 box"),
-        ] {
-            let reply = Value::Array(vec![Value::Int(10), bulk(text)]);
-            assert!(parse_inspect(&test_key(), reply).is_err(), "{text}");
-        }
-    }
-
-    #[test]
-    fn holder_metadata_round_trips() {
-        let text = format!("{TOKEN} 1 {}", holder_metadata());
-        let info = parse_inspect(&test_key(), Value::Array(vec![Value::Int(1), bulk(&text)]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(info.pid, Some(std::process::id()));
-        assert_eq!(info.host.as_deref(), Some(HOLDER.host.as_str()));
-        let age = SystemTime::now()
-            .duration_since(info.acquired_at.unwrap())
-            .unwrap();
-        assert!(age < Duration::from_secs(5));
-    }
-
-    #[tokio::test]
-    async fn key_names_share_the_hash_tag() {
-        let backend = RedisBackend {
-            connection: Arc::new(Connection::pool(dummy_pool())),
-            batcher: Arc::default(),
-            prefix: "app".into(),
-            fence_retention: Duration::from_secs(1),
-            dedicated: Dedicated::new(None, Duration::from_secs(1), Duration::from_secs(1)),
-        };
-        let key = LockKey::new("order:42").unwrap();
-        assert_eq!(backend.lock_key(&key), "app:{order:42}");
-        assert_eq!(backend.key_name(&key, ":fence"), "app:{order:42}:fence");
-        assert_eq!(backend.channel(&key), "app:{order:42}:released");
-    }
-
-    fn dummy_pool() -> bb8::Pool<RedisConnectionManager> {
-        let manager = RedisConnectionManager::new("redis://127.0.0.1:1").unwrap();
-        bb8::Pool::builder().build_unchecked(manager)
-    }
-
-    #[test]
-    fn lease_is_sent_in_whole_milliseconds_never_zero() {
-        assert_eq!(millis(Duration::from_micros(10)), 1);
-        assert_eq!(millis(Duration::from_secs(30)), 30_000);
-    }
 }

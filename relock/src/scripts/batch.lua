@@ -2,74 +2,80 @@
 -- while the previous calls were in flight (group commit).
 --
 -- KEYS     the lock `P:{K}` of each request: the releases first, then the acquisitions; its
---          fencing counter is `P:{K}:fence` and its release channel `P:{K}:released` (all share
---          the hash tag `{K}`)
+--          release channel is `P:{K}:released` (both share the hash tag `{K}`)
 -- ARGV[1]  holder metadata "<pid> <since ms> <host>", written beside each grant
 -- ARGV[2]  lease in milliseconds, for the acquisitions that give none of their own
--- ARGV[3]  fencing counter retention in milliseconds (at least the lease), likewise
+-- ARGV[3]  retention in milliseconds (at least that lease): the expiry of a grant, and of a
+--          tombstone a release writes where nothing was
 -- ARGV[4]  how many of the requests are releases
 -- then one argument per request, in the order of KEYS:
---   "<hold token>"                            release this hold (32 hex digits), or acquire
---                                             for it
+--   "<hold token><fencing token>"             release this hold (32 hex digits, then its
+--                                             fencing token, 0 when unknown)
+--   "<hold token>"                            acquire for this hold
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
 --
 -- Reply: two items per request, in the order of KEYS:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
 --                               the lock (the same grant again, so a client-side retry is harmless)
---            0, pttl            held by another hold; pttl as PTTL reports it
---   release  1, 0               released: the lock is free (and the channel was published to, if
---                               the hold had refused someone)
---            0, 0               the hold no longer has the lock; nothing was changed
+--            0, ttl ms          held by another hold (PTTL's answer for a value not relock's)
+--            2, 0               refused: this hold was released already (see acquire.lua)
+--   release  1, 0               released: the hold had the lock until now (and the channel was
+--                               published to, if the hold had refused someone); see release.lua
+--            0, 0               the hold no longer had the lock; nothing another hold has changed
 --   either  -1, "<command> <error>"   this request failed (a key of another type, an ACL
---                               refusal, out of memory): the command that failed and its error;
---                               the other requests ran as if it had not been there
+--                               refusal, out of memory, the fencing token's limit): the command
+--                               that failed and its error; the other requests ran as if it had
+--                               not been there
 --
--- The requests of one call were all in flight at once, so any order is one they could have run
--- in; releases run first, so that a lock released and asked for in the same call is granted.
--- Each request runs as acquire.lua or release.lua would run it alone.
+-- Each request runs as acquire.lua or release.lua would run it alone (see those for the forms of
+-- the key and why), with one difference: the server's time is read once per call. The requests
+-- of one call were all in flight at once, so any order is one they could have run in; releases
+-- run first, so that a lock released and asked for in the same call is granted. A locker has one
+-- request in flight per key, so the grants of one call are of distinct keys and one clock
+-- reading numbers them all.
 --
--- The lock is "<hold token> <fencing token> <pid> <since ms> <host>"; a refusal turns the space
--- after the hold token into "+" (the hold has had a waiter), and only such a hold's release is
--- published: a waiter subscribes after its first refusal and then asks again, so every waiter
--- that sleeps was refused by the hold whose release it waits for. The fencing token is
--- max(counter + 1, server time in microseconds): it keeps increasing when the counter is gone
--- (expired, a restart without persistence, a failover to a replica that had not received it) as
--- long as the server's clock does not step back by more than the time between two grants of the
--- key. The time is read once per call (the grants of one call are of distinct keys: a locker
--- has one request in flight per key, and no release runs after an acquisition).
---
--- Written for the server's CPU: no string is built that a request does not need (the token is
--- compared in place, a channel name made only to publish), and the fencing token's text and the
--- metadata after it are built once per call.
+-- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
+-- one SET each, no string is built that a request does not need, and the grant's text after the
+-- hold token is built once per call for the shared lease.
 local holder, releases = ARGV[1], tonumber(ARGV[4])
 -- `try` returns an error as a table instead of raising it.
-local call, try, find, byte, sub, type = redis.call, redis.pcall, string.find, string.byte, string.sub, type
--- The server's clock, read at the first acquisition: in microseconds, as text (formatting a
--- 16-digit number with string.format costs more than a call), and as the lock value's tail.
-local now, clock, tail
+local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.find, string.byte,
+    string.sub, string.match, type
+-- The server's clock, read at the first request that needs it: milliseconds, and microseconds as
+-- a number and as text (formatting a 16-digit number with string.format costs more than a call).
+local now, micros, clock
 
--- "+": the byte after the hold token of a lock that has refused someone.
-local WAITED = 43
--- A hold that has refused nobody yet: only such a value is marked (any other value at a lock key
--- is not relock's, and is never written to).
-local UNMARKED = '^' .. string.rep('%x', 32) .. ' '
+-- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
+local WAITED, TOMBSTONE = 43, 45
 
 -- The command being called, to name it if it fails.
 local calling
 
+local function tick()
+    calling = 'TIME'
+    local time = call('TIME')
+    now = time[1] * 1000 + math.floor(time[2] / 1000)
+    clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+    micros = tonumber(clock)
+end
+
+-- The text after the hold token of a grant with the clock's token, per lease.
+local tails = {}
+
 local function acquire(lock, token, lease, retention)
     if not now then
-        calling = 'TIME'
-        local time = call('TIME')
-        now = time[1] * 1000000 + time[2]
-        clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
-        tail = ' ' .. clock .. ' ' .. holder
+        tick()
     end
-    -- Takes a free lock with the clock's token, or reads the holder of a taken one. A server
-    -- that refuses writes (out of memory, too few replicas) refuses this one even when the lock
-    -- is taken: a refusal and a retried grant are then read with GET, as they need no write.
+    local tail = tails[lease]
+    if not tail then
+        tail = ' ' .. clock .. ' ' .. (now + tonumber(lease)) .. ' ' .. holder
+        tails[lease] = tail
+    end
+    -- Takes a free key, or reads what is there. A server that refuses writes (out of memory, too
+    -- few replicas) refuses this one even when the key is taken: a refusal and a retried grant are
+    -- then read with GET, as they need no write.
     calling = 'SET'
-    local value = try('SET', lock, token .. tail, 'NX', 'PX', lease, 'GET')
+    local value = try('SET', lock, token .. tail, 'NX', 'PX', retention, 'GET')
     if type(value) == 'table' then
         calling = 'GET'
         local refused = value
@@ -79,49 +85,94 @@ local function acquire(lock, token, lease, retention)
             error(refused)
         end
     end
-    if value then
-        if find(value, token, 1, true) == 1 then
-            return 1, tonumber(string.match(value, '^%x+[ +](%d+)'))
+    if not value then
+        return 1, micros
+    end
+    local last
+    if byte(value, 1) == TOMBSTONE then
+        local released
+        last, released = match(value, '^%-(%d+) (%x+)$')
+        if released == token then
+            return 2, 0
         end
-        if find(value, UNMARKED) then
-            -- Best effort: a refusal must not fail because this write is refused (out of
-            -- memory); the waiter then wakes when the lease ends instead.
-            try('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
+    else
+        local owner, mark, fence, deadline = match(value, '^(%x+)([ +])(%d+) (%d+)')
+        if owner and #owner == 32 then
+            if owner == token then
+                return 1, tonumber(fence)
+            end
+            local left = tonumber(deadline) - now
+            if left > 0 then
+                if mark == ' ' then
+                    -- Best effort: a refusal must not fail because this write is refused.
+                    try('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
+                end
+                return 0, left
+            end
+            last = fence
         end
+    end
+    if not last then
         calling = 'PTTL'
         return 0, call('PTTL', lock)
     end
-    -- Writes the clock's token and reads the counter in one call; the rare case where the
-    -- counter is ahead of the clock (a clock stepped back) writes both again (the script is
-    -- atomic: nobody saw the first token). A counter that is not a number was overwritten by
-    -- the clock's token, which is then the fencing token.
-    local counter = lock .. ':fence'
-    local last = try('SET', counter, clock, 'PX', retention, 'GET')
-    if type(last) == 'table' then
-        -- A counter of another type, or a refusal of its key: the lock was free before this
-        -- request, and is free again after it.
-        call('DEL', lock)
-        error({err = last.err .. ' (at the fencing counter ' .. counter .. ')'})
+    if #last > 16 or (#last == 16 and last > '9007199254740990') then
+        calling = 'SET'
+        error({err = 'the fencing token is ' .. last ..
+            ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
     end
-    last = tonumber(last)
-    if last and last >= now then
-        local fence = last + 1
-        local text = string.format('%.0f', fence)
-        call('SET', counter, text, 'PX', retention)
-        call('SET', lock, token .. ' ' .. text .. ' ' .. holder, 'KEEPTTL')
-        return 1, fence
+    local fence, text = micros, clock
+    if tonumber(last) >= fence then
+        fence = tonumber(last) + 1
+        text = string.format('%.0f', fence)
     end
-    return 1, now
+    calling = 'SET'
+    call('SET', lock, token .. ' ' .. text .. sub(tail, #clock + 2), 'PX', retention)
+    return 1, fence
 end
 
-local function release(lock, token)
-    calling = 'GET'
-    local value = call('GET', lock)
-    if not value or find(value, token, 1, true) ~= 1 then
+local function release(lock, request)
+    local token, known = sub(request, 1, 32), sub(request, 33)
+    calling = 'SET'
+    local value = try('SET', lock, '-' .. known .. ' ' .. token, 'KEEPTTL', 'GET')
+    if type(value) == 'table' then
+        -- Out of memory: a release must still free the lock, without its tombstone.
+        calling = 'GET'
+        value = call('GET', lock)
+        if not value or find(value, token, 1, true) ~= 1 then
+            return 0, 0
+        end
+        calling = 'DEL'
+        call('DEL', lock)
+    elseif not value then
+        -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
+        calling = 'PEXPIRE'
+        call('PEXPIRE', lock, ARGV[3])
         return 0, 0
+    elseif find(value, token, 1, true) ~= 1 then
+        calling = 'SET'
+        if byte(value, 1) == TOMBSTONE then
+            local fence, released = match(value, '^%-(%d+) (%x+)$')
+            if released == token then
+                -- A retried release: the first one took effect.
+                call('SET', lock, value, 'KEEPTTL')
+                return 1, 0
+            end
+            if fence then
+                call('SET', lock, '-' .. fence .. ' ' .. token, 'KEEPTTL')
+                return 0, 0
+            end
+        end
+        -- Another hold's lock, or a value that is not relock's: put back as it was.
+        call('SET', lock, value, 'KEEPTTL')
+        return 0, 0
+    elseif known == '0' then
+        -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
+        -- the hold's. A caller that knows it wrote it already.
+        known = match(value, '^%x+[ +](%d+)')
+        calling = 'SET'
+        call('SET', lock, '-' .. known .. ' ' .. token, 'KEEPTTL')
     end
-    calling = 'DEL'
-    call('DEL', lock)
     if byte(value, 33) == WAITED then
         calling = 'PUBLISH'
         call('PUBLISH', lock .. ':released', '')
@@ -140,7 +191,7 @@ for k = 1, #KEYS do
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
-        local token, own_lease, own_retention = string.match(request, '^(%x+) (%d+) (%d+)$')
+        local token, own_lease, own_retention = match(request, '^(%x+) (%d+) (%d+)$')
         ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention)
     end
     if not ok then

@@ -1,0 +1,860 @@
+//! What relock keeps in Redis, and how it asks for it: the one module that knows the layout.
+//!
+//! A lock is **one key**, `P:{K}` (prefix `P`, user key `K` in a hash tag, so that the key and its
+//! channel `P:{K}:released` share one Redis Cluster slot). Its value is one of:
+//!
+//! * a **hold**: `<hold token><mark><fencing token> <deadline ms> <pid> <since ms> <host>` — the
+//!   hold token is 32 hex digits, new for every fresh acquisition; the mark is a space, or `+`
+//!   once the hold has refused someone (its release is then published); the deadline is the end
+//!   of the lease on the server's clock (`TIME`), checked by every script: a hold past it is free;
+//! * a **tombstone**: `-<fencing token> <hold token>`, written by a release in place of the hold
+//!   (by a force-release with 32 zeros for the hold token): the lock is free, the last fencing
+//!   token survives, and the released hold is named, so that a retried release recognises its
+//!   own effect and an acquisition of that hold arriving after its release is refused.
+//!
+//! The key's expiry is the **retention**: set by every grant and renewal to at least the lease,
+//! kept by a release. After it nothing of the lock is left. A value of any other form is never
+//! overwritten (it is treated as held until its key expires). The scripts in `src/scripts/`
+//! (one per operation, each with a header stating its KEYS, ARGV and reply) and
+//! `src/scripts/README.md` are the protocol; this module builds their calls and reads their
+//! replies for every Redis transport (one server, its group commit, a cluster, Sentinel), which
+//! only carry them.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use redis::aio::ConnectionLike;
+use redis::{ScriptInvocation, Value};
+
+#[cfg(any(feature = "cluster", test))]
+use crate::backend::Released;
+use crate::backend::{Attempt, Replicas, HOLDER};
+use crate::error::Error;
+use crate::info::LockInfo;
+use crate::key::LockKey;
+use crate::lease::Lease;
+use crate::pattern::KeyPattern;
+use crate::scripts;
+use crate::token::HoldToken;
+
+/// `P:{K}`: the lock's key.
+pub(crate) fn lock_key(prefix: &str, key: &LockKey) -> String {
+    key_name(prefix, key, "")
+}
+
+/// `P:{K}:released`: the channel a release of `key` is announced on.
+pub(crate) fn channel(prefix: &str, key: &LockKey) -> String {
+    key_name(prefix, key, ":released")
+}
+
+/// `P:{K}<suffix>`, built without the formatting machinery: it runs for every request.
+fn key_name(prefix: &str, key: &LockKey, suffix: &str) -> String {
+    let key = key.as_str();
+    let mut name = String::with_capacity(prefix.len() + key.len() + suffix.len() + 3);
+    name.push_str(prefix);
+    name.push_str(":{");
+    name.push_str(key);
+    name.push('}');
+    name.push_str(suffix);
+    name
+}
+
+/// What a lock's key holds, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored<'a> {
+    Hold {
+        token: &'a str,
+        /// The hold has refused someone: its release is published.
+        refused: bool,
+        fencing_token: u64,
+        /// The end of the lease, in milliseconds on the server's clock.
+        deadline_ms: u64,
+        /// `<pid> <since ms> <host>`
+        holder: &'a str,
+    },
+    Tombstone {
+        fencing_token: u64,
+        /// The released hold's token (32 zeros after a force-release).
+        released: &'a str,
+    },
+    /// Not relock's: never overwritten.
+    Unknown,
+}
+
+impl<'a> Stored<'a> {
+    /// Parses a value of the lock's key.
+    pub(crate) fn parse(value: &'a str) -> Self {
+        if let Some(rest) = value.strip_prefix('-') {
+            return match rest.split_once(' ') {
+                Some((fence, released)) if is_token(released) => match fence.parse() {
+                    Ok(fencing_token) if is_digits(fence) => Self::Tombstone {
+                        fencing_token,
+                        released,
+                    },
+                    _ => Self::Unknown,
+                },
+                _ => Self::Unknown,
+            };
+        }
+        let Some((token, rest)) = value.split_at_checked(32) else {
+            return Self::Unknown;
+        };
+        let refused = match rest.as_bytes().first() {
+            Some(b' ') => false,
+            Some(b'+') => true,
+            _ => return Self::Unknown,
+        };
+        let mut parts = rest[1..].splitn(3, ' ');
+        let (Some(fence), Some(deadline)) = (parts.next(), parts.next()) else {
+            return Self::Unknown;
+        };
+        match (is_token(token), fence.parse(), deadline.parse()) {
+            (true, Ok(fencing_token), Ok(deadline_ms)) if is_digits(fence) => Self::Hold {
+                token,
+                refused,
+                fencing_token,
+                deadline_ms,
+                holder: parts.next().unwrap_or_default(),
+            },
+            _ => Self::Unknown,
+        }
+    }
+}
+
+fn is_token(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The acquire script's call for a new hold of `key` (the same on one server and on a cluster).
+/// The key is kept for the retention, at least as long as the lease.
+pub(crate) fn acquire_invocation(
+    prefix: &str,
+    key: &LockKey,
+    token: &HoldToken,
+    lease: Duration,
+    retention: Duration,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::ACQUIRE.key(lock_key(prefix, key));
+    invocation
+        .arg(token.as_str())
+        .arg(millis(lease))
+        .arg(millis(retention.max(lease)))
+        .arg(holder_metadata());
+    invocation
+}
+
+/// The release script's call for the hold `token` of `key`, whose fencing token is `fence` (0
+/// when unknown). `sharded`: announce on the sharded channel (Redis Cluster). (One server sends
+/// releases through [`single`] and [`batch_command`].)
+#[cfg(feature = "cluster")]
+pub(crate) fn release_invocation(
+    prefix: &str,
+    key: &LockKey,
+    token: &HoldToken,
+    fence: u64,
+    retention: Duration,
+    sharded: bool,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::RELEASE.key(lock_key(prefix, key));
+    invocation
+        .key(channel(prefix, key))
+        .arg(token.as_str())
+        .arg(fence)
+        .arg(millis(retention));
+    if sharded {
+        invocation.arg("sharded");
+    }
+    invocation
+}
+
+/// The renew script's call for `lease`'s hold: a new deadline, and the key kept for the
+/// retention (at least the lease).
+pub(crate) fn renew_invocation(
+    prefix: &str,
+    lease: &Lease,
+    retention: Duration,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::RENEW.key(lock_key(prefix, &lease.key));
+    invocation
+        .arg(lease.token.as_str())
+        .arg(millis(lease.duration))
+        .arg(millis(retention.max(lease.duration)));
+    invocation
+}
+
+/// The force-release script's call; `sharded`: announce on the sharded channel.
+pub(crate) fn force_release_invocation(
+    prefix: &str,
+    key: &LockKey,
+    sharded: bool,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::FORCE_RELEASE.key(lock_key(prefix, key));
+    invocation.key(channel(prefix, key));
+    if sharded {
+        invocation.arg("sharded");
+    }
+    invocation
+}
+
+/// The inspect script's call.
+pub(crate) fn inspect_invocation(prefix: &str, key: &LockKey) -> ScriptInvocation<'static> {
+    scripts::INSPECT.key(lock_key(prefix, key))
+}
+
+/// `EVALSHA acquire` then `WAIT count timeout`, as one pipeline; after `ASKING` when `asking`
+/// (a cluster node importing the slot runs the script only right after it).
+pub(crate) fn acknowledged_pipeline(
+    invocation: &ScriptInvocation<'_>,
+    replicas: Replicas,
+    asking: bool,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    if asking {
+        pipe.cmd("ASKING");
+    }
+    pipe.invoke_script(invocation);
+    pipe.cmd("WAIT")
+        .arg(replicas.count)
+        .arg(millis(replicas.timeout).max(1));
+    pipe
+}
+
+/// Sends [`acknowledged_pipeline`] on `connection`, each send bounded by `limit`, loading the
+/// acquire script there if the server lacks it (a `NOSCRIPT` reply ran nothing, so sending again
+/// is safe): the script's reply and `WAIT`'s.
+pub(crate) async fn send_acknowledged(
+    connection: &mut impl ConnectionLike,
+    pipe: &redis::Pipeline,
+    asking: bool,
+    limit: Duration,
+) -> Result<Vec<Value>, Error> {
+    let offset = usize::from(asking);
+    let late = || {
+        Error::backend(format!(
+            "the server did not answer an acquisition waiting for replicas within {limit:?}"
+        ))
+    };
+    let replies = tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
+        .await
+        .map_err(|_| late())??;
+    let noscript = matches!(
+        replies.first(),
+        Some(Value::ServerError(err)) if err.kind() == Some(redis::ServerErrorKind::NoScript)
+    );
+    if !noscript {
+        return Ok(replies);
+    }
+    tokio::time::timeout(
+        limit,
+        scripts::ACQUIRE.prepare_invoke().load_async(connection),
+    )
+    .await
+    .map_err(|_| late())??;
+    Ok(
+        tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
+            .await
+            .map_err(|_| late())??,
+    )
+}
+
+/// The acquire script's answer and `WAIT`'s count of acknowledging replicas.
+pub(crate) fn parse_acknowledged(replies: Vec<Value>) -> Result<(Attempt, u32), Error> {
+    let [attempt, acknowledged]: [Value; 2] = replies
+        .try_into()
+        .map_err(|replies: Vec<Value>| unexpected("acquire and WAIT", &Value::Array(replies)))?;
+    let attempt = parse_acquire(attempt.extract_error()?)?;
+    match acknowledged.extract_error()? {
+        Value::Int(count) => Ok((attempt, u32::try_from(count).unwrap_or(0))),
+        other => Err(unexpected("WAIT", &other)),
+    }
+}
+
+/// What a group-commit request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A new hold: the lease and the key's retention, in milliseconds.
+    Acquire { lease_ms: u64, retention_ms: u64 },
+    /// The release of a hold with this fencing token (0 when unknown).
+    Release { fencing_token: u64 },
+}
+
+impl Kind {
+    pub(crate) fn is_release(self) -> bool {
+        matches!(self, Self::Release { .. })
+    }
+}
+
+/// One acquisition or release of the lock `P:{K}`, for the batch script.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) kind: Kind,
+    /// `P:{K}`
+    pub(crate) lock: String,
+    pub(crate) token: HoldToken,
+}
+
+/// A request's own part of a script's reply: its status and value (see `batch.lua`).
+pub(crate) type Answer = Result<(i64, Value), Error>;
+
+/// The single-request script's call for `request` (see `acquire.lua` and `release.lua`): a call
+/// of one request runs it, which costs the server less than the batch script's loop.
+/// `retention_ms` is the tombstone's expiry where a release finds nothing.
+pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::Script, redis::Cmd) {
+    let lock = &request.lock;
+    let mut command = redis::Cmd::with_capacity(9, 192 + 2 * lock.len());
+    match request.kind {
+        Kind::Acquire {
+            lease_ms,
+            retention_ms,
+        } => {
+            command
+                .arg("EVALSHA")
+                .arg(scripts::ACQUIRE.get_hash())
+                .arg(1)
+                .arg(lock)
+                .arg(request.token.as_str())
+                .arg(lease_ms)
+                .arg(retention_ms)
+                .arg(holder_metadata());
+            (&scripts::ACQUIRE, command)
+        }
+        Kind::Release { fencing_token } => {
+            command
+                .arg("EVALSHA")
+                .arg(scripts::RELEASE.get_hash())
+                .arg(2)
+                .arg(lock);
+            suffixed(&mut command, lock, ":released");
+            command
+                .arg(request.token.as_str())
+                .arg(fencing_token)
+                .arg(retention_ms);
+            (&scripts::RELEASE, command)
+        }
+    }
+}
+
+/// Adds the argument `lock` + `suffix` to `command`, written in place: a `format!` per request
+/// cost about as much as the rest of building the command.
+fn suffixed(command: &mut redis::Cmd, lock: &str, suffix: &str) {
+    use redis::RedisWrite as _;
+    use std::io::Write as _;
+    let mut arg = command.writer_for_next_arg();
+    // Writing into the command's own buffer cannot fail.
+    let _ = arg.write_all(lock.as_bytes());
+    let _ = arg.write_all(suffix.as_bytes());
+}
+
+/// The single-request script's reply as the batch script's status and value.
+pub(crate) fn single_answer(request: &Request, reply: Value) -> Answer {
+    match (request.kind, reply) {
+        (Kind::Acquire { .. }, Value::Array(items)) => match items.as_slice() {
+            [Value::Int(status), Value::Int(value)] => Ok((*status, Value::Int(*value))),
+            _ => Err(Error::backend(format!(
+                "unexpected reply from the acquire script: {items:?}"
+            ))),
+        },
+        (Kind::Release { .. }, Value::Int(released)) => Ok((released, Value::Int(0))),
+        (kind, reply) => Err(Error::backend(format!(
+            "unexpected reply to {kind:?} from its script: {reply:?}"
+        ))),
+    }
+}
+
+/// `EVALSHA batch` for `requests`, the releases first: their locks, the holder metadata, the
+/// lease and retention of the first acquisition (which most share; the locker's retention when
+/// there is none), the number of releases, then each request's argument.
+pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::Cmd {
+    let releases = requests
+        .iter()
+        .take_while(|request| request.kind.is_release())
+        .count();
+    debug_assert!(
+        requests[releases..]
+            .iter()
+            .all(|request| !request.kind.is_release()),
+        "the releases come first"
+    );
+    let shared = requests.get(releases).map(|request| request.kind);
+    let (lease_ms, retention_ms) = match shared {
+        Some(Kind::Acquire {
+            lease_ms,
+            retention_ms,
+        }) => (lease_ms, retention_ms),
+        _ => (0, retention_ms),
+    };
+    // Sized up front: the buffers would otherwise grow a few times per call.
+    let names: usize = requests.iter().map(|request| request.lock.len()).sum();
+    let mut command =
+        redis::Cmd::with_capacity(7 + 2 * requests.len(), 128 + names + 56 * requests.len());
+    command
+        .arg("EVALSHA")
+        .arg(scripts::BATCH.get_hash())
+        .arg(requests.len());
+    for request in requests {
+        command.arg(&request.lock);
+    }
+    // Written beside each grant: a call of releases only has no use for it.
+    let holder = if shared.is_some() {
+        holder_metadata()
+    } else {
+        String::new()
+    };
+    command
+        .arg(holder)
+        .arg(lease_ms)
+        .arg(retention_ms)
+        .arg(releases);
+    let mut text = String::new();
+    for request in requests {
+        let token = request.token.as_str();
+        match request.kind {
+            Kind::Release { fencing_token } => {
+                text.clear();
+                let _ = write!(text, "{token}{fencing_token}");
+                command.arg(&text);
+            }
+            Kind::Acquire {
+                lease_ms,
+                retention_ms,
+            } if Some(request.kind) != shared => {
+                text.clear();
+                let _ = write!(text, "{token} {lease_ms} {retention_ms}");
+                command.arg(&text);
+            }
+            Kind::Acquire { .. } => {
+                command.arg(token);
+            }
+        }
+    }
+    command
+}
+
+/// Splits the batch script's reply into each request's status and value; `None` if the reply
+/// does not have two items per request.
+pub(crate) fn batch_answers(reply: Value, requests: &[&Request]) -> Option<Vec<Answer>> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    if items.len() != 2 * requests.len() {
+        return None;
+    }
+    let mut items = items.into_iter();
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        let (Some(status), Some(value)) = (items.next(), items.next()) else {
+            unreachable!("two items per request, checked above");
+        };
+        answers.push(match (status, value) {
+            (Value::Int(-1), failed) => {
+                let failed = as_string(&failed).unwrap_or_else(|| format!("{failed:?}"));
+                let (command, message) = failed.split_once(' ').unwrap_or(("", &failed));
+                Err(crate::error::batched_request_failed(
+                    command,
+                    message,
+                    &request.lock,
+                ))
+            }
+            (Value::Int(status), value) => Ok((status, value)),
+            (status, value) => Err(Error::backend(format!(
+                "unexpected reply from the batch script: {status:?}, {value:?}"
+            ))),
+        });
+    }
+    Some(answers)
+}
+
+/// An acquisition's status and value (from the batch script, or `acquire.lua`'s pair).
+pub(crate) fn attempt_from(status: i64, value: &Value) -> Option<Attempt> {
+    match (status, value) {
+        (1, Value::Int(token)) if *token > 0 => Some(Attempt::Acquired {
+            fencing_token: *token as u64,
+        }),
+        (0, Value::Int(ttl)) => Some(Attempt::Held {
+            ttl: u64::try_from(*ttl).ok().map(Duration::from_millis),
+        }),
+        (2, _) => Some(Attempt::ReleasedAlready),
+        _ => None,
+    }
+}
+
+/// Parses `acquire.lua`'s reply.
+pub(crate) fn parse_acquire(value: Value) -> Result<Attempt, Error> {
+    if let Value::Array(items) = &value {
+        if let [Value::Int(status), answer] = items.as_slice() {
+            if let Some(attempt) = attempt_from(*status, answer) {
+                return Ok(attempt);
+            }
+        }
+    }
+    Err(unexpected("acquire", &value))
+}
+
+/// Parses `release.lua`'s reply.
+#[cfg(any(feature = "cluster", test))]
+pub(crate) fn parse_release(value: Value) -> Result<Released, Error> {
+    match value {
+        Value::Int(1) => Ok(Released::Free),
+        Value::Int(0) => Ok(Released::NotHeld),
+        other => Err(unexpected("release", &other)),
+    }
+}
+
+/// Parses the force-release script's `{removed, last fencing token}`.
+pub(crate) fn parse_force_release(reply: Value) -> Result<(bool, u64), Error> {
+    if let Value::Array(items) = &reply {
+        if let [Value::Int(removed), Value::Int(last)] = items.as_slice() {
+            if *last >= 0 {
+                return Ok((*removed == 1, *last as u64));
+            }
+        }
+    }
+    Err(unexpected("force-release", &reply))
+}
+
+/// Parses the inspect script's reply: `{}` free, `{ttl ms, hold}` held, `{-1, value, pttl}` a
+/// value relock did not write (an error naming it).
+pub(crate) fn parse_inspect(
+    prefix: &str,
+    key: &LockKey,
+    value: Value,
+) -> Result<Option<LockInfo>, Error> {
+    let Value::Array(items) = &value else {
+        return Err(unexpected("inspect", &value));
+    };
+    let (ttl, text) = match items.as_slice() {
+        [] => return Ok(None),
+        [Value::Int(-1), text, Value::Int(pttl)] => {
+            let text = as_string(text).unwrap_or_else(|| format!("{text:?}"));
+            let shown: String = text.chars().take(64).collect();
+            let expires = match *pttl {
+                -1 => "never expires".to_owned(),
+                ms => format!("expires in {:?}", Duration::from_millis(ms.max(0) as u64)),
+            };
+            return Err(Error::backend(format!(
+                "the Redis key `{}` holds a value relock did not write (`{shown}`); relock treats \
+                 the lock as held until the key {expires}",
+                lock_key(prefix, key)
+            )));
+        }
+        [Value::Int(ttl), text] if *ttl > 0 => (*ttl as u64, as_string(text)),
+        _ => return Err(unexpected("inspect", &value)),
+    };
+    let text = text.ok_or_else(|| unexpected("inspect", &value))?;
+    let Stored::Hold {
+        token,
+        fencing_token,
+        holder,
+        ..
+    } = Stored::parse(&text)
+    else {
+        return Err(unexpected("inspect", &value));
+    };
+    let mut info = LockInfo {
+        key: key.as_str().to_owned(),
+        owner: token.to_owned(),
+        holds: 1,
+        ttl: Duration::from_millis(ttl),
+        fencing_token,
+        host: None,
+        pid: None,
+        acquired_at: None,
+    };
+    parse_holder(holder, &mut info);
+    Ok(Some(info))
+}
+
+/// The `SCAN MATCH` glob of the locks whose keys match `pattern`.
+pub(crate) fn scan_glob(prefix: &str, pattern: &KeyPattern) -> String {
+    let mut glob = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
+    for c in prefix.chars().chain([':', '{']) {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            glob.push('\\');
+        }
+        glob.push(c);
+    }
+    glob.push_str(pattern.as_str());
+    glob.push('}');
+    glob
+}
+
+/// The lock keys among the Redis key `names` a scan with [`scan_glob`] found.
+pub(crate) fn found_keys(prefix: &str, pattern: &KeyPattern, names: &[String]) -> Vec<LockKey> {
+    names
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix(prefix)?
+                .strip_prefix(":{")?
+                .strip_suffix('}')
+        })
+        .filter(|key| pattern.matches(key))
+        .filter_map(|key| LockKey::new(key).ok())
+        .collect()
+}
+
+/// `"<pid> <now in ms> <host>"`: who takes a lock, for `inspect`. Built by hand: it runs on
+/// every acquisition.
+pub(crate) fn holder_metadata() -> String {
+    static PID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| HOLDER.pid.to_string());
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut digits = [0u8; 39];
+    let mut at = digits.len();
+    let mut rest = since;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let since = std::str::from_utf8(&digits[at..]).expect("ASCII digits");
+    let mut text = String::with_capacity(PID.len() + since.len() + HOLDER.host.len() + 2);
+    text.push_str(&PID);
+    text.push(' ');
+    text.push_str(since);
+    text.push(' ');
+    text.push_str(&HOLDER.host);
+    text
+}
+
+/// Parses what [`holder_metadata`] wrote.
+fn parse_holder(text: &str, info: &mut LockInfo) {
+    let mut parts = text.splitn(3, ' ');
+    info.pid = parts.next().and_then(|pid| pid.parse().ok());
+    info.acquired_at = parts
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    info.host = parts.next().map(str::to_owned);
+}
+
+/// Lease and retention go to Redis in whole milliseconds, at least one (PEXPIRE 0 deletes).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+pub(crate) fn unexpected(script: &str, value: &Value) -> Error {
+    Error::backend(format!(
+        "unexpected reply from the {script} script: {value:?}"
+    ))
+}
+
+pub(crate) fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn test_key() -> LockKey {
+        LockKey::new("order:42").unwrap()
+    }
+
+    #[test]
+    fn acquire_reply_acquired() {
+        let reply = Value::Array(vec![Value::Int(1), Value::Int(1_764_000_000_000_007)]);
+        assert_eq!(
+            parse_acquire(reply).unwrap(),
+            Attempt::Acquired {
+                fencing_token: 1_764_000_000_000_007
+            }
+        );
+    }
+
+    #[test]
+    fn acquire_reply_held_carries_the_ttl() {
+        let reply = Value::Array(vec![Value::Int(0), Value::Int(1500)]);
+        assert_eq!(
+            parse_acquire(reply).unwrap(),
+            Attempt::Held {
+                ttl: Some(Duration::from_millis(1500))
+            }
+        );
+        let no_expiry = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
+        assert_eq!(
+            parse_acquire(no_expiry).unwrap(),
+            Attempt::Held { ttl: None }
+        );
+    }
+
+    #[test]
+    fn acquire_reply_released_already() {
+        let reply = Value::Array(vec![Value::Int(2), Value::Int(0)]);
+        assert_eq!(parse_acquire(reply).unwrap(), Attempt::ReleasedAlready);
+    }
+
+    #[test]
+    fn acquire_reply_malformed_is_a_backend_error() {
+        for reply in [
+            Value::Nil,
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1), Value::Int(0)]),
+            Value::Array(vec![Value::Int(1), Value::Int(5), Value::Int(1)]),
+            Value::Array(vec![Value::Int(3), Value::Int(1)]),
+        ] {
+            assert!(parse_acquire(reply).unwrap_err().is_backend());
+        }
+    }
+
+    #[test]
+    fn release_replies() {
+        assert_eq!(parse_release(Value::Int(1)).unwrap(), Released::Free);
+        assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::NotHeld);
+        assert!(parse_release(Value::Int(2)).is_err());
+        assert!(parse_release(Value::Nil).is_err());
+    }
+
+    #[test]
+    fn values_parse_into_holds_tombstones_and_unknowns() {
+        let hold = format!("{TOKEN}+1764000000000042 1764000030000 77 1700000000123 box");
+        assert_eq!(
+            Stored::parse(&hold),
+            Stored::Hold {
+                token: TOKEN,
+                refused: true,
+                fencing_token: 1_764_000_000_000_042,
+                deadline_ms: 1_764_000_030_000,
+                holder: "77 1700000000123 box",
+            }
+        );
+        let tombstone = format!("-1764000000000042 {TOKEN}");
+        assert_eq!(
+            Stored::parse(&tombstone),
+            Stored::Tombstone {
+                fencing_token: 1_764_000_000_000_042,
+                released: TOKEN,
+            }
+        );
+        for text in [
+            "",
+            "-",
+            "-12",
+            "-x1 0123456789abcdef0123456789abcdef",
+            "-+1 0123456789abcdef0123456789abcdef",
+            "short 5",
+            &format!("{TOKEN} notanumber 5"),
+            &format!("{TOKEN}x1764000000000042 5 77 1 box"),
+            &format!("{TOKEN} 1764000000000042"),
+            "0123456789abcdef0123456789abcdeg 1 2",
+        ] {
+            assert_eq!(Stored::parse(text), Stored::Unknown, "{text}");
+        }
+    }
+
+    #[test]
+    fn inspect_reply_free() {
+        assert_eq!(
+            parse_inspect("relock", &test_key(), Value::Array(vec![])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn inspect_reply_held() {
+        let reply = Value::Array(vec![
+            Value::Int(2500),
+            bulk(&format!(
+                "{TOKEN} 1764000000000042 1764000002500 77 1700000000123 box"
+            )),
+        ]);
+        let info = parse_inspect("relock", &test_key(), reply)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.key, "order:42");
+        assert_eq!(info.owner, TOKEN);
+        assert_eq!(info.holds, 1);
+        assert_eq!(info.ttl, Duration::from_millis(2500));
+        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
+        assert_eq!(info.host.as_deref(), Some("box"));
+        assert_eq!(info.pid, Some(77));
+        assert_eq!(
+            info.acquired_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+    }
+
+    #[test]
+    fn inspect_names_a_value_relock_did_not_write() {
+        let reply = Value::Array(vec![Value::Int(-1), bulk("someone else's"), Value::Int(-1)]);
+        let err = parse_inspect("relock", &test_key(), reply).unwrap_err();
+        let text = std::error::Error::source(&err).unwrap().to_string();
+        assert!(text.contains("relock:{order:42}"), "{text}");
+        assert!(text.contains("someone else's"), "{text}");
+        assert!(text.contains("never expires"), "{text}");
+    }
+
+    #[test]
+    fn holder_metadata_round_trips() {
+        let text = format!("{TOKEN} 1 2 {}", holder_metadata());
+        let reply = Value::Array(vec![Value::Int(1), bulk(&text)]);
+        let info = parse_inspect("relock", &test_key(), reply)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.pid, Some(std::process::id()));
+        assert_eq!(info.host.as_deref(), Some(HOLDER.host.as_str()));
+        let age = SystemTime::now()
+            .duration_since(info.acquired_at.unwrap())
+            .unwrap();
+        assert!(age < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn key_names_share_the_hash_tag() {
+        let key = LockKey::new("order:42").unwrap();
+        assert_eq!(lock_key("app", &key), "app:{order:42}");
+        assert_eq!(channel("app", &key), "app:{order:42}:released");
+    }
+
+    #[test]
+    fn lease_is_sent_in_whole_milliseconds_never_zero() {
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000);
+    }
+
+    #[test]
+    fn a_release_carries_its_fencing_token_after_the_hold_token() {
+        let token = HoldToken::random();
+        let release = Request {
+            kind: Kind::Release { fencing_token: 42 },
+            lock: "relock:{k}".into(),
+            token: token.clone(),
+        };
+        let command = batch_command(&[&release], 600_000);
+        let args: Vec<Vec<u8>> = command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(
+            args.last().unwrap(),
+            format!("{}42", token.as_str()).as_bytes()
+        );
+        // No acquisition: no lease, the locker's retention (a tombstone written where nothing was).
+        assert_eq!(args[5], b"0");
+        assert_eq!(args[6], b"600000");
+    }
+}

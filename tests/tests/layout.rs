@@ -1,0 +1,482 @@
+//! The one-key layout against a real `redis-server`: a hold's lease is a deadline in its value, a
+//! release leaves a tombstone that keeps the fencing token and names the released hold, the key's
+//! expiry is the retention, and a value relock did not write is never overwritten.
+//!
+//! Each test states the history it guards against: who held what, when.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use relock::{Error, Locker};
+use relock_tests::{run_bounded, unique_key, Proxy, RedisServer};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const ZEROS: &str = "00000000000000000000000000000000";
+
+fn lock_name(key: &str) -> String {
+    format!("relock:{{{key}}}")
+}
+
+async fn value(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    connection
+        .get(lock_name(key))
+        .await
+        .expect("GET the lock key")
+}
+
+async fn pttl(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    connection
+        .pttl(lock_name(key))
+        .await
+        .expect("PTTL the lock key")
+}
+
+/// The server's clock in microseconds, as the scripts read it.
+async fn server_micros(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(connection)
+        .await
+        .expect("TIME");
+    seconds * 1_000_000 + micros
+}
+
+/// History: A holds k with a short lease and stops renewing (its process stalled); the lease's
+/// deadline passes while the key itself lives on for the retention. B asks: B must get the lock at
+/// once — the deadline, not the key's expiry, ends the lease — with a larger fencing token; and
+/// A's late release must report the loss and leave B's hold alone.
+#[test]
+fn a_hold_past_its_deadline_is_taken_by_the_next_acquirer_with_a_larger_token() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let key = unique_key("past-deadline");
+        // A's hold as its acquisition wrote it, 1 ms before its deadline; the key kept for 10 min.
+        let now_ms = server_micros(&mut admin).await / 1000;
+        let a_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let a_fence = now_ms * 1000;
+        let _: () = redis::cmd("SET")
+            .arg(lock_name(&key))
+            .arg(format!(
+                "{a_token} {a_fence} {} 1 1 stalled-host",
+                now_ms + 1
+            ))
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let b = server.locker().await;
+        let guard = b
+            .try_lock(&key)
+            .await
+            .expect("ask for the lock")
+            .expect("a hold past its deadline is free: B must get the lock at once");
+        assert!(
+            guard.fencing_token() > a_fence,
+            "B's token {} is not above A's {a_fence}",
+            guard.fencing_token()
+        );
+        assert!(
+            pttl(&mut admin, &key).await > 30_000,
+            "B's grant set no retention"
+        );
+
+        // A's release arrives late: it must not touch B's hold.
+        let released: i64 =
+            redis::Script::new(include_str!("../../relock/src/scripts/release.lua"))
+                .key(lock_name(&key))
+                .key(format!("{}:released", lock_name(&key)))
+                .arg(a_token)
+                .arg(a_fence)
+                .arg(600_000)
+                .invoke_async(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(released, 0, "A's late release claimed to free the lock");
+        assert!(guard.is_held());
+        let info = b
+            .inspect(&key)
+            .await
+            .unwrap()
+            .expect("B still holds the lock");
+        assert_eq!(info.fencing_token, guard.fencing_token());
+        guard.release().await.expect("B releases its own hold");
+    });
+}
+
+/// History: A holds k with a lease of 3 s on a locker whose retention is only 1 s, renewing it.
+/// If a grant or a renewal set the key's expiry to the retention alone, the key would vanish at
+/// 1 s while A's lease runs, and B would take the lock beside A. The expiry must reach the deadline.
+#[test]
+fn a_lease_longer_than_the_retention_keeps_the_key_alive_to_its_deadline() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let key = unique_key("long-lease");
+        let a = Locker::builder()
+            .url(server.url())
+            .fence_retention(Duration::from_secs(1))
+            .lease(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let b = server.locker().await;
+        let guard = a.lock(&key).await.unwrap();
+        for _ in 0..6 {
+            let ttl = pttl(&mut admin, &key).await;
+            assert!(
+                ttl > 1_500,
+                "the key of a live 3 s lease expires in {ttl} ms"
+            );
+            assert!(
+                b.try_lock(&key).await.unwrap().is_none(),
+                "B took the lock while A's renewed lease ran"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(guard.is_held(), "A lost a lease it kept renewing");
+        guard.release().await.unwrap();
+        assert!(b.try_lock(&key).await.unwrap().is_some());
+    });
+}
+
+/// History: holds of k are released, force-released, and the server restarts without
+/// persistence; tombstones in between. Each grant's fencing token must be larger than every
+/// earlier one: the tombstone carries the last token across releases and force-releases (even one
+/// far ahead of the clock), and the clock carries it across the restart that loses the tombstone.
+#[test]
+fn tombstones_keep_fencing_tokens_increasing_across_releases_force_releases_and_a_restart() {
+    run_bounded(LIMIT, || async {
+        let mut server = RedisServer::start();
+        let key = unique_key("tombstones");
+        let mut tokens = Vec::new();
+        {
+            let locker = server.locker().await;
+            let mut admin = server.connection().await;
+            for round in 0..3 {
+                let guard = locker.lock(&key).await.unwrap();
+                tokens.push(guard.fencing_token());
+                if round == 1 {
+                    assert!(locker.force_release(&key).await.unwrap());
+                    let err = guard.release().await.unwrap_err();
+                    assert!(matches!(err, Error::Lost { .. }), "{err:?}");
+                } else {
+                    guard.release().await.unwrap();
+                }
+                let left = value(&mut admin, &key).await.expect("a tombstone stays");
+                assert!(
+                    left.starts_with(&format!("-{} ", tokens[round])),
+                    "after round {round} the key holds `{left}`, not a tombstone with token {}",
+                    tokens[round]
+                );
+            }
+            // A tombstone ahead of the clock (a clock that stepped back): the next token follows
+            // the tombstone, not the clock.
+            let ahead = server_micros(&mut admin).await + 3_600_000_000;
+            let _: () = redis::cmd("SET")
+                .arg(lock_name(&key))
+                .arg(format!("-{ahead} {ZEROS}"))
+                .arg("PX")
+                .arg(600_000)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let guard = locker.lock(&key).await.unwrap();
+            assert_eq!(guard.fencing_token(), ahead + 1);
+            tokens.push(ahead + 1);
+            guard.release().await.unwrap();
+        }
+        // The restart loses the tombstone; the clock alone numbers the next grant. (The one
+        // ahead of the clock is the documented exception: a clock step back that outlived its
+        // tombstone.)
+        let before_restart = tokens[2];
+        server.restart();
+        let locker = server.locker().await;
+        let guard = locker.lock(&key).await.unwrap();
+        assert!(
+            guard.fencing_token() > before_restart,
+            "after the restart the token {} is not above {before_restart}",
+            guard.fencing_token()
+        );
+        for pair in tokens.windows(2) {
+            assert!(
+                pair[1] > pair[0],
+                "fencing tokens went backwards: {tokens:?}"
+            );
+        }
+        guard.release().await.unwrap();
+    });
+}
+
+/// History: an acquisition is sent on a pooled connection whose path delays it by 2.5 s; the
+/// client gives up after the connection's 500 ms response timeout (outcome unknown) and releases
+/// its hold token in the background on a fresh connection, which reaches the server first. When
+/// the delayed acquisition arrives, nothing may be granted: a grant then would be a lock nobody
+/// releases, held for its whole lease. The tombstone of the released token refuses it.
+#[test]
+fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let proxy = Proxy::start(server.port()).await;
+        let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
+        let pool = relock::bb8::Pool::builder()
+            .max_size(2)
+            .build(manager)
+            .await
+            .unwrap();
+        let delayed = Locker::builder()
+            .pool(pool)
+            .lease(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let other = server.locker().await;
+        let mut admin = server.connection().await;
+        let key = unique_key("delayed-acquisition");
+        // Warm the pool's shared connection and the scripts, on a key of its own.
+        delayed
+            .lock(unique_key("warm"))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+
+        proxy.delay_requests_of_open_connections(Duration::from_millis(2_500));
+        let err = delayed
+            .lock(&key)
+            .wait(Duration::ZERO)
+            .await
+            .expect_err("the delayed acquisition's answer cannot come within the timeout");
+        assert!(err.is_backend(), "{err:?}");
+
+        // The background release reaches the server on a fresh connection well before the
+        // delayed acquisition does; then the acquisition arrives.
+        tokio::time::sleep(Duration::from_millis(4_000)).await;
+        let left = value(&mut admin, &key).await;
+        assert!(
+            left.as_deref().is_none_or(|left| left.starts_with('-')),
+            "the key holds `{left:?}` after the acquisition arrived behind its own release"
+        );
+        assert!(
+            other.inspect(&key).await.unwrap().is_none(),
+            "an acquisition that arrived after its own release holds the lock"
+        );
+        let guard = other
+            .try_lock(&key)
+            .await
+            .unwrap()
+            .expect("nobody may hold the lock after the late acquisition");
+        guard.release().await.unwrap();
+    });
+}
+
+/// History: as above, but between the background release (which leaves a tombstone naming the
+/// abandoned hold) and the delayed acquisition's arrival, another owner takes the lock and
+/// releases it: the tombstone now names that owner's hold, and the delayed acquisition would be
+/// granted when it arrives, to nobody. The locker repeats the release of an acquisition whose
+/// outcome was unknown (the repeat names the abandoned hold in the tombstone again, or releases
+/// the grant if it slipped through), so the lock must be free within seconds, not held by nobody
+/// for its 30 s lease.
+#[test]
+fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_again() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let proxy = Proxy::start(server.port()).await;
+        let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
+        let pool = relock::bb8::Pool::builder()
+            .max_size(2)
+            .build(manager)
+            .await
+            .unwrap();
+        let delayed = Locker::builder()
+            .pool(pool)
+            .lease(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let other = server.locker().await;
+        let mut admin = server.connection().await;
+        let key = unique_key("delayed-behind-another-hold");
+        delayed
+            .lock(unique_key("warm"))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+
+        proxy.delay_requests_of_open_connections(Duration::from_millis(3_000));
+        let sent = tokio::time::Instant::now();
+        let err = delayed.lock(&key).wait(Duration::ZERO).await.unwrap_err();
+        assert!(err.is_backend(), "{err:?}");
+        // The background release's tombstone, then another owner's hold comes and goes.
+        while !value(&mut admin, &key)
+            .await
+            .is_some_and(|left| left.starts_with('-'))
+        {
+            assert!(
+                sent.elapsed() < Duration::from_millis(2_500),
+                "no background release"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        other.lock(&key).await.unwrap().release().await.unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_millis(2_800),
+            "too slow to finish before the delayed acquisition arrives: {:?}",
+            sent.elapsed()
+        );
+        // The delayed acquisition arrives at 3 s and is granted; it must not last.
+        tokio::time::sleep_until(sent + Duration::from_millis(3_200)).await;
+        let free = loop {
+            if other.inspect(&key).await.unwrap().is_none() {
+                break sent.elapsed();
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(15),
+                "the lock granted to an acquisition nobody waits for is still held 12 s after \
+                 it arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("free again {free:?} after the delayed acquisition was sent");
+        assert!(other.try_lock(&key).await.unwrap().is_some());
+    });
+}
+
+/// History: another program keeps its own string (with or without an expiry) at a key under
+/// relock's prefix. Acquisitions, releases of made-up tokens and force-releases must never
+/// overwrite it or change its expiry; relock treats the lock as held until the key expires, and
+/// `inspect` says what it found.
+#[test]
+fn a_value_relock_did_not_write_is_never_overwritten() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let locker = server.locker().await;
+        for (name, expiry) in [
+            ("foreign-expiring", Some(60_000u64)),
+            ("foreign-forever", None),
+        ] {
+            let key = unique_key(name);
+            let foreign = "a value another program keeps here";
+            let mut set = redis::cmd("SET");
+            set.arg(lock_name(&key)).arg(foreign);
+            if let Some(ms) = expiry {
+                set.arg("PX").arg(ms);
+            }
+            let _: () = set.query_async(&mut admin).await.unwrap();
+            let ttl_before = pttl(&mut admin, &key).await;
+
+            assert!(locker.try_lock(&key).await.unwrap().is_none(), "{name}");
+            let err = locker
+                .lock(&key)
+                .wait(Duration::from_millis(200))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Timeout { .. }), "{name}: {err:?}");
+            let inspected = locker.inspect(&key).await.unwrap_err();
+            let text = format!("{inspected:?}");
+            assert!(text.contains("did not write"), "{name}: {text}");
+            assert!(locker.force_release(&key).await.is_err(), "{name}");
+            // A release of a hold that never had the key (its token made up).
+            let released: i64 =
+                redis::Script::new(include_str!("../../relock/src/scripts/release.lua"))
+                    .key(lock_name(&key))
+                    .key(format!("{}:released", lock_name(&key)))
+                    .arg("0123456789abcdef0123456789abcdef")
+                    .arg(0)
+                    .arg(600_000)
+                    .invoke_async(&mut admin)
+                    .await
+                    .unwrap();
+            assert_eq!(released, 0, "{name}");
+
+            assert_eq!(
+                value(&mut admin, &key).await.as_deref(),
+                Some(foreign),
+                "{name}"
+            );
+            let ttl_after = pttl(&mut admin, &key).await;
+            match expiry {
+                None => assert_eq!(ttl_after, -1, "{name}: an expiry was added"),
+                Some(_) => assert!(
+                    ttl_after <= ttl_before && ttl_after > ttl_before - 5_000,
+                    "{name}: the expiry moved from {ttl_before} to {ttl_after} ms"
+                ),
+            }
+        }
+    });
+}
+
+/// History: a key's last fencing token sits just below 2^53 (Lua numbers are doubles: exact up to
+/// 2^53). The next grant must get exactly that token + 1; the grant after it would need 2^53,
+/// where +1 stops being exact and the same token could be handed out twice — it must be refused
+/// with an error naming the limit, and leave the key as it was.
+#[test]
+fn a_fencing_token_at_the_limit_of_exact_arithmetic_is_refused_not_repeated() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let locker = server.locker().await;
+        let key = unique_key("fence-limit");
+        let _: () = redis::cmd("SET")
+            .arg(lock_name(&key))
+            .arg(format!("-9007199254740990 {ZEROS}"))
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let guard = locker.lock(&key).await.unwrap();
+        assert_eq!(guard.fencing_token(), 9_007_199_254_740_991);
+        guard.release().await.unwrap();
+        let tombstone = value(&mut admin, &key).await.unwrap();
+        assert!(tombstone.starts_with("-9007199254740991 "), "{tombstone}");
+
+        let err = locker.lock(&key).await.unwrap_err();
+        let text = format!("{err:?}");
+        assert!(err.is_backend(), "{text}");
+        assert!(text.contains("2^53"), "{text}");
+        // Nothing granted: still a tombstone with the last token (the failed request's token is
+        // released in the background, as any failed acquisition's, so it may name that one).
+        let left = value(&mut admin, &key).await.unwrap();
+        assert!(left.starts_with("-9007199254740991 "), "{left}");
+        // The same on the group-commit path: one call carrying this key among free ones.
+        let free: Vec<String> = (0..8).map(|i| unique_key(&format!("free-{i}"))).collect();
+        let (limited, granted) = tokio::join!(locker.lock(&key), async {
+            let mut guards = Vec::new();
+            for key in &free {
+                guards.push(locker.lock(key).await);
+            }
+            guards
+        });
+        assert!(limited.unwrap_err().is_backend());
+        for guard in granted {
+            guard.unwrap().release().await.unwrap();
+        }
+    });
+}
+
+/// Memory per distinct key locked and released: one key, the tombstone, for the retention; then
+/// nothing.
+#[test]
+fn a_released_lock_leaves_one_key_that_expires_with_the_retention() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let locker = Locker::builder()
+            .url(server.url())
+            .fence_retention(Duration::from_millis(300))
+            .lease(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let key = unique_key("retention");
+        locker.lock(&key).await.unwrap().release().await.unwrap();
+        let keys: Vec<String> = admin.keys("*").await.unwrap();
+        assert_eq!(keys, vec![lock_name(&key)], "keys left by one lock");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let keys: Vec<String> = admin.keys("*").await.unwrap();
+        assert!(keys.is_empty(), "left after the retention: {keys:?}");
+    });
+}
