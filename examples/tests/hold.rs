@@ -1,5 +1,5 @@
-//! The `hold` example against a private `redis-server`: it holds the lock for the time asked,
-//! where another process sees it held, then releases it; its argument checks run here too.
+//! The `hold` example against a private `redis-server`: it holds the locks for the time asked,
+//! where another locker sees them held, then releases them; its argument checks run here too.
 
 use std::time::Duration;
 
@@ -13,49 +13,60 @@ mod hold;
 
 const TEST_LIMIT: Duration = Duration::from_secs(30);
 
-fn args(key: &str, duration: Duration) -> hold::Args {
+fn args(keys: &[&str], duration: Duration) -> hold::Args {
     hold::Args {
-        key: LockKey::new(key).unwrap(),
+        keys: keys.iter().map(|key| LockKey::new(key).unwrap()).collect(),
         duration,
+        duration_text: format!("{duration:?}"),
     }
 }
 
 #[test]
-fn holds_the_lock_for_the_time_asked_then_releases_it() {
+fn holds_the_locks_for_the_time_asked_then_releases_them() {
     run_bounded(TEST_LIMIT, || async {
         let server = RedisServer::start();
         let holder = server.locker().await;
         let observer = server.locker().await;
-        let key = unique_key("hold");
-        let args = args(&key, Duration::from_millis(1500));
+        let first = unique_key("hold");
+        let second = unique_key("hold-too");
+        let args = args(&[&first, &second], Duration::from_millis(1500));
         let mut out = Vec::new();
 
         let holding = hold::hold(&holder, &args, std::future::pending(), &mut out);
         let observing = async {
-            // Until the hold starts, then well inside its time.
-            while observer.inspect(&key).await.unwrap().is_none() {
+            // Until both holds start, then well inside their time.
+            while observer.inspect(&second).await.unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let info = observer.inspect(&key).await.unwrap();
-            assert!(info.is_some(), "`{key}` is free while hold holds it");
-            assert!(observer.try_lock(&key).await.unwrap().is_none());
+            for key in [&first, &second] {
+                let info = observer.inspect(key).await.unwrap();
+                assert!(info.is_some(), "`{key}` is free while hold holds it");
+                assert!(observer.try_lock(key).await.unwrap().is_none());
+            }
         };
         let started = std::time::Instant::now();
         let (held, ()) = tokio::join!(holding, observing);
         held.expect("hold fails");
         assert!(started.elapsed() >= Duration::from_millis(1500));
-        assert!(observer.inspect(&key).await.unwrap().is_none());
+        for key in [&first, &second] {
+            assert!(observer.inspect(key).await.unwrap().is_none());
+        }
 
         let out = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 5, "{out}");
         assert!(
-            lines[0].starts_with(&format!("holding `{key}` for 1.5s with fencing token ")),
+            lines[0].starts_with(&format!("holding `{first}` with fencing token ")),
             "{out}"
         );
-        assert!(lines[0].ends_with("; Ctrl-C releases it now"), "{out}");
-        assert_eq!(lines[1], format!("released `{key}`"));
+        assert!(
+            lines[1].starts_with(&format!("holding `{second}` with fencing token ")),
+            "{out}"
+        );
+        assert_eq!(lines[2], "for 1.5s; Ctrl-C releases now");
+        assert_eq!(lines[3], format!("released `{first}`"));
+        assert_eq!(lines[4], format!("released `{second}`"));
     });
 }
 
@@ -65,7 +76,7 @@ fn stopping_releases_the_lock_before_the_time_is_up() {
         let server = RedisServer::start();
         let holder = server.locker().await;
         let key = unique_key("hold-stop");
-        let args = args(&key, Duration::from_secs(3600));
+        let args = args(&[&key], Duration::from_secs(3600));
         let mut out = Vec::new();
 
         let stop = tokio::time::sleep(Duration::from_millis(200));
@@ -95,7 +106,7 @@ fn a_lock_held_elsewhere_past_the_wait_is_an_error() {
         let mut out = Vec::new();
         let err = hold::hold(
             &holder,
-            &args(&key, Duration::from_secs(1)),
+            &args(&[&key], Duration::from_secs(1)),
             std::future::pending(),
             &mut out,
         )
