@@ -487,7 +487,8 @@ mod tests {
         assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
         assert_eq!(
             response.body(),
-            "invalid lock key: the request repeats the query parameter or header it is read from"
+            "invalid lock key: the request repeats the query parameter or header it is read \
+             from\n"
         );
     }
 

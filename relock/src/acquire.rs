@@ -79,7 +79,9 @@ impl Acquire {
     }
 
     /// How long the lock stays held if this process stops renewing it (it crashed, or lost the
-    /// server). Defaults to the locker's lease.
+    /// server): between [`Locker::MIN_LEASE`](crate::Locker::MIN_LEASE) (10 ms) and
+    /// [`Locker::MAX_LEASE`](crate::Locker::MAX_LEASE) (30 days), else the request fails with
+    /// [`Error::InvalidLease`] without reaching the server. Defaults to the locker's lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self

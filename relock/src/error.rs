@@ -271,8 +271,8 @@ pub(crate) fn describe(err: &redis::RedisError) -> String {
 
 /// Where the rules relock needs are listed.
 const ACL_HINT: &str =
-    "every rule relock needs is listed under \"ACL user\" in relock's README and given by \
-     `relock::acl_rules`";
+    "every rule relock needs is listed under \"ACL user\" in relock's docs/production.md and \
+     given by `relock::acl_rules`";
 
 /// Says what to fix for the errors whose own text leaves the operator guessing: a refused TLS
 /// certificate, a missing ACL permission, refused credentials.

@@ -797,7 +797,7 @@ impl LockerBuilder {
     }
 
     /// How long a lock stays held if its holder stops renewing it: between
-    /// [`Locker::MIN_LEASE`] and [`Locker::MAX_LEASE`], else [`build`](Self::build) (and, for
+    /// [`Locker::MIN_LEASE`] (10 ms) and [`Locker::MAX_LEASE`] (30 days), else [`build`](Self::build) (and, for
     /// [`build_in_memory`](Self::build_in_memory), every lock request) fails with
     /// [`Error::InvalidLease`]. Defaults to 30 seconds.
     pub fn lease(mut self, lease: Duration) -> Self {

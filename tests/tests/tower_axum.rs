@@ -435,7 +435,8 @@ async fn a_repeated_query_parameter_is_refused_and_never_runs_the_handler_unlock
             );
             assert_eq!(
                 answer.body,
-                "invalid lock key: the request repeats the query parameter or header it is read from"
+                "invalid lock key: the request repeats the query parameter or header it is read \
+                 from\n"
             );
         }
     }
