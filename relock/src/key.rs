@@ -7,7 +7,7 @@ use crate::error::{Error, InvalidKeyReason};
 /// A validated lock key: 1 to 512 bytes, no control characters, no `{` or `}`.
 ///
 /// The braces are reserved because relock wraps the key in a Redis Cluster hash tag
-/// (`relock:{order:42}`), so that a lock's hash, fencing counter and release channel share one slot.
+/// (`relock:{order:42}`), so that a lock's key and its release channel share one Redis Cluster slot.
 /// Cloning is cheap.
 ///
 /// Most callers never name this type: [`Locker::lock`](crate::Locker::lock) accepts `&str` and
