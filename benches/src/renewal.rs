@@ -13,15 +13,13 @@ use futures_util::StreamExt;
 use relock::{LockGuard, Locker};
 use relock_tests::RedisServer;
 
-/// A renewal-shaped script (`GET` and `TIME`, as `renew.lua` starts) on keys that do not exist,
-/// sent by the benchmark itself as one pipeline: what one round trip carrying N renewals looks like.
+/// A renewal-shaped script (`GET`, `TIME`, then a `SET … PX` of a hold-sized value, as
+/// `renew.lua` does) on keys of the benchmark's own, sent by it as one pipeline: what one round
+/// trip carrying N renewals looks like.
 const REFERENCE_LUA: &str = r#"
 local value = redis.call('GET', KEYS[1])
 local time = redis.call('TIME')
-if value ~= ARGV[1] then
-    return 0
-end
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. time[1] .. time[2], 'PX', ARGV[2])
 return 1
 "#;
 
@@ -259,7 +257,9 @@ pub(crate) async fn reference_span(client: redis::Client, keys: Vec<String>) -> 
     let mut pipe = redis::pipe();
     for key in keys {
         let mut invocation = script.key(key);
-        invocation.arg("nobody").arg(1_000);
+        invocation
+            .arg("0123456789abcdef0123456789abcdef 1765000000000000 1765000003000 4242 1765000000000 bench")
+            .arg(1_000);
         pipe.invoke_script(&invocation);
     }
     let watching = tokio::spawn(monitor(
