@@ -456,22 +456,19 @@ async fn a_waiter_gets_the_lock_when_the_holder_releases(b: &TestBackend) {
     let holder = hold_elsewhere(&b.another_locker().await, &key).await;
     let (locker, waiter_key) = (b.locker.clone(), key.clone());
     let waiter = tokio::spawn(async move {
-        let started = Instant::now();
         let guard = locker.lock(&waiter_key).wait(LONG_WAIT).await;
-        (started, Instant::now(), guard)
+        (Instant::now(), guard)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let released = Instant::now();
     let holder_token = holder.token;
     holder.release().await;
-    let (started, acquired, guard) = waiter.await.expect("the waiter panicked");
+    let (acquired, guard) = waiter.await.expect("the waiter panicked");
     let guard = guard.expect("the waiter gets the lock once it is released");
+    // The release began after the waiter had waited 200 ms (a check on the waiter's own start
+    // would fail on a loaded machine, where the task may first run well after its spawn).
     assert!(
         acquired >= released,
-        "the waiter got the lock while it was held"
-    );
-    assert!(
-        acquired - started >= Duration::from_millis(200),
         "the waiter got the lock while it was held"
     );
     assert!(
