@@ -166,6 +166,7 @@ mod pattern;
 mod protocol;
 mod scope;
 mod scripts;
+mod semaphore;
 mod subscriber;
 mod tls;
 mod token;
@@ -176,10 +177,11 @@ pub use acl::{acl_rules, ACL_CLUSTER_RULES, ACL_LIST_RULES, ACL_REPLICAS_RULES};
 pub use acquire::{Acquire, LockFuture, OnLost};
 pub use error::{BackendError, Error, InvalidKeyReason};
 pub use guard::LockGuard;
-pub use info::LockInfo;
+pub use info::{LockInfo, LockMode};
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
 pub use scope::{current_guard, inherit};
+pub use semaphore::{AcquirePermit, Permit, PermitFuture, Semaphore};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
 pub use bb8;

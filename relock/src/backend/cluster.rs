@@ -176,6 +176,25 @@ impl ClusterBackend {
         parse_acquire(self.invoke(&invocation).await?)
     }
 
+    /// A shared hold: `acquire_shared.lua` on the key's slot.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        let invocation = protocol::acquire_shared_invocation(
+            &self.prefix,
+            key,
+            token,
+            lease,
+            self.retention,
+            permits,
+        );
+        parse_acquire(self.invoke(&invocation).await?)
+    }
+
     pub(crate) async fn release(
         &self,
         key: &LockKey,

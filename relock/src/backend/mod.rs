@@ -29,6 +29,9 @@ pub(crate) enum Attempt {
     /// Refused: this hold token was released already (the acquisition reached the server after
     /// its own release, sent when its outcome was unknown). Nothing is held.
     ReleasedAlready,
+    /// Refused: the key's live shared holders use this many permits (0: they are readers),
+    /// not the number asked for. Nothing was written.
+    Mismatch { permits: u32 },
 }
 
 /// How many replicas must acknowledge a grant, and how long the master waits for them (`WAIT`).
@@ -53,7 +56,7 @@ pub(crate) enum Backend {
     Redis(Box<redis::RedisBackend>),
     #[cfg(feature = "cluster")]
     Cluster(Box<cluster::ClusterBackend>),
-    Memory(memory::MemoryBackend),
+    Memory(Box<memory::MemoryBackend>),
 }
 
 impl Backend {
@@ -68,6 +71,22 @@ impl Backend {
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => cluster.acquire(key, token, lease).await,
             Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
+        }
+    }
+
+    /// A shared hold of `key`: a reader (`permits` 0) or one of `permits` permits.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        match self {
+            Self::Redis(redis) => redis.acquire_shared(key, token, lease, permits).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.acquire_shared(key, token, lease, permits).await,
+            Self::Memory(memory) => Ok(memory.acquire_shared(key, token, lease, permits)),
         }
     }
 

@@ -300,6 +300,26 @@ impl RedisBackend {
         })
     }
 
+    /// A shared hold (see `acquire_shared.lua`), sent on its own: shared holds do not go through
+    /// the group commit, which carries exclusive acquisitions and every release.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        let invocation = protocol::acquire_shared_invocation(
+            &self.prefix,
+            key,
+            token,
+            lease,
+            self.retention,
+            permits,
+        );
+        protocol::parse_acquire(self.invoke(&invocation).await?)
+    }
+
     /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
     /// replicas' acknowledgement counts this grant's write and nothing queues behind the wait.
     pub(crate) async fn acquire_acknowledged(

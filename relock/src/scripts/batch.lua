@@ -46,7 +46,8 @@ local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.
 local now, micros, clock
 
 -- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
-local WAITED, TOMBSTONE = 43, 45
+-- "*": shared holders (readers, permits).
+local WAITED, TOMBSTONE, SHARED = 43, 45, 42
 
 -- The command being called, to name it if it fails.
 local calling
@@ -88,7 +89,7 @@ local function acquire(lock, token, lease, retention)
     if not value then
         return 1, micros
     end
-    local last
+    local last, sep
     if byte(value, 1) == TOMBSTONE then
         local released
         last, released = match(value, '^%-(%d+) (%x+)$')
@@ -110,6 +111,26 @@ local function acquire(lock, token, lease, retention)
                 return 0, left
             end
             last = fence
+        elseif byte(value, 1) == SHARED then
+            -- Shared holders: see acquire.lua.
+            local have, writer, waited, rest
+            last, have, writer, waited, rest = match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+            if last then
+                local longest = 0
+                for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+                    if tonumber(deadline) - now > longest then
+                        longest = tonumber(deadline) - now
+                    end
+                end
+                if longest > 0 then
+                    writer = math.max(tonumber(writer), now + longest + 1000)
+                    try('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                    return 0, longest
+                end
+                if waited == '1' then
+                    sep = '+'
+                end
+            end
         end
     end
     if not last then
@@ -127,7 +148,7 @@ local function acquire(lock, token, lease, retention)
         text = string.format('%.0f', fence)
     end
     calling = 'SET'
-    call('SET', lock, token .. ' ' .. text .. sub(tail, #clock + 2), 'PX', retention)
+    call('SET', lock, token .. (sep or ' ') .. text .. sub(tail, #clock + 2), 'PX', retention)
     return 1, fence
 end
 
@@ -161,6 +182,23 @@ local function release(lock, request)
             if fence then
                 call('SET', lock, '-' .. fence .. ' ' .. token, 'KEEPTTL')
                 return 0, 0
+            end
+        end
+        if byte(value, 1) == SHARED then
+            -- A shared hold: its entry leaves the list (see release.lua).
+            local head, waited, rest = match(value, '^(%*%d+ %d+ %d+ ([01]))(.*)$')
+            local from, to
+            if head then
+                from, to = find(rest, ' ' .. token .. ' ', 1, true)
+            end
+            if from then
+                local next = find(rest, ' ', find(rest, ' ', to + 1, true) + 1, true)
+                call('SET', lock, head .. sub(rest, 1, from - 1) .. (next and sub(rest, next) or ''), 'KEEPTTL')
+                if waited == '1' then
+                    calling = 'PUBLISH'
+                    call('PUBLISH', lock .. ':released', '')
+                end
+                return 1, 0
             end
         end
         -- Another hold's lock, or a value that is not relock's: put back as it was.
