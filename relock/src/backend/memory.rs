@@ -577,6 +577,46 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_permit_is_reclaimed_by_the_next_request() {
+        let memory = backend();
+        let crashed = token_of(memory.acquire_shared(
+            &key("k"),
+            &HoldToken::random(),
+            Duration::from_millis(1),
+            1,
+        ));
+        std::thread::sleep(Duration::from_millis(5));
+        let next = token_of(memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 1));
+        assert!(next > crashed);
+        assert!(matches!(
+            memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 1),
+            Attempt::Held { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refused_writer_makes_new_readers_queue_and_takes_the_lock_after_the_readers() {
+        let memory = backend();
+        let reader = HoldToken::random();
+        let read = token_of(memory.acquire_shared(&key("k"), &reader, LEASE, 0));
+        let writer = HoldToken::random();
+        assert!(matches!(
+            memory.acquire(&key("k"), &writer, LEASE),
+            Attempt::Held { .. }
+        ));
+        assert!(matches!(
+            memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 0),
+            Attempt::Held { .. }
+        ));
+        assert_eq!(memory.release(&key("k"), &reader), Released::Free);
+        let written = token_of(memory.acquire(&key("k"), &writer, LEASE));
+        assert!(written > read);
+        assert_eq!(memory.release(&key("k"), &writer), Released::Free);
+        let next = token_of(memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 0));
+        assert_eq!(next, written, "a reader carries the last writer's token");
+    }
+
+    #[test]
     fn sweep_bounds_memory_by_live_locks() {
         let memory = MemoryBackend::new(Duration::from_millis(1));
         for n in 0..SWEEP_EVERY * 2 {
