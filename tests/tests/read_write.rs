@@ -373,3 +373,10 @@ backends!(cluster => Cluster:
     a_reader_is_woken_by_the_writers_release_and_carries_its_token,
     a_crashed_readers_hold_ends_with_its_lease,
 );
+
+// As an ACL user with exactly the rules the README documents.
+backends!(redis_acl => RedisAcl:
+    readers_share_and_the_writer_excludes_them,
+    a_reader_is_woken_by_the_writers_release_and_carries_its_token,
+    inspect_reports_the_readers,
+);

@@ -354,3 +354,11 @@ backends!(cluster => Cluster:
     permits_are_renewed_while_held,
     the_exclusive_lock_waits_for_every_permit,
 );
+
+// As an ACL user with exactly the rules the README documents.
+backends!(redis_acl => RedisAcl:
+    permits_never_exceed_n_under_concurrent_tasks,
+    a_waiter_is_woken_by_a_release,
+    disagreeing_on_permits_fails_with_permits_mismatch,
+    force_release_frees_every_permit,
+);
