@@ -326,6 +326,9 @@ async fn acquire_from_backend(
     // This hold's own identity at the server, for every attempt of this request: a retried
     // attempt that the server already granted gets the same grant back.
     let token = HoldToken::random();
+    // A writer that will wait makes readers that come after it queue behind it; a single
+    // attempt does not hold them up.
+    let claim = !wait.is_zero();
 
     // Shared holds take no local slot: several may hold the key at once, and the server counts
     // them.
@@ -373,11 +376,11 @@ async fn acquire_from_backend(
                     .acquire_shared(&key, &token, lease, permits)
                     .await?
             }
-            (Mode::Exclusive, None) => locker.backend().acquire(&key, &token, lease).await?,
+            (Mode::Exclusive, None) => locker.backend().acquire(&key, &token, lease, claim).await?,
             (Mode::Exclusive, Some(replicas)) => {
                 let (attempt, acknowledged) = locker
                     .backend()
-                    .acquire_acknowledged(&key, &token, lease, replicas)
+                    .acquire_acknowledged(&key, &token, lease, replicas, claim)
                     .await?;
                 if let (Attempt::Acquired { fencing_token }, true) =
                     (attempt, acknowledged < replicas.count)

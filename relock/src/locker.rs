@@ -215,7 +215,10 @@ impl Locker {
     /// [`run`](Acquire::run) a future under it — the same builder and guard as [`lock`](Self::lock).
     ///
     /// Readers share the key; [`lock`](Self::lock) is the write lock and excludes them. Once a
-    /// writer waits, new readers queue behind it, so a stream of readers cannot starve it. In a
+    /// writer waits, new readers queue behind it, so a stream of readers cannot starve it (a
+    /// writer that makes a single attempt, [`try_lock`](Self::try_lock), holds nobody up; one
+    /// that gives up waiting holds new readers up for at most the current readers' longest lease
+    /// left plus a second). In a
     /// scope, a read inside a read hold or inside the exclusive hold of the same key re-enters
     /// (no round trip); the exclusive lock inside a read hold of the same key is an upgrade,
     /// refused at once with [`Error::UpgradeRefused`].

@@ -177,12 +177,15 @@ fn is_digits(text: &str) -> bool {
 
 /// The acquire script's call for a new hold of `key` (the same on one server and on a cluster).
 /// The key is kept for the retention, at least as long as the lease.
+/// `claim`: a refusal by shared holders records this caller as a waiting writer (see
+/// [`Kind::Acquire`]).
 pub(crate) fn acquire_invocation(
     prefix: &str,
     key: &LockKey,
     token: &HoldToken,
     lease: Duration,
     retention: Duration,
+    claim: bool,
 ) -> ScriptInvocation<'static> {
     let mut invocation = scripts::ACQUIRE.key(lock_key(prefix, key));
     invocation
@@ -190,6 +193,9 @@ pub(crate) fn acquire_invocation(
         .arg(millis(lease))
         .arg(millis(retention.max(lease)))
         .arg(holder_metadata());
+    if !claim {
+        invocation.arg("try");
+    }
     invocation
 }
 
@@ -341,8 +347,14 @@ pub(crate) fn parse_acknowledged(replies: Vec<Value>) -> Result<(Attempt, u32), 
 /// What a group-commit request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A new hold: the lease and the key's retention, in milliseconds.
-    Acquire { lease_ms: u64, retention_ms: u64 },
+    /// A new hold: the lease and the key's retention, in milliseconds. `claim`: the caller will
+    /// wait, so a refusal by readers or permits records it as a waiting writer that new ones
+    /// queue behind; a single attempt (`try_lock`, a zero wait) claims nothing.
+    Acquire {
+        lease_ms: u64,
+        retention_ms: u64,
+        claim: bool,
+    },
     /// The release of a hold with this fencing token (0 when unknown).
     Release { fencing_token: u64 },
 }
@@ -375,6 +387,7 @@ pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::S
         Kind::Acquire {
             lease_ms,
             retention_ms,
+            claim,
         } => {
             command
                 .arg("EVALSHA")
@@ -385,6 +398,9 @@ pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::S
                 .arg(lease_ms)
                 .arg(retention_ms)
                 .arg(holder_metadata());
+            if !claim {
+                command.arg("try");
+            }
             (&scripts::ACQUIRE, command)
         }
         Kind::Release { fencing_token } => {
@@ -449,6 +465,7 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
         Some(Kind::Acquire {
             lease_ms,
             retention_ms,
+            ..
         }) => (lease_ms, retention_ms),
         _ => (0, retention_ms),
     };
@@ -486,9 +503,13 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
             Kind::Acquire {
                 lease_ms,
                 retention_ms,
-            } if Some(request.kind) != shared => {
+                claim,
+            } if Some(request.kind) != shared || !claim => {
                 text.clear();
                 let _ = write!(text, "{token} {lease_ms} {retention_ms}");
+                if !claim {
+                    text.push_str(" try");
+                }
                 command.arg(&text);
             }
             Kind::Acquire { .. } => {

@@ -512,12 +512,33 @@ async fn acquire_exclusive(
     token: &str,
     batch: bool,
 ) -> (i64, i64) {
+    acquire_exclusive_as(connection, key, token, batch, false).await
+}
+
+/// [`acquire_exclusive`], as a single attempt (`try`) when `once`.
+async fn acquire_exclusive_as(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+    batch: bool,
+    once: bool,
+) -> (i64, i64) {
     let lock = lock_name(key);
     let reply = if batch {
-        let args = ["1 1 host", "30000", "600000", "0", token].map(str::to_owned);
+        let request = if once {
+            format!("{token} 30000 600000 try")
+        } else {
+            token.to_owned()
+        };
+        let args = ["1 1 host", "30000", "600000", "0", &request].map(str::to_owned);
         eval(connection, BATCH, &[&lock], &args).await
     } else {
-        let args = [token, "30000", "600000", "1 1 host"].map(str::to_owned);
+        let mut args = [token, "30000", "600000", "1 1 host"]
+            .map(str::to_owned)
+            .to_vec();
+        if once {
+            args.push("try".to_owned());
+        }
         eval(connection, ACQUIRE, &[&lock], &args).await
     };
     redis::from_redis_value(reply).expect("two integers")
@@ -525,7 +546,7 @@ async fn acquire_exclusive(
 
 /// History: readers R1 (live) and R2 (its lease ended, its process gone) share k under fencing
 /// token F. Writer W asks, through either exclusive script: W is refused with R1's lease left,
-/// and its refusal makes a new reader queue behind it. R1 leaves; W asks again: W takes k with a
+/// and (unless it asked for one attempt only) its refusal makes a new reader queue behind it. R1 leaves; W asks again: W takes k with a
 /// token above F — the expired R2 does not stand in its way — and its hold is marked, so that the
 /// readers queued behind it are woken by its release. A value in the shared form is never
 /// mistaken for a foreign one.
@@ -559,6 +580,16 @@ fn the_exclusive_scripts_wait_for_live_readers_and_take_the_key_from_expired_one
                 )
                 .await
                 .unwrap();
+
+            // A single attempt (`try_lock`) is refused and claims nothing.
+            let before = value(&mut admin, &key).await;
+            let (status, _) = acquire_exclusive_as(&mut admin, &key, w, batch, true).await;
+            assert_eq!(status, 0, "refused while R1 reads (batch: {batch})");
+            assert_eq!(
+                value(&mut admin, &key).await,
+                before,
+                "a try claims nothing"
+            );
 
             let (status, ttl) = acquire_exclusive(&mut admin, &key, w, batch).await;
             assert_eq!(status, 0, "refused while R1 reads (batch: {batch})");

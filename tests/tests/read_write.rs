@@ -71,6 +71,27 @@ async fn readers_share_and_the_writer_excludes_them(b: &TestBackend) {
         .unwrap();
 }
 
+async fn a_writer_that_does_not_wait_holds_no_reader_up(b: &TestBackend) {
+    let key = unique_key("rw-try");
+    let other = b.another_locker().await;
+    let reader = b.locker.read(&key).await.unwrap();
+    assert!(other.try_lock(&key).await.unwrap().is_none());
+    assert!(other
+        .lock(&key)
+        .wait(Duration::ZERO)
+        .await
+        .unwrap_err()
+        .is_timeout());
+    // Only a writer that waits makes new readers queue behind it.
+    let second = other
+        .try_read(&key)
+        .await
+        .unwrap()
+        .expect("a refused try_lock claims nothing");
+    reader.release().await.unwrap();
+    second.release().await.unwrap();
+}
+
 async fn an_upgrade_inside_run_fails_at_once(b: &TestBackend) {
     let locker = &b.locker;
     let key = unique_key("rw-upgrade");
@@ -356,6 +377,7 @@ macro_rules! every_backend {
 
 every_backend!(
     readers_share_and_the_writer_excludes_them,
+    a_writer_that_does_not_wait_holds_no_reader_up,
     an_upgrade_inside_run_fails_at_once,
     a_read_inside_a_read_or_the_exclusive_hold_reenters_without_a_round_trip,
     a_writer_is_not_starved_by_a_stream_of_readers,

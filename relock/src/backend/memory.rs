@@ -98,7 +98,20 @@ impl MemoryBackend {
         self.fence_retention.max(lease)
     }
 
+    #[cfg(test)]
     pub(crate) fn acquire(&self, key: &LockKey, token: &HoldToken, lease: Duration) -> Attempt {
+        self.acquire_claiming(key, token, lease, true)
+    }
+
+    /// An exclusive hold; `claim`: a refusal by shared holders makes new ones queue behind this
+    /// writer (a single attempt claims nothing).
+    pub(crate) fn acquire_claiming(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        claim: bool,
+    ) -> Attempt {
         let now = Instant::now();
         let mut state = self.state();
         state.sweep(now);
@@ -117,8 +130,11 @@ impl MemoryBackend {
             shared.holders.retain(|holder| holder.expires > now);
             if let Some(longest) = shared.holders.iter().map(|holder| holder.expires).max() {
                 // Live readers or permits: refused, and new readers queue behind this writer.
-                let until = longest + WRITER_GRACE;
-                shared.writer_until = Some(shared.writer_until.map_or(until, |at| at.max(until)));
+                if claim {
+                    let until = longest + WRITER_GRACE;
+                    shared.writer_until =
+                        Some(shared.writer_until.map_or(until, |at| at.max(until)));
+                }
                 return Attempt::Held {
                     ttl: Some(longest - now),
                 };

@@ -60,17 +60,20 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// An exclusive hold of `key`. `claim`: the caller will wait, so a refusal by readers or
+    /// permits makes new ones queue behind it (a single attempt claims nothing).
     pub(crate) async fn acquire(
         &self,
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
+        claim: bool,
     ) -> Result<Attempt, Error> {
         match self {
-            Self::Redis(redis) => redis.acquire(key, token, lease).await,
+            Self::Redis(redis) => redis.acquire(key, token, lease, claim).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cluster.acquire(key, token, lease).await,
-            Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
+            Self::Cluster(cluster) => cluster.acquire(key, token, lease, claim).await,
+            Self::Memory(memory) => Ok(memory.acquire_claiming(key, token, lease, claim)),
         }
     }
 
@@ -99,20 +102,21 @@ impl Backend {
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
+        claim: bool,
     ) -> Result<(Attempt, u32), Error> {
         match self {
             Self::Redis(redis) => {
                 redis
-                    .acquire_acknowledged(key, token, lease, replicas)
+                    .acquire_acknowledged(key, token, lease, replicas, claim)
                     .await
             }
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => {
                 cluster
-                    .acquire_acknowledged(key, token, lease, replicas)
+                    .acquire_acknowledged(key, token, lease, replicas, claim)
                     .await
             }
-            Self::Memory(memory) => Ok((memory.acquire(key, token, lease), 0)),
+            Self::Memory(memory) => Ok((memory.acquire_claiming(key, token, lease, claim), 0)),
         }
     }
 

@@ -285,11 +285,13 @@ impl RedisBackend {
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
+        claim: bool,
     ) -> Result<Attempt, Error> {
         let request = Request {
             kind: Kind::Acquire {
                 lease_ms: protocol::millis(lease),
                 retention_ms: protocol::millis(self.retention.max(lease)),
+                claim,
             },
             lock: self.lock_key(key),
             token: token.clone(),
@@ -328,9 +330,10 @@ impl RedisBackend {
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
+        claim: bool,
     ) -> Result<(Attempt, u32), Error> {
         let invocation =
-            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention);
+            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
         let pipe = protocol::acknowledged_pipeline(&invocation, replicas, false);
         let limit = self
             .dedicated

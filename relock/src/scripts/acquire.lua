@@ -5,6 +5,8 @@
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  retention in milliseconds (at least the lease): the key's expiry
 -- ARGV[4]  holder metadata "<pid> <since ms> <host>"
+-- ARGV[5]  (optional) "try": the caller makes this one attempt and will not wait, so a refusal
+--          by shared holders records no waiting writer
 --
 -- Reply:   {1, fencing token}  acquired; also for a retried request of a hold that already has
 --                              the lock (the same grant again, so a client-side retry is harmless)
@@ -79,8 +81,10 @@ else
                 end
             end
             if longest > 0 then
-                writer = math.max(tonumber(writer), now + longest + 1000)
-                redis.pcall('SET', KEYS[1], '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                if ARGV[5] ~= 'try' then
+                    writer = math.max(tonumber(writer), now + longest + 1000)
+                    redis.pcall('SET', KEYS[1], '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                end
                 return {0, longest}
             end
             if waited == '1' then

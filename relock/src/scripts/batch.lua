@@ -13,6 +13,8 @@
 --                                             fencing token, 0 when unknown)
 --   "<hold token>"                            acquire for this hold
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
+--   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
+--                                             shared holders records no waiting writer
 --
 -- Reply: two items per request, in the order of KEYS:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
@@ -63,7 +65,7 @@ end
 -- The text after the hold token of a grant with the clock's token, per lease.
 local tails = {}
 
-local function acquire(lock, token, lease, retention)
+local function acquire(lock, token, lease, retention, once)
     if not now then
         tick()
     end
@@ -123,8 +125,10 @@ local function acquire(lock, token, lease, retention)
                     end
                 end
                 if longest > 0 then
-                    writer = math.max(tonumber(writer), now + longest + 1000)
-                    try('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                    if not once then
+                        writer = math.max(tonumber(writer), now + longest + 1000)
+                        try('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                    end
                     return 0, longest
                 end
                 if waited == '1' then
@@ -229,8 +233,8 @@ for k = 1, #KEYS do
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
-        local token, own_lease, own_retention = match(request, '^(%x+) (%d+) (%d+)$')
-        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention)
+        local token, own_lease, own_retention, flag = match(request, '^(%x+) (%d+) (%d+) ?(%a*)$')
+        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')
     end
     if not ok then
         status, value = -1, calling .. ' ' .. (type(status) == 'table' and status.err or tostring(status))
