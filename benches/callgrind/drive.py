@@ -107,7 +107,7 @@ elif mode in ('batch', 'batch-reuse'):
         taking = list(range(i, min(i + depth, pairs)))
         i += len(taking)
         keys = [lock(k) for k in held] + [lock(k) for k in taking]
-        args = ['%s%d' % (token(k), fences[k]) for k in held] + [token(k) for k in taking]
+        args = ['-%d %s' % (fences[k], token(k)) for k in held] + [token(k) for k in taking]
         reply = command('EVALSHA', sha, len(keys), *keys, HOLDER, 30000, 600000, len(held), *args)
         assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
         for at, k in enumerate(taking):

@@ -13,13 +13,13 @@ use futures_util::StreamExt;
 use relock::{LockGuard, Locker};
 use relock_tests::RedisServer;
 
-/// A renewal-shaped script (a hash check, then `PEXPIRE`) on keys that do not exist, sent by the
-/// benchmark itself as one pipeline: what one round trip carrying N renewals looks like.
+/// A renewal-shaped script (`GET`, `TIME`, then a `SET … PX` of a hold-sized value, as
+/// `renew.lua` does) on keys of the benchmark's own, sent by it as one pipeline: what one round
+/// trip carrying N renewals looks like.
 const REFERENCE_LUA: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 0
-end
+local value = redis.call('GET', KEYS[1])
+local time = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. time[1] .. time[2], 'PX', ARGV[2])
 return 1
 "#;
 
@@ -217,7 +217,10 @@ pub(crate) async fn measure(server: &RedisServer, holds: usize, lease: Duration)
     let (relock_renewals, watched) = monitored.await.expect("monitor task");
     let bursts = bursts(relock_renewals, period / 4, watched);
 
-    let reference_span = reference_span(server, holds).await;
+    let keys = (0..holds)
+        .map(|i| format!("bench:renew:{i}:reference"))
+        .collect();
+    let reference_span = reference_span(server.client(), keys).await;
     let lost = guards.iter().filter(|guard| !guard.is_held()).count();
     release_all(guards).await;
     Renewal {
@@ -233,14 +236,14 @@ pub(crate) async fn measure(server: &RedisServer, holds: usize, lease: Duration)
     }
 }
 
-/// The server-side span of one pipeline of `holds` renewal-shaped scripts.
-async fn reference_span(server: &RedisServer, holds: usize) -> Duration {
+/// The server-side span of one pipeline of renewal-shaped scripts on `keys`, sent to the server
+/// of `client` (on a cluster, keys that master serves).
+pub(crate) async fn reference_span(client: redis::Client, keys: Vec<String>) -> Duration {
     // The whole pipeline is one response: give it more than redis-rs's default response timeout
     // (MONITOR, watching, slows the server down).
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    let mut connection = server
-        .client()
+    let mut connection = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect to the benchmark's server");
@@ -252,13 +255,15 @@ async fn reference_span(server: &RedisServer, holds: usize) -> Duration {
         .expect("SCRIPT LOAD");
     let addr = client_addr(&mut connection).await;
     let mut pipe = redis::pipe();
-    for i in 0..holds {
-        let mut invocation = script.key(format!("bench:renew:{i}:reference"));
-        invocation.arg("nobody").arg(1_000);
+    for key in keys {
+        let mut invocation = script.key(key);
+        invocation
+            .arg("0123456789abcdef0123456789abcdef 1765000000000000 1765000003000 4242 1765000000000 bench")
+            .arg(1_000);
         pipe.invoke_script(&invocation);
     }
     let watching = tokio::spawn(monitor(
-        server.client(),
+        client.clone(),
         Duration::from_millis(1_000),
         Some(addr),
     ));

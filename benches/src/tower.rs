@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::report::{rate, ratio, Report, Table};
 use crate::stats::median;
 use crate::Bench;
+use axum::response::IntoResponse as _;
 use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, Empty};
@@ -29,6 +30,55 @@ pub(crate) fn app(locker: Option<Locker>) -> Router {
     };
     Router::new().route("/orders/{id}/pay", route)
 }
+
+/// The same app behind a hand-written lock middleware, what a service without relock writes:
+/// `SET order:{id} <random token> NX PX 30000` before the handler, `423` if taken, and the
+/// compare-and-delete script after it, on one multiplexed connection.
+pub(crate) fn raw_lock_app(connection: redis::aio::MultiplexedConnection) -> Router {
+    let route = post(|| async { "paid\n" }).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let mut connection = connection.clone();
+            async move {
+                let id = request
+                    .uri()
+                    .path()
+                    .split('/')
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned();
+                let key = format!("raw-order:{id}");
+                let token = format!("{:032x}", rand::random::<u128>());
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("SET NX PX");
+                if taken.is_none() {
+                    return http::StatusCode::LOCKED.into_response();
+                }
+                let response = next.run(request).await;
+                let _: i64 = RAW_RELEASE
+                    .key(&key)
+                    .arg(&token)
+                    .invoke_async(&mut connection)
+                    .await
+                    .expect("compare-and-delete");
+                response
+            }
+        },
+    ));
+    Router::new().route("/orders/{id}/pay", route)
+}
+
+static RAW_RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
 
 /// A server running `app` on an ephemeral port until the returned sender is dropped or fired.
 pub(crate) async fn serve(
@@ -102,14 +152,26 @@ pub(crate) async fn load(addr: SocketAddr, connections: usize, duration: Duratio
 pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
     let Bench { url, plan, .. } = bench;
     let redis_locker = Locker::connect(url).await.expect("connect");
-    let variants: [(&str, Option<Locker>); 3] = [
-        ("no layer", None),
-        ("LockLayer, relock in memory", Some(Locker::in_memory())),
-        ("LockLayer, relock Locker::connect", Some(redis_locker)),
+    let raw = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let variants: [(&str, Router); 4] = [
+        ("no layer", app(None)),
+        (
+            "LockLayer, relock in memory",
+            app(Some(Locker::in_memory())),
+        ),
+        (
+            "hand-written SET NX PX + compare-and-delete middleware",
+            raw_lock_app(raw),
+        ),
+        ("LockLayer, relock Locker::connect", app(Some(redis_locker))),
     ];
     let mut servers = Vec::new();
-    for (_, locker) in &variants {
-        servers.push(serve(app(locker.clone())).await);
+    for (_, app) in &variants {
+        servers.push(serve(app.clone()).await);
     }
     let mut requests = vec![Vec::new(); variants.len()];
     let mut rejected = vec![0u64; variants.len()];
@@ -133,13 +195,14 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
             "POST /orders/{{id}}/pay, trivial axum handler, {} keep-alive connections over 127.0.0.1, a fresh id per request (median of {} rounds of {:?})",
             plan.http_connections, plan.http_rounds, plan.http_time
         ),
-        &["server", "requests/s", "÷ no layer", "non-200"],
+        &["server", "requests/s", "÷ no layer", "÷ hand-written", "non-200"],
     );
     for (index, (name, _)) in variants.iter().enumerate() {
         table.row(vec![
             (*name).to_owned(),
             rate(requests[index]),
             ratio(requests[index] / requests[0]),
+            ratio(requests[index] / requests[2]),
             rejected[index].to_string(),
         ]);
     }

@@ -7,34 +7,46 @@
 //! REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run -p relock-examples --example axum_orders
 //! ```
 //!
-//! Then, in another terminal:
+//! Then, in another terminal. Each comment is the answer of a fresh run: the status, then the
+//! body (`…` stands for what changes from run to run). `tests/axum_orders.rs` sends these
+//! requests to the service and checks every answer and metric shown here.
 //!
 //! ```text
-//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay     # 200: paid under fencing token 1
-//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay     # 409: already paid
-//! curl -i http://127.0.0.1:3000/orders/42                 # the order's state
+//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay       # 200: order 42 paid under fencing token …
+//! curl -i -X POST http://127.0.0.1:3000/orders/42/pay       # 409: order 42 is already paid
+//! curl -i http://127.0.0.1:3000/orders/42                   # 200: order 42: paid under fencing token …
+//! curl -i -X POST http://127.0.0.1:3000/orders/042/pay      # 409: order 42 is already paid
+//! curl -i -X POST http://127.0.0.1:3000/orders/%34%32/pay   # 409: order 42 is already paid
+//! curl -i -X POST http://127.0.0.1:3000/orders/abc/pay      # 400: Invalid URL: Cannot parse `abc` to a `u64`
 //! # Two payments of one order at once: one waits for the other, then finds it paid.
-//! curl -s -X POST http://127.0.0.1:3000/orders/7/pay & curl -s -X POST http://127.0.0.1:3000/orders/7/pay; wait
+//! curl -s -X POST http://127.0.0.1:3000/orders/7/pay & curl -s -X POST http://127.0.0.1:3000/orders/7/pay; wait   # 200 and 409
 //! ```
 //!
-//! With `REDIS_URL` set, start a second copy on another `PORT` and pay the same order through
-//! both: the lock is shared.
+//! `042` and `%34%32` reach the handler as the id 42, so they take order 42's lock. `abc` takes
+//! no lock at all: the key extractor refuses what the route's `Path<u64>` refuses, so a junk id
+//! leaves nothing in Redis.
+//!
+//! With `REDIS_URL` set, start a second copy on another `PORT` and pay one order through both
+//! at once: the lock is shared, so the second payment waits for the first.
 //!
 //! `GET /metrics` serves relock's metrics (relock's `metrics` feature) in the Prometheus text
 //! format, through `metrics-exporter-prometheus`: `relock_acquired_total`,
 //! `relock_reentered_total`, `relock_timeouts_total`, `relock_lost_total`,
 //! `relock_released_total{mode}`, `relock_renewals_total{result}`, the summaries
 //! `relock_wait_seconds{result}`, `relock_hold_seconds` and `relock_acquire_round_trip_seconds`,
-//! and the gauge `relock_holds`. After the payments above:
+//! and the gauge `relock_holds`. After the requests above, among others:
 //!
 //! ```text
 //! curl -s http://127.0.0.1:3000/metrics | grep '^relock_'
-//! # relock_acquired_total 2
-//! # relock_reentered_total 2           (each `charge` re-entered the layer's hold)
-//! # relock_released_total{mode="explicit"} 2
-//! # relock_holds 0
-//! # relock_wait_seconds{result="acquired",quantile="0.5"} ...
+//! relock_acquired_total 6
+//! relock_reentered_total 8
+//! relock_released_total{mode="explicit"} 6
+//! relock_holds 0
+//! relock_wait_seconds_count{result="acquired"} 6
 //! ```
+//!
+//! Six payments took a lock (`abc` did not). Each `charge` re-entered the layer's hold, and each
+//! of the two that paid re-entered it once more for its fencing token: 6 + 2 = 8.
 //!
 //! `RELOCK_LAYER=off` serves the payment route without `LockLayer`: `charge` then takes the
 //! lock itself through `#[relock::locked]`, from the global locker. BENCHMARKS.md compares the
@@ -44,14 +56,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use relock::Locker;
-use relock_tower::{key, LockLayer};
+use relock_tower::{key, ExtractKey, LockLayer};
 
 /// The orders, as a database would keep them.
 #[derive(Clone, Default)]
@@ -135,6 +148,35 @@ async fn metrics(State(prometheus): State<PrometheusHandle>) -> String {
     prometheus.render()
 }
 
+/// The order service: `POST /orders/{id}/pay`, `GET /orders/{id}` and `GET /metrics`. With
+/// `layer`, payments run under `LockLayer`; without, `charge` locks through `#[locked]` alone.
+pub(crate) fn app(locker: Locker, prometheus: PrometheusHandle, layer: bool) -> Router {
+    // `/orders/42/pay` locks `order:42`. The layer runs before the route's `Path<u64>`, so its key
+    // extractor reads the id as that extractor will: percent-decoded, then parsed as a `u64`.
+    // `/orders/042/pay` then shares order 42's lock, and `/orders/abc/pay`, which the route
+    // rejects with 400, takes no lock at all. A payment that waits longer than 2 s for another
+    // one gets `423 Locked` with `Retry-After`.
+    let segment = key::path_segment(2);
+    let order = move |request: &Request<Body>| {
+        let id: u64 = segment.extract(request)?.parse().ok()?;
+        Some(format!("order:{id}"))
+    };
+    let lock = LockLayer::new(order)
+        .locker(locker)
+        .wait(Duration::from_secs(2))
+        .lease(Duration::from_secs(10));
+    let pay_route = if layer {
+        post(pay).layer(lock)
+    } else {
+        post(pay)
+    };
+    Router::new()
+        .route("/orders/{id}", get(show))
+        .route("/orders/{id}/pay", pay_route)
+        .with_state(Orders::default())
+        .route("/metrics", get(metrics).with_state(prometheus))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // relock records through the `metrics` facade; this recorder keeps the values for `/metrics`.
@@ -161,24 +203,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Without the layer, `#[locked]` on `charge` finds no scope and uses the global locker.
     relock::set_global(locker.clone());
-    // In `/orders/42/pay`, path segment 2 is `42`: the request locks `order:42`. A payment
-    // that waits longer than 2 s for another one gets `423 Locked` with `Retry-After`.
-    let lock = LockLayer::new(key::path_segment(2).prefix("order:"))
-        .locker(locker)
-        .wait(Duration::from_secs(2))
-        .lease(Duration::from_secs(10));
-    let pay_route = match std::env::var("RELOCK_LAYER").as_deref() {
-        Ok("off") => {
-            println!("RELOCK_LAYER=off: payments lock through #[locked] alone");
-            post(pay)
-        }
-        _ => post(pay).layer(lock),
-    };
-    let app = Router::new()
-        .route("/orders/{id}", get(show))
-        .route("/orders/{id}/pay", pay_route)
-        .with_state(Orders::default())
-        .route("/metrics", get(metrics).with_state(prometheus));
+    let layer = std::env::var("RELOCK_LAYER").as_deref() != Ok("off");
+    if !layer {
+        println!("RELOCK_LAYER=off: payments lock through #[locked] alone");
+    }
+    let app = app(locker, prometheus, layer);
 
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port.parse()?,

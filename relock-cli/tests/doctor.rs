@@ -224,7 +224,7 @@ async fn a_user_without_the_documented_rules_fails_the_acl_and_pub_sub_checks() 
     assert!(found.contains("SUBSCRIBE failed"), "{found}");
 }
 
-/// The least privilege the README documents works: only what such a user may not read
+/// The least privilege docs/production.md documents works: only what such a user may not read
 /// (configuration, the key space) is left as warnings.
 #[tokio::test]
 async fn a_least_privileged_user_passes_the_acl_check_with_warnings_for_what_it_may_not_read() {

@@ -78,8 +78,9 @@ mod expand;
 /// * `wait = …` — how long to wait for another owner to release a key before failing with
 ///   `Error::Timeout`. Defaults to the locker's wait (10 s unless configured).
 /// * `lease = …` — how long a key stays held if this process stops renewing it (it crashed or
-///   lost the server); held keys are renewed in the background. Defaults to the locker's lease
-///   (30 s unless configured).
+///   lost the server); held keys are renewed in the background. Between 10 ms and 30 days, else
+///   the call fails with `Error::InvalidLease`. Defaults to the locker's lease (30 s unless
+///   configured).
 /// * `locker = <expr>` — the [`Locker`] to use: any expression of type `Locker`, `&Locker` or
 ///   `Arc<Locker>`, evaluated once per call, before the body runs (`locker = self.locker`,
 ///   `locker = &state.locker`).

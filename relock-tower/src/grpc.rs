@@ -38,7 +38,8 @@ impl GrpcRejection {
         match error {
             relock::Error::Timeout { .. } => Status::new(
                 Code::Aborted,
-                "locked: another request holds this resource; retry later",
+                "locked: another holder, in this process or another, has this resource locked; \
+                 retry later",
             ),
             relock::Error::InvalidKey { reason, .. } => {
                 Status::new(Code::InvalidArgument, format!("invalid lock key: {reason}"))

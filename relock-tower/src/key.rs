@@ -4,6 +4,17 @@
 //! Each gives `None`, so no lock, when the value is missing or empty.
 //! [`prefix`](Header::prefix) puts a namespace in front, so that `42` becomes `order:42`.
 //!
+//! # A value given twice is refused
+//!
+//! A query parameter or header that the request gives more than once (`?cart=7&cart=8`,
+//! `?cart=&cart=7`, two `x-order-id` headers) is an
+//! [`InvalidKey`](relock::Error::InvalidKey) rejection with the reason
+//! [`Repeated`](relock::InvalidKeyReason::Repeated), `400 Bad Request` by default (gRPC
+//! `INVALID_ARGUMENT` with `GrpcRejection`), even when one of the values is empty and even when
+//! they are equal. Handlers do not agree on which one counts — axum's `Query<HashMap<..>>` keeps
+//! the last, a lookup of the first keeps the first — so locking either could let the handler
+//! work on a value nobody locked.
+//!
 //! # Every spelling of an id takes one lock
 //!
 //! Path segments and query parameters are decoded before they become keys, the way the
@@ -39,10 +50,11 @@ use percent_encoding::percent_decode_str;
 
 use crate::extract::ExtractKey;
 
-/// Keys requests by the value of the header `name` (its first value when it repeats).
+/// Keys requests by the value of the header `name`.
 ///
 /// Bytes that are not UTF-8 are replaced by `U+FFFD` rather than skipped, so an odd value still
-/// takes a lock.
+/// takes a lock. A request with the header more than once is
+/// [refused](self#a-value-given-twice-is-refused).
 ///
 /// # Panics
 ///
@@ -90,13 +102,14 @@ pub fn path_segment(index: usize) -> PathSegment {
     }
 }
 
-/// Keys requests by the query parameter `name` (its first occurrence).
+/// Keys requests by the query parameter `name`.
 ///
 /// The query is decoded as `application/x-www-form-urlencoded`, as axum's `Query` decodes it,
 /// so that every spelling of an id takes [one lock](self#every-spelling-of-an-id-takes-one-lock):
 /// `+` is a space, then `%` escapes are decoded, in names as in values, and `name` is matched
 /// against the decoded names (`?c%61rt=7` is `cart`). A malformed escape (`%4`, `%zz`) is kept
-/// as written.
+/// as written. A request that gives the parameter more than once, under any spelling of its
+/// name, is [refused](self#a-value-given-twice-is-refused).
 ///
 /// ```
 /// // `/checkout?cart=7` locks `cart:7`.
@@ -115,6 +128,8 @@ pub fn query(name: impl Into<Arc<str>>) -> Query {
 /// gRPC metadata travel as HTTP/2 headers, so this reads the header `name` of the
 /// [`http::Request`] a tonic server hands its layers; clients set it with
 /// `request.metadata_mut().insert(..)`. Keys of binary entries (`-bin`) are their base64 text.
+/// An entry given more than once (`metadata_mut().append(..)`) is
+/// [refused](self#a-value-given-twice-is-refused) with `INVALID_ARGUMENT`.
 ///
 /// # Panics
 ///
@@ -208,12 +223,27 @@ impl Metadata {
     }
 }
 
-impl<B> ExtractKey<Request<B>> for Header {
-    type Key = String;
+/// The refusal of a request that gives the value `name` more than once.
+fn repeated(name: &str) -> relock::Error {
+    relock::Error::InvalidKey {
+        key: name.to_owned(),
+        reason: relock::InvalidKeyReason::Repeated,
+    }
+}
 
-    fn extract(&self, request: &Request<B>) -> Option<String> {
-        let value = request.headers().get(&self.name)?;
-        self.prefix.key(&String::from_utf8_lossy(value.as_bytes()))
+impl<B> ExtractKey<Request<B>> for Header {
+    /// `Err` when the request repeats the header.
+    type Key = Result<String, relock::Error>;
+
+    fn extract(&self, request: &Request<B>) -> Option<Self::Key> {
+        let mut values = request.headers().get_all(&self.name).iter();
+        let value = values.next()?;
+        if values.next().is_some() {
+            return Some(Err(repeated(self.name.as_str())));
+        }
+        self.prefix
+            .key(&String::from_utf8_lossy(value.as_bytes()))
+            .map(Ok)
     }
 }
 
@@ -228,21 +258,28 @@ impl<B> ExtractKey<Request<B>> for PathSegment {
 }
 
 impl<B> ExtractKey<Request<B>> for Query {
-    type Key = String;
+    /// `Err` when the request repeats the parameter.
+    type Key = Result<String, relock::Error>;
 
-    fn extract(&self, request: &Request<B>) -> Option<String> {
+    fn extract(&self, request: &Request<B>) -> Option<Self::Key> {
         let query = request.uri().query()?;
-        let (_, value) =
-            form_urlencoded::parse(query.as_bytes()).find(|(name, _)| **name == *self.name)?;
-        self.prefix.key(&value)
+        let mut values = form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| **name == *self.name)
+            .map(|(_, value)| value);
+        let value = values.next()?;
+        if values.next().is_some() {
+            return Some(Err(repeated(&self.name)));
+        }
+        self.prefix.key(&value).map(Ok)
     }
 }
 
 #[cfg(feature = "tonic")]
 impl<B> ExtractKey<Request<B>> for Metadata {
-    type Key = String;
+    /// `Err` when the request repeats the entry.
+    type Key = Result<String, relock::Error>;
 
-    fn extract(&self, request: &Request<B>) -> Option<String> {
+    fn extract(&self, request: &Request<B>) -> Option<Self::Key> {
         self.0.extract(request)
     }
 }
@@ -255,25 +292,48 @@ mod tests {
         Request::builder().uri(uri).body(()).unwrap()
     }
 
+    /// The key a header or query extractor found; fails the test if it refused the request.
+    fn found(key: Option<Result<String, relock::Error>>) -> Option<String> {
+        key.map(|key| key.unwrap_or_else(|err| panic!("refused: {err}")))
+    }
+
+    /// Fails the test unless `key` is the refusal of a repeated `name`.
+    #[track_caller]
+    fn assert_repeated(key: Option<Result<String, relock::Error>>, name: &str) {
+        match key {
+            Some(Err(relock::Error::InvalidKey {
+                key,
+                reason: relock::InvalidKeyReason::Repeated,
+            })) => assert_eq!(key, name),
+            other => panic!("a repeated `{name}` was not refused: {other:?}"),
+        }
+    }
+
     #[test]
     fn header_gives_its_value_after_the_prefix() {
         let mut req = request("/");
         req.headers_mut()
             .insert("x-order-id", http::HeaderValue::from_static("42"));
         assert_eq!(
-            header("x-order-id").prefix("order:").extract(&req),
+            found(header("x-order-id").prefix("order:").extract(&req)),
             Some("order:42".to_owned())
         );
-        assert_eq!(header("X-Order-Id").extract(&req), Some("42".to_owned()));
+        assert_eq!(
+            found(header("X-Order-Id").extract(&req)),
+            Some("42".to_owned())
+        );
     }
 
     #[test]
     fn missing_or_empty_header_gives_no_key() {
         let mut req = request("/");
-        assert_eq!(header("x-order-id").extract(&req), None);
+        assert_eq!(found(header("x-order-id").extract(&req)), None);
         req.headers_mut()
             .insert("x-order-id", http::HeaderValue::from_static(""));
-        assert_eq!(header("x-order-id").prefix("order:").extract(&req), None);
+        assert_eq!(
+            found(header("x-order-id").prefix("order:").extract(&req)),
+            None
+        );
     }
 
     #[test]
@@ -284,7 +344,7 @@ mod tests {
             http::HeaderValue::from_bytes(b"4\xff2").unwrap(),
         );
         assert_eq!(
-            header("x-order-id").extract(&req),
+            found(header("x-order-id").extract(&req)),
             Some("4\u{fffd}2".to_owned())
         );
     }
@@ -332,8 +392,8 @@ mod tests {
     fn plus_is_a_plus_in_a_path_segment_and_a_space_in_a_query() {
         let req = request("/orders/a+b/pay?cart=a+b&other=a%2Bb");
         assert_eq!(path_segment(2).extract(&req), Some("a+b".to_owned()));
-        assert_eq!(query("cart").extract(&req), Some("a b".to_owned()));
-        assert_eq!(query("other").extract(&req), Some("a+b".to_owned()));
+        assert_eq!(found(query("cart").extract(&req)), Some("a b".to_owned()));
+        assert_eq!(found(query("other").extract(&req)), Some("a+b".to_owned()));
     }
 
     #[test]
@@ -344,15 +404,18 @@ mod tests {
             path_segment(1).extract(&request("/%zz%34%32")),
             Some("%zz42".to_owned())
         );
-        assert_eq!(query("cart").extract(&req), Some("%zz7".to_owned()));
-        assert_eq!(query("other").extract(&req), Some("7%".to_owned()));
+        assert_eq!(found(query("cart").extract(&req)), Some("%zz7".to_owned()));
+        assert_eq!(found(query("other").extract(&req)), Some("7%".to_owned()));
     }
 
     #[test]
     fn decoded_bytes_that_are_not_utf8_still_give_a_key() {
         let req = request("/orders/4%FF2/pay?cart=4%ff2");
         assert_eq!(path_segment(2).extract(&req), Some("4\u{fffd}2".to_owned()));
-        assert_eq!(query("cart").extract(&req), Some("4\u{fffd}2".to_owned()));
+        assert_eq!(
+            found(query("cart").extract(&req)),
+            Some("4\u{fffd}2".to_owned())
+        );
     }
 
     #[test]
@@ -361,38 +424,97 @@ mod tests {
     }
 
     #[test]
-    fn query_gives_the_first_matching_parameter() {
-        let req = request("/checkout?other=1&cart=7&cart=8");
+    fn query_gives_its_parameter_after_the_prefix() {
+        let req = request("/checkout?other=1&cart=7&carts=8");
         assert_eq!(
-            query("cart").prefix("cart:").extract(&req),
+            found(query("cart").prefix("cart:").extract(&req)),
             Some("cart:7".to_owned())
         );
-        assert_eq!(query("cartx").extract(&req), None);
-        assert_eq!(query("cart").extract(&request("/checkout")), None);
-        assert_eq!(query("cart").extract(&request("/checkout?cart")), None);
-        assert_eq!(query("cart").extract(&request("/checkout?cart=")), None);
+        assert_eq!(found(query("cartx").extract(&req)), None);
+        assert_eq!(found(query("cart").extract(&request("/checkout"))), None);
+        assert_eq!(
+            found(query("cart").extract(&request("/checkout?cart"))),
+            None
+        );
+        assert_eq!(
+            found(query("cart").extract(&request("/checkout?cart="))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_repeated_query_parameter_is_refused() {
+        for uri in [
+            "/checkout?cart=7&cart=8",
+            "/checkout?cart=&cart=7",
+            "/checkout?cart=7&cart=",
+            "/checkout?cart&cart=7",
+            "/checkout?cart=7&cart=7",
+            "/checkout?cart=7&other=1&c%61rt=8",
+            "/checkout?cart=7&cart=8&cart=9",
+        ] {
+            assert_repeated(query("cart").prefix("cart:").extract(&request(uri)), "cart");
+        }
+    }
+
+    #[test]
+    fn a_repeated_header_is_refused() {
+        for values in [["7", "8"], ["", "7"], ["7", "7"]] {
+            let mut req = request("/");
+            for value in values {
+                req.headers_mut()
+                    .append("x-order-id", http::HeaderValue::from_static(value));
+            }
+            assert_repeated(
+                header("x-order-id").prefix("order:").extract(&req),
+                "x-order-id",
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_key_fails_the_lock_with_a_400_naming_the_reason() {
+        use crate::reject::{DefaultRejection, Reject};
+
+        let refused = query("cart").extract(&request("/checkout?cart=7&cart=8"));
+        let err = relock::IntoLockKey::into_lock_key(refused.unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid lock key `cart`: the request repeats the query parameter or header it is \
+             read from"
+        );
+        let response: http::Response<String> = DefaultRejection::new().reject(&err);
+        assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response.body(),
+            "invalid lock key: the request repeats the query parameter or header it is read \
+             from\n"
+        );
     }
 
     #[test]
     fn percent_encoded_query_value_gives_the_key_of_the_plain_one() {
         let extractor = query("cart").prefix("cart:");
-        let plain = extractor.extract(&request("/checkout?cart=42"));
+        let plain = found(extractor.extract(&request("/checkout?cart=42")));
         assert_eq!(plain, Some("cart:42".to_owned()));
-        assert_eq!(extractor.extract(&request("/checkout?cart=%34%32")), plain);
+        assert_eq!(
+            found(extractor.extract(&request("/checkout?cart=%34%32"))),
+            plain
+        );
     }
 
     #[test]
     fn query_parameter_names_are_matched_after_decoding() {
         assert_eq!(
-            query("cart").extract(&request("/checkout?c%61rt=7")),
+            found(query("cart").extract(&request("/checkout?c%61rt=7"))),
             Some("7".to_owned())
         );
         assert_eq!(
-            query("my cart").extract(&request("/checkout?my+cart=7")),
+            found(query("my cart").extract(&request("/checkout?my+cart=7"))),
             Some("7".to_owned())
         );
         assert_eq!(
-            query("c%61rt").extract(&request("/checkout?c%61rt=7")),
+            found(query("c%61rt").extract(&request("/checkout?c%61rt=7"))),
             None
         );
     }
@@ -404,9 +526,24 @@ mod tests {
         req.headers_mut()
             .insert("x-order-id", http::HeaderValue::from_static("42"));
         assert_eq!(
-            metadata("x-order-id").prefix("order:").extract(&req),
+            found(metadata("x-order-id").prefix("order:").extract(&req)),
             Some("order:42".to_owned())
         );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn repeated_metadata_is_refused_with_invalid_argument() {
+        let mut req = request("/orders.Orders/Pay");
+        for value in ["7", "8"] {
+            req.headers_mut()
+                .append("x-order-id", http::HeaderValue::from_static(value));
+        }
+        let refused = metadata("x-order-id").extract(&req);
+        assert_repeated(refused, "x-order-id");
+        let err = metadata("x-order-id").extract(&req).unwrap().unwrap_err();
+        let status = crate::GrpcRejection::new().status(&err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 
     #[cfg(feature = "tonic")]

@@ -51,6 +51,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The layer runs before the handler's extractors
+//!
+//! The lock is taken before the request reaches the route's extractors (axum's `Path`, `Query`,
+//! `Json`), so the key extractor sees requests the handler will refuse. With
+//! `key::path_segment(2)` on a route that reads `Path<u64>`, `/orders/abc/pay` locks `order:abc`
+//! — writing a key to Redis — before axum answers `400`, and `/orders/042/pay` locks `order:042`
+//! while its handler works on order 42, beside a request for `/orders/42/pay` that holds
+//! `order:42`. Make the key extractor read the value as the handler will, and refuse what it
+//! refuses: `None` lets the request through without a lock, to be rejected by the route.
+//!
+//! ```
+//! use axum::{body::Body, http::Request};
+//! use relock_tower::{key, ExtractKey, LockLayer};
+//!
+//! // For `/orders/{id}/pay` with `Path<u64>`.
+//! let segment = key::path_segment(2);
+//! let order = move |request: &Request<Body>| {
+//!     let id: u64 = segment.extract(request)?.parse().ok()?;
+//!     Some(format!("order:{id}"))
+//! };
+//!
+//! let post = |path: &str| Request::post(path).body(Body::empty()).unwrap();
+//! assert_eq!(order(&post("/orders/042/pay")), Some("order:42".to_owned()));
+//! assert_eq!(order(&post("/orders/%34%32/pay")), Some("order:42".to_owned()));
+//! assert_eq!(order(&post("/orders/abc/pay")), None);
+//!
+//! let layer = LockLayer::new(order);
+//! # drop(layer);
+//! ```
+//!
 //! # When the lock cannot be had
 //!
 //! A lock that could not be taken becomes a response, not a service error, so an axum router

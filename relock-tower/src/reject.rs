@@ -43,7 +43,7 @@ where
 }
 
 /// The rejection [`LockLayer`](crate::LockLayer) uses unless told otherwise: an HTTP status with
-/// a short `text/plain` body.
+/// a short `text/plain` body of one line, ending with a newline.
 ///
 /// * [`Timeout`](relock::Error::Timeout) → `423 Locked` with `Retry-After`: the holder's
 ///   remaining lease in whole seconds, rounded up, at least 1.
@@ -74,7 +74,9 @@ impl<B: From<String>> Reject<Response<B>> for DefaultRejection {
             relock::Error::Timeout { holder_ttl, .. } => {
                 let mut response = text(
                     StatusCode::LOCKED,
-                    "locked: another request holds this resource; retry later".to_owned(),
+                    "locked: another holder, in this process or another, has this resource locked; \
+                     retry later"
+                        .to_owned(),
                 );
                 response
                     .headers_mut()
@@ -105,7 +107,9 @@ impl<B: From<String>> Reject<Response<B>> for DefaultRejection {
     }
 }
 
-fn text<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
+fn text<B: From<String>>(status: StatusCode, mut body: String) -> Response<B> {
+    // A client printing the body (curl) then leaves the terminal's prompt on a line of its own.
+    body.push('\n');
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -184,12 +188,56 @@ mod tests {
         );
     }
 
+    /// The holder is often another process (another replica of the service, a batch job), so
+    /// the body must not claim it is another request.
+    #[test]
+    fn timeout_body_says_another_holder_has_the_lock() {
+        let response = reject(timeout(None));
+        assert_eq!(
+            response.body(),
+            "locked: another holder, in this process or another, has this resource locked; \
+             retry later\n"
+        );
+    }
+
+    /// `LockLayer::lease` documents this answer for a lease out of range.
+    #[test]
+    fn invalid_lease_is_500() {
+        let response = reject(relock::Error::InvalidLease {
+            lease: Duration::ZERO,
+            min: relock::Locker::MIN_LEASE,
+            max: relock::Locker::MAX_LEASE,
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn every_body_is_one_line_ending_with_a_newline() {
+        let errors = [
+            timeout(None),
+            relock::LockKey::new("").unwrap_err(),
+            relock::Error::Lost {
+                key: "order:1".into(),
+            },
+            relock::Error::NoLocker,
+        ];
+        for error in errors {
+            let response = reject(error);
+            let body = response.body();
+            assert!(body.ends_with('\n'), "{body:?}");
+            assert_eq!(body.matches('\n').count(), 1, "{body:?}");
+        }
+    }
+
     #[test]
     fn invalid_key_is_400_naming_the_reason() {
         let error = relock::LockKey::new("order:{1}").unwrap_err();
         let response = reject(error);
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(response.body(), "invalid lock key: key contains `{` or `}`");
+        assert_eq!(
+            response.body(),
+            "invalid lock key: key contains `{` or `}`\n"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The least-privilege Redis ACL rules relock needs, kept here so that the README and the tests
+//! The least-privilege Redis ACL rules relock needs, kept here so that docs/production.md and the tests
 //! that run relock as such a user say the same thing.
 
 /// The Redis ACL rules a user needs to lock, wait, renew, release, inspect and force-release

@@ -85,7 +85,9 @@ impl Acquire {
     }
 
     /// How long the lock stays held if this process stops renewing it (it crashed, or lost the
-    /// server). Defaults to the locker's lease.
+    /// server): between [`Locker::MIN_LEASE`](crate::Locker::MIN_LEASE) (10 ms) and
+    /// [`Locker::MAX_LEASE`](crate::Locker::MAX_LEASE) (30 days), else the request fails with
+    /// [`Error::InvalidLease`] without reaching the server. Defaults to the locker's lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -311,6 +313,7 @@ async fn acquire_from_backend(
         mode,
     } = request;
     let lease = lease::check(lease)?;
+    locker.check_eviction().await?;
     let deadline = lease::after(started, wait);
     if mode == (Mode::Permit { permits: 0 }) {
         // No permit can ever be had (and 0 means readers to the server).
@@ -570,27 +573,14 @@ pub(crate) async fn run_holding<F: Future>(
     };
     let output = match on_lost {
         OnLost::Continue => body.await,
-        OnLost::Abort => {
-            let mut body = pin!(body);
-            let mut lost = pin!(first_lost(&guards));
-            let ended = std::future::poll_fn(|cx| {
-                // Loss is checked before every poll of the body, by the clock and not only by the
-                // wake-up: a process that stalled past its lease (a blocking call, a pause) must
-                // not take another step of the body when it wakes.
-                if let Some(guard) = guards.iter().find(|guard| !guard.is_held()) {
-                    return Poll::Ready(Err(guard.key().to_owned()));
-                }
-                if let Poll::Ready(output) = body.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(output));
-                }
-                lost.as_mut().poll(cx).map(Err)
-            })
-            .await;
-            match ended {
-                Ok(output) => output,
-                Err(key) => return Err(Error::Lost { key }),
+        OnLost::Abort => match lease::until_lost(&guards, pin!(body)).await {
+            Ok(output) => output,
+            Err(key) => {
+                return Err(Error::Lost {
+                    key: key.to_string(),
+                })
             }
-        }
+        },
     };
     let mut result = Ok(output);
     for guard in guards.into_iter().rev() {
@@ -601,24 +591,6 @@ pub(crate) async fn run_holding<F: Future>(
         }
     }
     result
-}
-
-/// Resolves with the key of the first of `guards` to lose its hold.
-async fn first_lost(guards: &[LockGuard]) -> String {
-    if let [guard] = guards {
-        guard.lost().await;
-        return guard.key().to_owned();
-    }
-    let mut losts: Vec<_> = guards.iter().map(|guard| Box::pin(guard.lost())).collect();
-    std::future::poll_fn(|cx| {
-        for (guard, lost) in guards.iter().zip(&mut losts) {
-            if lost.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(guard.key().to_owned());
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 impl IntoFuture for Acquire {

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// ([`Error::InvalidLease`]), restructure the call
 /// ([`Error::WouldDeadlock`], [`Error::UpgradeRefused`]), agree on a semaphore's size
 /// ([`Error::PermitsMismatch`]), configure a locker ([`Error::NoLocker`]) or check the server
-/// ([`Error::Backend`]).
+/// ([`Error::Backend`], [`Error::EvictingServer`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -99,6 +99,24 @@ pub enum Error {
         /// The permits its current holders use (0: they are readers).
         found: u32,
     },
+    /// The Redis server may evict keys, held locks included: `maxmemory` is set and
+    /// `maxmemory-policy` is not `noeviction` (the `volatile-*` policies evict relock's keys too:
+    /// each has an expiry). An evicted lock is free for another owner at once, while its holder
+    /// learns of the loss only at its next renewal. Nothing was locked: set
+    /// `maxmemory-policy noeviction` on the server, or accept the risk with
+    /// [`LockerBuilder::allow_eviction`](crate::LockerBuilder::allow_eviction).
+    ///
+    /// Checked by [`Locker::connect`](crate::Locker::connect) and before a locker's first lock,
+    /// on every master of a cluster, and on each master found behind Sentinel (which is then not
+    /// used for any command).
+    EvictingServer {
+        /// The server (`host:port`) that may evict.
+        server: String,
+        /// Its `maxmemory`, in bytes.
+        maxmemory: u64,
+        /// Its `maxmemory-policy`.
+        policy: String,
+    },
     /// No locker was given, none is in scope, and no global locker was set with
     /// [`set_global`](crate::set_global).
     NoLocker,
@@ -121,6 +139,11 @@ pub enum InvalidKeyReason {
     Brace,
     /// The key contains a control character (such as a newline or NUL).
     ControlCharacter,
+    /// The request gives the value the key is read from more than once (`?cart=7&cart=8`, two
+    /// `x-order-id` headers), so the lock and the code that handles the request could read
+    /// different values; the error's `key` names the parameter or header. Reported by
+    /// relock-tower's extractors.
+    Repeated,
 }
 
 impl fmt::Display for InvalidKeyReason {
@@ -134,6 +157,9 @@ impl fmt::Display for InvalidKeyReason {
             ),
             Self::Brace => f.write_str("key contains `{` or `}`"),
             Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::Repeated => {
+                f.write_str("the request repeats the query parameter or header it is read from")
+            }
         }
     }
 }
@@ -223,6 +249,16 @@ impl fmt::Display for Error {
                     side(found)
                 )
             }
+            Self::EvictingServer {
+                server,
+                maxmemory,
+                policy,
+            } => write!(
+                f,
+                "the Redis server at {server} may evict held locks (maxmemory {maxmemory} bytes \
+                 with maxmemory-policy {policy}): set `maxmemory-policy noeviction`, or call \
+                 `allow_eviction()` on the locker builder to accept losing locks to eviction"
+            ),
             Self::NoLocker => f.write_str(
                 "no locker: pass one explicitly, run inside a locked scope, or call `relock::set_global`",
             ),
@@ -280,8 +316,8 @@ pub(crate) fn describe(err: &redis::RedisError) -> String {
 
 /// Where the rules relock needs are listed.
 const ACL_HINT: &str =
-    "every rule relock needs is listed under \"ACL user\" in relock's README and given by \
-     `relock::acl_rules`";
+    "every rule relock needs is listed under \"ACL user\" in relock's docs/production.md and \
+     given by `relock::acl_rules`";
 
 /// Says what to fix for the errors whose own text leaves the operator guessing: a refused TLS
 /// certificate, a missing ACL permission, refused credentials.
@@ -462,6 +498,11 @@ mod tests {
                 lease: Duration::ZERO,
                 min: Duration::from_millis(10),
                 max: Duration::from_secs(1),
+            },
+            Error::EvictingServer {
+                server: "127.0.0.1:6379".into(),
+                maxmemory: 1 << 20,
+                policy: "allkeys-lru".into(),
             },
             Error::NoLocker,
             Error::backend("connection refused"),

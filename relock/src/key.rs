@@ -7,7 +7,7 @@ use crate::error::{Error, InvalidKeyReason};
 /// A validated lock key: 1 to 512 bytes, no control characters, no `{` or `}`.
 ///
 /// The braces are reserved because relock wraps the key in a Redis Cluster hash tag
-/// (`relock:{order:42}`), so that a lock's hash, fencing counter and release channel share one slot.
+/// (`relock:{order:42}`), so that a lock's key and its release channel share one Redis Cluster slot.
 /// Cloning is cheap.
 ///
 /// Most callers never name this type: [`Locker::lock`](crate::Locker::lock) accepts `&str` and
@@ -153,6 +153,30 @@ impl IntoLockKey for &String {
 impl IntoLockKey for Cow<'_, str> {
     fn into_lock_key(self) -> Result<LockKey, Error> {
         LockKey::new(self)
+    }
+}
+
+/// A key that could not be computed fails with its error, from the same `await` as every other
+/// lock error: for extractors that refuse what they were given (relock-tower refuses a repeated
+/// query parameter this way).
+///
+/// ```
+/// use relock::{Error, IntoLockKey, InvalidKeyReason};
+///
+/// let refused: Result<String, Error> = Err(Error::InvalidKey {
+///     key: "cart".into(),
+///     reason: InvalidKeyReason::Repeated,
+/// });
+/// assert!(matches!(
+///     refused.into_lock_key(),
+///     Err(Error::InvalidKey { reason: InvalidKeyReason::Repeated, .. })
+/// ));
+/// assert_eq!(Ok::<_, Error>("cart:7").into_lock_key()?.as_str(), "cart:7");
+/// # Ok::<(), Error>(())
+/// ```
+impl<K: IntoLockKey> IntoLockKey for Result<K, Error> {
+    fn into_lock_key(self) -> Result<LockKey, Error> {
+        self?.into_lock_key()
     }
 }
 

@@ -6,8 +6,11 @@
 //! transient reference held by an observer would make a release silently skip its work. Dropping
 //! a lease has no side effects, so observers may drop theirs anywhere, even under a lock.
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -322,6 +325,76 @@ impl Lease {
 
     pub(crate) fn set_scoped(&self) {
         self.scoped.store(true, Ordering::Release);
+    }
+}
+
+/// Something that watches a lease: a guard, or a share of the lease itself.
+pub(crate) trait Watched {
+    fn lease(&self) -> &Lease;
+}
+
+impl Watched for Arc<Lease> {
+    fn lease(&self) -> &Lease {
+        self
+    }
+}
+
+impl Watched for crate::guard::LockGuard {
+    fn lease(&self) -> &Lease {
+        &self.hold.lease
+    }
+}
+
+/// Polls `body` to completion unless one of `leases` is lost first: then `body` is dropped
+/// without another poll, and the lost lease's key comes back.
+///
+/// Loss is checked before every poll of the body, by the clock and not only by the wake-up: a
+/// process that stalled past its lease (a blocking call, a pause) must not take another step of
+/// the body when it wakes.
+///
+/// `body` comes pinned by the caller: moved in by value, it would be stored twice in this
+/// future (as the argument and as the pinned local), and nested `run`s would double the size of
+/// their futures at each level.
+pub(crate) async fn until_lost<W: Watched, F: Future>(
+    leases: &[W],
+    mut body: Pin<&mut F>,
+) -> Result<F::Output, LockKey> {
+    let mut lost = pin!(first_lost(leases));
+    std::future::poll_fn(|cx| {
+        if let Some(lost) = leases.iter().find(|watched| watched.lease().is_lost()) {
+            return Poll::Ready(Err(lost.lease().key.clone()));
+        }
+        if let Poll::Ready(output) = body.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        lost.as_mut().poll(cx).map(Err)
+    })
+    .await
+}
+
+/// Resolves with the key of the first of `leases` to be lost.
+async fn first_lost<W: Watched>(leases: &[W]) -> LockKey {
+    match leases {
+        [] => std::future::pending().await,
+        [watched] => {
+            watched.lease().lost().await;
+            watched.lease().key.clone()
+        }
+        _ => {
+            let mut losts: Vec<_> = leases
+                .iter()
+                .map(|watched| Box::pin(watched.lease().lost()))
+                .collect();
+            std::future::poll_fn(|cx| {
+                for (watched, lost) in leases.iter().zip(&mut losts) {
+                    if lost.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(watched.lease().key.clone());
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        }
     }
 }
 

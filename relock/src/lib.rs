@@ -4,7 +4,8 @@
 //! future does — however deeply nested, across `.await`s and `join!`s — sees the hold, so a nested
 //! lock on the same key re-enters at once with **no Redis round trip**, while two sibling futures
 //! that are not nested exclude each other like any two owners. `tokio::spawn` does not inherit a
-//! scope; [`inherit`] carries it across explicitly.
+//! scope; [`inherit`] carries it across explicitly ([`inherit_checked`] also stops the spawned
+//! future once a hold it carries is lost, as `run` stops its body).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
@@ -26,6 +27,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Adding it
+//!
+//! relock is not published on crates.io yet (the `relock` there is another project's crate):
+//! depend on a clone of its repository, here next to your project in `../relock`, with Tokio's
+//! `macros` and `rt-multi-thread` features for `#[tokio::main]`:
+//!
+//! ```toml
+//! [dependencies]
+//! relock = { path = "../relock/relock" }  # features: cluster, sentinel, tls, metrics
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! ```
+//!
+//! Beside it in the repository:
+//!
+//! * **relock-tower** (`relock-tower = { path = "../relock/relock-tower" }`): `LockLayer`, a
+//!   tower middleware that takes a lock per request in axum and tonic services.
+//! * **relock-cli**, the operator's `relock` command (`cargo install --path relock-cli` in the
+//!   clone): which locks are held, by which host and process, for how much longer; watch them
+//!   change hands; force-release a stuck one.
+//! * `#[locked]` (feature `macros`, on by default), from the relock-macros crate.
+//!
+//! The repository's README walks from here to a locked axum route and a CLI session; its
+//! `docs/` pages cover production Redis (eviction, Sentinel, Cluster, TLS, ACLs, replicas,
+//! clocks), the failure contract and the Redis layout.
+//!
 //! # Waiting, leases and loss
 //!
 //! * A request for a held lock waits up to its `wait` (default 10 s) and then fails with
@@ -41,8 +67,10 @@
 //!   hold is **lost**: [`LockGuard::lost`] resolves and [`LockGuard::is_held`] turns false, with no
 //!   round trip. [`Acquire::run`] then drops the body and returns [`Error::Lost`] (unless
 //!   [`OnLost::Continue`] is chosen). Loss is checked by the clock before every poll of the
-//!   body, so a process that stalled past its lease (a blocking call, a pause) never takes
-//!   another step of the body when it wakes.
+//!   body, so a process that stalled past its lease between two polls (a pause, an overloaded
+//!   runtime) never takes another step of the body when it wakes. A stall *inside* one poll —
+//!   a blocking call, then a write before the next `.await` — finishes that poll's steps: only
+//!   the fencing token makes such a write rejectable.
 //! * A guard dropped without [`LockGuard::release`] — an early return, a panic, a cancelled
 //!   future — is released by the locker's background task, so the lock is free again within a
 //!   round trip.
@@ -91,9 +119,11 @@
 //! subscribes: an `acquire` span (target `relock`) for every request that reaches the server,
 //! recording its `outcome`, `waited` and `fencing_token`; a `trace` event for a re-entry (no
 //! span: re-entry stays allocation-free); `debug` events for releases (`mode` = `explicit` or
-//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`) and
-//! when a renewal fails. With the `metrics` feature it records `relock_*` counters, histograms
-//! and a gauge through the [`metrics`](https://docs.rs/metrics) facade; the README lists them.
+//! `background`, `held_for`); a `warn` event when a hold is lost (`cause`, `since_renewal`),
+//! when a renewal fails, and when a server's eviction settings cannot be read (`server`,
+//! `reason`: see [`LockerBuilder::allow_eviction`]). With the `metrics` feature it records
+//! `relock_*` counters, histograms and a gauge through the [`metrics`](https://docs.rs/metrics)
+//! facade; docs/observability.md in the repository lists them.
 //!
 //! # Features
 //!
@@ -119,12 +149,15 @@
 //! | invalid key | [`Error::InvalidKey`] naming the reason; nothing is sent |
 //! | guard dropped in a panic or cancellation | released in the background |
 //! | release after the lease ended | [`Error::Lost`]; the next holder's lock is untouched, even in the same scope |
-//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again |
+//! | process stalled past its lease | `run` returns [`Error::Lost`] without polling the body again (a stall *inside* one poll — a blocking call, then a write before the next `.await` — only the fencing token covers) |
+//! | hold lost while a spawned future carries it | [`inherit_checked`] returns [`Error::Lost`] without polling the future again; a future carried by plain [`inherit`] is **not** stopped |
 //! | fewer replicas than asked acknowledge a grant | [`Error::NotReplicated`]; the grant is released |
 //! | release or acquisition with an unknown outcome (timeout, dropped connection) | [`Error::Backend`]; the hold's token is released in the background, retried until the server answers |
 //! | server restarted without persistence, tombstone expired, failover | the next fencing token is still larger than every earlier one |
 //! | an acquisition reaches the server after its own release (a delayed request) | refused; nothing is left held |
-//! | lease out of range (zero, `Duration::MAX`) | [`Error::InvalidLease`]; never a lock without expiry |
+//! | lease under 10 ms or over 30 days ([`Locker::MIN_LEASE`], [`Locker::MAX_LEASE`]) | [`Error::InvalidLease`], nothing sent; never a lock without expiry (any `wait` works, `Duration::MAX` included) |
+//! | server may evict keys (`maxmemory` with a `maxmemory-policy` other than `noeviction`) | [`Error::EvictingServer`] from `connect` and the first lock, naming the setting, unless [`LockerBuilder::allow_eviction`]; checked on every master of a cluster and each master found behind Sentinel |
+//! | with `allow_eviction`, a held lock evicted | [`LockGuard::lost`] fires at the next renewal (within lease/3); `run` aborts |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
 //! | the exclusive lock inside the scope's read hold of the key (an upgrade) | [`Error::UpgradeRefused`] at once |
 //! | two callers disagree on a semaphore's permits (or read a semaphore's key) | [`Error::PermitsMismatch`]; nothing taken |
@@ -222,7 +255,7 @@ pub use guard::LockGuard;
 pub use info::{LockInfo, LockMode};
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
-pub use scope::{current_guard, inherit};
+pub use scope::{current_guard, inherit, inherit_checked};
 pub use semaphore::{AcquirePermit, Permit, PermitFuture, Semaphore};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
@@ -243,8 +276,3 @@ pub mod __private;
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use relock_macros::locked;
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

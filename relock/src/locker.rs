@@ -8,6 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use crate::acquire::Acquire;
+use crate::backend::eviction::EvictionCheck;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Connection, Dedicated, RedisBackend};
 use crate::backend::{Backend, Released, Replicas};
@@ -83,6 +84,8 @@ struct Shared {
     notifications: Option<Notifications>,
     subscriber: OnceLock<Subscriber>,
     connect_timeout: Duration,
+    /// Whether the server may evict keys, checked before the first lock.
+    eviction: EvictionCheck,
 }
 
 impl Drop for Shared {
@@ -127,18 +130,25 @@ impl Locker {
     /// a long lease only says how long a crashed holder keeps the lock.
     pub const MAX_LEASE: Duration = crate::lease::MAX_LEASE;
 
-    /// Connects to the Redis server at `url` with the default settings, checking that it answers.
+    /// Connects to the Redis server at `url` with the default settings, checking that it answers
+    /// and that it does not evict keys.
     ///
-    /// Fails with [`Error::Backend`] if it does not: at once for a closed port, within the
-    /// connect timeout (2 s) for a server that does not accept or complete the handshake, and at
-    /// the latest after the connect and response timeouts together.
+    /// Fails with [`Error::Backend`] if it does not answer: at once for a closed port, within
+    /// the connect timeout (2 s) for a server that does not accept or complete the handshake, and
+    /// at the latest after the connect and response timeouts together. Fails with
+    /// [`Error::EvictingServer`] if the server has `maxmemory` set with an evicting
+    /// `maxmemory-policy` (build with [`LockerBuilder::allow_eviction`] to accept that).
     pub async fn connect(url: &str) -> Result<Locker, Error> {
         let locker = Self::builder().url(url).build()?;
         let limit = locker
             .shared
             .connect_timeout
             .saturating_add(DEFAULT_RESPONSE_TIMEOUT);
-        match tokio::time::timeout(limit, locker.ping()).await {
+        let checked = async {
+            locker.ping().await?;
+            locker.check_eviction().await
+        };
+        match tokio::time::timeout(limit, checked).await {
             Ok(answered) => answered?,
             Err(_) => {
                 return Err(Error::backend(format!(
@@ -167,6 +177,7 @@ impl Locker {
         config: Config,
         notifications: Option<Notifications>,
         connect_timeout: Duration,
+        eviction: EvictionCheck,
     ) -> Locker {
         let (releases, background) = mpsc::unbounded_channel();
         let locker = Locker {
@@ -181,6 +192,7 @@ impl Locker {
                 notifications,
                 subscriber: OnceLock::new(),
                 connect_timeout,
+                eviction,
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -378,6 +390,12 @@ impl Locker {
 
     pub(crate) fn backend(&self) -> &Backend {
         &self.shared.backend
+    }
+
+    /// Refuses a server that may evict keys ([`Error::EvictingServer`]); asks it only until it
+    /// passes once.
+    pub(crate) async fn check_eviction(&self) -> Result<(), Error> {
+        self.shared.eviction.ensure(&self.shared.backend).await
     }
 
     pub(crate) fn local(&self) -> &Arc<LocalHolds> {
@@ -672,6 +690,7 @@ pub struct LockerBuilder {
     response_timeout: Option<Duration>,
     replicas: Option<Replicas>,
     tls: TlsSettings,
+    allow_eviction: bool,
 }
 
 impl LockerBuilder {
@@ -839,7 +858,7 @@ impl LockerBuilder {
     }
 
     /// How long a lock stays held if its holder stops renewing it: between
-    /// [`Locker::MIN_LEASE`] and [`Locker::MAX_LEASE`], else [`build`](Self::build) (and, for
+    /// [`Locker::MIN_LEASE`] (10 ms) and [`Locker::MAX_LEASE`] (30 days), else [`build`](Self::build) (and, for
     /// [`build_in_memory`](Self::build_in_memory), every lock request) fails with
     /// [`Error::InvalidLease`]. Defaults to 30 seconds.
     pub fn lease(mut self, lease: Duration) -> Self {
@@ -902,6 +921,29 @@ impl LockerBuilder {
         self
     }
 
+    /// Uses a server that may evict keys: one with `maxmemory` set and a `maxmemory-policy`
+    /// other than `noeviction` (`volatile-*` included, as every relock key has an expiry).
+    ///
+    /// Such a server deletes keys when it runs out of memory, held locks among them: another
+    /// owner can take an evicted lock at once, while its holder learns of the loss only at its
+    /// next renewal (up to a third of a lease later; [`LockGuard::lost`](crate::LockGuard::lost)
+    /// then resolves and `run` aborts its body). Without this setting, [`Locker::connect`] and
+    /// lock requests fail with [`Error::EvictingServer`] on such a server: a single server or
+    /// any master of a cluster is checked before the locker's first lock (until it passes; a
+    /// refusal is not remembered, so fixing the setting lets the next request through), and a
+    /// master found behind Sentinel — after a failover too — is checked when the locker connects
+    /// to it, and not used at all (every command fails) while it may evict. A cluster master
+    /// that cannot be reached at the check is left unchecked, with a warning. The settings are
+    /// read with `INFO memory`, else `CONFIG GET`; when the ACL user may run neither, relock
+    /// warns through `tracing` and uses the server.
+    ///
+    /// Defaults to refusing a server that may evict keys.
+    #[must_use = "the builder with the setting is returned; call `build` on it"]
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
+        self
+    }
+
     /// How long opening a connection to the server may take (with [`url`](Self::url); with
     /// `sentinel`, to each sentinel and to the master). Defaults to 2 seconds.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -947,9 +989,11 @@ impl LockerBuilder {
                 self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
                 self.tls.clone(),
             )?);
-            let connection = Connection::Sentinel(Box::new(
-                crate::backend::sentinel::MasterConnection::new(sentinels.clone()),
-            ));
+            let connection =
+                Connection::Sentinel(Box::new(crate::backend::sentinel::MasterConnection::new(
+                    sentinels.clone(),
+                    self.allow_eviction,
+                )));
             return Ok(Locker::new(
                 Backend::Redis(Box::new(RedisBackend::new(
                     connection,
@@ -964,6 +1008,8 @@ impl LockerBuilder {
                 self.config(),
                 Some(Notifications::Sentinel(sentinels)),
                 connect_timeout,
+                // The master connection checks each master it finds.
+                EvictionCheck::skipped(),
             ));
         }
         let client = self
@@ -998,12 +1044,18 @@ impl LockerBuilder {
             connect_timeout,
             self.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         );
+        let server = match &client {
+            Some(client) => client.get_connection_info().addr().to_string(),
+            None => "the bb8 pool's server".to_owned(),
+        };
+        let eviction = self.eviction_check(server);
         let backend = RedisBackend::new(connection, prefix, self.retention(), dedicated);
         Ok(Locker::new(
             Backend::Redis(Box::new(backend)),
             self.config(),
             client.map(|client| Notifications::Server(Box::new(client))),
             connect_timeout,
+            eviction,
         ))
     }
 
@@ -1043,6 +1095,8 @@ impl LockerBuilder {
                 tls: self.tls.clone(),
             }),
             connect_timeout,
+            // Each master is named by its own address.
+            self.eviction_check(String::new()),
         ))
     }
 
@@ -1054,7 +1108,16 @@ impl LockerBuilder {
             self.config(),
             None,
             DEFAULT_CONNECT_TIMEOUT,
+            EvictionCheck::skipped(),
         )
+    }
+
+    fn eviction_check(&self, server: String) -> EvictionCheck {
+        if self.allow_eviction {
+            EvictionCheck::skipped()
+        } else {
+            EvictionCheck::new(server)
+        }
     }
 
     fn retention(&self) -> Duration {
@@ -1082,6 +1145,7 @@ impl fmt::Debug for LockerBuilder {
             .field("wait", &self.wait)
             .field("replicas", &self.replicas)
             .field("tls", &self.tls)
+            .field("allow_eviction", &self.allow_eviction)
             .finish_non_exhaustive()
     }
 }

@@ -497,7 +497,7 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
         match request.kind {
             Kind::Release { fencing_token } => {
                 text.clear();
-                let _ = write!(text, "{token}{fencing_token}");
+                let _ = write!(text, "-{fencing_token} {token}");
                 command.arg(&text);
             }
             Kind::Acquire {
@@ -997,7 +997,7 @@ mod tests {
     }
 
     #[test]
-    fn a_release_carries_its_fencing_token_after_the_hold_token() {
+    fn a_batched_release_carries_the_tombstone_it_writes() {
         let token = HoldToken::random();
         let release = Request {
             kind: Kind::Release { fencing_token: 42 },
@@ -1014,7 +1014,7 @@ mod tests {
             .collect();
         assert_eq!(
             args.last().unwrap(),
-            format!("{}42", token.as_str()).as_bytes()
+            format!("-42 {}", token.as_str()).as_bytes()
         );
         // No acquisition: no lease, the locker's retention (a tombstone written where nothing was).
         assert_eq!(args[5], b"0");

@@ -26,7 +26,7 @@ pub enum BackendKind {
     /// notifications alike.
     RedisTls,
     /// `Locker::connect("redis://relock:<password>@..")`: a private Redis server reached as an
-    /// ACL user with exactly the rules the README documents ([`relock::acl_rules`] and
+    /// ACL user with exactly the rules docs/production.md documents ([`relock::acl_rules`] and
     /// [`relock::ACL_LIST_RULES`]).
     RedisAcl,
 }
@@ -36,7 +36,7 @@ pub const ACL_USER: &str = "relock";
 /// Its password.
 pub const ACL_PASSWORD: &str = "relock-test-password";
 
-/// The rules [`BackendKind::RedisAcl`]'s user gets: what the README documents for an
+/// The rules [`BackendKind::RedisAcl`]'s user gets: what docs/production.md documents for an
 /// application that also lists locks.
 pub fn acl_user_rules() -> String {
     format!("{} {}", relock::acl_rules("relock"), relock::ACL_LIST_RULES)

@@ -8,6 +8,8 @@
 mod backend;
 mod bounded;
 mod cluster;
+#[cfg(doctest)]
+mod docs;
 mod proxy;
 mod sentinel;
 mod tls;

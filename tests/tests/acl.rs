@@ -1,4 +1,4 @@
-//! relock as a Redis ACL user: the least-privilege rules the README documents are the ones
+//! relock as a Redis ACL user: the least-privilege rules docs/production.md documents are the ones
 //! `relock::acl_rules` gives (the conformance suite runs as that user: `conformance::redis_acl`),
 //! and a user without one of them, or with a wrong password, gets an error that says what is
 //! missing.
@@ -36,16 +36,16 @@ fn without(rules: &str, rule: &str) -> String {
 }
 
 #[test]
-fn the_readme_documents_the_rules_the_tests_use() {
-    let readme = include_str!("../../README.md");
+fn the_production_page_documents_the_rules_the_tests_use() {
+    let page = include_str!("../../docs/production.md");
     let setuser = format!(
         "ACL SETUSER {ACL_USER} reset on >CHANGE-ME {}",
         relock::acl_rules("relock")
     );
-    let lines: Vec<&str> = readme.lines().map(str::trim).collect();
+    let lines: Vec<&str> = page.lines().map(str::trim).collect();
     assert!(
         lines.contains(&setuser.as_str()),
-        "README.md must show, on a line of its own:\n{setuser}"
+        "docs/production.md must show, on a line of its own:\n{setuser}"
     );
     for extra in [
         relock::ACL_LIST_RULES,
@@ -55,7 +55,7 @@ fn the_readme_documents_the_rules_the_tests_use() {
         let line = format!("ACL SETUSER {ACL_USER} {extra}");
         assert!(
             lines.contains(&line.as_str()),
-            "README.md must show, on a line of its own:\n{line}"
+            "docs/production.md must show, on a line of its own:\n{line}"
         );
     }
 }
@@ -105,7 +105,7 @@ fn a_user_without_evalsha_is_told_which_command_to_grant() {
         let message = backend_message(err);
         assert!(message.contains("`+evalsha`"), "{message}");
         assert!(message.contains("ACL user"), "{message}");
-        assert!(message.contains("README"), "{message}");
+        assert!(message.contains("docs/production.md"), "{message}");
     });
 }
 
@@ -133,7 +133,7 @@ fn a_user_without_a_command_the_scripts_call_is_told_which() {
             .expect_err("the release cannot publish");
         let message = backend_message(err);
         assert!(message.contains("`+publish`"), "{message}");
-        assert!(message.contains("README"), "{message}");
+        assert!(message.contains("docs/production.md"), "{message}");
     });
 }
 
@@ -146,7 +146,7 @@ fn a_user_without_the_key_pattern_is_told_to_grant_it() {
         let err = locker.lock(unique_key("acl")).await.expect_err("refused");
         let message = backend_message(err);
         assert!(message.contains("`~<prefix>:*`"), "{message}");
-        assert!(message.contains("README"), "{message}");
+        assert!(message.contains("docs/production.md"), "{message}");
     });
 }
 

@@ -1486,7 +1486,7 @@ conformance!(redis_tls => RedisTls:
     release_frees_the_lock_at_once_while_renewals_run,
 );
 
-// As an ACL user with exactly the rules the README documents (tests/tests/acl.rs has the
+// As an ACL user with exactly the rules docs/production.md documents (tests/tests/acl.rs has the
 // refusals).
 conformance!(redis_acl => RedisAcl:
     concurrent_lockers_never_lose_an_update,

@@ -1,5 +1,6 @@
 //! `LockLayer` in a real axum server over TCP, against a private Redis server.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{Request, StatusCode};
 use axum::routing::post;
 use axum::Router;
@@ -355,4 +356,149 @@ async fn hold_until_body_end_keeps_the_lock_until_the_streamed_body_finishes() {
     assert_eq!(rest, "done");
 
     wait_until_free(&locker, "order:5").await;
+}
+
+/// What the checkout handler saw: how many ran, the most that ran at once on cart 7, and the
+/// requests it served without holding the lock of the cart it read.
+#[derive(Default)]
+struct Checkouts {
+    cart_7: Overlap,
+    unlocked: Mutex<Vec<String>>,
+}
+
+/// Reads the cart as axum's `Query<HashMap<..>>` does (the last value wins) and checks that the
+/// request holds that cart's lock.
+async fn checkout(
+    Query(params): Query<HashMap<String, String>>,
+    State(seen): State<Arc<Checkouts>>,
+) -> String {
+    let cart = params.get("cart").cloned().unwrap_or_default();
+    let held = relock::Locker::current()
+        .ok()
+        .and_then(|locker| locker.current_guard(format!("cart:{cart}")))
+        .is_some();
+    if !held {
+        seen.unlocked.lock().unwrap().push(cart.clone());
+    }
+    if cart == "7" {
+        seen.cart_7.enter();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen.cart_7.leave();
+    }
+    format!("checked out cart {cart}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_query_parameter_is_refused_and_never_runs_the_handler_unlocked() {
+    let redis = RedisServer::start();
+    let locker = Locker::connect(&redis.url()).await.unwrap();
+    let seen = Arc::new(Checkouts::default());
+    let app = Router::new()
+        .route("/checkout", post(checkout))
+        .layer(
+            LockLayer::new(key::query("cart").prefix("cart:"))
+                .locker(locker.clone())
+                .wait(Duration::from_secs(10)),
+        )
+        .with_state(seen.clone());
+    let addr = serve(app).await;
+    let client = client();
+
+    // Each repeated form ends, for the handler, on cart 7 (the last value), while the first
+    // value is another cart or none: locked on the first, they would overlap the plain ones.
+    let repeated = [
+        "?cart=8&cart=7",
+        "?cart=&cart=7",
+        "?cart&cart=7",
+        "?cart=7&cart=7",
+    ];
+    let queries: Vec<&str> = (0..4)
+        .flat_map(|_| std::iter::once("?cart=7").chain(repeated))
+        .collect();
+    let answers = futures_util::future::join_all(
+        queries
+            .iter()
+            .map(|query| send_post(&client, format!("http://{addr}/checkout{query}"))),
+    )
+    .await;
+
+    for (query, answer) in queries.iter().zip(&answers) {
+        if *query == "?cart=7" {
+            assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.body);
+            assert_eq!(answer.body, "checked out cart 7");
+        } else {
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{query}: {}",
+                answer.body
+            );
+            assert_eq!(
+                answer.body,
+                "invalid lock key: the request repeats the query parameter or header it is read \
+                 from\n"
+            );
+        }
+    }
+    assert_eq!(seen.cart_7.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(seen.cart_7.most.load(Ordering::SeqCst), 1);
+    assert!(
+        seen.unlocked.lock().unwrap().is_empty(),
+        "the handler ran without the lock of the cart it read: {:?}",
+        seen.unlocked.lock().unwrap()
+    );
+    for cart in ["cart:7", "cart:8"] {
+        wait_until_free(&locker, cart).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_header_is_refused_with_400() {
+    let redis = RedisServer::start();
+    let locker = Locker::connect(&redis.url()).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/pay",
+            post(|State(calls): State<Arc<AtomicUsize>>| async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                "paid"
+            }),
+        )
+        .layer(LockLayer::new(key::header("x-order-id").prefix("order:")).locker(locker.clone()))
+        .with_state(calls.clone());
+    let addr = serve(app).await;
+    let client = client();
+
+    let send = |ids: &'static [&'static str]| {
+        let client = client.clone();
+        async move {
+            let mut request = Request::post(format!("http://{addr}/pay"));
+            for id in ids {
+                request = request.header("x-order-id", *id);
+            }
+            let response = client
+                .request(request.body(Empty::new()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let (once, twice, empty_first, same_twice) = tokio::join!(
+        send(&["7"]),
+        send(&["8", "7"]),
+        send(&["", "7"]),
+        send(&["7", "7"])
+    );
+    assert_eq!(once, (StatusCode::OK, "paid".to_owned()));
+    for (status, body) in [twice, empty_first, same_twice] {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.contains("repeats the query parameter or header"),
+            "{body}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

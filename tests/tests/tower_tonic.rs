@@ -100,6 +100,15 @@ async fn serve(locker: &Locker, wait: Duration) -> SocketAddr {
 }
 
 async fn call_pay(addr: SocketAddr, order_header: &str, order_id: u64) -> Result<PayReply, Status> {
+    call_pay_with(addr, &[order_header], order_id).await
+}
+
+/// `Pay` with one `x-order-id` entry per element of `order_headers`.
+async fn call_pay_with(
+    addr: SocketAddr,
+    order_headers: &[&str],
+    order_id: u64,
+) -> Result<PayReply, Status> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -108,9 +117,11 @@ async fn call_pay(addr: SocketAddr, order_header: &str, order_id: u64) -> Result
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let mut request = tonic::Request::new(PayRequest { order_id });
-    request
-        .metadata_mut()
-        .insert("x-order-id", order_header.parse().unwrap());
+    for header in order_headers {
+        request
+            .metadata_mut()
+            .append("x-order-id", header.parse().unwrap());
+    }
     let path = PathAndQuery::from_static("/orders.Orders/Pay");
     let reply = grpc.unary(request, path, ProstCodec::default()).await?;
     Ok(reply.into_inner())
@@ -156,4 +167,28 @@ async fn invalid_key_gives_invalid_argument() {
     let status = call_pay(addr, "{13}", 13).await.unwrap_err();
 
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_key_metadata_gives_invalid_argument_and_never_runs_the_call() {
+    let redis = RedisServer::start();
+    let locker = Locker::connect(&redis.url()).await.unwrap();
+    let addr = serve(&locker, Duration::from_secs(1)).await;
+
+    for headers in [&["14", "15"][..], &["", "14"], &["14", "14"]] {
+        let status = call_pay_with(addr, headers, 14).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{headers:?}: {status:?}"
+        );
+        assert!(
+            status
+                .message()
+                .contains("repeats the query parameter or header"),
+            "{status:?}"
+        );
+    }
+    // Given once, the same id goes through.
+    assert!(call_pay_with(addr, &["14"], 14).await.unwrap().reentrant);
 }

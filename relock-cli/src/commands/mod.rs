@@ -96,6 +96,9 @@ impl Session {
         #[cfg(feature = "tls")]
         let builder = tls(builder, global)?;
         let locker = builder
+            // The operator's tool takes no locks, and must inspect and clear them on any
+            // server, one that may evict keys included.
+            .allow_eviction()
             .prefix(&global.prefix)
             .connect_timeout(global.timeout)
             .response_timeout(global.timeout)

@@ -72,7 +72,9 @@ impl<X, R> LockLayer<X, R> {
         self
     }
 
-    /// How long a request's lock stays held if this process stops renewing it. Defaults to the
+    /// How long a request's lock stays held if this process stops renewing it: between 10 ms and
+    /// 30 days ([`relock::Locker::MIN_LEASE`], [`relock::Locker::MAX_LEASE`]), else every request
+    /// is rejected with [`relock::Error::InvalidLease`] (`500` by default). Defaults to the
     /// locker's lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = Some(lease);

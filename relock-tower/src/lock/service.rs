@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             body_text(response).await,
-            "invalid lock key: key contains `{` or `}`"
+            "invalid lock key: key contains `{` or `}`\n"
         );
     }
 

@@ -129,7 +129,7 @@ impl ClusterBackend {
     }
 
     /// The shared connection, opened on first use; a failed attempt is retried by the next call.
-    async fn conn(&self) -> Result<ClusterConnection, Error> {
+    pub(super) async fn conn(&self) -> Result<ClusterConnection, Error> {
         let connect = async {
             match tokio::time::timeout(self.connect_limit, self.client.get_async_connection()).await
             {
@@ -569,7 +569,7 @@ impl ClusterBackend {
     }
 
     /// The addresses of the masters, as `CLUSTER SLOTS` names them.
-    async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
+    pub(super) async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
         let mut connection = self.conn().await?;
         let reply = connection
             .route_command(

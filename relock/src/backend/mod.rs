@@ -14,6 +14,7 @@ use crate::token::HoldToken;
 pub(crate) mod batch;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+pub(crate) mod eviction;
 pub(crate) mod memory;
 pub(crate) mod redis;
 #[cfg(feature = "sentinel")]

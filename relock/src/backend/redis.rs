@@ -262,7 +262,7 @@ impl RedisBackend {
     }
 
     /// Sends `command` on the shared connection (see [`Connection::send`]).
-    async fn send<T>(
+    pub(super) async fn send<T>(
         &self,
         command: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {

@@ -478,6 +478,8 @@ pub(crate) struct MasterConnection {
     /// queued behind it rather than resolving again one after the other.
     resolving: tokio::sync::Mutex<Option<String>>,
     resolutions: AtomicU64,
+    /// Whether a master that may evict keys is used (see `eviction`).
+    allow_eviction: bool,
 }
 
 #[derive(Clone)]
@@ -504,12 +506,13 @@ impl fmt::Debug for MasterConnection {
 }
 
 impl MasterConnection {
-    pub(crate) fn new(sentinels: Arc<Sentinels>) -> Self {
+    pub(crate) fn new(sentinels: Arc<Sentinels>, allow_eviction: bool) -> Self {
         Self {
             sentinels,
             current: Mutex::new(None),
             resolving: tokio::sync::Mutex::new(None),
             resolutions: AtomicU64::new(0),
+            allow_eviction,
         }
     }
 
@@ -535,7 +538,11 @@ impl MasterConnection {
         }
         // Boxed: resolving is rare, and its future (connections to each sentinel and the master)
         // would otherwise enlarge every command's future, even on other backends.
-        let resolved = Box::pin(self.sentinels.connect_master()).await;
+        let resolved = Box::pin(super::eviction::connect_checked_master(
+            &self.sentinels,
+            self.allow_eviction,
+        ))
+        .await;
         let id = self.resolutions.fetch_add(1, Ordering::AcqRel) + 1;
         match resolved {
             Ok(master) => {

@@ -9,8 +9,8 @@
 --          tombstone a release writes where nothing was
 -- ARGV[4]  how many of the requests are releases
 -- then one argument per request, in the order of KEYS:
---   "<hold token><fencing token>"             release this hold (32 hex digits, then its
---                                             fencing token, 0 when unknown)
+--   "-<fencing token> <hold token>"           release this hold: the tombstone to write (its
+--                                             fencing token 0 when unknown)
 --   "<hold token>"                            acquire for this hold
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
 --   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
@@ -156,10 +156,10 @@ local function acquire(lock, token, lease, retention, once)
     return 1, fence
 end
 
-local function release(lock, request)
-    local token, known = sub(request, 1, 32), sub(request, 33)
+local function release(lock, tombstone)
+    local token = sub(tombstone, -32)
     calling = 'SET'
-    local value = try('SET', lock, '-' .. known .. ' ' .. token, 'KEEPTTL', 'GET')
+    local value = try('SET', lock, tombstone, 'KEEPTTL', 'GET')
     if type(value) == 'table' then
         -- Out of memory: a release must still free the lock, without its tombstone.
         calling = 'GET'
@@ -208,12 +208,11 @@ local function release(lock, request)
         -- Another hold's lock, or a value that is not relock's: put back as it was.
         call('SET', lock, value, 'KEEPTTL')
         return 0, 0
-    elseif known == '0' then
+    elseif byte(tombstone, 2) == 48 and byte(tombstone, 3) == 32 then
         -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
         -- the hold's. A caller that knows it wrote it already.
-        known = match(value, '^%x+[ +](%d+)')
         calling = 'SET'
-        call('SET', lock, '-' .. known .. ' ' .. token, 'KEEPTTL')
+        call('SET', lock, '-' .. match(value, '^%x+[ +](%d+)') .. ' ' .. token, 'KEEPTTL')
     end
     if byte(value, 33) == WAITED then
         calling = 'PUBLISH'

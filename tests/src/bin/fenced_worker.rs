@@ -255,7 +255,7 @@ async fn main() {
 
     loop {
         let pause = Duration::from_millis(10 + jitter.next() % 21);
-        let blocking = jitter.next() % 2 == 0;
+        let blocking = jitter.next().is_multiple_of(2);
         let round = locker
             .lock(key.as_str())
             .lease(lease)

@@ -1,0 +1,203 @@
+-- Acquires and releases holds: one call carries every request that queued up for the server
+-- while the previous calls were in flight (group commit).
+--
+-- KEYS     the lock `P:{K}` of each request: the releases first, then the acquisitions; its
+--          release channel is `P:{K}:released` (both share the hash tag `{K}`)
+-- ARGV[1]  holder metadata "<pid> <since ms> <host>", written beside each grant
+-- ARGV[2]  lease in milliseconds, for the acquisitions that give none of their own
+-- ARGV[3]  retention in milliseconds (at least that lease): the expiry of a grant, and of a
+--          tombstone a release writes where nothing was
+-- ARGV[4]  how many of the requests are releases
+-- then one argument per request, in the order of KEYS:
+--   "-<fencing token> <hold token>"           release this hold: the tombstone to write (its
+--                                             fencing token 0 when unknown)
+--   "<hold token>"                            acquire for this hold
+--   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
+--
+-- Reply: two items per request, in the order of KEYS:
+--   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
+--                               the lock (the same grant again, so a client-side retry is harmless)
+--            0, ttl ms          held by another hold (PTTL's answer for a value not relock's)
+--            2, 0               refused: this hold was released already (see acquire.lua)
+--   release  1, 0               released: the hold had the lock until now (and the channel was
+--                               published to, if the hold had refused someone); see release.lua
+--            0, 0               the hold no longer had the lock; nothing another hold has changed
+--   either  -1, "<command> <error>"   this request failed (a key of another type, an ACL
+--                               refusal, out of memory, the fencing token's limit): the command
+--                               that failed and its error; the other requests ran as if it had
+--                               not been there
+--
+-- Each request runs as acquire.lua or release.lua would run it alone (see those for the forms of
+-- the key and why), with one difference: the server's time is read once per call. The requests
+-- of one call were all in flight at once, so any order is one they could have run in; releases
+-- run first, so that a lock released and asked for in the same call is granted. A locker has one
+-- request in flight per key, so the grants of one call are of distinct keys and one clock
+-- reading numbers them all.
+--
+-- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
+-- one SET each, no string is built that a request does not need, and the grant's text after the
+-- hold token is built once per call for the shared lease.
+local holder, releases = ARGV[1], tonumber(ARGV[4])
+-- `try` returns an error as a table instead of raising it.
+local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.find, string.byte,
+    string.sub, string.match, type
+-- The server's clock, read at the first request that needs it: milliseconds, and microseconds as
+-- a number and as text (formatting a 16-digit number with string.format costs more than a call).
+local now, micros, clock
+
+-- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
+local WAITED, TOMBSTONE = 43, 45
+
+-- The command being called, to name it if it fails.
+local calling
+
+local function tick()
+    calling = 'TIME'
+    local time = call('TIME')
+    now = time[1] * 1000 + math.floor(time[2] / 1000)
+    clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+    micros = tonumber(clock)
+end
+
+-- The text after the hold token of a grant with the clock's token, per lease.
+local tails = {}
+
+local function acquire(lock, token, lease, retention)
+    if not now then
+        tick()
+    end
+    local tail = tails[lease]
+    if not tail then
+        tail = ' ' .. clock .. ' ' .. (now + tonumber(lease)) .. ' ' .. holder
+        tails[lease] = tail
+    end
+    -- Takes a free key, or reads what is there. A server that refuses writes (out of memory, too
+    -- few replicas) refuses this one even when the key is taken: a refusal and a retried grant are
+    -- then read with GET, as they need no write.
+    calling = 'SET'
+    local value = try('SET', lock, token .. tail, 'NX', 'PX', retention, 'GET')
+    if type(value) == 'table' then
+        calling = 'GET'
+        local refused = value
+        value = call('GET', lock)
+        if not value then
+            calling = 'SET'
+            error(refused)
+        end
+    end
+    if not value then
+        return 1, micros
+    end
+    local last
+    if byte(value, 1) == TOMBSTONE then
+        local released
+        last, released = match(value, '^%-(%d+) (%x+)$')
+        if released == token then
+            return 2, 0
+        end
+    else
+        local owner, mark, fence, deadline = match(value, '^(%x+)([ +])(%d+) (%d+)')
+        if owner and #owner == 32 then
+            if owner == token then
+                return 1, tonumber(fence)
+            end
+            local left = tonumber(deadline) - now
+            if left > 0 then
+                if mark == ' ' then
+                    -- Best effort: a refusal must not fail because this write is refused.
+                    try('SET', lock, sub(value, 1, 32) .. '+' .. sub(value, 34), 'KEEPTTL')
+                end
+                return 0, left
+            end
+            last = fence
+        end
+    end
+    if not last then
+        calling = 'PTTL'
+        return 0, call('PTTL', lock)
+    end
+    if #last > 16 or (#last == 16 and last > '9007199254740990') then
+        calling = 'SET'
+        error({err = 'the fencing token is ' .. last ..
+            ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
+    end
+    local fence, text = micros, clock
+    if tonumber(last) >= fence then
+        fence = tonumber(last) + 1
+        text = string.format('%.0f', fence)
+    end
+    calling = 'SET'
+    call('SET', lock, token .. ' ' .. text .. sub(tail, #clock + 2), 'PX', retention)
+    return 1, fence
+end
+
+local function release(lock, tombstone)
+    local token = sub(tombstone, -32)
+    calling = 'SET'
+    local value = try('SET', lock, tombstone, 'KEEPTTL', 'GET')
+    if type(value) == 'table' then
+        -- Out of memory: a release must still free the lock, without its tombstone.
+        calling = 'GET'
+        value = call('GET', lock)
+        if not value or find(value, token, 1, true) ~= 1 then
+            return 0, 0
+        end
+        calling = 'DEL'
+        call('DEL', lock)
+    elseif not value then
+        -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
+        calling = 'PEXPIRE'
+        call('PEXPIRE', lock, ARGV[3])
+        return 0, 0
+    elseif find(value, token, 1, true) ~= 1 then
+        calling = 'SET'
+        if byte(value, 1) == TOMBSTONE then
+            local fence, released = match(value, '^%-(%d+) (%x+)$')
+            if released == token then
+                -- A retried release: the first one took effect.
+                call('SET', lock, value, 'KEEPTTL')
+                return 1, 0
+            end
+            if fence then
+                call('SET', lock, '-' .. fence .. ' ' .. token, 'KEEPTTL')
+                return 0, 0
+            end
+        end
+        -- Another hold's lock, or a value that is not relock's: put back as it was.
+        call('SET', lock, value, 'KEEPTTL')
+        return 0, 0
+    elseif byte(tombstone, 2) == 48 and byte(tombstone, 3) == 32 then
+        -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
+        -- the hold's. A caller that knows it wrote it already.
+        calling = 'SET'
+        call('SET', lock, '-' .. match(value, '^%x+[ +](%d+)') .. ' ' .. token, 'KEEPTTL')
+    end
+    if byte(value, 33) == WAITED then
+        calling = 'PUBLISH'
+        call('PUBLISH', lock .. ':released', '')
+    end
+    return 1, 0
+end
+
+local reply, n = {}, 0
+local lease, retention = ARGV[2], ARGV[3]
+for k = 1, #KEYS do
+    local ok, status, value
+    local request = ARGV[k + 4]
+    calling = 'the script'
+    if k <= releases then
+        ok, status, value = pcall(release, KEYS[k], request)
+    elseif #request == 32 then
+        ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
+    else
+        local token, own_lease, own_retention = match(request, '^(%x+) (%d+) (%d+)$')
+        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention)
+    end
+    if not ok then
+        status, value = -1, calling .. ' ' .. (type(status) == 'table' and status.err or tostring(status))
+    end
+    reply[n + 1] = status
+    reply[n + 2] = value
+    n = n + 2
+end
+return reply

@@ -1,0 +1,62 @@
+#!lua flags=allow-oom
+-- Releases one hold: leaves a tombstone in its place, and announces the release.
+--
+-- KEYS[1]  lock `P:{K}` (see README.md beside this file for its forms)
+-- KEYS[2]  release channel `P:{K}:released` (a key name so that the slot check covers it)
+-- ARGV[1]  hold token
+-- ARGV[2]  the hold's fencing token, or 0 when the caller does not know it (an acquisition whose
+--          answer never came)
+-- ARGV[3]  retention in milliseconds: the expiry of a tombstone written where nothing was
+-- ARGV[4]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel; on one
+--          server only a hold that has refused someone ("+" after its token) is announced
+--
+-- Reply:   1  released: the hold had the lock until now (the channel was published to); also for
+--             a retried release of a hold released already (its tombstone names it). The script
+--             does not read the clock: a hold whose deadline had passed unseen answers 1 too, and
+--             the client, whose local deadline ends before the server's, reports that loss itself
+--          0  the hold no longer had the lock (taken by another after its deadline, force-released,
+--             or never granted); nothing that another hold has was changed
+--
+-- The tombstone "-<fencing token> <hold token>" keeps the key's last fencing token and names the
+-- released hold, so that an acquisition of that hold reaching the server later (a delayed
+-- request on another connection) is refused. It keeps the key's expiry, set at the grant or the
+-- last renewal. Flagged allow-oom: a release frees memory, and a server out of memory must not
+-- keep a lock that nobody can release.
+local token = ARGV[1]
+local value = redis.call('SET', KEYS[1], '-' .. ARGV[2] .. ' ' .. token, 'KEEPTTL', 'GET')
+if value and string.find(value, token, 1, true) == 1 then
+    if ARGV[2] == '0' then
+        -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
+        -- the hold's. A caller that knows it wrote it already.
+        redis.call('SET', KEYS[1], '-' .. string.match(value, '^%x+[ +](%d+)') .. ' ' .. token, 'KEEPTTL')
+    end
+    if ARGV[4] == 'sharded' then
+        redis.call('SPUBLISH', KEYS[2], '')
+    elseif string.byte(value, 33) == 43 then
+        -- Its waiters subscribed before asking again (see batch.lua).
+        redis.call('PUBLISH', KEYS[2], '')
+    end
+    return 1
+end
+
+if not value then
+    -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return 0
+end
+if string.byte(value, 1) == 45 then
+    local fence, released = string.match(value, '^%-(%d+) (%x+)$')
+    if released == token then
+        -- A retried release: the first one took effect.
+        redis.call('SET', KEYS[1], value, 'KEEPTTL')
+        return 1
+    end
+    if fence then
+        -- Free already: the tombstone now names this hold too, keeping the last fencing token.
+        redis.call('SET', KEYS[1], '-' .. fence .. ' ' .. token, 'KEEPTTL')
+        return 0
+    end
+end
+-- Another hold's lock, or a value that is not relock's: put back as it was.
+redis.call('SET', KEYS[1], value, 'KEEPTTL')
+return 0
