@@ -35,7 +35,7 @@ pub enum OnLost {
 /// A lock request being configured: await it for a [`LockGuard`], or [`run`](Acquire::run) a
 /// future under it.
 ///
-/// Created by [`Locker::lock`].
+/// Created by [`Locker::lock`] (the exclusive lock) and [`Locker::read`] (a shared read hold).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -647,6 +647,7 @@ impl fmt::Debug for Acquire {
             .field("lease", &self.lease)
             .field("replicas", &self.replicas)
             .field("on_lost", &self.on_lost)
+            .field("kind", &self.mode.as_str())
             .finish()
     }
 }
