@@ -637,3 +637,50 @@ fn the_exclusive_scripts_wait_for_live_readers_and_take_the_key_from_expired_one
         }
     });
 }
+
+/// History: readers A and C read k; B, between them in the list, crashed and its lease ended. A
+/// new reader D asks: D is granted the last writer's token, B's entry is dropped by this very
+/// request (no sweeper), and A and C stay as they were, in order. A retried request of D's gets
+/// the same grant and adds nothing.
+#[test]
+fn a_shared_grant_drops_expired_holders_and_keeps_the_live_ones() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let key = unique_key("shared-prune");
+        let (a, b, c, d) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "cccccccccccccccccccccccccccccccc",
+            "dddddddddddddddddddddddddddddddd",
+        );
+        let now_ms = server_micros(&mut admin).await / 1000;
+        let fence = now_ms * 1000;
+        let (live, dead) = (now_ms + 60_000, now_ms - 1);
+        let entry_a = format!(" {a} {live} {fence}");
+        let entry_c = format!(" {c} {live} {fence}");
+        let _: () = admin
+            .pset_ex(
+                lock_name(&key),
+                format!("*{fence} 0 0 0{entry_a} {b} {dead} {fence}{entry_c}"),
+                600_000,
+            )
+            .await
+            .unwrap();
+        let args = [d, "30000", "600000", "0"].map(str::to_owned);
+        for _ in 0..2 {
+            let reply = eval(&mut admin, ACQUIRE_SHARED, &[&lock_name(&key)], &args).await;
+            let (status, token): (i64, i64) = redis::from_redis_value(reply).unwrap();
+            assert_eq!(
+                (status, token as u64),
+                (1, fence),
+                "a reader carries the last token"
+            );
+        }
+        let value = value(&mut admin, &key).await.unwrap();
+        let expected = format!("*{fence} 0 0 0{entry_a}{entry_c} {d} ");
+        assert!(value.starts_with(&expected), "{value}");
+        assert_eq!(value.matches(d).count(), 1, "{value}");
+        assert!(!value.contains(b), "{value}");
+    });
+}

@@ -30,8 +30,11 @@ local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local value = redis.call('GET', KEYS[1])
 
+-- kept: the live holders' entries, as text; the value's own list while none has expired (a
+-- list is rebuilt only when an entry is dropped, so that a long list is not copied piece by
+-- piece on every request).
 local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
-local pruned = false
+local pruned
 if value then
     local first = string.byte(value, 1)
     if first == 45 then
@@ -45,13 +48,15 @@ if value then
         last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
         if last then
             writer, waited = tonumber(until_ms), mark
-            for holder, deadline, fence in string.gmatch(rest, ' (%x+) (%d+) (%d+)') do
+            for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%d+) %d+()') do
                 local left = tonumber(deadline) - now
                 if left > 0 then
                     if holder == token then
-                        return {1, tonumber(fence)}
+                        return {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
                     end
-                    kept = kept .. ' ' .. holder .. ' ' .. deadline .. ' ' .. fence
+                    if pruned then
+                        pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                    end
                     live = live + 1
                     if left > longest then
                         longest = left
@@ -59,10 +64,11 @@ if value then
                     if not soonest or left < soonest then
                         soonest = left
                     end
-                else
-                    pruned = true
+                elseif not pruned then
+                    pruned = {string.sub(rest, 1, start - 1)}
                 end
             end
+            kept = pruned and table.concat(pruned) or rest
             if live > 0 and have ~= permits then
                 return {3, tonumber(have)}
             end
