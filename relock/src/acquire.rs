@@ -457,10 +457,29 @@ async fn acquire_from_backend(
                 if try_only {
                     return Ok(None);
                 }
-                let timeout = || Error::Timeout {
-                    key: key.to_string(),
-                    waited: started.elapsed(),
-                    holder_ttl: ttl,
+                let timeout = || {
+                    // Shared and exclusive holds of one key exclude each other at the server,
+                    // not in the local slots: a bare guard of this task in the way is found
+                    // among the holds the watchdog renews.
+                    if locker
+                        .watchdog()
+                        .held_unscoped_by(&key, Runner::current(), |held| {
+                            matches!(
+                                (mode, held),
+                                (Mode::Exclusive, Mode::Read | Mode::Permit { .. })
+                                    | (Mode::Read, Mode::Exclusive)
+                            )
+                        })
+                    {
+                        return Error::WouldDeadlock {
+                            key: key.to_string(),
+                        };
+                    }
+                    Error::Timeout {
+                        key: key.to_string(),
+                        waited: started.elapsed(),
+                        holder_ttl: ttl,
+                    }
                 };
                 if Instant::now() >= deadline {
                     return Err(timeout());

@@ -38,7 +38,9 @@ pub enum Error {
         reason: InvalidKeyReason,
     },
     /// The task waits for a lock that it holds itself through a guard taken outside any scope,
-    /// so the wait could never end.
+    /// so the wait could never end: the same key, or (a read beside a write) the same key in the
+    /// other mode: the write lock while it holds a bare read guard, or a read while it holds
+    /// the write lock's bare guard.
     ///
     /// Take the outer lock with [`Acquire::run`](crate::Acquire::run) or `#[locked]` so that the
     /// nested call re-enters it.

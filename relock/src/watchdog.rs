@@ -70,6 +70,23 @@ impl Watchdog {
         self.holds().by_slot.contains_key(&lease.slot)
     }
 
+    /// Whether `runner` holds `key` through a bare guard (not carried by a scope) whose mode
+    /// `conflicts`: then a wait of that runner for the key could never end.
+    pub(crate) fn held_unscoped_by(
+        &self,
+        key: &crate::key::LockKey,
+        runner: crate::lease::Runner,
+        conflicts: impl Fn(crate::lease::Mode) -> bool,
+    ) -> bool {
+        self.holds().by_slot.values().any(|lease| {
+            lease.key == *key
+                && lease.runner == runner
+                && !lease.is_scoped()
+                && !lease.is_lost()
+                && conflicts(lease.mode)
+        })
+    }
+
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.changed.notify_one();

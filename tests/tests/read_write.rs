@@ -42,14 +42,21 @@ async fn readers_share_and_the_writer_excludes_them(b: &TestBackend) {
     );
     assert_eq!(first.fencing_token(), second.fencing_token());
     assert_eq!(first.fencing_token(), third.fencing_token());
-    let started = Instant::now();
-    let err = lockers[2]
-        .lock(&key)
-        .wait(Duration::from_millis(300))
-        .await
-        .unwrap_err();
+    // From another task: this one holds a read through lockers[2], so its own wait for the
+    // write lock could never end (`Error::WouldDeadlock`).
+    let (writer, writer_key) = (lockers[2].clone(), key.clone());
+    let waited = tokio::spawn(async move {
+        let started = Instant::now();
+        let err = writer
+            .lock(&writer_key)
+            .wait(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        (err, started.elapsed())
+    });
+    let (err, waited) = waited.await.unwrap();
     assert!(err.is_timeout(), "{err:?}");
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(waited >= Duration::from_millis(300));
     for reader in [first, second, third] {
         reader.release().await.expect("release");
     }
@@ -75,13 +82,19 @@ async fn a_writer_that_does_not_wait_holds_no_reader_up(b: &TestBackend) {
     let key = unique_key("rw-try");
     let other = b.another_locker().await;
     let reader = b.locker.read(&key).await.unwrap();
-    assert!(other.try_lock(&key).await.unwrap().is_none());
-    assert!(other
-        .lock(&key)
-        .wait(Duration::ZERO)
-        .await
-        .unwrap_err()
-        .is_timeout());
+    // From another task (in memory, `other` is this locker, whose reader this task holds).
+    let (writer, writer_key) = (other.clone(), key.clone());
+    tokio::spawn(async move {
+        assert!(writer.try_lock(&writer_key).await.unwrap().is_none());
+        let err = writer
+            .lock(&writer_key)
+            .wait(Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+    })
+    .await
+    .unwrap();
     // Only a writer that waits makes new readers queue behind it.
     let second = other
         .try_read(&key)
@@ -90,6 +103,32 @@ async fn a_writer_that_does_not_wait_holds_no_reader_up(b: &TestBackend) {
         .expect("a refused try_lock claims nothing");
     reader.release().await.unwrap();
     second.release().await.unwrap();
+}
+
+async fn waiting_past_own_bare_guard_of_the_other_kind_reports_would_deadlock(b: &TestBackend) {
+    let locker = b.locker.clone();
+    let key = unique_key("rw-deadlock");
+    tokio::spawn(async move {
+        let read = locker.read(&key).await.unwrap();
+        let err = locker
+            .lock(&key)
+            .wait(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WouldDeadlock { .. }), "{err:?}");
+        read.release().await.unwrap();
+
+        let write = locker.lock(&key).await.unwrap();
+        let err = locker
+            .read(&key)
+            .wait(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WouldDeadlock { .. }), "{err:?}");
+        write.release().await.unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 async fn an_upgrade_inside_run_fails_at_once(b: &TestBackend) {
@@ -378,6 +417,7 @@ macro_rules! every_backend {
 every_backend!(
     readers_share_and_the_writer_excludes_them,
     a_writer_that_does_not_wait_holds_no_reader_up,
+    waiting_past_own_bare_guard_of_the_other_kind_reports_would_deadlock,
     an_upgrade_inside_run_fails_at_once,
     a_read_inside_a_read_or_the_exclusive_hold_reenters_without_a_round_trip,
     a_writer_is_not_starved_by_a_stream_of_readers,
