@@ -330,6 +330,7 @@ impl Locker {
         let key = key.into_lock_key()?;
         let (released, last_token) = self.shared.backend.force_release(&key).await?;
         self.shared.local.force_released(&key, last_token);
+        self.shared.watchdog.force_released(&key, last_token);
         Ok(released)
     }
 

@@ -277,6 +277,14 @@ async fn force_release_frees_every_permit(b: &TestBackend) {
     next.release().await.unwrap();
 }
 
+async fn force_release_through_the_holders_locker_marks_the_permit_lost_at_once(b: &TestBackend) {
+    let key = unique_key("sem-force-own");
+    let permit = b.locker.semaphore(&key, 2).acquire().await.unwrap();
+    assert!(b.locker.force_release(&key).await.unwrap());
+    assert!(!permit.is_held(), "no round trip needed to know");
+    assert!(permit.release().await.unwrap_err().is_lost());
+}
+
 async fn a_semaphore_of_zero_permits_grants_none(b: &TestBackend) {
     let semaphore = b.locker.semaphore(unique_key("sem-zero"), 0);
     assert!(semaphore.try_acquire().await.unwrap().is_none());
@@ -340,6 +348,7 @@ every_backend!(
     the_exclusive_lock_waits_for_every_permit,
     inspect_reports_the_permits_in_use,
     force_release_frees_every_permit,
+    force_release_through_the_holders_locker_marks_the_permit_lost_at_once,
     a_semaphore_of_zero_permits_grants_none,
     an_invalid_key_fails_when_a_permit_is_asked_for,
 );
