@@ -656,9 +656,10 @@ class Locker:
             if isinstance(err, (RedisError, OSError)):
                 raise BackendError(f"releasing `{hold.key}`: {err}") from err
             raise
-        if reply == 1 and not lost:
+        # 2: released already (a retry found its own tombstone).
+        if reply in (1, 2) and not lost:
             return
-        if reply in (0, 1):
+        if reply in (0, 1, 2):
             raise Lost(hold.key)
         raise protocol.unexpected("release", reply)
 
@@ -688,19 +689,42 @@ class Locker:
         self, name: str, key: str, token: str, fencing_token: int, until: float
     ) -> None:
         """Sends the release until the server answers (a failed attempt may not have reached
-        it), or until the lease has ended there for sure."""
+        it), or until the lease has ended there for sure.
+
+        The release of an acquisition whose outcome is unknown (fencing token 0) that did not
+        release a grant may have overtaken that acquisition; its tombstone refuses it unless
+        another hold came and went meanwhile. So it is sent again every 0.25 s to 2 s until the
+        lease would have ended: each repeat names the hold in the tombstone again wherever the
+        lock is free, and a grant that slipped through is released within one interval. Only
+        releasing an actual grant (answer 1) ends the repeats early."""
+        loop = asyncio.get_running_loop()
+        reply = await self._release_answered(name, key, token, fencing_token, until)
+        if fencing_token != 0 or reply in (None, 1):
+            return
+        again = 0.25
+        while loop.time() + again < until:
+            await asyncio.sleep(again)
+            again = min(again * 2, 2.0)
+            if await self._release_answered(name, key, token, fencing_token, until) == 1:
+                return
+
+    async def _release_answered(
+        self, name: str, key: str, token: str, fencing_token: int, until: float
+    ) -> int | None:
+        """One release, retried until the server answers it (its answer), or until ``until``
+        (``None``)."""
         loop = asyncio.get_running_loop()
         retry = 0.01
         channel = protocol.channel(self.prefix, key)
         while True:
             try:
-                await protocol.RELEASE.run(
+                reply = await protocol.RELEASE.run(
                     self.redis, (name, channel), (token, fencing_token, self._retention_ms)
                 )
-                return
+                return int(reply)
             except Exception:
                 if loop.time() + retry >= until:
-                    return
+                    return None
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, 1.0)
 

@@ -54,8 +54,8 @@ impl Hold {
         // released as any other. The local deadline ends before the server's, so a lease that had
         // ended by the time the answer came shows here.
         match released {
-            Released::Free if !was_lost && !self.lease.is_lost() => Ok(()),
-            Released::Free | Released::NotHeld => Err(Error::Lost {
+            Released::Free | Released::Again if !was_lost && !self.lease.is_lost() => Ok(()),
+            Released::Free | Released::Again | Released::NotHeld => Err(Error::Lost {
                 key: self.lease.key.to_string(),
             }),
         }

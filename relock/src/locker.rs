@@ -117,8 +117,12 @@ struct ReleaseJob {
 /// [`LONGEST_RELEASE_RETRY`].
 const FIRST_RELEASE_RETRY: Duration = Duration::from_millis(50);
 /// The first repeat of the release of an acquisition whose outcome is unknown and that found
-/// nothing to release; each repeat waits twice as long as the one before.
-const FIRST_LATE_RELEASE: Duration = Duration::from_millis(500);
+/// nothing to release; each repeat waits twice as long as the one before, up to
+/// [`LONGEST_LATE_RELEASE`].
+const FIRST_LATE_RELEASE: Duration = Duration::from_millis(250);
+/// The longest wait between repeats: how long at most a grant that slipped past its tombstone
+/// is held by nobody.
+const LONGEST_LATE_RELEASE: Duration = Duration::from_secs(2);
 const LONGEST_RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 impl Locker {
@@ -519,20 +523,23 @@ impl Locker {
 /// finds nothing to release may have overtaken the acquisition (a delayed request on another
 /// connection). Its tombstone refuses that acquisition when it arrives — unless another hold was
 /// granted and released in between, and the tombstone names that one. So such a release is sent
-/// again at growing intervals until the lease would have ended anyway: a grant that slipped
-/// through is released within one interval, not held by nobody for its whole lease.
+/// again every [`FIRST_LATE_RELEASE`] to [`LONGEST_LATE_RELEASE`] until the lease would have
+/// ended anyway: each repeat names the hold in the tombstone again wherever the lock is free, and
+/// a grant that slipped through is released within one interval, not held by nobody for its
+/// whole lease. Only releasing an actual grant ends the repeats early: finding its own tombstone
+/// says nothing about an acquisition still on its way.
 async fn release_until_answered(backend: Arc<Backend>, local: Arc<LocalHolds>, job: ReleaseJob) {
     let answer = release_once_answered(&backend, &job).await;
     if let Some(slot) = job.slot {
         local.remove(&job.key, slot);
     }
-    if job.fencing_token != 0 || answer != Some(Released::NotHeld) {
+    if job.fencing_token != 0 || matches!(answer, None | Some(Released::Free)) {
         return;
     }
     let mut again = FIRST_LATE_RELEASE;
     while Instant::now() + again < job.free_by {
         tokio::time::sleep(again).await;
-        again = again.saturating_mul(2);
+        again = again.saturating_mul(2).min(LONGEST_LATE_RELEASE);
         if let Some(Released::Free) = release_once_answered(&backend, &job).await {
             tracing::debug!(
                 key = %job.key,

@@ -589,6 +589,7 @@ pub(crate) fn parse_release(value: Value) -> Result<Released, Error> {
     match value {
         Value::Int(1) => Ok(Released::Free),
         Value::Int(0) => Ok(Released::NotHeld),
+        Value::Int(2) => Ok(Released::Again),
         other => Err(unexpected("release", &other)),
     }
 }
@@ -885,7 +886,8 @@ mod tests {
     fn release_replies() {
         assert_eq!(parse_release(Value::Int(1)).unwrap(), Released::Free);
         assert_eq!(parse_release(Value::Int(0)).unwrap(), Released::NotHeld);
-        assert!(parse_release(Value::Int(2)).is_err());
+        assert_eq!(parse_release(Value::Int(2)).unwrap(), Released::Again);
+        assert!(parse_release(Value::Int(3)).is_err());
         assert!(parse_release(Value::Nil).is_err());
     }
 

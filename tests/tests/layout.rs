@@ -344,6 +344,181 @@ fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_ag
     });
 }
 
+/// History: as above, but the other owner comes and goes only after the repeated release has
+/// found its own tombstone once (it answers "released already", which says nothing about the
+/// acquisition still on its way). The repeats must go on until the lease would have ended, so
+/// the grant that slips through when the delayed acquisition lands is released within one
+/// interval (2 s at most), not held by nobody for its 30 s lease.
+#[test]
+fn the_repeated_release_goes_on_after_finding_its_own_tombstone() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let proxy = Proxy::start(server.port()).await;
+        let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
+        let pool = relock::bb8::Pool::builder()
+            .max_size(2)
+            .build(manager)
+            .await
+            .unwrap();
+        let delayed = Locker::builder()
+            .pool(pool)
+            .lease(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let other = server.locker().await;
+        let mut admin = server.connection().await;
+        let key = unique_key("repeats-go-on");
+        delayed
+            .lock(unique_key("warm"))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+
+        proxy.delay_requests_of_open_connections(Duration::from_millis(4_000));
+        let sent = tokio::time::Instant::now();
+        let err = delayed.lock(&key).wait(Duration::ZERO).await.unwrap_err();
+        assert!(err.is_backend(), "{err:?}");
+        while !value(&mut admin, &key)
+            .await
+            .is_some_and(|left| left.starts_with('-'))
+        {
+            assert!(
+                sent.elapsed() < Duration::from_millis(3_000),
+                "no background release"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The first repeats find the tombstone their first release wrote.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        other.lock(&key).await.unwrap().release().await.unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_millis(3_800),
+            "too slow to finish before the delayed acquisition arrives: {:?}",
+            sent.elapsed()
+        );
+        tokio::time::sleep_until(sent + Duration::from_millis(4_200)).await;
+        let free = loop {
+            if other.inspect(&key).await.unwrap().is_none() {
+                break sent.elapsed();
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "the lock granted to an acquisition nobody waits for is still held {:?} after \
+                 it was sent",
+                sent.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("free again {free:?} after the delayed acquisition was sent");
+    });
+}
+
+const RELEASE: &str = include_str!("../../relock/src/scripts/release.lua");
+const BATCH: &str = include_str!("../../relock/src/scripts/batch.lua");
+const ACQUIRE: &str = include_str!("../../relock/src/scripts/acquire.lua");
+
+/// A release of `token` with fencing token `fence` (0: unknown), alone or in a batch call: its
+/// answer (1 released, 0 not held, 2 released already).
+async fn release_script(
+    admin: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+    fence: u64,
+    batched: bool,
+) -> i64 {
+    if batched {
+        let reply: Vec<redis::Value> = redis::Script::new(BATCH)
+            .key(lock_name(key))
+            .arg("")
+            .arg(0)
+            .arg(600_000)
+            .arg(1)
+            .arg(format!("-{fence} {token}"))
+            .invoke_async(admin)
+            .await
+            .unwrap();
+        match reply.first() {
+            Some(redis::Value::Int(status)) => *status,
+            other => panic!("batch release answered {other:?}"),
+        }
+    } else {
+        redis::Script::new(RELEASE)
+            .key(lock_name(key))
+            .key(format!("{}:released", lock_name(key)))
+            .arg(token)
+            .arg(fence)
+            .arg(600_000)
+            .invoke_async(admin)
+            .await
+            .unwrap()
+    }
+}
+
+/// An acquisition of `token` by acquire.lua: `(status, value)`.
+async fn acquire_script(
+    admin: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+) -> (i64, i64) {
+    redis::Script::new(ACQUIRE)
+        .key(lock_name(key))
+        .arg(token)
+        .arg(30_000)
+        .arg(600_000)
+        .arg("1 1 host")
+        .invoke_async(admin)
+        .await
+        .unwrap()
+}
+
+/// Histories of the tombstone's name, alone and batched:
+///
+/// * Z's acquisition is on its way and its release (fencing token unknown) left `-0 Z`; then a
+///   stale release of W that knows its fencing token arrives. W's acquisition was answered, so
+///   W needs no refusal: it must leave Z's tombstone alone, and Z's late acquisition is refused.
+/// * A's lease ended unseen; X's release (fencing token unknown, its acquisition on its way)
+///   finds A's expired hold. The lock is free: the tombstone must name X, with A's fencing
+///   token, and X's late acquisition is refused.
+/// * X's release is retried: it answers "released already" (2), not "released" (1).
+#[test]
+fn a_release_names_its_hold_only_where_its_acquisition_may_still_come() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        for batched in [false, true] {
+            let (z, w, x) = (
+                "1111111111111111111111111111111a",
+                "2222222222222222222222222222222b",
+                "3333333333333333333333333333333c",
+            );
+            let key = unique_key(&format!("names-{batched}"));
+            assert_eq!(release_script(&mut admin, &key, z, 0, batched).await, 0);
+            assert_eq!(release_script(&mut admin, &key, w, 123, batched).await, 0);
+            let left = value(&mut admin, &key).await.unwrap();
+            assert_eq!(left, format!("-0 {z}"), "batched {batched}");
+            assert_eq!(acquire_script(&mut admin, &key, z).await, (2, 0));
+
+            let key = unique_key(&format!("expired-{batched}"));
+            let now_ms = server_micros(&mut admin).await / 1000;
+            let _: () = redis::cmd("SET")
+                .arg(lock_name(&key))
+                .arg(format!("{ZEROS} 777 {} 1 1 host", now_ms - 1))
+                .arg("PX")
+                .arg(600_000)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            assert_eq!(release_script(&mut admin, &key, x, 0, batched).await, 0);
+            let left = value(&mut admin, &key).await.unwrap();
+            assert_eq!(left, format!("-777 {x}"), "batched {batched}");
+            assert_eq!(acquire_script(&mut admin, &key, x).await, (2, 0));
+            assert_eq!(release_script(&mut admin, &key, x, 0, batched).await, 2);
+        }
+    });
+}
+
 /// History: another program keeps its own string (with or without an expiry) at a key under
 /// relock's prefix. Acquisitions, releases of made-up tokens and force-releases must never
 /// overwrite it or change its expiry; relock treats the lock as held until the key expires, and
@@ -499,10 +674,7 @@ async fn eval(
     command.query_async(connection).await.expect("EVAL")
 }
 
-const ACQUIRE: &str = include_str!("../../relock/src/scripts/acquire.lua");
-const BATCH: &str = include_str!("../../relock/src/scripts/batch.lua");
 const ACQUIRE_SHARED: &str = include_str!("../../relock/src/scripts/acquire_shared.lua");
-const RELEASE: &str = include_str!("../../relock/src/scripts/release.lua");
 
 /// An exclusive acquisition's `{status, value}` through `acquire.lua`, or through `batch.lua` as
 /// a call of one request.

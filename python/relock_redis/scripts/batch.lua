@@ -21,6 +21,7 @@
 --            2, 0               refused: this hold was released already (see acquire.lua)
 --   release  1, 0               released: the hold had the lock until now (and the channel was
 --                               published to, if the hold had refused someone); see release.lua
+--            2, 0               released already: the tombstone names this hold (a retry)
 --            0, 0               the hold no longer had the lock; nothing another hold has changed
 --   either  -1, "<command> <error>"   this request failed (a key of another type, an ACL
 --                               refusal, out of memory, the fencing token's limit): the command
@@ -133,40 +134,63 @@ end
 
 local function release(lock, tombstone)
     local token = sub(tombstone, -32)
+    -- "-0 ": the caller does not know the fencing token: its acquisition's answer never came.
+    local unknown = byte(tombstone, 2) == 48 and byte(tombstone, 3) == 32
     calling = 'SET'
     local value = try('SET', lock, tombstone, 'KEEPTTL', 'GET')
     if type(value) == 'table' then
         -- Out of memory: a release must still free the lock, without its tombstone.
         calling = 'GET'
         value = call('GET', lock)
+        if value and byte(value, 1) == TOMBSTONE and sub(value, -32) == token then
+            return 2, 0
+        end
         if not value or find(value, token, 1, true) ~= 1 then
             return 0, 0
         end
         calling = 'DEL'
         call('DEL', lock)
     elseif not value then
-        -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
+        -- Nothing there (never granted, or the key's retention ended): a tombstone of this hold,
+        -- which refuses an acquisition still on its way.
         calling = 'PEXPIRE'
         call('PEXPIRE', lock, ARGV[3])
         return 0, 0
     elseif find(value, token, 1, true) ~= 1 then
+        -- Not this hold's lock: as release.lua, a release whose fencing token is unknown names
+        -- its hold in a tombstone wherever the lock is free; one that knows it leaves what it
+        -- finds alone.
         calling = 'SET'
         if byte(value, 1) == TOMBSTONE then
             local fence, released = match(value, '^%-(%d+) (%x+)$')
             if released == token then
                 -- A retried release: the first one took effect.
                 call('SET', lock, value, 'KEEPTTL')
-                return 1, 0
+                return 2, 0
             end
-            if fence then
+            if fence and unknown then
                 call('SET', lock, '-' .. fence .. ' ' .. token, 'KEEPTTL')
                 return 0, 0
             end
+        elseif unknown then
+            local owner, fence, deadline = match(value, '^(%x+)[ +](%d+) (%d+)')
+            if owner and #owner == 32 then
+                if not now then
+                    tick()
+                end
+                if tonumber(deadline) <= now then
+                    calling = 'SET'
+                    call('SET', lock, '-' .. fence .. ' ' .. token, 'KEEPTTL')
+                    return 0, 0
+                end
+            end
         end
-        -- Another hold's lock, or a value that is not relock's: put back as it was.
+        -- Another hold's lock, another hold's tombstone, or a value that is not relock's: put
+        -- back as it was.
+        calling = 'SET'
         call('SET', lock, value, 'KEEPTTL')
         return 0, 0
-    elseif byte(tombstone, 2) == 48 and byte(tombstone, 3) == 32 then
+    elseif unknown then
         -- The caller did not know the fencing token (a hold's is never 0): the tombstone takes
         -- the hold's. A caller that knows it wrote it already.
         calling = 'SET'

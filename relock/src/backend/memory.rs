@@ -277,7 +277,7 @@ impl MemoryBackend {
             None => match state.fences.get(key) {
                 // A retried release: the first one took effect.
                 Some(fence) if fence.expires > now && fence.released.as_ref() == Some(token) => {
-                    return Released::Free;
+                    return Released::Again;
                 }
                 _ => Released::NotHeld,
             },
@@ -338,9 +338,13 @@ impl MemoryBackend {
     pub(crate) fn force_release(&self, key: &LockKey) -> (bool, u64) {
         let now = Instant::now();
         let mut state = self.state();
+        let removed = state.live(key, now).is_some() && state.remove(key);
         let last = match state.fences.get_mut(key) {
             Some(fence) if fence.expires > now => {
-                fence.released = None;
+                // The removed hold's tombstone names no hold; a free lock's stays as it was.
+                if removed {
+                    fence.released = None;
+                }
                 fence.last
             }
             _ => 0,
@@ -350,14 +354,15 @@ impl MemoryBackend {
             .remove(key)
             .is_some_and(|shared| shared.holders.iter().any(|holder| holder.expires > now));
         if shared {
+            // As for an exclusive hold: the tombstone names no hold.
+            if let Some(fence) = state.fences.get_mut(key) {
+                fence.released = None;
+            }
             if let Some(released) = state.released.get(key) {
                 released.notify_waiters();
             }
         }
-        (
-            shared || (state.live(key, now).is_some() && state.remove(key)),
-            last,
-        )
+        (removed || shared, last)
     }
 
     pub(crate) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
@@ -519,7 +524,23 @@ mod tests {
         assert_eq!(memory.acquire(&key("k"), &a, LEASE), first);
         assert_eq!(memory.release(&key("k"), &a), Released::Free);
         // A retried release finds its own tombstone.
-        assert_eq!(memory.release(&key("k"), &a), Released::Free);
+        assert_eq!(memory.release(&key("k"), &a), Released::Again);
+    }
+
+    #[test]
+    fn a_force_release_of_a_free_lock_keeps_the_tombstone_as_it_was() {
+        let memory = backend();
+        let x = HoldToken::random();
+        token_of(memory.acquire(&key("k"), &x, LEASE));
+        assert_eq!(memory.release(&key("k"), &x), Released::Free);
+        assert!(!memory.force_release(&key("k")).0);
+        // As force_release.lua leaves a free lock's tombstone alone: X's retry is answered, its
+        // late acquisition refused.
+        assert_eq!(memory.release(&key("k"), &x), Released::Again);
+        assert_eq!(
+            memory.acquire(&key("k"), &x, LEASE),
+            Attempt::ReleasedAlready
+        );
     }
 
     #[test]

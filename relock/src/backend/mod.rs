@@ -49,6 +49,8 @@ pub(crate) enum Released {
     Free,
     /// The hold did not have the lock any more: its lease had ended, or it was force-released.
     NotHeld,
+    /// The hold's release had taken effect already (a retried release: the tombstone names it).
+    Again,
 }
 
 /// A lock's storage.

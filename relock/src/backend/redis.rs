@@ -454,6 +454,7 @@ impl RedisBackend {
         match self.batcher.submit(&self.connection, request).await? {
             (1, _) => Ok(Released::Free),
             (0, _) => Ok(Released::NotHeld),
+            (2, _) => Ok(Released::Again),
             (status, value) => Err(protocol::unexpected(
                 "release",
                 &Value::Array(vec![Value::Int(status), value]),

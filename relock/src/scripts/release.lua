@@ -13,10 +13,10 @@
 -- A shared hold (a reader or a permit, in the "*" form) is removed from the list of holders;
 -- the list stays, with the last fencing token and any waiting writer.
 --
--- Reply:   1  released: the hold had the lock until now (the channel was published to); also for
---             a retried release of a hold released already (its tombstone names it). The script
+-- Reply:   1  released: the hold had the lock until now (the channel was published to). The script
 --             does not read the clock: a hold whose deadline had passed unseen answers 1 too, and
 --             the client, whose local deadline ends before the server's, reports that loss itself
+--          2  released already: the tombstone names this hold (a retried release)
 --          0  the hold no longer had the lock (taken by another after its deadline, force-released,
 --             or never granted); nothing that another hold has was changed
 --
@@ -42,8 +42,13 @@ if value and string.find(value, token, 1, true) == 1 then
     return 1
 end
 
+-- Not this hold's lock. A release whose fencing token is unknown belongs to an acquisition whose
+-- answer never came: it may still be on its way, and the tombstone is what refuses it, so such a
+-- release names its hold in a tombstone wherever the lock is free. A release that knows its
+-- fencing token had its acquisition answered: it leaves what it finds alone.
+local unknown = ARGV[2] == '0'
 if not value then
-    -- Nothing there: this hold's acquisition may still be on its way. The tombstone refuses it.
+    -- Nothing there (never granted, or the key's retention ended): a tombstone of this hold.
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
     return 0
 end
@@ -52,12 +57,23 @@ if string.byte(value, 1) == 45 then
     if released == token then
         -- A retried release: the first one took effect.
         redis.call('SET', KEYS[1], value, 'KEEPTTL')
-        return 1
+        return 2
     end
-    if fence then
-        -- Free already: the tombstone now names this hold too, keeping the last fencing token.
+    if fence and unknown then
+        -- Free already: the tombstone now names this hold, keeping the last fencing token.
         redis.call('SET', KEYS[1], '-' .. fence .. ' ' .. token, 'KEEPTTL')
         return 0
+    end
+elseif unknown then
+    local holder, fence, deadline = string.match(value, '^(%x+)[ +](%d+) (%d+)')
+    if holder and #holder == 32 then
+        local time = redis.call('TIME')
+        if tonumber(deadline) <= time[1] * 1000 + math.floor(time[2] / 1000) then
+            -- Another hold whose lease has ended: the lock is free, and its tombstone names this
+            -- hold, keeping that hold's fencing token.
+            redis.call('SET', KEYS[1], '-' .. fence .. ' ' .. token, 'KEEPTTL')
+            return 0
+        end
     end
 end
 if string.byte(value, 1) == 42 then
@@ -78,6 +94,7 @@ if string.byte(value, 1) == 42 then
         return 1
     end
 end
--- Another hold's lock, or a value that is not relock's: put back as it was.
+-- Another hold's lock, another hold's tombstone, shared holders without this hold, or a value
+-- that is not relock's: put back as it was.
 redis.call('SET', KEYS[1], value, 'KEEPTTL')
 return 0
