@@ -10,7 +10,9 @@ use crate::time::rfc3339;
 pub(crate) type Fields = Vec<(&'static str, Value)>;
 
 /// A held lock: `key`, `fencing_token`, `ttl_ms`, `host`, `pid`, `acquired_at` (RFC 3339, UTC)
-/// and `owner` (the hold's own token); `null` for holder metadata the lock does not carry.
+/// and `owner` (the hold's own token); `null` for holder metadata the lock does not carry. Then
+/// `mode` (`exclusive`, `read` or `permits`), `holds` (the readers or permits in use; 1 for an
+/// exclusive lock) and `permits` (the semaphore's size; `null` unless `mode` is `permits`).
 pub(crate) fn lock(info: &LockInfo) -> Fields {
     vec![
         ("key", info.key.clone().into()),
@@ -25,6 +27,9 @@ pub(crate) fn lock(info: &LockInfo) -> Fields {
         ("pid", info.pid.into()),
         ("acquired_at", info.acquired_at.map(rfc3339).into()),
         ("owner", info.owner.clone().into()),
+        ("mode", crate::mode::name(info.mode).into()),
+        ("holds", info.holds.into()),
+        ("permits", crate::mode::permits(info.mode).into()),
     ]
 }
 

@@ -37,6 +37,7 @@ mod args;
 mod commands;
 mod failure;
 mod json;
+mod mode;
 mod pattern;
 mod table;
 mod time;

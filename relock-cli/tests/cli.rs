@@ -177,6 +177,44 @@ async fn list_shows_matching_locks_as_a_table() {
 }
 
 #[tokio::test]
+async fn inspect_and_list_show_readers_and_permits() {
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let _r1 = locker.read("config:7").await.unwrap();
+    let _r2 = locker.read("config:7").await.unwrap();
+    let exports = locker.semaphore("exports:9", 4);
+    let _p1 = exports.acquire().await.unwrap();
+    let _p2 = exports.acquire().await.unwrap();
+    let _p3 = exports.acquire().await.unwrap();
+    let _w = locker.lock("order:1").await.unwrap();
+
+    let out = relock(&server.url(), &["inspect", "config:7"], "").await;
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("read by 2"), "{}", stdout(&out));
+
+    let out = relock(&server.url(), &["--json", "inspect", "exports:9"], "").await;
+    assert_code(&out, 0);
+    let lock = &json_lines(&out)[0];
+    assert_eq!(lock["mode"], "permits");
+    assert_eq!(lock["holds"], 3);
+    assert_eq!(lock["permits"], 4);
+
+    let out = relock(&server.url(), &["list", "*"], "").await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.lines().next().unwrap().contains("MODE"), "{text}");
+    let row = |key: &str| {
+        text.lines()
+            .find(|line| line.starts_with(key))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row("config:7").contains("read by 2"), "{text}");
+    assert!(row("exports:9").contains("3 of 4 permits"), "{text}");
+    assert!(row("order:1").contains("exclusive"), "{text}");
+}
+
+#[tokio::test]
 async fn list_json_is_one_object_per_line() {
     let server = RedisServer::start();
     let locker = server.locker().await;

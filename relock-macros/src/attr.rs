@@ -11,9 +11,10 @@ mod kw {
     syn::custom_keyword!(lease);
     syn::custom_keyword!(locker);
     syn::custom_keyword!(on_lost);
+    syn::custom_keyword!(read);
 }
 
-const OPTIONS: &str = "`wait`, `lease`, `locker` or `on_lost`";
+const OPTIONS: &str = "`read`, `wait`, `lease`, `locker` or `on_lost`";
 
 /// Everything inside `#[locked(...)]`.
 pub(crate) struct LockedArgs {
@@ -22,6 +23,8 @@ pub(crate) struct LockedArgs {
     pub(crate) lease: Option<DurationArg>,
     pub(crate) locker: Option<Expr>,
     pub(crate) on_lost: Option<OnLostArg>,
+    /// `read`: shared holds (`Locker::read`) instead of the exclusive lock.
+    pub(crate) read: Option<Span>,
 }
 
 impl Parse for LockedArgs {
@@ -32,6 +35,7 @@ impl Parse for LockedArgs {
             lease: None,
             locker: None,
             on_lost: None,
+            read: None,
         };
         while !input.is_empty() {
             let lookahead = input.lookahead1();
@@ -63,6 +67,16 @@ impl Parse for LockedArgs {
                     name.span,
                     "on_lost",
                 )?;
+            } else if lookahead.peek(kw::read) {
+                let name = input.parse::<kw::read>()?;
+                if input.peek(Token![=]) {
+                    return Err(syn::Error::new(
+                        name.span,
+                        "`read` takes no value: write `read` alone, as in \
+                         `#[locked(read, \"config:{id}\")]`",
+                    ));
+                }
+                set_once(&mut args.read, name.span, name.span, "read")?;
             } else if input.peek(Ident::peek_any) {
                 let name = input.call(Ident::parse_any)?;
                 return Err(syn::Error::new(

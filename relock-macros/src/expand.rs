@@ -36,6 +36,7 @@ pub(crate) fn gen_function(args: LockedArgs, func: LockedFn) -> syn::Result<Toke
         let borrow = quote_spanned!(expr.span()=> &(#expr));
         quote!(.locker(#borrow))
     });
+    let read = args.read.map(|span| quote_spanned!(span=> .read()));
     let wait = args.wait.as_ref().map(|wait| quote!(.wait(#wait)));
     let lease = args.lease.as_ref().map(|lease| quote!(.lease(#lease)));
     let on_lost = args
@@ -76,6 +77,7 @@ pub(crate) fn gen_function(args: LockedArgs, func: LockedFn) -> syn::Result<Toke
         #vis #sig {
             #(#inner_attrs)*
             let __relock_locked = ::relock::__private::Locked::new([#(#keys),*])
+                #read
                 #locker
                 #wait
                 #lease

@@ -71,6 +71,10 @@ mod expand;
 ///
 /// After the keys, in any order, each at most once:
 ///
+/// * `read` — take shared read holds ([`Locker::read`]) instead of the
+///   exclusive lock: `#[locked(read, "config:{id}")]` runs beside other readers of the key and
+///   excludes its writers (plain `#[locked]` functions). Inside it, a `#[locked]` function on the
+///   same key is an upgrade and fails at once with `Error::UpgradeRefused`.
 /// * `wait = …` — how long to wait for another owner to release a key before failing with
 ///   `Error::Timeout`. Defaults to the locker's wait (10 s unless configured).
 /// * `lease = …` — how long a key stays held if this process stops renewing it (it crashed or
@@ -237,6 +241,7 @@ mod expand;
 /// ```
 ///
 /// [`Locker`]: https://docs.rs/relock/latest/relock/struct.Locker.html
+/// [`Locker::read`]: https://docs.rs/relock/latest/relock/struct.Locker.html#method.read
 /// [`Locker::lock`]: https://docs.rs/relock/latest/relock/struct.Locker.html#method.lock
 #[proc_macro_attribute]
 pub fn locked(

@@ -7,7 +7,8 @@ use pin_project_lite::pin_project;
 use relock::LockGuard;
 
 pin_project! {
-    /// The response body of a [`Lock`](crate::Lock) service: the inner service's body, which
+    /// The response body of a [`Lock`](crate::Lock) (or [`Limit`](crate::Limit)) service: the
+    /// inner service's body, which
     /// keeps the request's lock until it ends when
     /// [`LockLayer::hold_until_body_end`](crate::LockLayer::hold_until_body_end) is set.
     ///

@@ -66,6 +66,45 @@ impl<B: Default> Reject<Response<B>> for GrpcRejection {
     }
 }
 
+/// Rejects gRPC requests over a [`LimitLayer`](crate::LimitLayer)'s limit with
+/// `RESOURCE_EXHAUSTED`; other failures as [`GrpcRejection`].
+///
+/// ```
+/// use relock_tower::{key, GrpcLimitRejection, LimitLayer};
+///
+/// let layer = LimitLayer::new(key::metadata("x-tenant").prefix("tenant:"), 8)
+///     .on_reject(GrpcLimitRejection::new());
+/// // tonic::transport::Server::builder().layer(layer).add_service(..)
+/// # drop(layer);
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+#[non_exhaustive]
+pub struct GrpcLimitRejection;
+
+impl GrpcLimitRejection {
+    /// The gRPC rejection of a limit.
+    pub fn new() -> Self {
+        Self
+    }
+
+    /// The status a request gets for `error`.
+    pub fn status(&self, error: &relock::Error) -> Status {
+        match error {
+            relock::Error::Timeout { .. } => Status::new(
+                Code::ResourceExhausted,
+                "too many requests for this resource in flight; retry later",
+            ),
+            other => GrpcRejection.status(other),
+        }
+    }
+}
+
+impl<B: Default> Reject<Response<B>> for GrpcLimitRejection {
+    fn reject(&mut self, error: &relock::Error) -> Response<B> {
+        self.status(error).into_http()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -87,6 +126,17 @@ mod tests {
         assert_eq!(response.headers()["content-type"], "application/grpc");
         assert_eq!(response.headers()["grpc-status"], "10");
         assert!(response.headers().contains_key("grpc-message"));
+    }
+
+    #[test]
+    fn over_the_limit_is_resource_exhausted() {
+        let response: Response<String> =
+            GrpcLimitRejection::new().reject(&relock::Error::Timeout {
+                key: "tenant:9".into(),
+                waited: Duration::from_millis(10),
+                holder_ttl: None,
+            });
+        assert_eq!(response.headers()["grpc-status"], "8");
     }
 
     #[test]

@@ -128,6 +128,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # A concurrency limit per key
+//!
+//! [`LimitLayer`] lets at most `n` requests per key run at once across every process that shares
+//! the lock server — a distributed, keyed `ConcurrencyLimit` — with the same extractors: each
+//! request takes one of the key's permits (a [`relock::Semaphore`]), and over the limit it waits
+//! up to [`LimitLayer::wait`], then gets `429 Too Many Requests` with `Retry-After`
+//! ([`LimitRejection`]; gRPC `RESOURCE_EXHAUSTED` with `GrpcLimitRejection`, feature `tonic`).
+//! A process that dies holding permits gives them back when their leases end.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use relock_tower::{key, LimitLayer};
+//!
+//! // At most 8 exports in flight per tenant, fleet-wide.
+//! let layer = LimitLayer::new(key::header("x-tenant").prefix("tenant:"), 8)
+//!     .wait(Duration::from_millis(200));
+//! # drop(layer);
+//! ```
+//!
 //! # Cancellation and release
 //!
 //! The lock is taken inside the response future, never in `poll_ready`, and the hold lives in
@@ -148,6 +168,7 @@ mod extract;
 #[cfg(feature = "tonic")]
 mod grpc;
 pub mod key;
+mod limit;
 mod lock;
 mod reject;
 
@@ -155,9 +176,10 @@ pub use body::LockBody;
 pub use extract::ExtractKey;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
-pub use grpc::GrpcRejection;
+pub use grpc::{GrpcLimitRejection, GrpcRejection};
+pub use limit::{Limit, LimitLayer};
 pub use lock::{future, Lock, LockLayer};
-pub use reject::{DefaultRejection, ErrorRejection, Reject};
+pub use reject::{DefaultRejection, ErrorRejection, LimitRejection, Reject};
 
 /// A boxed error, as [`tower::BoxError`](https://docs.rs/tower/latest/tower/type.BoxError.html):
 /// the error of a [`Lock`] service that uses [`ErrorRejection`].

@@ -128,6 +128,39 @@ fn retry_after(holder_ttl: Option<Duration>) -> u64 {
     seconds.max(1)
 }
 
+/// The rejection [`LimitLayer`](crate::LimitLayer) uses unless told otherwise: as
+/// [`DefaultRejection`], except that a request that waited for a permit in vain
+/// ([`Timeout`](relock::Error::Timeout)) gets `429 Too Many Requests`, with `Retry-After` from the
+/// soonest lease of the permits in use (whole seconds, rounded up, at least 1).
+#[derive(Debug, Default, Clone, Copy)]
+#[non_exhaustive]
+pub struct LimitRejection;
+
+impl LimitRejection {
+    /// The default rejection of a [`LimitLayer`](crate::LimitLayer).
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<B: From<String>> Reject<Response<B>> for LimitRejection {
+    fn reject(&mut self, error: &relock::Error) -> Response<B> {
+        match error {
+            relock::Error::Timeout { holder_ttl, .. } => {
+                let mut response = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests for this resource in flight; retry later".to_owned(),
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after(*holder_ttl)));
+                response
+            }
+            other => DefaultRejection.reject(other),
+        }
+    }
+}
+
 /// Fails the service with the [`relock::Error`], boxed, instead of building a response: for
 /// services whose requests are not [`http::Request`]s (queue workers, RPC frameworks of your own).
 ///

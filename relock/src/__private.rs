@@ -19,6 +19,7 @@ pub struct Locked {
     wait: Option<Duration>,
     lease: Option<Duration>,
     on_lost: OnLost,
+    read: bool,
 }
 
 impl Locked {
@@ -29,7 +30,14 @@ impl Locked {
             wait: None,
             lease: None,
             on_lost: OnLost::Abort,
+            read: false,
         }
+    }
+
+    /// `read`: shared holds ([`Locker::read`]) instead of the exclusive lock.
+    pub fn read(mut self) -> Self {
+        self.read = true;
+        self
     }
 
     /// `locker = <expr>`: the macro passes `&(<expr>)`, so `Locker`, `&Locker` and `Arc<Locker>`
@@ -72,9 +80,12 @@ impl Locked {
             crate::lease::after(Instant::now(), self.wait.unwrap_or(locker.default_wait()));
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
-            let mut request = locker
-                .lock(key)
-                .wait(deadline.saturating_duration_since(Instant::now()));
+            let request = if self.read {
+                locker.read(key)
+            } else {
+                locker.lock(key)
+            };
+            let mut request = request.wait(deadline.saturating_duration_since(Instant::now()));
             if let Some(lease) = self.lease {
                 request = request.lease(lease);
             }

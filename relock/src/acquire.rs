@@ -12,7 +12,7 @@ use crate::backend::{Attempt, Replicas};
 use crate::error::Error;
 use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
-use crate::lease::{self, Lease, Loss, Runner};
+use crate::lease::{self, Lease, Loss, Mode, Runner};
 use crate::local::{Busy, Enter, Gate};
 use crate::locker::Locker;
 use crate::metrics;
@@ -35,7 +35,7 @@ pub enum OnLost {
 /// A lock request being configured: await it for a [`LockGuard`], or [`run`](Acquire::run) a
 /// future under it.
 ///
-/// Created by [`Locker::lock`].
+/// Created by [`Locker::lock`] (the exclusive lock) and [`Locker::read`] (a shared read hold).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -57,10 +57,15 @@ pub struct Acquire {
     lease: Option<Duration>,
     replicas: Option<Replicas>,
     on_lost: OnLost,
+    mode: Mode,
 }
 
 impl Acquire {
     pub(crate) fn new(locker: Locker, key: impl IntoLockKey) -> Self {
+        Self::with_mode(locker, key, Mode::Exclusive)
+    }
+
+    pub(crate) fn with_mode(locker: Locker, key: impl IntoLockKey, mode: Mode) -> Self {
         Self {
             locker,
             key: key.into_lock_key(),
@@ -68,6 +73,7 @@ impl Acquire {
             lease: None,
             replicas: None,
             on_lost: OnLost::Abort,
+            mode,
         }
     }
 
@@ -90,7 +96,8 @@ impl Acquire {
     /// Waits until `count` replicas acknowledged the grant, for at most `timeout`, else releases
     /// it and fails with [`Error::NotReplicated`]; `count` 0 does not wait. Defaults to the
     /// locker's [`replicas`](crate::LockerBuilder::replicas). A re-entered hold was acknowledged
-    /// (or not) when it was first taken: this applies to fresh acquisitions only.
+    /// (or not) when it was first taken: this applies to fresh acquisitions only. Read holds and
+    /// permits do not wait for replicas.
     pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
         self.replicas = Some(Replicas { count, timeout });
         self
@@ -141,7 +148,18 @@ impl Acquire {
             Ok(ref key) => key,
             Err(err) => return Ok(Err(err)),
         };
-        match Frame::find(&self.locker, key) {
+        // Permits are counted at the server, never re-entered.
+        let held = match self.mode {
+            Mode::Permit { .. } => None,
+            Mode::Exclusive | Mode::Read => Frame::find(&self.locker, key),
+        };
+        match held {
+            // An upgrade: this scope's own read hold would refuse it for ever.
+            Some(hold) if self.mode == Mode::Exclusive && hold.lease.mode == Mode::Read => {
+                Ok(Err(Error::UpgradeRefused {
+                    key: key.to_string(),
+                }))
+            }
             Some(hold) if hold.lease.is_lost() => Ok(Err(Error::Lost {
                 key: key.to_string(),
             })),
@@ -179,6 +197,7 @@ impl Acquire {
             wait,
             lease,
             replicas,
+            mode,
             ..
         } = self;
         let key = key?;
@@ -195,6 +214,7 @@ impl Acquire {
             target: "relock",
             "acquire",
             key = %key,
+            kind = mode.as_str(),
             ?wait,
             ?lease,
             reentrant = false,
@@ -208,6 +228,7 @@ impl Acquire {
             lease,
             replicas,
             try_only,
+            mode,
         };
         let result = acquire_from_backend(locker, key, request, started)
             .instrument(span.clone())
@@ -273,6 +294,7 @@ struct Request {
     lease: Duration,
     replicas: Option<Replicas>,
     try_only: bool,
+    mode: Mode,
 }
 
 /// The backend path of a lock request: takes the key's local slot, then asks the server until it
@@ -288,24 +310,45 @@ async fn acquire_from_backend(
         lease,
         replicas,
         try_only,
+        mode,
     } = request;
     let lease = lease::check(lease)?;
     locker.check_eviction().await?;
     let deadline = lease::after(started, wait);
+    if mode == (Mode::Permit { permits: 0 }) {
+        // No permit can ever be had (and 0 means readers to the server).
+        if try_only {
+            return Ok(None);
+        }
+        return Err(Error::Timeout {
+            key: key.to_string(),
+            waited: started.elapsed(),
+            holder_ttl: None,
+        });
+    }
     // This hold's own identity at the server, for every attempt of this request: a retried
     // attempt that the server already granted gets the same grant back.
     let token = HoldToken::random();
+    // A writer that will wait makes readers that come after it queue behind it; a single
+    // attempt does not hold them up.
+    let claim = !wait.is_zero();
 
-    let mut gate = loop {
-        match locker.local().enter(&key) {
-            Enter::Entered(gate) => break gate,
-            Enter::Busy(busy) => {
-                if try_only {
-                    return Ok(None);
+    // Shared holds take no local slot: several may hold the key at once, and the server counts
+    // them.
+    let mut gate = if mode == Mode::Exclusive {
+        Some(loop {
+            match locker.local().enter(&key) {
+                Enter::Entered(gate) => break gate,
+                Enter::Busy(busy) => {
+                    if try_only {
+                        return Ok(None);
+                    }
+                    wait_for_slot(busy, &key, started, deadline).await?;
                 }
-                wait_for_slot(busy, &key, started, deadline).await?;
             }
-        }
+        })
+    } else {
+        None
     };
 
     locker.start_background();
@@ -318,17 +361,29 @@ async fn acquire_from_backend(
             key: &key,
             token: &token,
             free_by: lease::after(sent, lease.saturating_mul(2)),
-            gate: Some(gate),
+            gate,
         };
         // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
         // one (a response timeout, a connection dropped after sending) may still be granted,
         // so dropping `in_flight` releases the token in the background.
-        let attempt = match replicas {
-            None => locker.backend().acquire(&key, &token, lease).await?,
-            Some(replicas) => {
+        let attempt = match (mode, replicas) {
+            (Mode::Read, _) => {
+                locker
+                    .backend()
+                    .acquire_shared(&key, &token, lease, 0)
+                    .await?
+            }
+            (Mode::Permit { permits }, _) => {
+                locker
+                    .backend()
+                    .acquire_shared(&key, &token, lease, permits)
+                    .await?
+            }
+            (Mode::Exclusive, None) => locker.backend().acquire(&key, &token, lease, claim).await?,
+            (Mode::Exclusive, Some(replicas)) => {
                 let (attempt, acknowledged) = locker
                     .backend()
-                    .acquire_acknowledged(&key, &token, lease, replicas)
+                    .acquire_acknowledged(&key, &token, lease, replicas, claim)
                     .await?;
                 if let (Attempt::Acquired { fencing_token }, true) =
                     (attempt, acknowledged < replicas.count)
@@ -357,21 +412,19 @@ async fn acquire_from_backend(
         metrics::acquire_round_trip(sent);
         match attempt {
             Attempt::Acquired { fencing_token } => {
-                let lease = Lease::new(
-                    key,
-                    token,
-                    fencing_token,
-                    gate.id(),
-                    lease,
-                    sent,
-                    Instant::now(),
-                );
+                let slot = gate
+                    .as_ref()
+                    .map_or_else(|| locker.local().fresh_id(), Gate::id);
+                let lease =
+                    Lease::new(key, token, fencing_token, slot, lease, sent, Instant::now())
+                        .with_mode(mode);
                 let hold = Arc::new(Hold::new(locker, lease));
                 // Force-released here while the request was in flight (the grant may predate
                 // the release), or the reply was read only after the lease had ended (the
                 // process stalled): another owner may hold the key by now. Dropping the hold
                 // releases it in the background.
-                if !gate.commit(&hold.lease) || hold.lease.is_lost() {
+                let committed = gate.is_none_or(|gate| gate.commit(&hold.lease));
+                if !committed || hold.lease.is_lost() {
                     hold.lease.mark_lost(Loss::GrantedLate);
                     return Err(Error::Lost {
                         key: hold.key().to_string(),
@@ -382,6 +435,16 @@ async fn acquire_from_backend(
                     hold,
                     reentrant: false,
                 }));
+            }
+            Attempt::Mismatch { permits: found } => {
+                return Err(Error::PermitsMismatch {
+                    key: key.to_string(),
+                    permits: match mode {
+                        Mode::Permit { permits } => permits,
+                        Mode::Read | Mode::Exclusive => 0,
+                    },
+                    found,
+                });
             }
             Attempt::ReleasedAlready => {
                 // Only an acquisition whose outcome was unknown is released before it is
@@ -394,10 +457,29 @@ async fn acquire_from_backend(
                 if try_only {
                     return Ok(None);
                 }
-                let timeout = || Error::Timeout {
-                    key: key.to_string(),
-                    waited: started.elapsed(),
-                    holder_ttl: ttl,
+                let timeout = || {
+                    // Shared and exclusive holds of one key exclude each other at the server,
+                    // not in the local slots: a bare guard of this task in the way is found
+                    // among the holds the watchdog renews.
+                    if locker
+                        .watchdog()
+                        .held_unscoped_by(&key, Runner::current(), |held| {
+                            matches!(
+                                (mode, held),
+                                (Mode::Exclusive, Mode::Read | Mode::Permit { .. })
+                                    | (Mode::Read, Mode::Exclusive)
+                            )
+                        })
+                    {
+                        return Error::WouldDeadlock {
+                            key: key.to_string(),
+                        };
+                    }
+                    Error::Timeout {
+                        key: key.to_string(),
+                        waited: started.elapsed(),
+                        holder_ttl: ttl,
+                    }
                 };
                 if Instant::now() >= deadline {
                     return Err(timeout());
@@ -438,8 +520,8 @@ struct InFlight<'a> {
 
 impl InFlight<'_> {
     /// The server answered: the outcome is known.
-    fn answered(mut self) -> Gate {
-        let gate = self.gate.take().expect("the gate is taken once");
+    fn answered(mut self) -> Option<Gate> {
+        let gate = self.gate.take();
         std::mem::forget(self);
         gate
     }
@@ -584,6 +666,7 @@ impl fmt::Debug for Acquire {
             .field("lease", &self.lease)
             .field("replicas", &self.replicas)
             .field("on_lost", &self.on_lost)
+            .field("kind", &self.mode.as_str())
             .finish()
     }
 }

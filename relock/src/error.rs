@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Each variant tells the caller what to do next: retry later ([`Error::Timeout`]), stop
 /// writing ([`Error::Lost`]), fix the key ([`Error::InvalidKey`]) or the lease
 /// ([`Error::InvalidLease`]), restructure the call
-/// ([`Error::WouldDeadlock`]), configure a locker ([`Error::NoLocker`]) or check the server
+/// ([`Error::WouldDeadlock`], [`Error::UpgradeRefused`]), agree on a semaphore's size
+/// ([`Error::PermitsMismatch`]), configure a locker ([`Error::NoLocker`]) or check the server
 /// ([`Error::Backend`], [`Error::EvictingServer`]).
 #[derive(Debug)]
 #[non_exhaustive]
@@ -37,7 +38,9 @@ pub enum Error {
         reason: InvalidKeyReason,
     },
     /// The task waits for a lock that it holds itself through a guard taken outside any scope,
-    /// so the wait could never end.
+    /// so the wait could never end: the same key, or (a read beside a write) the same key in the
+    /// other mode: the write lock while it holds a bare read guard, or a read while it holds
+    /// the write lock's bare guard.
     ///
     /// Take the outer lock with [`Acquire::run`](crate::Acquire::run) or `#[locked]` so that the
     /// nested call re-enters it.
@@ -75,6 +78,28 @@ pub enum Error {
         acknowledged: u32,
         /// How many were asked for.
         required: u32,
+    },
+    /// The exclusive lock was asked for inside a read hold of the same key in the same scope: an
+    /// upgrade. It is refused at once, because it could never be granted while this scope's own
+    /// read hold stands (and two scopes upgrading at once would wait for each other forever).
+    ///
+    /// Take the exclusive lock from the start when the code may write, or release the read hold
+    /// first (another writer may then come in between: read again under the exclusive lock).
+    UpgradeRefused {
+        /// The key read-held by the scope.
+        key: String,
+    },
+    /// The key is in use with another number of permits than asked for: two callers of
+    /// [`Locker::semaphore`](crate::Locker::semaphore) disagree on its size, or a semaphore's key
+    /// is used as a read-write lock (or the other way round). Nothing was taken; make every
+    /// caller use one number of permits for the key.
+    PermitsMismatch {
+        /// The key in use.
+        key: String,
+        /// The permits asked for (0: a reader of [`Locker::read`](crate::Locker::read)).
+        permits: u32,
+        /// The permits its current holders use (0: they are readers).
+        found: u32,
     },
     /// The Redis server may evict keys, held locks included: `maxmemory` is set and
     /// `maxmemory-policy` is not `noeviction` (the `volatile-*` policies evict relock's keys too:
@@ -204,6 +229,28 @@ impl fmt::Display for Error {
                 "lock `{key}` was granted but only {acknowledged} of the {required} replicas asked \
                  for acknowledged it in time; it was released again"
             ),
+            Self::UpgradeRefused { key } => write!(
+                f,
+                "cannot take the exclusive lock on `{key}` inside this scope's read hold of it (an \
+                 upgrade could never be granted); take the exclusive lock from the start, or \
+                 release the read hold first"
+            ),
+            Self::PermitsMismatch {
+                key,
+                permits,
+                found,
+            } => {
+                let side = |n: &u32| match n {
+                    0 => "as a read-write lock".to_owned(),
+                    n => format!("as a semaphore of {n} permits"),
+                };
+                write!(
+                    f,
+                    "`{key}` was asked for {} but its holders use it {}; every caller must agree",
+                    side(permits),
+                    side(found)
+                )
+            }
             Self::EvictingServer {
                 server,
                 maxmemory,

@@ -116,6 +116,9 @@ impl fmt::Debug for Hold {
 /// A guard obtained while the same scope already held the key is *re-entrant*: it shares the
 /// outer hold, and releasing it only gives up its share.
 ///
+/// The same guard stands for a read hold ([`Locker::read`](crate::Locker::read)): its fencing
+/// token is then the last writer's, shared by every reader of that time.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
 /// let locker = relock::Locker::in_memory();

@@ -46,6 +46,28 @@ pub(crate) fn after(now: Instant, duration: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// What kind of hold a lease is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// [`Locker::lock`](crate::Locker::lock): the only holder (the write lock).
+    Exclusive,
+    /// [`Locker::read`](crate::Locker::read): one of any number of readers.
+    Read,
+    /// One of a semaphore's `permits`.
+    Permit { permits: u32 },
+}
+
+impl Mode {
+    /// The kind, for spans: `lock`, `read` or `permit`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclusive => "lock",
+            Self::Read => "read",
+            Self::Permit { .. } => "permit",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: LockKey,
@@ -55,6 +77,7 @@ pub(crate) struct Lease {
     /// The hold's slot in the locker's [`LocalHolds`](crate::local::LocalHolds).
     pub(crate) slot: u64,
     pub(crate) duration: Duration,
+    pub(crate) mode: Mode,
     /// When the grant's reply was read: the hold's start, for its hold time.
     pub(crate) granted: Instant,
     /// What took it, to tell a self-deadlock from a legitimate wait.
@@ -162,6 +185,7 @@ impl Lease {
             fencing_token,
             slot,
             duration,
+            mode: Mode::Exclusive,
             granted: received,
             runner: Runner::current(),
             scoped: AtomicBool::new(false),
@@ -170,6 +194,12 @@ impl Lease {
             gone: AtomicBool::new(false),
             lost_changed: Notify::new(),
         }
+    }
+
+    /// The same lease, for a hold of `mode`.
+    pub(crate) fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     fn times(&self) -> std::sync::MutexGuard<'_, Times> {

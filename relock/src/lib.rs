@@ -79,6 +79,40 @@
 //! tasks on the Tokio runtime where the locker first takes a lock; use a locker within that
 //! runtime, as with any Redis connection.
 //!
+//! # Read-write locks and semaphores
+//!
+//! [`Locker::read`] takes a *shared* hold with the same builder ([`Acquire`]) and guard
+//! ([`LockGuard`]) as [`Locker::lock`], which is the write lock: readers share, the writer
+//! excludes them, and once a writer waits new readers queue behind it, so a stream of readers
+//! cannot starve it. In a scope, a read inside a read hold or inside the exclusive hold of the
+//! same key re-enters without a round trip; the exclusive lock inside a read hold of the same key
+//! is an upgrade, refused at once with [`Error::UpgradeRefused`]. A reader's fencing token is the
+//! last writer's.
+//!
+//! [`Locker::semaphore`] gives a [`Semaphore`] of `n` permits per key, fleet-wide; each
+//! [`Permit`] has its own token, lease, renewal, loss signal and fencing token, and a crashed
+//! holder's permit comes back when its lease ends. Callers that disagree on `n` for one key get
+//! [`Error::PermitsMismatch`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+//! let locker = relock::Locker::in_memory();
+//! let config = locker
+//!     .read("config:7")
+//!     .run(async {
+//!         // Nested reads re-enter; `locker.lock("config:7")` here would be an upgrade.
+//!         let again = locker.read("config:7").await?;
+//!         assert!(again.is_reentrant());
+//!         Ok::<_, relock::Error>("the config")
+//!     })
+//!     .await??;
+//! # let _ = config;
+//! let exports = locker.semaphore("tenant:9:exports", 4);
+//! let permit = exports.acquire().await?;
+//! permit.release().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Observability
 //!
 //! relock emits [`tracing`](https://docs.rs/tracing) spans and events, free when nothing
@@ -125,6 +159,9 @@
 //! | server may evict keys (`maxmemory` with a `maxmemory-policy` other than `noeviction`) | [`Error::EvictingServer`] from `connect` and the first lock, naming the setting, unless [`LockerBuilder::allow_eviction`]; checked on every master of a cluster and each master found behind Sentinel |
 //! | with `allow_eviction`, a held lock evicted | [`LockGuard::lost`] fires at the next renewal (within lease/3); `run` aborts |
 //! | waiting for a lock this task holds through a bare guard | [`Error::WouldDeadlock`] at the deadline |
+//! | the exclusive lock inside the scope's read hold of the key (an upgrade) | [`Error::UpgradeRefused`] at once |
+//! | two callers disagree on a semaphore's permits (or read a semaphore's key) | [`Error::PermitsMismatch`]; nothing taken |
+//! | a reader or permit holder killed | its share is free again within one lease, reclaimed by the next request |
 //!
 //! # Redis layout
 //!
@@ -138,6 +175,11 @@
 //! the retention ([`LockerBuilder::fence_retention`], 10 minutes by default, never shorter than a
 //! live hold's lease): after it nothing of the lock is left. A value of any other form is never
 //! overwritten. `relock/src/scripts/README.md` is the protocol, byte for byte.
+//!
+//! Readers and permits live in the same key, in a third form (`*`, then the last fencing token,
+//! the number of permits, a waiting writer's claim, and each holder's token, deadline and fencing
+//! token); the exclusive scripts recognise it only after a free key and a tombstone, so an
+//! exclusive acquisition and release cost what they did before shared holds existed.
 //!
 //! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
 //! server only a marked hold's release is announced: a waiter subscribes after its first refusal
@@ -199,6 +241,7 @@ mod pattern;
 mod protocol;
 mod scope;
 mod scripts;
+mod semaphore;
 mod subscriber;
 mod tls;
 mod token;
@@ -209,10 +252,11 @@ pub use acl::{acl_rules, ACL_CLUSTER_RULES, ACL_LIST_RULES, ACL_REPLICAS_RULES};
 pub use acquire::{Acquire, LockFuture, OnLost};
 pub use error::{BackendError, Error, InvalidKeyReason};
 pub use guard::LockGuard;
-pub use info::LockInfo;
+pub use info::{LockInfo, LockMode};
 pub use key::{IntoLockKey, LockKey};
 pub use locker::{global, set_global, Locker, LockerBuilder};
 pub use scope::{current_guard, inherit, inherit_checked};
+pub use semaphore::{AcquirePermit, Permit, PermitFuture, Semaphore};
 
 /// The connection pool crate, for [`LockerBuilder::pool`].
 pub use bb8;

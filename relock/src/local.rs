@@ -104,6 +104,12 @@ impl LocalHolds {
         })
     }
 
+    /// An id no slot has: shared holds (readers, permits) take no slot, since several of them
+    /// may hold a key at once, but the watchdog knows every hold by an id.
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Frees the slot `id` took; a slot that was taken over since is left alone.
     pub(crate) fn remove(&self, key: &LockKey, id: u64) {
         let mut slots = self.slots();

@@ -16,9 +16,11 @@ use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::info::LockInfo;
 use crate::key::{IntoLockKey, LockKey};
+use crate::lease::Mode;
 use crate::local::LocalHolds;
 use crate::pattern::KeyPattern;
 use crate::scope::Frame;
+use crate::semaphore::Semaphore;
 use crate::subscriber::{Notifications, Subscriber};
 use crate::tls::TlsSettings;
 use crate::token::HoldToken;
@@ -225,6 +227,65 @@ impl Locker {
         Acquire::new(self.clone(), key).try_acquire().await
     }
 
+    /// Asks for a shared hold of `key`, as a reader: await it for a [`LockGuard`], or
+    /// [`run`](Acquire::run) a future under it — the same builder and guard as [`lock`](Self::lock).
+    ///
+    /// Readers share the key; [`lock`](Self::lock) is the write lock and excludes them. Once a
+    /// writer waits, new readers queue behind it, so a stream of readers cannot starve it (a
+    /// writer that makes a single attempt, [`try_lock`](Self::try_lock), holds nobody up; one
+    /// that gives up waiting holds new readers up for at most the current readers' longest lease
+    /// left plus a second). In a
+    /// scope, a read inside a read hold or inside the exclusive hold of the same key re-enters
+    /// (no round trip); the exclusive lock inside a read hold of the same key is an upgrade,
+    /// refused at once with [`Error::UpgradeRefused`].
+    ///
+    /// A reader's [`fencing_token`](LockGuard::fencing_token) is the key's last one — the last
+    /// writer's, or (when none is known) the server's clock at the first read, which the next
+    /// writer's token exceeds: it is at least the token of every writer before the read and less
+    /// than that of every writer after it, so a reader can tag what it read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::in_memory();
+    /// let a = locker.read("config:7").await?;
+    /// let b = locker.read("config:7").await?;
+    /// assert_eq!(a.fencing_token(), b.fencing_token());
+    /// assert!(locker.try_lock("config:7").await?.is_none(), "readers exclude the writer");
+    /// let read_token = a.fencing_token();
+    /// a.release().await?;
+    /// b.release().await?;
+    /// let writer = locker.lock("config:7").await?;
+    /// assert!(writer.fencing_token() > read_token);
+    /// # Ok(()) }
+    /// ```
+    pub fn read(&self, key: impl IntoLockKey) -> Acquire {
+        Acquire::with_mode(self.clone(), key, Mode::Read)
+    }
+
+    /// Takes a read hold if no writer has or waits for the key (or re-enters the scope's hold);
+    /// never waits. Returns `Ok(None)` when a writer is in the way.
+    pub async fn try_read(&self, key: impl IntoLockKey) -> Result<Option<LockGuard>, Error> {
+        Acquire::with_mode(self.clone(), key, Mode::Read)
+            .try_acquire()
+            .await
+    }
+
+    /// A semaphore of `permits` permits on `key`, shared by every process using the same server
+    /// and prefix: a cheap handle, nothing is sent until a permit is asked for.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {
+    /// let locker = relock::Locker::in_memory();
+    /// let exports = locker.semaphore("tenant:9:exports", 4);
+    /// let permit = exports.acquire().await?;
+    /// // ... at most 4 exports of tenant 9 run at once, fleet-wide ...
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, key: impl IntoLockKey, permits: u32) -> Semaphore {
+        Semaphore::new(self.clone(), key, permits)
+    }
+
     /// Reads who holds `key`, for how much longer and under which fencing token; `None` when free.
     pub async fn inspect(&self, key: impl IntoLockKey) -> Result<Option<LockInfo>, Error> {
         let key = key.into_lock_key()?;
@@ -273,6 +334,7 @@ impl Locker {
         let key = key.into_lock_key()?;
         let (released, last_token) = self.shared.backend.force_release(&key).await?;
         self.shared.local.force_released(&key, last_token);
+        self.shared.watchdog.force_released(&key, last_token);
         Ok(released)
     }
 
@@ -1050,7 +1112,7 @@ impl LockerBuilder {
     pub fn build_in_memory(self) -> Locker {
         let backend = MemoryBackend::new(self.retention());
         Locker::new(
-            Backend::Memory(backend),
+            Backend::Memory(Box::new(backend)),
             self.config(),
             None,
             DEFAULT_CONNECT_TIMEOUT,

@@ -12,6 +12,17 @@
 //!   token survives, and the released hold is named, so that a retried release recognises its
 //!   own effect and an acquisition of that hold arriving after its release is refused.
 //!
+//! * **shared holders** (readers of a read-write lock, or a semaphore's permits):
+//!   `*<fencing token> <permits> <writer until ms> <waited>` followed by
+//!   ` <hold token> <deadline ms> <fencing token>` per holder — `*` is neither a hex digit nor
+//!   `-`, so the exclusive scripts tell it apart (only on their slow paths: a free key and a
+//!   tombstone are recognised before it is looked for). `permits` is 0 for readers; a writer
+//!   refused by live holders records how long it claims the key (`writer until`), and new
+//!   readers queue behind it; `waited` is 1 once anyone was refused (releases then publish).
+//!   Holders past their deadline are dropped by the next script that writes the value. An
+//!   exclusive acquisition takes the key once no holder is live, keeping the fencing token.
+//!   A reader's fencing token is the key's last one (the last writer's); a permit's is fresh.
+//!
 //! The key's expiry is the **retention**: set by every grant and renewal to at least the lease,
 //! kept by a release. After it nothing of the lock is left. A value of any other form is never
 //! overwritten (it is treated as held until its key expires). The scripts in `src/scripts/`
@@ -30,7 +41,7 @@ use redis::{ScriptInvocation, Value};
 use crate::backend::Released;
 use crate::backend::{Attempt, Replicas, HOLDER};
 use crate::error::Error;
-use crate::info::LockInfo;
+use crate::info::{LockInfo, LockMode};
 use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::pattern::KeyPattern;
@@ -77,6 +88,13 @@ pub(crate) enum Stored<'a> {
         /// The released hold's token (32 zeros after a force-release).
         released: &'a str,
     },
+    /// Shared holders: readers (`permits` 0) or a semaphore's permits.
+    Shared {
+        fencing_token: u64,
+        permits: u32,
+        /// ` <hold token> <deadline ms> <fencing token>` per holder.
+        holders: &'a str,
+    },
     /// Not relock's: never overwritten.
     Unknown,
 }
@@ -95,6 +113,9 @@ impl<'a> Stored<'a> {
                 },
                 _ => Self::Unknown,
             };
+        }
+        if let Some(rest) = value.strip_prefix('*') {
+            return Self::parse_shared(rest).unwrap_or(Self::Unknown);
         }
         let Some((token, rest)) = value.split_at_checked(32) else {
             return Self::Unknown;
@@ -121,6 +142,31 @@ impl<'a> Stored<'a> {
     }
 }
 
+impl<'a> Stored<'a> {
+    fn parse_shared(rest: &'a str) -> Option<Self> {
+        let mut parts = rest.splitn(4, ' ');
+        let (fence, permits, writer, tail) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if !is_digits(fence) || !is_digits(permits) || !is_digits(writer) {
+            return None;
+        }
+        let (waited, holders) = tail.split_at_checked(1)?;
+        if !matches!(waited, "0" | "1") {
+            return None;
+        }
+        Some(Self::Shared {
+            fencing_token: fence.parse().ok()?,
+            permits: permits.parse().ok()?,
+            holders,
+        })
+    }
+}
+
+/// The hold tokens in a shared value's list of holders.
+pub(crate) fn shared_holders(holders: &str) -> impl Iterator<Item = &str> {
+    holders.split(' ').skip(1).step_by(3)
+}
+
 fn is_token(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -131,12 +177,15 @@ fn is_digits(text: &str) -> bool {
 
 /// The acquire script's call for a new hold of `key` (the same on one server and on a cluster).
 /// The key is kept for the retention, at least as long as the lease.
+/// `claim`: a refusal by shared holders records this caller as a waiting writer (see
+/// [`Kind::Acquire`]).
 pub(crate) fn acquire_invocation(
     prefix: &str,
     key: &LockKey,
     token: &HoldToken,
     lease: Duration,
     retention: Duration,
+    claim: bool,
 ) -> ScriptInvocation<'static> {
     let mut invocation = scripts::ACQUIRE.key(lock_key(prefix, key));
     invocation
@@ -144,6 +193,28 @@ pub(crate) fn acquire_invocation(
         .arg(millis(lease))
         .arg(millis(retention.max(lease)))
         .arg(holder_metadata());
+    if !claim {
+        invocation.arg("try");
+    }
+    invocation
+}
+
+/// The shared-acquire script's call for a new shared hold of `key`: a reader (`permits` 0) or
+/// one of `permits` permits.
+pub(crate) fn acquire_shared_invocation(
+    prefix: &str,
+    key: &LockKey,
+    token: &HoldToken,
+    lease: Duration,
+    retention: Duration,
+    permits: u32,
+) -> ScriptInvocation<'static> {
+    let mut invocation = scripts::ACQUIRE_SHARED.key(lock_key(prefix, key));
+    invocation
+        .arg(token.as_str())
+        .arg(millis(lease))
+        .arg(millis(retention.max(lease)))
+        .arg(permits);
     invocation
 }
 
@@ -276,8 +347,14 @@ pub(crate) fn parse_acknowledged(replies: Vec<Value>) -> Result<(Attempt, u32), 
 /// What a group-commit request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A new hold: the lease and the key's retention, in milliseconds.
-    Acquire { lease_ms: u64, retention_ms: u64 },
+    /// A new hold: the lease and the key's retention, in milliseconds. `claim`: the caller will
+    /// wait, so a refusal by readers or permits records it as a waiting writer that new ones
+    /// queue behind; a single attempt (`try_lock`, a zero wait) claims nothing.
+    Acquire {
+        lease_ms: u64,
+        retention_ms: u64,
+        claim: bool,
+    },
     /// The release of a hold with this fencing token (0 when unknown).
     Release { fencing_token: u64 },
 }
@@ -310,6 +387,7 @@ pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::S
         Kind::Acquire {
             lease_ms,
             retention_ms,
+            claim,
         } => {
             command
                 .arg("EVALSHA")
@@ -320,6 +398,9 @@ pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::S
                 .arg(lease_ms)
                 .arg(retention_ms)
                 .arg(holder_metadata());
+            if !claim {
+                command.arg("try");
+            }
             (&scripts::ACQUIRE, command)
         }
         Kind::Release { fencing_token } => {
@@ -384,6 +465,7 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
         Some(Kind::Acquire {
             lease_ms,
             retention_ms,
+            ..
         }) => (lease_ms, retention_ms),
         _ => (0, retention_ms),
     };
@@ -421,9 +503,13 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
             Kind::Acquire {
                 lease_ms,
                 retention_ms,
-            } if Some(request.kind) != shared => {
+                claim,
+            } if Some(request.kind) != shared || !claim => {
                 text.clear();
                 let _ = write!(text, "{token} {lease_ms} {retention_ms}");
+                if !claim {
+                    text.push_str(" try");
+                }
                 command.arg(&text);
             }
             Kind::Acquire { .. } => {
@@ -478,6 +564,9 @@ pub(crate) fn attempt_from(status: i64, value: &Value) -> Option<Attempt> {
             ttl: u64::try_from(*ttl).ok().map(Duration::from_millis),
         }),
         (2, _) => Some(Attempt::ReleasedAlready),
+        (3, Value::Int(permits)) => u32::try_from(*permits)
+            .ok()
+            .map(|permits| Attempt::Mismatch { permits }),
         _ => None,
     }
 }
@@ -546,6 +635,29 @@ pub(crate) fn parse_inspect(
         _ => return Err(unexpected("inspect", &value)),
     };
     let text = text.ok_or_else(|| unexpected("inspect", &value))?;
+    if let Stored::Shared {
+        fencing_token,
+        permits,
+        holders,
+    } = Stored::parse(&text)
+    {
+        let mut tokens = shared_holders(holders);
+        return Ok(Some(LockInfo {
+            key: key.as_str().to_owned(),
+            owner: tokens.next().unwrap_or_default().to_owned(),
+            holds: 1 + tokens.count() as u64,
+            ttl: Duration::from_millis(ttl),
+            fencing_token,
+            host: None,
+            pid: None,
+            acquired_at: None,
+            mode: if permits == 0 {
+                LockMode::Read
+            } else {
+                LockMode::Permits(permits)
+            },
+        }));
+    }
     let Stored::Hold {
         token,
         fencing_token,
@@ -564,6 +676,7 @@ pub(crate) fn parse_inspect(
         host: None,
         pid: None,
         acquired_at: None,
+        mode: LockMode::Exclusive,
     };
     parse_holder(holder, &mut info);
     Ok(Some(info))
@@ -713,10 +826,60 @@ mod tests {
             Value::Int(1),
             Value::Array(vec![Value::Int(1), Value::Int(0)]),
             Value::Array(vec![Value::Int(1), Value::Int(5), Value::Int(1)]),
-            Value::Array(vec![Value::Int(3), Value::Int(1)]),
+            Value::Array(vec![Value::Int(4), Value::Int(1)]),
+            Value::Array(vec![Value::Int(3), Value::Int(-1)]),
         ] {
             assert!(parse_acquire(reply).unwrap_err().is_backend());
         }
+    }
+
+    #[test]
+    fn acquire_reply_mismatch_names_the_permits_in_use() {
+        let reply = Value::Array(vec![Value::Int(3), Value::Int(4)]);
+        assert_eq!(
+            parse_acquire(reply).unwrap(),
+            Attempt::Mismatch { permits: 4 }
+        );
+    }
+
+    #[test]
+    fn shared_values_parse_with_their_holders() {
+        let other = "fedcba9876543210fedcba9876543210";
+        let value = format!(
+            "*1764000000000042 4 0 1 {TOKEN} 1764000030000 1764000000000041 {other} 1764000031000 1764000000000042"
+        );
+        let Stored::Shared {
+            fencing_token,
+            permits,
+            holders,
+        } = Stored::parse(&value)
+        else {
+            panic!("not shared: {value}");
+        };
+        assert_eq!(fencing_token, 1_764_000_000_000_042);
+        assert_eq!(permits, 4);
+        assert_eq!(shared_holders(holders).collect::<Vec<_>>(), [TOKEN, other]);
+        assert!(matches!(
+            Stored::parse("*1 0 0 0"),
+            Stored::Shared { permits: 0, .. }
+        ));
+        for text in ["*", "*1 0 0", "*1 0 0 2", "*x 0 0 0", "*1 -1 0 0"] {
+            assert_eq!(Stored::parse(text), Stored::Unknown, "{text}");
+        }
+    }
+
+    #[test]
+    fn inspect_reply_for_readers() {
+        let value = format!("*1764000000000042 0 0 0 {TOKEN} 1764000030000 1764000000000042");
+        let reply = Value::Array(vec![Value::Int(900), bulk(&value)]);
+        let info = parse_inspect("relock", &test_key(), reply)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.mode, LockMode::Read);
+        assert_eq!(info.holds, 1);
+        assert_eq!(info.owner, TOKEN);
+        assert_eq!(info.fencing_token, 1_764_000_000_000_042);
+        assert_eq!(info.ttl, Duration::from_millis(900));
     }
 
     #[test]

@@ -70,6 +70,44 @@ impl Watchdog {
         self.holds().by_slot.contains_key(&lease.slot)
     }
 
+    /// Whether `runner` holds `key` through a bare guard (not carried by a scope) whose mode
+    /// `conflicts`: then a wait of that runner for the key could never end.
+    pub(crate) fn held_unscoped_by(
+        &self,
+        key: &crate::key::LockKey,
+        runner: crate::lease::Runner,
+        conflicts: impl Fn(crate::lease::Mode) -> bool,
+    ) -> bool {
+        self.holds().by_slot.values().any(|lease| {
+            lease.key == *key
+                && lease.runner == runner
+                && !lease.is_scoped()
+                && !lease.is_lost()
+                && conflicts(lease.mode)
+        })
+    }
+
+    /// `key` was force-released through this locker after fencing token `last` was handed out:
+    /// its shared holds here (readers, permits: they take no local slot) with a token no larger
+    /// are gone. A reader granted after the release carries `last` too, and is taken for gone
+    /// with them: a loss reported too early, never one missed.
+    pub(crate) fn force_released(&self, key: &crate::key::LockKey, last: u64) {
+        let gone: Vec<Arc<Lease>> = self
+            .holds()
+            .by_slot
+            .values()
+            .filter(|lease| {
+                lease.key == *key
+                    && lease.mode != crate::lease::Mode::Exclusive
+                    && lease.fencing_token <= last
+            })
+            .cloned()
+            .collect();
+        for lease in gone {
+            lease.mark_gone(Loss::ForceReleased);
+        }
+    }
+
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.changed.notify_one();

@@ -655,3 +655,204 @@ fn a_released_lock_leaves_one_key_that_expires_with_the_retention() {
         assert!(keys.is_empty(), "left after the retention: {keys:?}");
     });
 }
+
+/// Runs the script `source` once with `keys` and `args`, as a client of the protocol would.
+async fn eval(
+    connection: &mut redis::aio::MultiplexedConnection,
+    source: &str,
+    keys: &[&str],
+    args: &[String],
+) -> redis::Value {
+    let mut command = redis::cmd("EVAL");
+    command.arg(source).arg(keys.len());
+    for key in keys {
+        command.arg(*key);
+    }
+    for arg in args {
+        command.arg(arg);
+    }
+    command.query_async(connection).await.expect("EVAL")
+}
+
+const ACQUIRE_SHARED: &str = include_str!("../../relock/src/scripts/acquire_shared.lua");
+
+/// An exclusive acquisition's `{status, value}` through `acquire.lua`, or through `batch.lua` as
+/// a call of one request.
+async fn acquire_exclusive(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+    batch: bool,
+) -> (i64, i64) {
+    acquire_exclusive_as(connection, key, token, batch, false).await
+}
+
+/// [`acquire_exclusive`], as a single attempt (`try`) when `once`.
+async fn acquire_exclusive_as(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+    batch: bool,
+    once: bool,
+) -> (i64, i64) {
+    let lock = lock_name(key);
+    let reply = if batch {
+        let request = if once {
+            format!("{token} 30000 600000 try")
+        } else {
+            token.to_owned()
+        };
+        let args = ["1 1 host", "30000", "600000", "0", &request].map(str::to_owned);
+        eval(connection, BATCH, &[&lock], &args).await
+    } else {
+        let mut args = [token, "30000", "600000", "1 1 host"]
+            .map(str::to_owned)
+            .to_vec();
+        if once {
+            args.push("try".to_owned());
+        }
+        eval(connection, ACQUIRE, &[&lock], &args).await
+    };
+    redis::from_redis_value(reply).expect("two integers")
+}
+
+/// History: readers R1 (live) and R2 (its lease ended, its process gone) share k under fencing
+/// token F. Writer W asks, through either exclusive script: W is refused with R1's lease left,
+/// and (unless it asked for one attempt only) its refusal makes a new reader queue behind it. R1 leaves; W asks again: W takes k with a
+/// token above F — the expired R2 does not stand in its way — and its hold is marked, so that the
+/// readers queued behind it are woken by its release. A value in the shared form is never
+/// mistaken for a foreign one.
+#[test]
+fn the_exclusive_scripts_wait_for_live_readers_and_take_the_key_from_expired_ones() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        for batch in [false, true] {
+            let key = unique_key(if batch {
+                "shared-batch"
+            } else {
+                "shared-acquire"
+            });
+            let (r1, r2, w) = (
+                "11111111111111111111111111111111",
+                "22222222222222222222222222222222",
+                "ffffffffffffffffffffffffffffffff",
+            );
+            let now_ms = server_micros(&mut admin).await / 1000;
+            let fence = now_ms * 1000 + 777;
+            let _: () = admin
+                .pset_ex(
+                    lock_name(&key),
+                    format!(
+                        "*{fence} 0 0 0 {r1} {} {fence} {r2} {} {fence}",
+                        now_ms + 5000,
+                        now_ms - 1
+                    ),
+                    600_000,
+                )
+                .await
+                .unwrap();
+
+            // A single attempt (`try_lock`) is refused and claims nothing.
+            let before = value(&mut admin, &key).await;
+            let (status, _) = acquire_exclusive_as(&mut admin, &key, w, batch, true).await;
+            assert_eq!(status, 0, "refused while R1 reads (batch: {batch})");
+            assert_eq!(
+                value(&mut admin, &key).await,
+                before,
+                "a try claims nothing"
+            );
+
+            let (status, ttl) = acquire_exclusive(&mut admin, &key, w, batch).await;
+            assert_eq!(status, 0, "refused while R1 reads (batch: {batch})");
+            assert!(ttl > 0 && ttl <= 5000, "R1's lease left, not {ttl}");
+            let claimed = value(&mut admin, &key).await.unwrap();
+            let claim: u64 = claimed.split(' ').nth(2).unwrap().parse().unwrap();
+            assert!(
+                claim >= now_ms + 5000,
+                "W claims k past R1's lease: {claimed}"
+            );
+            assert!(claimed.split(' ').nth(3) == Some("1"), "{claimed}");
+
+            let reader = "33333333333333333333333333333333";
+            let args = [reader, "30000", "600000", "0"].map(str::to_owned);
+            let reply = eval(&mut admin, ACQUIRE_SHARED, &[&lock_name(&key)], &args).await;
+            let (status, _): (i64, i64) = redis::from_redis_value(reply).unwrap();
+            assert_eq!(status, 0, "a new reader queues behind the waiting writer");
+
+            // R1 releases: its entry leaves, the claim and the fencing token stay.
+            let args = [r1.to_owned(), fence.to_string(), "600000".to_owned()];
+            let channel = format!("{}:released", lock_name(&key));
+            let released: i64 = redis::from_redis_value(
+                eval(&mut admin, RELEASE, &[&lock_name(&key), &channel], &args).await,
+            )
+            .unwrap();
+            assert_eq!(released, 1);
+            let left = value(&mut admin, &key).await.unwrap();
+            // (R2 was dropped by the refused reader's script, the next write that met it.)
+            assert!(!left.contains(r1) && !left.contains(r2), "{left}");
+            assert!(left.starts_with(&format!("*{fence} 0 {claim} 1")), "{left}");
+
+            // Only R2, whose lease has ended, is listed: W asks again and takes k.
+            let _: () = redis::cmd("SET")
+                .arg(lock_name(&key))
+                .arg(format!("{left} {r2} {} {fence}", now_ms - 1))
+                .arg("KEEPTTL")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let (status, token) = acquire_exclusive(&mut admin, &key, w, batch).await;
+            assert_eq!(status, 1, "only an expired reader is left: W takes k");
+            assert!(token as u64 > fence, "{token} is not above {fence}");
+            let held = value(&mut admin, &key).await.unwrap();
+            assert!(held.starts_with(&format!("{w}+{token} ")), "{held}");
+        }
+    });
+}
+
+/// History: readers A and C read k; B, between them in the list, crashed and its lease ended. A
+/// new reader D asks: D is granted the last writer's token, B's entry is dropped by this very
+/// request (no sweeper), and A and C stay as they were, in order. A retried request of D's gets
+/// the same grant and adds nothing.
+#[test]
+fn a_shared_grant_drops_expired_holders_and_keeps_the_live_ones() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let key = unique_key("shared-prune");
+        let (a, b, c, d) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "cccccccccccccccccccccccccccccccc",
+            "dddddddddddddddddddddddddddddddd",
+        );
+        let now_ms = server_micros(&mut admin).await / 1000;
+        let fence = now_ms * 1000;
+        let (live, dead) = (now_ms + 60_000, now_ms - 1);
+        let entry_a = format!(" {a} {live} {fence}");
+        let entry_c = format!(" {c} {live} {fence}");
+        let _: () = admin
+            .pset_ex(
+                lock_name(&key),
+                format!("*{fence} 0 0 0{entry_a} {b} {dead} {fence}{entry_c}"),
+                600_000,
+            )
+            .await
+            .unwrap();
+        let args = [d, "30000", "600000", "0"].map(str::to_owned);
+        for _ in 0..2 {
+            let reply = eval(&mut admin, ACQUIRE_SHARED, &[&lock_name(&key)], &args).await;
+            let (status, token): (i64, i64) = redis::from_redis_value(reply).unwrap();
+            assert_eq!(
+                (status, token as u64),
+                (1, fence),
+                "a reader carries the last token"
+            );
+        }
+        let value = value(&mut admin, &key).await.unwrap();
+        let expected = format!("*{fence} 0 0 0{entry_a}{entry_c} {d} ");
+        assert!(value.starts_with(&expected), "{value}");
+        assert_eq!(value.matches(d).count(), 1, "{value}");
+        assert!(!value.contains(b), "{value}");
+    });
+}

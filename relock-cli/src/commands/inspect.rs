@@ -32,6 +32,7 @@ fn describe(info: &LockInfo) -> String {
     let unknown = || "unknown".to_owned();
     let fields = [
         ("key", info.key.clone()),
+        ("mode", crate::mode::describe(info.mode, info.holds)),
         ("host", info.host.clone().unwrap_or_else(unknown)),
         ("pid", info.pid.map_or_else(unknown, |pid| pid.to_string())),
         ("since", info.acquired_at.map_or_else(unknown, rfc3339)),

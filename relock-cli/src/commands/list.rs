@@ -38,11 +38,12 @@ pub(super) async fn run(session: &Session, pattern: &str) -> Result<ExitCode, Fa
 }
 
 fn table(locks: &[LockInfo]) -> String {
-    let rows: Vec<[String; 6]> = locks
+    let rows: Vec<[String; 7]> = locks
         .iter()
         .map(|info| {
             [
                 info.key.clone(),
+                crate::mode::describe(info.mode, info.holds),
                 info.fencing_token.to_string(),
                 human(info.ttl),
                 info.host.clone().unwrap_or_else(|| "-".to_owned()),
@@ -53,7 +54,15 @@ fn table(locks: &[LockInfo]) -> String {
         })
         .collect();
     crate::table::render(
-        ["KEY", "FENCING TOKEN", "TTL", "HOST", "PID", "SINCE"],
+        [
+            "KEY",
+            "MODE",
+            "FENCING TOKEN",
+            "TTL",
+            "HOST",
+            "PID",
+            "SINCE",
+        ],
         &rows,
     )
 }

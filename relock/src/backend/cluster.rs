@@ -171,8 +171,28 @@ impl ClusterBackend {
         key: &LockKey,
         token: &crate::token::HoldToken,
         lease: Duration,
+        claim: bool,
     ) -> Result<Attempt, Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention);
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
+        parse_acquire(self.invoke(&invocation).await?)
+    }
+
+    /// A shared hold: `acquire_shared.lua` on the key's slot.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        let invocation = protocol::acquire_shared_invocation(
+            &self.prefix,
+            key,
+            token,
+            lease,
+            self.retention,
+            permits,
+        );
         parse_acquire(self.invoke(&invocation).await?)
     }
 
@@ -437,8 +457,9 @@ impl ClusterBackend {
         token: &crate::token::HoldToken,
         lease: Duration,
         replicas: Replicas,
+        claim: bool,
     ) -> Result<(Attempt, u32), Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention);
+        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
         let limit = self.response_timeout.saturating_add(replicas.timeout);
         let slot = slot(key.as_str().as_bytes());
         let mut target: Option<(String, bool)> = None;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use super::{Attempt, Released, HOLDER};
-use crate::info::LockInfo;
+use crate::info::{LockInfo, LockMode};
 use crate::key::LockKey;
 use crate::pattern::KeyPattern;
 use crate::token::HoldToken;
@@ -26,8 +26,24 @@ struct State {
     /// Wakes the waiters of a key when it is released, force-released, or found expired.
     released: HashMap<LockKey, Arc<Notify>>,
     fences: HashMap<LockKey, Fence>,
+    /// Readers and permits: the Redis layout's "*" form.
+    shared: HashMap<LockKey, Shared>,
     writes_since_sweep: usize,
 }
+
+/// The shared holders of a key (readers, or a semaphore's permits).
+#[derive(Debug)]
+struct Shared {
+    /// 0 for readers.
+    permits: u32,
+    /// Until when a writer refused by live holders claims the key: new readers queue behind it.
+    writer_until: Option<Instant>,
+    holders: Vec<Entry>,
+}
+
+/// A refused writer claims the key for the holders' longest lease and this much more, so that
+/// it has the time to come back once they are gone.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
@@ -82,7 +98,20 @@ impl MemoryBackend {
         self.fence_retention.max(lease)
     }
 
+    #[cfg(test)]
     pub(crate) fn acquire(&self, key: &LockKey, token: &HoldToken, lease: Duration) -> Attempt {
+        self.acquire_claiming(key, token, lease, true)
+    }
+
+    /// An exclusive hold; `claim`: a refusal by shared holders makes new ones queue behind this
+    /// writer (a single attempt claims nothing).
+    pub(crate) fn acquire_claiming(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        claim: bool,
+    ) -> Attempt {
         let now = Instant::now();
         let mut state = self.state();
         state.sweep(now);
@@ -96,6 +125,21 @@ impl MemoryBackend {
             return Attempt::Held {
                 ttl: Some(entry.expires - now),
             };
+        }
+        if let Some(shared) = state.shared.get_mut(key) {
+            shared.holders.retain(|holder| holder.expires > now);
+            if let Some(longest) = shared.holders.iter().map(|holder| holder.expires).max() {
+                // Live readers or permits: refused, and new readers queue behind this writer.
+                if claim {
+                    let until = longest + WRITER_GRACE;
+                    shared.writer_until =
+                        Some(shared.writer_until.map_or(until, |at| at.max(until)));
+                }
+                return Attempt::Held {
+                    ttl: Some(longest - now),
+                };
+            }
+            state.shared.remove(key);
         }
         let expires = now + self.retention(lease);
         let clock = clock_micros();
@@ -127,10 +171,102 @@ impl MemoryBackend {
         Attempt::Acquired { fencing_token }
     }
 
+    /// A shared hold: a reader (`permits` 0) or one of `permits` permits (see
+    /// `acquire_shared.lua`).
+    pub(crate) fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Attempt {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.sweep(now);
+        if let Some(entry) = state.live(key, now) {
+            return Attempt::Held {
+                ttl: Some(entry.expires - now),
+            };
+        }
+        let retention = self.retention(lease);
+        let State { fences, shared, .. } = &mut *state;
+        let fence = fences.entry(key.clone()).or_insert(Fence {
+            last: 0,
+            expires: now + retention,
+            released: None,
+        });
+        if fence.expires <= now {
+            fence.last = 0;
+            fence.released = None;
+        }
+        if fence.released.as_ref() == Some(token) {
+            return Attempt::ReleasedAlready;
+        }
+        let holders = shared.entry(key.clone()).or_insert(Shared {
+            permits,
+            writer_until: None,
+            holders: Vec::new(),
+        });
+        holders.holders.retain(|holder| holder.expires > now);
+        if let Some(holder) = holders.holders.iter().find(|holder| holder.token == *token) {
+            return Attempt::Acquired {
+                fencing_token: holder.fencing_token,
+            };
+        }
+        if holders.holders.is_empty() {
+            holders.permits = permits;
+        } else if holders.permits != permits {
+            return Attempt::Mismatch {
+                permits: holders.permits,
+            };
+        }
+        if let Some(until) = holders.writer_until.filter(|until| *until > now) {
+            return Attempt::Held {
+                ttl: Some(until - now),
+            };
+        }
+        if permits > 0 && holders.holders.len() >= permits as usize {
+            let soonest = holders.holders.iter().map(|holder| holder.expires).min();
+            return Attempt::Held {
+                ttl: soonest.map(|soonest| soonest - now),
+            };
+        }
+        let clock = clock_micros();
+        if permits > 0 {
+            fence.last = clock.max(fence.last + 1);
+        } else if fence.last == 0 {
+            // A reader carries the last writer's token, or the clock's when none is known.
+            fence.last = clock;
+        }
+        fence.released = None;
+        fence.expires = fence.expires.max(now + retention);
+        let fencing_token = fence.last;
+        holders.holders.push(Entry {
+            token: token.clone(),
+            fencing_token,
+            expires: now + lease,
+            since: SystemTime::now(),
+        });
+        Attempt::Acquired { fencing_token }
+    }
+
     pub(crate) fn release(&self, key: &LockKey, token: &HoldToken) -> Released {
         let now = Instant::now();
         let retention = self.fence_retention;
         let mut state = self.state();
+        if let Some(shared) = state.shared.get_mut(key) {
+            if let Some(at) = shared
+                .holders
+                .iter()
+                .position(|holder| holder.token == *token)
+            {
+                shared.holders.swap_remove(at);
+                if let Some(released) = state.released.get(key) {
+                    released.notify_waiters();
+                }
+                return Released::Free;
+            }
+        }
         let released = match state.live(key, now) {
             Some(entry) if entry.token == *token => {
                 state.remove(key);
@@ -165,6 +301,19 @@ impl MemoryBackend {
         let now = Instant::now();
         let retention = self.retention(lease);
         let mut state = self.state();
+        let shared = state.shared.get_mut(key).and_then(|shared| {
+            shared
+                .holders
+                .iter_mut()
+                .find(|holder| holder.token == *token && holder.expires > now)
+        });
+        if let Some(holder) = shared {
+            holder.expires = now + lease;
+            if let Some(fence) = state.fences.get_mut(key) {
+                fence.expires = fence.expires.max(now + retention);
+            }
+            return true;
+        }
         match state.live(key, now).filter(|entry| entry.token == *token) {
             Some(entry) => {
                 entry.expires = now + lease;
@@ -200,12 +349,28 @@ impl MemoryBackend {
             }
             _ => 0,
         };
-        (removed, last)
+        let shared = state
+            .shared
+            .remove(key)
+            .is_some_and(|shared| shared.holders.iter().any(|holder| holder.expires > now));
+        if shared {
+            // As for an exclusive hold: the tombstone names no hold.
+            if let Some(fence) = state.fences.get_mut(key) {
+                fence.released = None;
+            }
+            if let Some(released) = state.released.get(key) {
+                released.notify_waiters();
+            }
+        }
+        (removed || shared, last)
     }
 
     pub(crate) fn inspect(&self, key: &LockKey) -> Option<LockInfo> {
         let now = Instant::now();
         let mut state = self.state();
+        if let Some(shared) = state.shared.get(key) {
+            return shared_info(key, shared, state.fences.get(key), now);
+        }
         let entry = state.live(key, now)?;
         Some(info(key, entry, now))
     }
@@ -219,6 +384,15 @@ impl MemoryBackend {
             .iter()
             .filter(|(key, entry)| entry.expires > now && pattern.matches(key.as_str()))
             .map(|(key, entry)| info(key, entry, now))
+            .chain(
+                state
+                    .shared
+                    .iter()
+                    .filter(|(key, _)| pattern.matches(key.as_str()))
+                    .filter_map(|(key, shared)| {
+                        shared_info(key, shared, state.fences.get(key), now)
+                    }),
+            )
             .collect();
         found.sort_by(|a, b| a.key.cmp(&b.key));
         found
@@ -235,7 +409,38 @@ fn info(key: &LockKey, entry: &Entry, now: Instant) -> LockInfo {
         host: Some(HOLDER.host.clone()),
         pid: Some(HOLDER.pid),
         acquired_at: Some(entry.since),
+        mode: LockMode::Exclusive,
     }
+}
+
+/// What `inspect` reads about shared holders: `None` when none is live.
+fn shared_info(
+    key: &LockKey,
+    shared: &Shared,
+    fence: Option<&Fence>,
+    now: Instant,
+) -> Option<LockInfo> {
+    let mut live = shared.holders.iter().filter(|holder| holder.expires > now);
+    let first = live.next()?;
+    let longest = live
+        .clone()
+        .map(|holder| holder.expires)
+        .fold(first.expires, Instant::max);
+    Some(LockInfo {
+        key: key.as_str().to_owned(),
+        owner: first.token.as_str().to_owned(),
+        holds: 1 + live.count() as u64,
+        ttl: longest - now,
+        fencing_token: fence.map_or(first.fencing_token, |fence| fence.last),
+        host: Some(HOLDER.host.clone()),
+        pid: Some(HOLDER.pid),
+        acquired_at: Some(first.since),
+        mode: if shared.permits == 0 {
+            LockMode::Read
+        } else {
+            LockMode::Permits(shared.permits)
+        },
+    })
 }
 
 impl State {
@@ -267,6 +472,10 @@ impl State {
         self.writes_since_sweep = 0;
         self.locks.retain(|_, entry| entry.expires > now);
         self.fences.retain(|_, fence| fence.expires > now);
+        self.shared.retain(|_, shared| {
+            shared.holders.iter().any(|holder| holder.expires > now)
+                || shared.writer_until.is_some_and(|until| until > now)
+        });
         self.released
             .retain(|_, released| Arc::strong_count(released) > 1);
     }
@@ -402,6 +611,46 @@ mod tests {
         assert!(memory.force_release(&key("k")).0);
         assert!(!memory.force_release(&key("k")).0);
         assert!(memory.inspect(&key("k")).is_none());
+    }
+
+    #[test]
+    fn an_expired_permit_is_reclaimed_by_the_next_request() {
+        let memory = backend();
+        let crashed = token_of(memory.acquire_shared(
+            &key("k"),
+            &HoldToken::random(),
+            Duration::from_millis(1),
+            1,
+        ));
+        std::thread::sleep(Duration::from_millis(5));
+        let next = token_of(memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 1));
+        assert!(next > crashed);
+        assert!(matches!(
+            memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 1),
+            Attempt::Held { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refused_writer_makes_new_readers_queue_and_takes_the_lock_after_the_readers() {
+        let memory = backend();
+        let reader = HoldToken::random();
+        let read = token_of(memory.acquire_shared(&key("k"), &reader, LEASE, 0));
+        let writer = HoldToken::random();
+        assert!(matches!(
+            memory.acquire(&key("k"), &writer, LEASE),
+            Attempt::Held { .. }
+        ));
+        assert!(matches!(
+            memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 0),
+            Attempt::Held { .. }
+        ));
+        assert_eq!(memory.release(&key("k"), &reader), Released::Free);
+        let written = token_of(memory.acquire(&key("k"), &writer, LEASE));
+        assert!(written > read);
+        assert_eq!(memory.release(&key("k"), &writer), Released::Free);
+        let next = token_of(memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 0));
+        assert_eq!(next, written, "a reader carries the last writer's token");
     }
 
     #[test]

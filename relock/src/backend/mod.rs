@@ -30,6 +30,9 @@ pub(crate) enum Attempt {
     /// Refused: this hold token was released already (the acquisition reached the server after
     /// its own release, sent when its outcome was unknown). Nothing is held.
     ReleasedAlready,
+    /// Refused: the key's live shared holders use this many permits (0: they are readers),
+    /// not the number asked for. Nothing was written.
+    Mismatch { permits: u32 },
 }
 
 /// How many replicas must acknowledge a grant, and how long the master waits for them (`WAIT`).
@@ -56,21 +59,40 @@ pub(crate) enum Backend {
     Redis(Box<redis::RedisBackend>),
     #[cfg(feature = "cluster")]
     Cluster(Box<cluster::ClusterBackend>),
-    Memory(memory::MemoryBackend),
+    Memory(Box<memory::MemoryBackend>),
 }
 
 impl Backend {
+    /// An exclusive hold of `key`. `claim`: the caller will wait, so a refusal by readers or
+    /// permits makes new ones queue behind it (a single attempt claims nothing).
     pub(crate) async fn acquire(
         &self,
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
+        claim: bool,
     ) -> Result<Attempt, Error> {
         match self {
-            Self::Redis(redis) => redis.acquire(key, token, lease).await,
+            Self::Redis(redis) => redis.acquire(key, token, lease, claim).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cluster.acquire(key, token, lease).await,
-            Self::Memory(memory) => Ok(memory.acquire(key, token, lease)),
+            Self::Cluster(cluster) => cluster.acquire(key, token, lease, claim).await,
+            Self::Memory(memory) => Ok(memory.acquire_claiming(key, token, lease, claim)),
+        }
+    }
+
+    /// A shared hold of `key`: a reader (`permits` 0) or one of `permits` permits.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        match self {
+            Self::Redis(redis) => redis.acquire_shared(key, token, lease, permits).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.acquire_shared(key, token, lease, permits).await,
+            Self::Memory(memory) => Ok(memory.acquire_shared(key, token, lease, permits)),
         }
     }
 
@@ -83,20 +105,21 @@ impl Backend {
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
+        claim: bool,
     ) -> Result<(Attempt, u32), Error> {
         match self {
             Self::Redis(redis) => {
                 redis
-                    .acquire_acknowledged(key, token, lease, replicas)
+                    .acquire_acknowledged(key, token, lease, replicas, claim)
                     .await
             }
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => {
                 cluster
-                    .acquire_acknowledged(key, token, lease, replicas)
+                    .acquire_acknowledged(key, token, lease, replicas, claim)
                     .await
             }
-            Self::Memory(memory) => Ok((memory.acquire(key, token, lease), 0)),
+            Self::Memory(memory) => Ok((memory.acquire_claiming(key, token, lease, claim), 0)),
         }
     }
 

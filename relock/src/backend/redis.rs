@@ -285,11 +285,13 @@ impl RedisBackend {
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
+        claim: bool,
     ) -> Result<Attempt, Error> {
         let request = Request {
             kind: Kind::Acquire {
                 lease_ms: protocol::millis(lease),
                 retention_ms: protocol::millis(self.retention.max(lease)),
+                claim,
             },
             lock: self.lock_key(key),
             token: token.clone(),
@@ -300,6 +302,26 @@ impl RedisBackend {
         })
     }
 
+    /// A shared hold (see `acquire_shared.lua`), sent on its own: shared holds do not go through
+    /// the group commit, which carries exclusive acquisitions and every release.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        let invocation = protocol::acquire_shared_invocation(
+            &self.prefix,
+            key,
+            token,
+            lease,
+            self.retention,
+            permits,
+        );
+        protocol::parse_acquire(self.invoke(&invocation).await?)
+    }
+
     /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
     /// replicas' acknowledgement counts this grant's write and nothing queues behind the wait.
     pub(crate) async fn acquire_acknowledged(
@@ -308,9 +330,10 @@ impl RedisBackend {
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
+        claim: bool,
     ) -> Result<(Attempt, u32), Error> {
         let invocation =
-            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention);
+            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
         let pipe = protocol::acknowledged_pipeline(&invocation, replicas, false);
         let limit = self
             .dedicated

@@ -7,13 +7,14 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     include_str!("acquire.lua"),
     include_str!("release.lua"),
     include_str!("renew.lua"),
     include_str!("force_release.lua"),
     include_str!("inspect.lua"),
     include_str!("batch.lua"),
+    include_str!("acquire_shared.lua"),
 ];
 
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[0]));
@@ -22,11 +23,20 @@ pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES
 pub(crate) static FORCE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[3]));
 pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[4]));
 pub(crate) static BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[5]));
+pub(crate) static ACQUIRE_SHARED: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCES[6]));
 
 /// The command (lowercase) that line `line` (1-based) of the script whose SHA1 is `sha` calls:
 /// Redis names only the script and the line when the ACL refuses a command a script calls.
 pub(crate) fn command_at(sha: &str, line: usize) -> Option<String> {
-    let scripts = [&ACQUIRE, &RELEASE, &RENEW, &FORCE_RELEASE, &INSPECT, &BATCH];
+    let scripts = [
+        &ACQUIRE,
+        &RELEASE,
+        &RENEW,
+        &FORCE_RELEASE,
+        &INSPECT,
+        &BATCH,
+        &ACQUIRE_SHARED,
+    ];
     let at = scripts.iter().position(|script| script.get_hash() == sha)?;
     let text = SOURCES[at].lines().nth(line.checked_sub(1)?)?;
     // `redis.call('X'` or `redis.pcall('X'`.

@@ -1,0 +1,6 @@
+#[relock::locked(read = true, "config:{id}")]
+async fn show(id: u64) -> relock::Result<u64> {
+    Ok(id)
+}
+
+fn main() {}

@@ -1,0 +1,373 @@
+//! Semaphores (`Locker::semaphore`), run as the conformance suite runs: each behaviour is one
+//! `async fn(&TestBackend)`, turned by the macro at the bottom into one test per backend
+//! (in memory, one Redis server, a bb8 pool, a Redis Cluster). "Another owner" is another
+//! `Locker` (on Redis, with its own connection), as another process would be.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relock::{Error, LockMode};
+use relock_tests::{unique_key, BackendKind, TestBackend};
+
+/// A hung operation fails its test instead of hanging the run.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+/// The wait given to requests expected to succeed: long enough for a busy machine.
+const LONG_WAIT: Duration = Duration::from_secs(20);
+/// Loose upper bounds on a slow, shared machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+async fn permits_never_exceed_n_under_concurrent_tasks(b: &TestBackend) {
+    const PERMITS: u32 = 3;
+    let key = unique_key("sem-bound");
+    let lockers = b.lockers(3).await;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        let semaphore = lockers[n % lockers.len()].semaphore(&key, PERMITS);
+        let (inside, most, tokens) = (inside.clone(), most.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let permit = semaphore.acquire().wait(LONG_WAIT).await.expect("a permit");
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokens.lock().unwrap().push(permit.fencing_token());
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                permit.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= PERMITS as usize,
+        "{most} holders of {PERMITS} permits"
+    );
+    assert!(most > 1, "permits are shared: at most {most} held at once");
+    let mut tokens = tokens.lock().unwrap().clone();
+    let count = tokens.len();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        count,
+        "every permit has a fencing token of its own"
+    );
+}
+
+async fn try_acquire_answers_none_when_every_permit_is_taken(b: &TestBackend) {
+    let key = unique_key("sem-try");
+    let semaphore = b.locker.semaphore(&key, 2);
+    let other = b.another_locker().await.semaphore(&key, 2);
+    let first = semaphore.try_acquire().await.unwrap().expect("first");
+    let second = other.try_acquire().await.unwrap().expect("second");
+    assert!(second.fencing_token() > first.fencing_token());
+    assert!(semaphore.try_acquire().await.unwrap().is_none());
+    assert!(other.try_acquire().await.unwrap().is_none());
+    let started = Instant::now();
+    let err = other
+        .acquire()
+        .wait(Duration::from_millis(300))
+        .await
+        .expect_err("all taken");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    first.release().await.unwrap();
+    let third = other.try_acquire().await.unwrap().expect("one came back");
+    assert!(third.fencing_token() > second.fencing_token());
+    second.release().await.unwrap();
+    third.release().await.unwrap();
+}
+
+async fn a_waiter_is_woken_by_a_release(b: &TestBackend) {
+    let key = unique_key("sem-wake");
+    let held = b.locker.semaphore(&key, 1).acquire().await.unwrap();
+    let other = b.another_locker().await;
+    let semaphore = other.semaphore(&key, 1);
+    let waiter = tokio::spawn(async move {
+        let permit = semaphore.acquire().wait(LONG_WAIT).await?;
+        let at = Instant::now();
+        permit.release().await?;
+        Ok::<_, Error>(at)
+    });
+    until_waiting(b, &key).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let granted = waiter.await.unwrap().expect("the waiter gets the permit");
+    // The holder's lease is 30 s: only the release's announcement wakes the waiter this soon.
+    assert!(
+        granted - released < SLACK,
+        "woken {:?} after the release",
+        granted - released
+    );
+}
+
+/// Returns once a waiter on `key` is asleep (a pool without a URL has no release notifications:
+/// its waiters retry with backoff).
+async fn until_waiting(b: &TestBackend, key: &str) {
+    match b.kind() {
+        BackendKind::RedisPool => tokio::time::sleep(Duration::from_millis(200)).await,
+        _ => b.until_waiting(key).await,
+    }
+}
+
+/// Redis backends only: an in-memory store has no second process whose renewals could stop
+/// (the in-memory backend's own tests cover its expiry).
+async fn a_crashed_holders_permit_comes_back_when_its_lease_ends(b: &TestBackend) {
+    let key = unique_key("sem-crash");
+    let lease = Duration::from_millis(600);
+    // The holder's runtime (its watchdog and connection) is dropped with the permit never
+    // released nor renewed: as if its process had died.
+    let crashed = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let locker = b.another_locker().await;
+                    let permit = locker
+                        .semaphore(&key, 1)
+                        .acquire()
+                        .lease(lease)
+                        .await
+                        .expect("the doomed permit");
+                    let token = permit.fencing_token();
+                    std::mem::forget(permit);
+                    token
+                })
+            })
+            .join()
+            .unwrap()
+    });
+    let taken = Instant::now();
+    let semaphore = b.locker.semaphore(&key, 1);
+    assert!(
+        semaphore.try_acquire().await.unwrap().is_none(),
+        "still held"
+    );
+    let permit = semaphore
+        .acquire()
+        .wait(LONG_WAIT)
+        .await
+        .expect("it came back");
+    let waited = taken.elapsed();
+    assert!(waited < lease + SLACK, "came back after {waited:?}");
+    assert!(permit.fencing_token() > crashed);
+    permit.release().await.unwrap();
+}
+
+async fn a_dropped_permit_is_returned(b: &TestBackend) {
+    let key = unique_key("sem-drop");
+    let semaphore = b.locker.semaphore(&key, 1);
+    drop(semaphore.acquire().await.unwrap());
+    let other = b.another_locker().await.semaphore(&key, 1);
+    let permit = other
+        .acquire()
+        .wait(Duration::from_secs(2))
+        .await
+        .expect("returned in the background");
+    permit.release().await.unwrap();
+}
+
+async fn disagreeing_on_permits_fails_with_permits_mismatch(b: &TestBackend) {
+    let key = unique_key("sem-mismatch");
+    let held = b.locker.semaphore(&key, 2).acquire().await.unwrap();
+    let other = b.another_locker().await;
+    match other.semaphore(&key, 3).try_acquire().await {
+        Err(Error::PermitsMismatch {
+            key: named,
+            permits: 3,
+            found: 2,
+        }) => assert_eq!(named, key),
+        other => panic!("expected PermitsMismatch, got {other:?}"),
+    }
+    match other.read(&key).await {
+        Err(Error::PermitsMismatch {
+            permits: 0,
+            found: 2,
+            ..
+        }) => {}
+        other => panic!("expected PermitsMismatch for a reader, got {other:?}"),
+    }
+    let err = other.semaphore(&key, 3).acquire().await.unwrap_err();
+    assert!(err.to_string().contains("semaphore of 2 permits"), "{err}");
+    held.release().await.unwrap();
+    // Nobody holds it now: the next caller's number stands.
+    let permit = other.semaphore(&key, 3).try_acquire().await.unwrap();
+    permit.expect("free").release().await.unwrap();
+}
+
+async fn permits_are_renewed_while_held(b: &TestBackend) {
+    let key = unique_key("sem-renew");
+    let permit = b
+        .locker
+        .semaphore(&key, 1)
+        .acquire()
+        .lease(Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(permit.is_held());
+    let other = b.another_locker().await;
+    assert!(other
+        .semaphore(&key, 1)
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    permit.release().await.expect("still held at release");
+}
+
+async fn the_exclusive_lock_waits_for_every_permit(b: &TestBackend) {
+    let key = unique_key("sem-exclusive");
+    let semaphore = b.locker.semaphore(&key, 2);
+    let first = semaphore.acquire().await.unwrap();
+    let second = semaphore.acquire().await.unwrap();
+    let other = b.another_locker().await;
+    assert!(other.try_lock(&key).await.unwrap().is_none());
+    first.release().await.unwrap();
+    assert!(
+        other.try_lock(&key).await.unwrap().is_none(),
+        "one permit left"
+    );
+    second.release().await.unwrap();
+    let guard = other.lock(&key).wait(Duration::from_secs(2)).await.unwrap();
+    assert!(guard.fencing_token() > 0);
+    assert!(semaphore.try_acquire().await.unwrap().is_none());
+    guard.release().await.unwrap();
+}
+
+async fn inspect_reports_the_permits_in_use(b: &TestBackend) {
+    let key = unique_key("sem-inspect");
+    let semaphore = b.locker.semaphore(&key, 4);
+    let first = semaphore.acquire().await.unwrap();
+    let second = semaphore.acquire().await.unwrap();
+    let info = b.locker.inspect(&key).await.unwrap().expect("held");
+    assert_eq!(info.mode, LockMode::Permits(4));
+    assert_eq!(info.holds, 2);
+    assert!(info.ttl > Duration::ZERO);
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    assert!(b.locker.inspect(&key).await.unwrap().is_none());
+}
+
+async fn force_release_frees_every_permit(b: &TestBackend) {
+    let key = unique_key("sem-force");
+    let semaphore = b.locker.semaphore(&key, 1);
+    let permit = semaphore
+        .acquire()
+        .lease(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let other = b.another_locker().await;
+    assert!(other.force_release(&key).await.unwrap());
+    let next = other.semaphore(&key, 1).try_acquire().await.unwrap();
+    let next = next.expect("free after the force-release");
+    tokio::time::timeout(SLACK, permit.lost())
+        .await
+        .expect("the next renewal finds the permit gone");
+    assert!(permit.release().await.unwrap_err().is_lost());
+    next.release().await.unwrap();
+}
+
+async fn force_release_through_the_holders_locker_marks_the_permit_lost_at_once(b: &TestBackend) {
+    let key = unique_key("sem-force-own");
+    let permit = b.locker.semaphore(&key, 2).acquire().await.unwrap();
+    assert!(b.locker.force_release(&key).await.unwrap());
+    assert!(!permit.is_held(), "no round trip needed to know");
+    assert!(permit.release().await.unwrap_err().is_lost());
+}
+
+async fn a_semaphore_of_zero_permits_grants_none(b: &TestBackend) {
+    let semaphore = b.locker.semaphore(unique_key("sem-zero"), 0);
+    assert!(semaphore.try_acquire().await.unwrap().is_none());
+    assert!(semaphore.acquire().await.unwrap_err().is_timeout());
+}
+
+async fn an_invalid_key_fails_when_a_permit_is_asked_for(b: &TestBackend) {
+    let semaphore = b.locker.semaphore("bad{key}", 2);
+    assert!(semaphore.key().is_none());
+    assert!(matches!(
+        semaphore.acquire().await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        semaphore.try_acquire().await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+macro_rules! backends {
+    ($module:ident => $kind:ident: $($test:ident),+ $(,)?) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    relock_tests::run_bounded(super::TEST_LIMIT, || async {
+                        let backend = relock_tests::TestBackend::start(
+                            relock_tests::BackendKind::$kind,
+                        )
+                        .await;
+                        super::$test(&backend).await;
+                    });
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($test:ident),+ $(,)?) => {
+        backends!(memory => Memory: $($test),+);
+        backends!(redis => Redis: $($test),+);
+        backends!(redis_pool => RedisPool: $($test),+);
+    };
+}
+
+macro_rules! redis_backends {
+    ($($test:ident),+ $(,)?) => {
+        backends!(redis_crash => Redis: $($test),+);
+        backends!(redis_pool_crash => RedisPool: $($test),+);
+    };
+}
+
+every_backend!(
+    permits_never_exceed_n_under_concurrent_tasks,
+    try_acquire_answers_none_when_every_permit_is_taken,
+    a_waiter_is_woken_by_a_release,
+    a_dropped_permit_is_returned,
+    disagreeing_on_permits_fails_with_permits_mismatch,
+    permits_are_renewed_while_held,
+    the_exclusive_lock_waits_for_every_permit,
+    inspect_reports_the_permits_in_use,
+    force_release_frees_every_permit,
+    force_release_through_the_holders_locker_marks_the_permit_lost_at_once,
+    a_semaphore_of_zero_permits_grants_none,
+    an_invalid_key_fails_when_a_permit_is_asked_for,
+);
+
+redis_backends!(a_crashed_holders_permit_comes_back_when_its_lease_ends);
+
+backends!(cluster => Cluster:
+    permits_never_exceed_n_under_concurrent_tasks,
+    a_waiter_is_woken_by_a_release,
+    a_crashed_holders_permit_comes_back_when_its_lease_ends,
+    disagreeing_on_permits_fails_with_permits_mismatch,
+    permits_are_renewed_while_held,
+    the_exclusive_lock_waits_for_every_permit,
+);
+
+// As an ACL user with exactly the rules the README documents.
+backends!(redis_acl => RedisAcl:
+    permits_never_exceed_n_under_concurrent_tasks,
+    a_waiter_is_woken_by_a_release,
+    disagreeing_on_permits_fails_with_permits_mismatch,
+    force_release_frees_every_permit,
+);
