@@ -5,6 +5,8 @@
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  retention in milliseconds (at least the lease): the key's expiry
 -- ARGV[4]  holder metadata "<pid> <since ms> <host>"
+-- ARGV[5]  (optional) "try": the caller makes this one attempt and will not wait, so a refusal
+--          by shared holders records no waiting writer
 --
 -- Reply:   {1, fencing token}  acquired; also for a retried request of a hold that already has
 --                              the lock (the same grant again, so a client-side retry is harmless)
@@ -19,7 +21,8 @@
 -- read from the hold or tombstone the key has; a free key with nothing in it gets the clock's.
 -- A free key is taken with SET NX GET (one call takes it, or reads what is there); a tombstone or
 -- an expired hold is then overwritten with a second SET. A live hold is marked "+" once it has
--- refused someone, so that its release is published.
+-- refused someone, so that its release is published. Shared holders (the "*" form) refuse it
+-- while any is live, and the refusal records a waiting writer that new readers queue behind.
 local time = redis.call('TIME')
 local now = time[1] * 1000 + math.floor(time[2] / 1000)
 -- The clock's token as text without string.format, which costs more than a call.
@@ -40,7 +43,7 @@ if not value then
     return {1, tonumber(clock)}
 end
 
-local last
+local last, sep
 if string.byte(value, 1) == 45 then
     -- A tombstone "-<fencing token> <hold token>".
     local released
@@ -65,6 +68,30 @@ else
         end
         -- A hold whose deadline has passed: the lock is free.
         last = fence
+    elseif string.byte(value, 1) == 42 then
+        -- Shared holds (readers, permits; see acquire_shared.lua): refused while any is live,
+        -- and the refusal makes new readers queue behind this writer.
+        local have, writer, waited, rest
+        last, have, writer, waited, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+        if last then
+            local longest = 0
+            for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+                if tonumber(deadline) - now > longest then
+                    longest = tonumber(deadline) - now
+                end
+            end
+            if longest > 0 then
+                if ARGV[5] ~= 'try' then
+                    writer = math.max(tonumber(writer), now + longest + 1000)
+                    redis.pcall('SET', KEYS[1], '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                end
+                return {0, longest}
+            end
+            if waited == '1' then
+                -- Readers may be queued behind this writer: its release is published.
+                sep = '+'
+            end
+        end
     end
 end
 if not last then
@@ -81,5 +108,5 @@ if tonumber(last) >= fence then
     fence = tonumber(last) + 1
     text = string.format('%.0f', fence)
 end
-redis.call('SET', KEYS[1], token .. ' ' .. text .. tail, 'PX', ARGV[3])
+redis.call('SET', KEYS[1], token .. (sep or ' ') .. text .. tail, 'PX', ARGV[3])
 return {1, fence}

@@ -13,6 +13,8 @@
 --                                             fencing token 0 when unknown)
 --   "<hold token>"                            acquire for this hold
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
+--   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
+--                                             shared holders records no waiting writer
 --
 -- Reply: two items per request, in the order of KEYS:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
@@ -47,7 +49,8 @@ local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.
 local now, micros, clock
 
 -- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
-local WAITED, TOMBSTONE = 43, 45
+-- "*": shared holders (readers, permits).
+local WAITED, TOMBSTONE, SHARED = 43, 45, 42
 
 -- The command being called, to name it if it fails.
 local calling
@@ -63,7 +66,7 @@ end
 -- The text after the hold token of a grant with the clock's token, per lease.
 local tails = {}
 
-local function acquire(lock, token, lease, retention)
+local function acquire(lock, token, lease, retention, once)
     if not now then
         tick()
     end
@@ -89,7 +92,7 @@ local function acquire(lock, token, lease, retention)
     if not value then
         return 1, micros
     end
-    local last
+    local last, sep
     if byte(value, 1) == TOMBSTONE then
         local released
         last, released = match(value, '^%-(%d+) (%x+)$')
@@ -111,6 +114,28 @@ local function acquire(lock, token, lease, retention)
                 return 0, left
             end
             last = fence
+        elseif byte(value, 1) == SHARED then
+            -- Shared holders: see acquire.lua.
+            local have, writer, waited, rest
+            last, have, writer, waited, rest = match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+            if last then
+                local longest = 0
+                for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+                    if tonumber(deadline) - now > longest then
+                        longest = tonumber(deadline) - now
+                    end
+                end
+                if longest > 0 then
+                    if not once then
+                        writer = math.max(tonumber(writer), now + longest + 1000)
+                        try('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. string.format('%.0f', writer) .. ' 1' .. rest, 'KEEPTTL')
+                    end
+                    return 0, longest
+                end
+                if waited == '1' then
+                    sep = '+'
+                end
+            end
         end
     end
     if not last then
@@ -128,7 +153,7 @@ local function acquire(lock, token, lease, retention)
         text = string.format('%.0f', fence)
     end
     calling = 'SET'
-    call('SET', lock, token .. ' ' .. text .. sub(tail, #clock + 2), 'PX', retention)
+    call('SET', lock, token .. (sep or ' ') .. text .. sub(tail, #clock + 2), 'PX', retention)
     return 1, fence
 end
 
@@ -185,8 +210,26 @@ local function release(lock, tombstone)
                 end
             end
         end
-        -- Another hold's lock, another hold's tombstone, or a value that is not relock's: put
-        -- back as it was.
+        if byte(value, 1) == SHARED then
+            -- A shared hold: its entry leaves the list (see release.lua).
+            local head, waited, rest = match(value, '^(%*%d+ %d+ %d+ ([01]))(.*)$')
+            local from, to
+            if head then
+                from, to = find(rest, ' ' .. token .. ' ', 1, true)
+            end
+            if from then
+                local next = find(rest, ' ', find(rest, ' ', to + 1, true) + 1, true)
+                calling = 'SET'
+                call('SET', lock, head .. sub(rest, 1, from - 1) .. (next and sub(rest, next) or ''), 'KEEPTTL')
+                if waited == '1' then
+                    calling = 'PUBLISH'
+                    call('PUBLISH', lock .. ':released', '')
+                end
+                return 1, 0
+            end
+        end
+        -- Another hold's lock, another hold's tombstone, shared holders without this hold, or a
+        -- value that is not relock's: put back as it was.
         calling = 'SET'
         call('SET', lock, value, 'KEEPTTL')
         return 0, 0
@@ -214,8 +257,8 @@ for k = 1, #KEYS do
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
-        local token, own_lease, own_retention = match(request, '^(%x+) (%d+) (%d+)$')
-        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention)
+        local token, own_lease, own_retention, flag = match(request, '^(%x+) (%d+) (%d+) ?(%a*)$')
+        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')
     end
     if not ok then
         status, value = -1, calling .. ' ' .. (type(status) == 'table' and status.err or tostring(status))

@@ -5,6 +5,8 @@
 -- KEYS[2]  release channel `P:{K}:released`
 -- ARGV[1]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel
 --
+-- Shared holders (readers, permits) are all removed at once.
+--
 -- Reply:   {removed, last}  removed: 1 if a live hold was removed, 0 if the lock was free already;
 --                           last: the last fencing token handed out for the key (0 if none is
 --                           kept), so that a grant with a larger token is known to come after
@@ -36,6 +38,29 @@ else
             redis.call('PUBLISH', KEYS[2], '')
         end
         return {1, tonumber(fence)}
+    end
+end
+if string.byte(value, 1) == 42 then
+    -- Shared holders (see acquire_shared.lua): all of them are removed.
+    local last, rest = string.match(value, '^%*(%d+) %d+ %d+ [01](.*)$')
+    if last then
+        local time = redis.call('TIME')
+        local now = time[1] * 1000 + math.floor(time[2] / 1000)
+        local removed = 0
+        for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+            if tonumber(deadline) > now then
+                removed = 1
+            end
+        end
+        redis.call('SET', KEYS[1], '-' .. last .. ' ' .. string.rep('0', 32), 'KEEPTTL')
+        if removed == 1 then
+            if ARGV[1] == 'sharded' then
+                redis.call('SPUBLISH', KEYS[2], '')
+            else
+                redis.call('PUBLISH', KEYS[2], '')
+            end
+        end
+        return {removed, tonumber(last)}
     end
 end
 return redis.error_reply('relock: ' .. KEYS[1] .. ' holds a value relock did not write; it was left alone')

@@ -6,6 +6,8 @@
 --                             deadline has passed
 --          {ttl ms, value}    held: the lease left, and the hold
 --                             "<hold token><mark><fencing token> <deadline ms> <pid> <since ms> <host>"
+--                             or, for shared holders, the longest lease left and the "*" form
+--                             with the live holders only (see acquire_shared.lua)
 --          {-1, value, pttl}  a value relock did not write (held until its key expires, PTTL's
 --                             answer; -1 if it never does)
 local value = redis.call('GET', KEYS[1])
@@ -14,6 +16,27 @@ if not value then
 end
 if string.byte(value, 1) == 45 and string.find(value, '^%-%d+ %x+$') then
     return {}
+end
+if string.byte(value, 1) == 42 then
+    local head, rest = string.match(value, '^(%*%d+ %d+ %d+ [01])(.*)$')
+    if head then
+        local time = redis.call('TIME')
+        local now = time[1] * 1000 + math.floor(time[2] / 1000)
+        local live, longest = head, 0
+        for holder, deadline, fence in string.gmatch(rest, ' (%x+) (%d+) (%d+)') do
+            local left = tonumber(deadline) - now
+            if left > 0 then
+                live = live .. ' ' .. holder .. ' ' .. deadline .. ' ' .. fence
+                if left > longest then
+                    longest = left
+                end
+            end
+        end
+        if longest == 0 then
+            return {}
+        end
+        return {longest, live}
+    end
 end
 local holder, deadline = string.match(value, '^(%x+)[ +]%d+ (%d+)')
 if holder and #holder == 32 then

@@ -10,6 +10,9 @@
 -- ARGV[4]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel; on one
 --          server only a hold that has refused someone ("+" after its token) is announced
 --
+-- A shared hold (a reader or a permit, in the "*" form) is removed from the list of holders;
+-- the list stays, with the last fencing token and any waiting writer.
+--
 -- Reply:   1  released: the hold had the lock until now (the channel was published to). The script
 --             does not read the clock: a hold whose deadline had passed unseen answers 1 too, and
 --             the client, whose local deadline ends before the server's, reports that loss itself
@@ -73,7 +76,25 @@ elseif unknown then
         end
     end
 end
--- Another hold's lock, another hold's tombstone, or a value that is not relock's: put back as
--- it was.
+if string.byte(value, 1) == 42 then
+    -- Shared holders (see acquire_shared.lua): this hold's entry leaves the list.
+    local head, waited, rest = string.match(value, '^(%*%d+ %d+ %d+ ([01]))(.*)$')
+    local from, to
+    if head then
+        from, to = string.find(rest, ' ' .. token .. ' ', 1, true)
+    end
+    if from then
+        local next = string.find(rest, ' ', string.find(rest, ' ', to + 1, true) + 1, true)
+        redis.call('SET', KEYS[1], head .. string.sub(rest, 1, from - 1) .. (next and string.sub(rest, next) or ''), 'KEEPTTL')
+        if ARGV[4] == 'sharded' then
+            redis.call('SPUBLISH', KEYS[2], '')
+        elseif waited == '1' then
+            redis.call('PUBLISH', KEYS[2], '')
+        end
+        return 1
+    end
+end
+-- Another hold's lock, another hold's tombstone, shared holders without this hold, or a value
+-- that is not relock's: put back as it was.
 redis.call('SET', KEYS[1], value, 'KEEPTTL')
 return 0

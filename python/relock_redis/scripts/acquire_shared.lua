@@ -1,0 +1,132 @@
+-- Takes a shared hold: a reader of a read-write lock, or one permit of a semaphore.
+--
+-- KEYS[1]  lock `P:{K}` (see README.md beside this file for its forms)
+-- ARGV[1]  hold token (32 hex digits), new for every hold
+-- ARGV[2]  lease in milliseconds
+-- ARGV[3]  retention in milliseconds (at least the lease): the key's expiry, never shorter than
+--          the longest live lease in the value
+-- ARGV[4]  permits: 0 for a reader (readers share without limit), n > 0 for one of n permits
+--
+-- Reply:   {1, fencing token}  granted; also for a retried request of a live hold (the same grant)
+--          {0, ttl ms}         refused: an exclusive hold has the lock (its lease left), a writer
+--                              is waiting (readers queue behind it: how long it has claimed the
+--                              key for), or all n permits are taken (the soonest lease to end);
+--                              PTTL's answer for a value that is not relock's
+--          {2, 0}              this hold token was released already (see acquire.lua)
+--          {3, permits}        the key's live holders use another number of permits (0: they
+--                              are readers); nothing was written
+--          an error            the fencing token would pass 2^53 - 1, a key of another type, or
+--                              the server refused the write
+--
+-- The shared form is "*<last fencing token> <permits> <writer until ms> <waited>" followed by
+-- " <hold token> <deadline ms> <fencing token>" per holder. Holders past their deadline are
+-- dropped by the next write (no sweeper). A reader's fencing token is the key's last one (the
+-- last writer's: readers do not advance it), or the clock's when none is known, which is then
+-- kept as the last; each permit gets a fresh one, max(last + 1, clock) as for an exclusive hold.
+-- "waited" becomes 1 once someone was refused: every release is then published.
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
+local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local value = redis.call('GET', KEYS[1])
+
+-- kept: the live holders' entries, as text; the value's own list while none has expired (a
+-- list is rebuilt only when an entry is dropped, so that a long list is not copied piece by
+-- piece on every request).
+local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
+local pruned
+if value then
+    local first = string.byte(value, 1)
+    if first == 45 then
+        local released
+        last, released = string.match(value, '^%-(%d+) (%x+)$')
+        if released == token then
+            return {2, 0}
+        end
+    elseif first == 42 then
+        local have, until_ms, mark, rest
+        last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+        if last then
+            writer, waited = tonumber(until_ms), mark
+            for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%d+) %d+()') do
+                local left = tonumber(deadline) - now
+                if left > 0 then
+                    if holder == token then
+                        return {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
+                    end
+                    if pruned then
+                        pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                    end
+                    live = live + 1
+                    if left > longest then
+                        longest = left
+                    end
+                    if not soonest or left < soonest then
+                        soonest = left
+                    end
+                elseif not pruned then
+                    pruned = {string.sub(rest, 1, start - 1)}
+                end
+            end
+            kept = pruned and table.concat(pruned) or rest
+            if live > 0 and have ~= permits then
+                return {3, tonumber(have)}
+            end
+            local refused
+            if writer > now then
+                refused = writer - now
+            elseif permits ~= '0' and live >= tonumber(permits) then
+                refused = soonest
+            end
+            if refused then
+                if waited == '0' or pruned then
+                    -- Best effort, as acquire.lua marks a hold: the mark makes releases publish.
+                    redis.pcall('SET', KEYS[1], '*' .. last .. ' ' .. have .. ' ' .. until_ms .. ' 1' .. kept, 'KEEPTTL')
+                end
+                return {0, refused}
+            end
+        end
+    else
+        local holder, mark, fence, deadline = string.match(value, '^(%x+)([ +])(%d+) (%d+)')
+        if holder and #holder == 32 then
+            local left = tonumber(deadline) - now
+            if left > 0 then
+                if mark == ' ' then
+                    redis.pcall('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+                end
+                return {0, left}
+            end
+            last = fence
+        end
+    end
+    if not last then
+        -- Not relock's value: never overwritten, held until its key expires.
+        return {0, redis.call('PTTL', KEYS[1])}
+    end
+end
+
+local fence, text
+if permits == '0' and last then
+    fence, text = tonumber(last), last
+else
+    fence, text = tonumber(clock), clock
+    if last then
+        if #last > 16 or (#last == 16 and last > '9007199254740990') then
+            return redis.error_reply('relock: the fencing token of ' .. KEYS[1] .. ' is ' .. last ..
+                ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out')
+        end
+        if tonumber(last) >= fence then
+            fence = tonumber(last) + 1
+            text = string.format('%.0f', fence)
+        end
+    end
+end
+if lease > longest then
+    longest = lease
+end
+if retention > longest then
+    longest = retention
+end
+redis.call('SET', KEYS[1], '*' .. text .. ' ' .. permits .. ' ' .. writer .. ' ' .. waited .. kept ..
+    ' ' .. token .. ' ' .. (now + lease) .. ' ' .. text, 'PX', longest)
+return {1, fence}
