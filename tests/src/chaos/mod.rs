@@ -7,3 +7,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod link;
+pub mod report;
+pub mod run;
+pub mod store;

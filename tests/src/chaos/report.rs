@@ -1,0 +1,497 @@
+//! The report of a run: a Markdown summary and SVG timelines a person can read at a glance.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::checker::{Analysis, Hold, HoldEnd, Overlap};
+use super::run::RunConfig;
+
+fn ms(micros: u64) -> String {
+    format!("{:.1} ms", micros as f64 / 1000.0)
+}
+
+fn secs(micros: u64) -> String {
+    format!("{:.2} s", micros as f64 / 1e6)
+}
+
+/// The Markdown summary of `analysis`, for the run `config` describes.
+pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
+    let mut out = String::new();
+    let at = |t: u64| secs(t.saturating_sub(analysis.span.0));
+    let _ = writeln!(
+        out,
+        "# Chaos run: {}, seed {}\n",
+        config.topology.name(),
+        config.seed
+    );
+    let mut command = format!(
+        "cargo run --release -p relock-tests --bin chaos -- --topology {} --duration {}s --seed {} --lease-ms {}",
+        config.topology.name(),
+        config.duration.as_secs(),
+        config.seed,
+        config.lease.as_millis()
+    );
+    if config.replicas > 0 {
+        let _ = write!(command, " --replicas {}", config.replicas);
+    }
+    if config.break_mode != "none" {
+        let _ = write!(command, " --break {}", config.break_mode);
+    }
+    if !config.only.is_empty() {
+        let _ = write!(command, " --only {}", config.only.join(","));
+    }
+    let _ = writeln!(out, "`{command}`\n");
+    let unexplained = analysis.unexplained().count();
+    let _ = writeln!(
+        out,
+        "**Verdict: {}** — {} fenced-safety violations, {} overlaps ({} unexplained), {} \
+         malformed history entries; {} workers, lease {}, {} of history, {} faults.\n",
+        if analysis.valid() { "PASS" } else { "FAIL" },
+        analysis.safety.len(),
+        analysis.overlaps.len(),
+        unexplained,
+        analysis.malformed.len(),
+        config.workers,
+        ms(analysis.lease),
+        secs(analysis.span.1 - analysis.span.0),
+        analysis.faults.len()
+    );
+    let _ = writeln!(out, "![timeline](timeline.svg)\n");
+
+    let _ = writeln!(out, "## Operations\n");
+    let _ = writeln!(
+        out,
+        "| operation | invoke | ok | fail | info |\n|---|---|---|---|---|"
+    );
+    for op in ["acquire", "read", "write", "release", "lost", "start"] {
+        let _ = writeln!(
+            out,
+            "| {op} | {} | {} | {} | {} |",
+            analysis.count(op, "invoke"),
+            analysis.count(op, "ok"),
+            analysis.count(op, "fail"),
+            analysis.count(op, "info")
+        );
+    }
+    let ended = |how: HoldEnd| analysis.holds.iter().filter(|h| h.ended == how).count();
+    let _ = writeln!(
+        out,
+        "\n{} holds: {} released, {} lost (noticed by the worker), {} ended by a kill, {} open \
+         at the end.\n",
+        analysis.holds.len(),
+        ended(HoldEnd::Released),
+        ended(HoldEnd::Lost),
+        ended(HoldEnd::Killed),
+        ended(HoldEnd::Open)
+    );
+
+    let _ = writeln!(out, "## Faults\n");
+    let mut by_kind: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for fault in &analysis.faults {
+        by_kind
+            .entry(fault.kind.as_str())
+            .or_default()
+            .push(fault.end - fault.start);
+    }
+    let _ = writeln!(
+        out,
+        "| kind | count | total time | longest |\n|---|---|---|---|"
+    );
+    for (kind, lengths) in &by_kind {
+        let _ = writeln!(
+            out,
+            "| {kind} | {} | {} | {} |",
+            lengths.len(),
+            secs(lengths.iter().sum()),
+            secs(lengths.iter().copied().max().unwrap_or(0))
+        );
+    }
+
+    let _ = writeln!(out, "\n## Fenced safety\n");
+    let _ = writeln!(
+        out,
+        "The store accepted {} writes; the register ends at {}; it refused {} stale reads and \
+         {} stale writes (a newer token had touched it).\n",
+        analysis.store.log.len(),
+        analysis.store.register,
+        analysis.store.rejected_reads,
+        analysis.store.rejected_writes
+    );
+    if analysis.safety.is_empty() {
+        let _ = writeln!(
+            out,
+            "No violation: tokens strictly increase over the accepted writes, the values are \
+             1..={} with none twice, and every acknowledged write is in the store.",
+            analysis.store.log.len()
+        );
+    } else {
+        let _ = writeln!(out, "{} violations:\n", analysis.safety.len());
+        for violation in analysis.safety.iter().take(30) {
+            let _ = writeln!(out, "* {violation}");
+        }
+        if analysis.safety.len() > 30 {
+            let _ = writeln!(out, "* … and {} more", analysis.safety.len() - 30);
+        }
+    }
+    for malformed in &analysis.malformed {
+        let _ = writeln!(out, "* malformed history: {malformed}");
+    }
+
+    let _ = writeln!(out, "\n## Exclusion in real time\n");
+    if analysis.overlaps.is_empty() {
+        let _ = writeln!(
+            out,
+            "No two workers believed they held the lock at the same time."
+        );
+    } else {
+        let total: u64 = analysis.overlaps.iter().map(|o| o.duration()).sum();
+        let _ = writeln!(
+            out,
+            "{} overlaps, {} in all ({} unexplained). Each is two holds — from the grant's answer \
+             to the end of the body or the loss noticed — of different processes.\n",
+            analysis.overlaps.len(),
+            ms(total),
+            unexplained
+        );
+        // A holder stopped past its lease overlaps every hold granted meanwhile: one row per
+        // such earlier hold, with the later holds it overlapped.
+        let mut episodes: Vec<(&Hold, Vec<&Overlap>)> = Vec::new();
+        for overlap in &analysis.overlaps {
+            match episodes
+                .iter_mut()
+                .find(|(first, _)| **first == overlap.first)
+            {
+                Some((_, overlaps)) => overlaps.push(overlap),
+                None => episodes.push((&overlap.first, vec![overlap])),
+            }
+        }
+        let _ = writeln!(
+            out,
+            "Grouped by the earlier hold, {} episodes:\n",
+            episodes.len()
+        );
+        let _ = writeln!(
+            out,
+            "| at | for | earlier holder (token, how its hold ended) | later holds overlapped | faults in force | cause |\n|---|---|---|---|---|---|"
+        );
+        for (first, overlaps) in episodes.iter().take(60) {
+            let start = overlaps.iter().map(|o| o.start).min().unwrap_or(0);
+            let end = overlaps.iter().map(|o| o.end).max().unwrap_or(0);
+            let mut faults: Vec<u64> = overlaps.iter().flat_map(|o| o.faults.clone()).collect();
+            faults.sort_unstable();
+            faults.dedup();
+            let faults: Vec<String> = faults
+                .iter()
+                .filter_map(|id| analysis.fault(*id))
+                .map(|f| format!("#{} {} {}", f.id, f.kind, f.target.as_deref().unwrap_or("")))
+                .collect();
+            let mut by_lane: BTreeMap<&str, usize> = BTreeMap::new();
+            for overlap in overlaps {
+                *by_lane.entry(overlap.second.process.as_str()).or_default() += 1;
+            }
+            let later: Vec<String> = by_lane
+                .iter()
+                .map(|(lane, n)| format!("{lane} ×{n}"))
+                .collect();
+            let cause = match overlaps.iter().find(|o| o.explained_by.is_none()) {
+                Some(_) => "**UNEXPLAINED**".to_owned(),
+                None => overlaps[0].explained_by.clone().unwrap_or_default(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} pid {} ({}, {:?}) | {} ({}) | {} | {} |",
+                at(start),
+                ms(end - start),
+                first.process,
+                first.pid.unwrap_or(0),
+                first.token,
+                first.ended,
+                overlaps.len(),
+                later.join(", "),
+                faults.join(", "),
+                cause
+            );
+        }
+        if episodes.len() > 60 {
+            let _ = writeln!(out, "\n… and {} more.", episodes.len() - 60);
+        }
+    }
+
+    let _ = writeln!(out, "\n## Availability\n");
+    let _ = writeln!(
+        out,
+        "Time from each fault's start to the next grant to any worker, against the bound its \
+         kind allows: a dead, stopped or cut-off holder keeps the lock for up to a lease; a \
+         stopped or failing-over master for the fault's length; plus a third of the lease.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| kind | faults | median | p95 | max | over its bound |\n|---|---|---|---|---|---|"
+    );
+    let mut recoveries: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut never = 0;
+    for recovery in &analysis.recoveries {
+        let Some(fault) = analysis.fault(recovery.fault) else {
+            continue;
+        };
+        match recovery.unavailable {
+            Some(took) => recoveries
+                .entry(fault.kind.as_str())
+                .or_default()
+                .push((took, recovery.bound)),
+            None => never += 1,
+        }
+    }
+    for (kind, values) in &recoveries {
+        let mut sorted: Vec<u64> = values.iter().map(|(took, _)| *took).collect();
+        sorted.sort_unstable();
+        let pick = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        let over = values.iter().filter(|(took, bound)| took > bound).count();
+        let _ = writeln!(
+            out,
+            "| {kind} | {} | {} | {} | {} | {over} |",
+            values.len(),
+            ms(pick(0.5)),
+            ms(pick(0.95)),
+            ms(pick(1.0))
+        );
+    }
+    if never > 0 {
+        let _ = writeln!(
+            out,
+            "\n{never} faults were followed by no grant before the run ended."
+        );
+    }
+    let over: Vec<String> = analysis
+        .recoveries
+        .iter()
+        .filter(|r| r.unavailable.is_some_and(|took| took > r.bound))
+        .filter_map(|r| {
+            let fault = analysis.fault(r.fault)?;
+            Some(format!(
+                "* #{} {} at {} ({}): unobtainable for {}, bound {}",
+                fault.id,
+                fault.kind,
+                at(fault.start),
+                fault.detail.as_deref().unwrap_or(""),
+                ms(r.unavailable.unwrap_or(0)),
+                ms(r.bound)
+            ))
+        })
+        .collect();
+    if !over.is_empty() {
+        let _ = writeln!(out, "\nOver their bound:\n");
+        for line in over.iter().take(30) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+const WIDTH: f64 = 1600.0;
+const LEFT: f64 = 70.0;
+const LANE: f64 = 22.0;
+const TOP: f64 = 30.0;
+
+fn colour(kind: &str) -> &'static str {
+    match kind {
+        "kill-worker" => "#444444",
+        "pause-holder" | "pause-worker" => "#f0a030",
+        k if k.starts_with("partition") => "#8060c0",
+        "move-slot" => "#30a0c0",
+        _ => "#c05050",
+    }
+}
+
+/// An SVG timeline of `analysis`: a lane per worker with its holds (green; amber when the hold
+/// ended in a loss), the nemesis's faults as bands (in the target's lane, or across every lane
+/// for a fault of the service), overlaps in red. `window` (µs of the shared clock) zooms in.
+pub fn svg(analysis: &Analysis, window: Option<(u64, u64)>) -> String {
+    let (from, to) = window.unwrap_or(analysis.span);
+    let to = to.max(from + 1);
+    let mut lanes: Vec<&str> = analysis.holds.iter().map(|h| h.process.as_str()).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let lane_of = |process: &str| lanes.iter().position(|l| *l == process);
+    let height = TOP + LANE * (lanes.len() as f64 + 1.0) + 40.0;
+    let x = |t: u64| {
+        LEFT + (t.clamp(from, to) - from) as f64 / (to - from) as f64 * (WIDTH - LEFT - 10.0)
+    };
+    let y = |lane: usize| TOP + LANE * (lane as f64 + 1.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="16">holds (green; amber: ended in a loss), faults (bands: grey kill, orange stop, purple partition, red master, blue slot move), overlaps (red)</text>"#
+    );
+    let _ = writeln!(out, r#"<text x="4" y="{}">service</text>"#, TOP + 15.0);
+    for (i, lane) in lanes.iter().enumerate() {
+        let _ = writeln!(out, r#"<text x="4" y="{}">{lane}</text>"#, y(i) + 15.0);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" x2="{}" y1="{}" y2="{}" stroke="#dddddd"/>"##,
+            WIDTH - 10.0,
+            y(i) + LANE,
+            y(i) + LANE
+        );
+    }
+    let bottom = y(lanes.len());
+    for fault in &analysis.faults {
+        if fault.end < from || fault.start > to {
+            continue;
+        }
+        let (x0, x1) = (x(fault.start), x(fault.end).max(x(fault.start) + 1.5));
+        let title = format!(
+            "#{} {} {} {}",
+            fault.id,
+            fault.kind,
+            fault.target.as_deref().unwrap_or(""),
+            fault.detail.as_deref().unwrap_or("")
+        );
+        let (y0, y1) = match fault.target.as_deref().and_then(lane_of) {
+            Some(lane) if fault.pid.is_some() => (y(lane), y(lane) + LANE),
+            _ => (TOP, bottom),
+        };
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x0:.1}" y="{y0}" width="{:.1}" height="{}" fill="{}" fill-opacity="0.35"><title>{}</title></rect>"#,
+            x1 - x0,
+            y1 - y0,
+            colour(&fault.kind),
+            escape(&title)
+        );
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{LANE}" fill="{}"/>"#,
+            x1 - x0,
+            colour(&fault.kind)
+        );
+    }
+    // Holds shorter than a pixel are merged with their neighbours in the lane.
+    for (i, lane) in lanes.iter().enumerate() {
+        for lost in [false, true] {
+            let mut run: Option<(f64, f64)> = None;
+            let flush = |run: Option<(f64, f64)>, out: &mut String| {
+                if let Some((a, b)) = run {
+                    let _ = writeln!(
+                        out,
+                        r#"<rect x="{a:.1}" y="{}" width="{:.1}" height="{}" fill="{}"/>"#,
+                        y(i) + 4.0,
+                        (b - a).max(0.6),
+                        LANE - 8.0,
+                        if lost { "#e0a000" } else { "#40a040" }
+                    );
+                }
+            };
+            for hold in analysis.holds.iter().filter(|h| {
+                h.process == *lane
+                    && (h.ended == HoldEnd::Lost) == lost
+                    && h.end >= from
+                    && h.start <= to
+            }) {
+                let (a, b) = (x(hold.start), x(hold.end));
+                run = match run {
+                    Some((ra, rb)) if a <= rb + 1.0 => Some((ra, rb.max(b))),
+                    other => {
+                        flush(other, &mut out);
+                        Some((a, b))
+                    }
+                };
+            }
+            flush(run, &mut out);
+        }
+    }
+    for overlap in &analysis.overlaps {
+        if overlap.end < from || overlap.start > to {
+            continue;
+        }
+        let (Some(a), Some(b)) = (
+            lane_of(&overlap.first.process),
+            lane_of(&overlap.second.process),
+        ) else {
+            continue;
+        };
+        let (x0, x1) = (x(overlap.start), x(overlap.end));
+        let title = format!(
+            "overlap {} / {} for {}: {}",
+            overlap.first.process,
+            overlap.second.process,
+            ms(overlap.duration()),
+            overlap.explained_by.as_deref().unwrap_or("UNEXPLAINED")
+        );
+        for lane in [a, b] {
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x0:.1}" y="{}" width="{:.1}" height="{}" fill="red"><title>{}</title></rect>"#,
+                y(lane) + 2.0,
+                (x1 - x0).max(2.0),
+                LANE - 4.0,
+                escape(&title)
+            );
+        }
+    }
+    // Time axis, in seconds since the history began.
+    let span = (to - from) as f64 / 1e6;
+    let step = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0]
+        .into_iter()
+        .find(|step| span / step <= 20.0)
+        .unwrap_or(300.0);
+    let first = ((from - analysis.span.0) as f64 / 1e6 / step).ceil() as u64;
+    let mut tick = first;
+    loop {
+        let seconds = tick as f64 * step;
+        let t = analysis.span.0 + (seconds * 1e6) as u64;
+        if t > to {
+            break;
+        }
+        let _ = writeln!(
+            out,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{TOP}" y2="{1}" stroke="#bbbbbb" stroke-dasharray="2,3"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3} s</text>"##,
+            x(t),
+            bottom,
+            bottom + 14.0,
+            (seconds * 100.0).round() / 100.0
+        );
+        tick += 1;
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes `overlap-<n>.svg`, a timeline of a few seconds around each of the first overlaps
+/// (unexplained ones first), into `out`.
+pub fn write_zooms(analysis: &Analysis, out: &Path) -> Result<(), String> {
+    let mut chosen: Vec<_> = analysis.unexplained().collect();
+    chosen.extend(
+        analysis
+            .overlaps
+            .iter()
+            .filter(|o| o.explained_by.is_some()),
+    );
+    for (n, overlap) in chosen.iter().take(5).enumerate() {
+        let margin = 2 * analysis.lease;
+        let window = (
+            overlap
+                .first
+                .start
+                .saturating_sub(margin / 2)
+                .max(analysis.span.0),
+            (overlap.end + margin).min(analysis.span.1),
+        );
+        let path = out.join(format!("overlap-{}.svg", n + 1));
+        std::fs::write(&path, svg(analysis, Some(window)))
+            .map_err(|err| format!("cannot write {path:?}: {err}"))?;
+    }
+    Ok(())
+}
