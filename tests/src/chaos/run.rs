@@ -503,16 +503,18 @@ fn write_store_log(path: &Path, state: &super::checker::StoreState) -> Result<()
     std::fs::write(path, out).map_err(|err| format!("cannot write {path:?}: {err}"))
 }
 
-/// A worker to hit: the holder half of the time (when there is one), else any.
+/// A worker to hit: the holder half of the time (when there is one), else any. Draws the same
+/// numbers whoever holds, so that the schedule stays the seed's.
 fn target(rng: &mut Rng, tail: &Tail, workers: &[Worker]) -> usize {
+    let (coin, any) = (rng.below(2), rng.below(workers.len() as u64) as usize);
     let holder = tail.holding.iter().find_map(|(lane, pid)| {
         workers
             .iter()
             .position(|w| &w.lane == lane && w.pid() == *pid)
     });
     match holder {
-        Some(index) if rng.below(2) == 0 => index,
-        _ => rng.below(workers.len() as u64) as usize,
+        Some(index) if coin == 0 => index,
+        _ => any,
     }
 }
 
@@ -564,9 +566,10 @@ async fn inject(
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             };
+            let any = rng.below(workers.len() as u64) as usize;
             let (kind, index) = match index {
                 Some(index) => ("pause-holder", index),
-                None => ("pause-worker", rng.below(workers.len() as u64) as usize),
+                None => ("pause-worker", any),
             };
             let stop = lease.mul_f64(1.2 + rng.below(81) as f64 / 100.0);
             let worker = &workers[index];
