@@ -65,6 +65,7 @@ fn kinds(analysis: &Analysis) -> Vec<&str> {
 /// also after the last fault of the service.
 fn assert_passes(outcome: &RunOutcome, min_faults: usize, must_include: &[&str]) {
     let analysis = &outcome.analysis;
+    assert!(outcome.notes.is_empty(), "{:?}", outcome.notes);
     assert!(
         analysis.valid(),
         "the checker failed the run:\n{}",

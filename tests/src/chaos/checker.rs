@@ -136,6 +136,16 @@ pub struct Recovery {
     pub unavailable: Option<u64>,
     /// What the documentation leads one to expect for its kind (µs).
     pub bound: u64,
+    /// The next fault, when it began before that grant: the wait is partly its doing, so it is
+    /// not held against this fault's bound.
+    pub interrupted_by: Option<u64>,
+}
+
+impl Recovery {
+    /// Whether the lock stayed unobtainable longer than the bound, this fault alone in force.
+    pub fn over_bound(&self) -> bool {
+        self.interrupted_by.is_none() && self.unavailable.is_some_and(|took| took > self.bound)
+    }
 }
 
 /// What the checker found.
@@ -502,12 +512,19 @@ fn recoveries(events: &[Event], faults: &[Fault], lease: u64) -> Vec<Recovery> {
         .collect();
     faults
         .iter()
-        .map(|fault| {
+        .enumerate()
+        .map(|(at, fault)| {
             let next = grants.partition_point(|&t| t < fault.start);
+            let grant = grants.get(next).copied();
+            let interrupted_by = faults
+                .get(at + 1)
+                .filter(|after| grant.is_none_or(|grant| after.start < grant))
+                .map(|after| after.id);
             Recovery {
                 fault: fault.id,
-                unavailable: grants.get(next).map(|&t| t - fault.start),
+                unavailable: grant.map(|t| t - fault.start),
                 bound: recovery_bound(&fault.kind, fault.end - fault.start, lease),
+                interrupted_by,
             }
         })
         .collect()
@@ -678,6 +695,23 @@ mod tests {
         assert_eq!(analysis.holds[0].end, 500);
         assert_eq!(analysis.recoveries[0].unavailable, Some(1_000_100));
         assert_eq!(analysis.recoveries[0].bound, LEASE + LEASE / 3);
+        assert!(!analysis.recoveries[0].over_bound());
+    }
+
+    #[test]
+    fn a_wait_past_the_bound_counts_unless_the_next_fault_began_during_it() {
+        let mut h = H::default();
+        h.ev(100, "w0", Type::Ok, Op::Acquire).token = Some(10);
+        h.fault(1, "kill-worker", "w0", 500, 600);
+        h.fault(2, "kill-worker", "w1", 1_500_000, 1_500_100);
+        h.ev(3_000_000, "w2", Type::Ok, Op::Acquire).token = Some(11);
+        let analysis = h.check();
+        let (first, second) = (&analysis.recoveries[0], &analysis.recoveries[1]);
+        assert_eq!(first.interrupted_by, Some(2));
+        assert!(!first.over_bound());
+        assert_eq!(second.interrupted_by, None);
+        assert_eq!(second.unavailable, Some(1_500_000));
+        assert!(second.over_bound());
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn secs(micros: u64) -> String {
 }
 
 /// The Markdown summary of `analysis`, for the run `config` describes.
-pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
+pub fn markdown(analysis: &Analysis, config: &RunConfig, notes: &[String]) -> String {
     let mut out = String::new();
     let at = |t: u64| secs(t.saturating_sub(analysis.span.0));
     let _ = writeln!(
@@ -57,6 +57,9 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
         secs(analysis.span.1 - analysis.span.0),
         analysis.faults.len()
     );
+    for note in notes {
+        let _ = writeln!(out, "> **Note:** {note}\n");
+    }
     let _ = writeln!(out, "![timeline](timeline.svg)\n");
 
     let _ = writeln!(out, "## Operations\n");
@@ -229,25 +232,28 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
         out,
         "| kind | faults | median | p95 | max | over its bound |\n|---|---|---|---|---|---|"
     );
-    let mut recoveries: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
-    let mut never = 0;
+    // Per kind: (unavailable, over the bound) of the faults that were alone in force until
+    // the next grant.
+    let mut recoveries: BTreeMap<&str, Vec<(u64, bool)>> = BTreeMap::new();
+    let (mut never, mut interrupted) = (0, 0);
     for recovery in &analysis.recoveries {
         let Some(fault) = analysis.fault(recovery.fault) else {
             continue;
         };
-        match recovery.unavailable {
-            Some(took) => recoveries
+        match (recovery.unavailable, recovery.interrupted_by) {
+            (_, Some(_)) => interrupted += 1,
+            (Some(took), None) => recoveries
                 .entry(fault.kind.as_str())
                 .or_default()
-                .push((took, recovery.bound)),
-            None => never += 1,
+                .push((took, recovery.over_bound())),
+            (None, None) => never += 1,
         }
     }
     for (kind, values) in &recoveries {
         let mut sorted: Vec<u64> = values.iter().map(|(took, _)| *took).collect();
         sorted.sort_unstable();
         let pick = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        let over = values.iter().filter(|(took, bound)| took > bound).count();
+        let over = values.iter().filter(|(_, over)| *over).count();
         let _ = writeln!(
             out,
             "| {kind} | {} | {} | {} | {} | {over} |",
@@ -255,6 +261,13 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
             ms(pick(0.5)),
             ms(pick(0.95)),
             ms(pick(1.0))
+        );
+    }
+    if interrupted > 0 {
+        let _ = writeln!(
+            out,
+            "\n{interrupted} faults are left out: the next fault began before the lock was \
+             granted again."
         );
     }
     if never > 0 {
@@ -266,7 +279,7 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig) -> String {
     let over: Vec<String> = analysis
         .recoveries
         .iter()
-        .filter(|r| r.unavailable.is_some_and(|took| took > r.bound))
+        .filter(|r| r.over_bound())
         .filter_map(|r| {
             let fault = analysis.fault(r.fault)?;
             Some(format!(

@@ -345,6 +345,8 @@ pub struct RunOutcome {
     pub report: PathBuf,
     /// The SVG timeline.
     pub timeline: PathBuf,
+    /// What went wrong with the run itself (a harness step that failed), in the report too.
+    pub notes: Vec<String>,
 }
 
 /// Runs the chaos run `config` describes; needs a multi-threaded Tokio runtime (the harness's
@@ -440,6 +442,7 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
         tail.update();
     }
     let end = Instant::now() + config.duration;
+    let mut notes = Vec::new();
     loop {
         let gap = rng.between(config.gap.0, config.gap.1);
         if Instant::now() + gap >= end {
@@ -448,7 +451,7 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
         tokio::time::sleep(gap).await;
         tail.update();
         let kind = rng.pick(&kinds);
-        inject(
+        let injected = inject(
             kind,
             &mut rng,
             &mut tail,
@@ -459,6 +462,14 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
             key,
         )
         .await;
+        if let Err(err) = injected {
+            notes.push(format!(
+                "The nemesis stopped {:.1} s into the run: the harness failed during a {kind} \
+                 fault ({err}). The history up to there is checked as usual.",
+                (Instant::now() + config.duration - end).as_secs_f64()
+            ));
+            break;
+        }
     }
     // A quiet second, so that every fault's aftermath is in the history.
     tokio::time::sleep(Duration::from_secs(1).max(lease)).await;
@@ -473,7 +484,7 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
     let analysis = check(&events, state, lease.as_micros() as u64);
     let report = config.out.join("report.md");
     let timeline = config.out.join("timeline.svg");
-    std::fs::write(&report, super::report::markdown(&analysis, config))
+    std::fs::write(&report, super::report::markdown(&analysis, config, &notes))
         .map_err(|err| format!("cannot write {report:?}: {err}"))?;
     std::fs::write(&timeline, super::report::svg(&analysis, None))
         .map_err(|err| format!("cannot write {timeline:?}: {err}"))?;
@@ -482,6 +493,7 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
         analysis,
         report,
         timeline,
+        notes,
     })
 }
 
@@ -528,7 +540,7 @@ async fn inject(
     deployment: &mut Deployment,
     config: &RunConfig,
     key: &str,
-) {
+) -> Result<(), String> {
     let lease = config.lease;
     let seconds = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     match kind {
@@ -620,7 +632,7 @@ async fn inject(
                 None,
                 "SIGKILL, restart without persistence".into(),
             );
-            tokio::task::block_in_place(|| server.restart());
+            harness(|| server.restart())?;
             nemesis.heal(id, kind, None);
         }
         "pause-master" => {
@@ -647,30 +659,30 @@ async fn inject(
                     let port = sentinel.master().port();
                     let id =
                         nemesis.invoke(kind, &port.to_string(), None, format!("{what} the master"));
-                    let took = tokio::task::block_in_place(|| {
+                    let took = harness(|| {
                         if pause {
                             sentinel.pause_master().1
                         } else {
                             sentinel.kill_master()
                         }
-                    });
+                    })?;
                     (id, took)
                 }
                 Deployment::Cluster(cluster) => {
-                    let port = tokio::task::block_in_place(|| cluster.master_of(key));
+                    let port = harness(|| cluster.master_of(key))?;
                     let id = nemesis.invoke(
                         kind,
                         &port.to_string(),
                         None,
                         format!("{what} the register slot's master"),
                     );
-                    let took = tokio::task::block_in_place(|| {
+                    let took = harness(|| {
                         if pause {
                             cluster.pause_master_of(key).1
                         } else {
                             cluster.kill_master_of(key)
                         }
-                    });
+                    })?;
                     (id, took)
                 }
                 Deployment::Single(_) => unreachable!("a single server has no failover"),
@@ -678,17 +690,17 @@ async fn inject(
             nemesis.heal(id, kind, Some(format!("failover took {}", seconds(took))));
             // Bringing the old master back as a replica is not part of the fault: the next
             // failover needs it.
-            tokio::task::block_in_place(|| match deployment {
+            harness(|| match deployment {
                 Deployment::Sentinel(sentinel) => sentinel.heal(),
                 Deployment::Cluster(cluster) => cluster.heal(),
                 Deployment::Single(_) => {}
-            });
+            })?;
         }
         "move-slot" => {
             let Deployment::Cluster(cluster) = deployment else {
                 unreachable!("move-slot is a cluster fault")
             };
-            let (slot, from, to) = tokio::task::block_in_place(|| {
+            let (slot, from, to) = harness(|| {
                 let slot = cluster.slot_of(key);
                 let from = cluster.master_of_slot(slot);
                 let others: Vec<u16> = cluster
@@ -697,18 +709,34 @@ async fn inject(
                     .filter(|port| *port != from)
                     .collect();
                 (slot, from, others[rng.below(others.len() as u64) as usize])
-            });
+            })?;
             let id = nemesis.invoke(
                 kind,
                 &from.to_string(),
                 None,
                 format!("slot {slot} from port {from} to port {to}"),
             );
-            tokio::task::block_in_place(|| cluster.move_slot(slot, to));
+            harness(|| cluster.move_slot(slot, to))?;
             nemesis.heal(id, kind, None);
         }
         other => unreachable!("no such fault: {other}"),
     }
+    Ok(())
+}
+
+/// Runs a blocking step of the Redis harness; its panic (a failover that never came, a node that
+/// did not sync) becomes an error, so that the run stops its nemesis but still checks and
+/// reports what happened until then.
+fn harness<T>(step: impl FnOnce() -> T) -> Result<T, String> {
+    tokio::task::block_in_place(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        })
+    })
 }
 
 #[cfg(test)]
