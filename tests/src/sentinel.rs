@@ -217,14 +217,13 @@ impl RedisSentinel {
 
     /// Brings the data node that is not the master back after [`kill_master`](Self::kill_master)
     /// (restarted, empty) or [`pause_master`](Self::pause_master) (continued), then waits until it
-    /// is the master's replica with its link up and every sentinel knows it as a healthy replica,
-    /// so that the next failover can promote it.
+    /// is the master's replica with its link up and every sentinel sees it as a replica that is
+    /// up, so that the next failover can promote it.
+    ///
+    /// The node is made a replica at once (`REPLICAOF`), as the sentinels would do: they only
+    /// notice a returning master's role with their next `INFO` to it, up to 10 s later, and a
+    /// continued old master would meanwhile serve the clients still connected to it.
     pub fn heal(&mut self) {
-        for node in &mut self.data {
-            if !node.is_running() {
-                node.restart();
-            }
-        }
         for port in std::mem::take(&mut self.paused) {
             self.data
                 .iter()
@@ -232,41 +231,48 @@ impl RedisSentinel {
                 .expect("the node is one of ours")
                 .resume();
         }
+        for node in &mut self.data {
+            if !node.is_running() {
+                node.restart();
+            }
+        }
+        // The sentinels may still change their minds (a failover they had begun ends on the
+        // other node): follow whichever master a majority names until everything agrees.
         let deadline = Instant::now() + Duration::from_secs(30);
-        wait_for(deadline, "the sentinels to agree on the master", || {
-            self.named_master_by_majority()
-                .is_some_and(|port| query(port, &["ROLE"]).starts_with("master"))
-        });
-        let master = self.named_master_by_majority().expect("a master");
-        let replica = self.other_data_node(master);
-        wait_for(deadline, "the old master to sync as a replica", || {
-            let info = query(replica, &["INFO", "replication"]);
-            info.contains("role:slave")
-                && info.contains(&format!("master_port:{master}"))
-                && info.contains("master_link_status:up")
-        });
-        wait_for(
-            deadline,
-            "every sentinel to see the replica as healthy",
-            || {
-                self.sentinels.iter().all(|sentinel| {
-                    let reply = query(sentinel.port, &["SENTINEL", "REPLICAS", MASTER_NAME]);
-                    let lines: Vec<&str> = reply.lines().map(str::trim).collect();
-                    lines.split(|line| *line == "name").any(|record| {
-                        let field = |name: &str| {
-                            record
-                                .iter()
-                                .position(|line| *line == name)
-                                .and_then(|at| record.get(at + 1))
-                                .copied()
-                        };
-                        field("port") == Some(&replica.to_string())
-                            && field("flags") == Some("slave")
-                            && field("master-link-status") == Some("ok")
-                    })
-                })
-            },
-        );
+        let mut last = String::new();
+        loop {
+            if let Some(master) = self.named_master_by_majority() {
+                let replica = self.other_data_node(master);
+                let info = query(replica, &["INFO", "replication"]);
+                let linked =
+                    info.contains("role:slave") && info.contains(&format!("master_port:{master}"));
+                if !linked {
+                    query(replica, &["REPLICAOF", "127.0.0.1", &master.to_string()]);
+                }
+                let replies: Vec<String> = self
+                    .sentinels
+                    .iter()
+                    .map(|sentinel| query(sentinel.port, &["SENTINEL", "REPLICAS", MASTER_NAME]))
+                    .collect();
+                if linked
+                    && info.contains("master_link_status:up")
+                    && query(master, &["ROLE"]).starts_with("master")
+                    && replies.iter().all(|reply| lists_replica(reply, replica))
+                {
+                    return;
+                }
+                last = format!(
+                    "master {master}, replica {replica}:\n{info}\nSENTINEL REPLICAS:\n{}",
+                    replies.join("\n---\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the old master to be back as a replica the sentinels \
+                 see; last seen: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `redis://127.0.0.1:<port>` of each sentinel, in the reverse order.
@@ -343,4 +349,20 @@ impl Drop for SentinelProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether a `SENTINEL REPLICAS` reply (as `redis-cli` prints it) lists the replica on `port` as
+/// up (flags exactly `slave`).
+fn lists_replica(reply: &str, port: u16) -> bool {
+    let lines: Vec<&str> = reply.lines().map(str::trim).collect();
+    lines.split(|line| *line == "name").any(|record| {
+        let field = |name: &str| {
+            record
+                .iter()
+                .position(|line| *line == name)
+                .and_then(|at| record.get(at + 1))
+                .copied()
+        };
+        field("port") == Some(&port.to_string()) && field("flags") == Some("slave")
+    })
 }

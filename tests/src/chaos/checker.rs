@@ -92,6 +92,8 @@ pub struct Fault {
     pub start: u64,
     /// Healed (µs); the end of the history when it never was.
     pub end: u64,
+    /// How long its main step took (µs): a failover, before the old master was back.
+    pub took: Option<u64>,
     /// Its parameters and what the heal found.
     pub detail: Option<String>,
 }
@@ -274,6 +276,7 @@ fn faults(events: &[Event], last: u64, malformed: &mut Vec<String>) -> Vec<Fault
                     pid: event.pid,
                     start: event.time,
                     end: last,
+                    took: None,
                     detail: event.detail.clone(),
                 });
             }
@@ -281,6 +284,7 @@ fn faults(events: &[Event], last: u64, malformed: &mut Vec<String>) -> Vec<Fault
                 Some(index) => {
                     let fault = &mut faults[index];
                     fault.end = event.time;
+                    fault.took = event.took;
                     if let Some(detail) = &event.detail {
                         fault.detail = Some(match &fault.detail {
                             Some(before) => format!("{before}; {detail}"),
@@ -490,7 +494,8 @@ fn overlaps(holds: &[Hold], faults: &[Fault], lease: u64) -> Vec<Overlap> {
     overlaps
 }
 
-/// What to expect after a fault of `kind` that lasted `duration` µs, with holds of `lease` µs:
+/// What to expect after a fault of `kind` that lasted `duration` µs (a failover: until the
+/// replica was promoted), with holds of `lease` µs:
 /// a dead, stopped or cut-off holder keeps the lock until its lease ends; a server that is gone
 /// or being replaced keeps it for the fault's duration; either way the waiters need up to a third
 /// of the lease more (a retry, a reconnection, a renewal cycle).
@@ -523,7 +528,11 @@ fn recoveries(events: &[Event], faults: &[Fault], lease: u64) -> Vec<Recovery> {
             Recovery {
                 fault: fault.id,
                 unavailable: grant.map(|t| t - fault.start),
-                bound: recovery_bound(&fault.kind, fault.end - fault.start, lease),
+                bound: recovery_bound(
+                    &fault.kind,
+                    fault.took.unwrap_or(fault.end - fault.start),
+                    lease,
+                ),
                 interrupted_by,
             }
         })

@@ -91,6 +91,10 @@ pub struct Event {
     /// A fault's target: a worker's lane, or the Redis node's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// How long a fault's main step took, in µs (a failover, before the old master is brought
+    /// back as a replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took: Option<u64>,
     /// Free text (a fault's parameters, what a heal found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -111,6 +115,7 @@ impl Event {
             fault: None,
             id: None,
             target: None,
+            took: None,
             detail: None,
         }
     }

@@ -327,6 +327,15 @@ impl Nemesis {
         self.next_id
     }
 
+    fn heal_after(&self, id: u64, kind: &str, took: Duration, detail: String) {
+        let mut event = Event::new(now_micros(), "nemesis", Type::Ok, Op::Fault);
+        event.id = Some(id);
+        event.fault = Some(kind.to_owned());
+        event.took = Some(took.as_micros() as u64);
+        event.detail = Some(detail);
+        self.history.append(&event);
+    }
+
     fn heal(&self, id: u64, kind: &str, detail: Option<String>) {
         let mut event = Event::new(now_micros(), "nemesis", Type::Ok, Op::Fault);
         event.id = Some(id);
@@ -687,14 +696,14 @@ async fn inject(
                 }
                 Deployment::Single(_) => unreachable!("a single server has no failover"),
             };
-            nemesis.heal(id, kind, Some(format!("failover took {}", seconds(took))));
-            // Bringing the old master back as a replica is not part of the fault: the next
-            // failover needs it.
+            // The old master comes back as a replica within the fault: until then, a continued
+            // one may still answer the clients connected to it, and the next failover needs it.
             harness(|| match deployment {
                 Deployment::Sentinel(sentinel) => sentinel.heal(),
                 Deployment::Cluster(cluster) => cluster.heal(),
                 Deployment::Single(_) => {}
             })?;
+            nemesis.heal_after(id, kind, took, format!("failover took {}", seconds(took)));
         }
         "move-slot" => {
             let Deployment::Cluster(cluster) = deployment else {
