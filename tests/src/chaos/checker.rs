@@ -134,7 +134,8 @@ impl Overlap {
 pub struct Recovery {
     /// The fault.
     pub fault: u64,
-    /// From its start to the next grant (µs); `None` when no grant came before the history ended.
+    /// The longest stretch without a grant from its start to the first grant after it healed
+    /// (µs); `None` when no grant came after it before the history ended.
     pub unavailable: Option<u64>,
     /// What the documentation leads one to expect for its kind (µs).
     pub bound: u64,
@@ -519,15 +520,29 @@ fn recoveries(events: &[Event], faults: &[Fault], lease: u64) -> Vec<Recovery> {
         .iter()
         .enumerate()
         .map(|(at, fault)| {
-            let next = grants.partition_point(|&t| t < fault.start);
-            let grant = grants.get(next).copied();
+            // The longest stretch without a grant from the fault's start to the first grant
+            // after it healed: a master fault's outage may begin after its start (the harness
+            // finds the master first) and a grant already in flight may land inside it.
+            let from = grants.partition_point(|&t| t < fault.start);
+            let after = grants.partition_point(|&t| t <= fault.end);
+            let grant = grants.get(after).copied();
+            let unavailable = grant.map(|grant| {
+                std::iter::once(fault.start)
+                    .chain(grants[from..after].iter().copied())
+                    .chain(std::iter::once(grant))
+                    .collect::<Vec<u64>>()
+                    .windows(2)
+                    .map(|pair| pair[1] - pair[0])
+                    .max()
+                    .unwrap_or(0)
+            });
             let interrupted_by = faults
                 .get(at + 1)
-                .filter(|after| grant.is_none_or(|grant| after.start < grant))
-                .map(|after| after.id);
+                .filter(|next| grant.is_none_or(|grant| next.start < grant))
+                .map(|next| next.id);
             Recovery {
                 fault: fault.id,
-                unavailable: grant.map(|t| t - fault.start),
+                unavailable,
                 bound: recovery_bound(
                     &fault.kind,
                     fault.took.unwrap_or(fault.end - fault.start),
@@ -705,6 +720,23 @@ mod tests {
         assert_eq!(analysis.recoveries[0].unavailable, Some(1_000_100));
         assert_eq!(analysis.recoveries[0].bound, LEASE + LEASE / 3);
         assert!(!analysis.recoveries[0].over_bound());
+    }
+
+    #[test]
+    fn a_master_fault_is_measured_by_its_longest_stretch_without_a_grant() {
+        let mut h = H::default();
+        h.fault(1, "failover-kill", "7001", 1_000, 5_000_000);
+        for (time, token) in [
+            (1_500, 10),
+            (3_001_500, 11),
+            (4_000_000, 12),
+            (5_000_100, 13),
+        ] {
+            h.ev(time, "w0", Type::Ok, Op::Acquire).token = Some(token);
+            h.ev(time + 10, "w0", Type::Invoke, Op::Release);
+        }
+        let analysis = h.check();
+        assert_eq!(analysis.recoveries[0].unavailable, Some(3_000_000));
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig, notes: &[String]) -> St
         config.seed,
         config.lease.as_millis()
     );
+    let _ = write!(
+        command,
+        " --gap-ms {}..{}",
+        config.gap.0.as_millis(),
+        config.gap.1.as_millis()
+    );
+    if config.workers != 5 {
+        let _ = write!(command, " --workers {}", config.workers);
+    }
     if config.replicas > 0 {
         let _ = write!(command, " --replicas {}", config.replicas);
     }
@@ -224,9 +233,11 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig, notes: &[String]) -> St
     let _ = writeln!(out, "\n## Availability\n");
     let _ = writeln!(
         out,
-        "Time from each fault's start to the next grant to any worker, against the bound its \
-         kind allows: a dead, stopped or cut-off holder keeps the lock for up to a lease; a \
-         stopped or failing-over master for the fault's length; plus a third of the lease.\n"
+        "For each fault, the longest stretch without a grant to any worker, from the fault's \
+         start until the first grant after it healed, against the bound its kind allows: a \
+         dead, stopped or cut-off holder keeps the lock for up to a lease; a stopped master for \
+         the stop, a failing-over one for the failover (until the replica is promoted); plus a \
+         third of the lease either way.\n"
     );
     let _ = writeln!(
         out,
