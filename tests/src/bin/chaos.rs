@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use relock_tests::chaos::run::{run, RunConfig, Topology};
+use relock_tests::chaos::run::{recheck, run, RunConfig, Topology};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,10 @@ struct Args {
     /// beside the real one, with its token).
     #[arg(long, default_value = "none", value_parser = ["none", "double-grant"])]
     r#break: String,
+    /// Run nothing: check the run whose files are in `--out` again and rewrite its report (give
+    /// the run's own flags, which the report repeats).
+    #[arg(long)]
+    recheck: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -83,7 +87,7 @@ async fn main() {
     let worker_exe = std::env::current_exe()
         .expect("the chaos binary's path")
         .with_file_name("chaos_worker");
-    if !worker_exe.exists() {
+    if !worker_exe.exists() && !args.recheck {
         eprintln!(
             "chaos: {worker_exe:?} is missing; build both binaries: cargo build --release -p relock-tests --bins"
         );
@@ -102,7 +106,12 @@ async fn main() {
         gap: args.gap_ms,
         only: args.only,
     };
-    match run(&config).await {
+    let outcome = if args.recheck {
+        recheck(&config)
+    } else {
+        run(&config).await
+    };
+    match outcome {
         Ok(outcome) => {
             let analysis = &outcome.analysis;
             println!(

@@ -26,9 +26,12 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig, notes: &[String]) -> St
         config.seed
     );
     let mut command = format!(
-        "cargo run --release -p relock-tests --bin chaos -- --topology {} --duration {}s --seed {} --lease-ms {}",
+        "cargo run --release -p relock-tests --bin chaos -- --topology {} --duration {} --seed {} --lease-ms {}",
         config.topology.name(),
-        config.duration.as_secs(),
+        match config.duration.as_secs() {
+            seconds if seconds % 60 == 0 => format!("{}m", seconds / 60),
+            seconds => format!("{seconds}s"),
+        },
         config.seed,
         config.lease.as_millis()
     );
@@ -430,34 +433,62 @@ pub fn svg(analysis: &Analysis, window: Option<(u64, u64)>) -> String {
             flush(run, &mut out);
         }
     }
-    for overlap in &analysis.overlaps {
-        if overlap.end < from || overlap.start > to {
+    // One red bar per lane and episode (an earlier hold and the later holds it overlapped): a
+    // stopped holder overlaps dozens of holds, which would otherwise be dozens of shapes.
+    let mut bars: Vec<(usize, u64, u64, String)> = Vec::new();
+    for (first, overlaps) in episodes(analysis) {
+        let visible: Vec<&Overlap> = overlaps
+            .into_iter()
+            .filter(|o| o.end >= from && o.start <= to)
+            .collect();
+        if visible.is_empty() {
             continue;
         }
-        let (Some(a), Some(b)) = (
-            lane_of(&overlap.first.process),
-            lane_of(&overlap.second.process),
-        ) else {
-            continue;
-        };
-        let (x0, x1) = (x(overlap.start), x(overlap.end));
         let title = format!(
-            "overlap {} / {} for {}: {}",
-            overlap.first.process,
-            overlap.second.process,
-            ms(overlap.duration()),
-            overlap.explained_by.as_deref().unwrap_or("UNEXPLAINED")
+            "{} pid {} (token {}) overlapped by {} later holds: {}",
+            first.process,
+            first.pid.unwrap_or(0),
+            first.token,
+            visible.len(),
+            match visible.iter().find(|o| o.explained_by.is_none()) {
+                Some(_) => "UNEXPLAINED",
+                None => visible[0].explained_by.as_deref().unwrap_or_default(),
+            }
         );
-        for lane in [a, b] {
-            let _ = writeln!(
-                out,
-                r#"<rect x="{x0:.1}" y="{}" width="{:.1}" height="{}" fill="red"><title>{}</title></rect>"#,
-                y(lane) + 2.0,
-                (x1 - x0).max(2.0),
-                LANE - 4.0,
-                escape(&title)
-            );
+        let mut lanes_hit: Vec<(&str, u64, u64)> = vec![(
+            first.process.as_str(),
+            visible.iter().map(|o| o.start).min().unwrap_or(0),
+            visible.iter().map(|o| o.end).max().unwrap_or(0),
+        )];
+        for overlap in &visible {
+            match lanes_hit
+                .iter_mut()
+                .skip(1)
+                .find(|(lane, _, _)| *lane == overlap.second.process)
+            {
+                Some((_, start, end)) => {
+                    *start = (*start).min(overlap.start);
+                    *end = (*end).max(overlap.end);
+                }
+                None => lanes_hit.push((&overlap.second.process, overlap.start, overlap.end)),
+            }
         }
+        for (lane, start, end) in lanes_hit {
+            if let Some(lane) = lane_of(lane) {
+                bars.push((lane, start, end, title.clone()));
+            }
+        }
+    }
+    for (lane, start, end, title) in bars {
+        let (x0, x1) = (x(start), x(end));
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x0:.1}" y="{}" width="{:.1}" height="{}" fill="red"><title>{}</title></rect>"#,
+            y(lane) + 2.0,
+            (x1 - x0).max(2.0),
+            LANE - 4.0,
+            escape(&title)
+        );
     }
     // Time axis, in seconds since the history began.
     let span = (to - from) as f64 / 1e6;
@@ -485,6 +516,28 @@ pub fn svg(analysis: &Analysis, window: Option<(u64, u64)>) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The overlaps grouped by their earlier hold, in order.
+fn episodes(analysis: &Analysis) -> Vec<(&Hold, Vec<&Overlap>)> {
+    let mut episodes: Vec<(&Hold, Vec<&Overlap>)> = Vec::new();
+    let mut index: std::collections::HashMap<(&str, Option<u32>, u64), usize> =
+        std::collections::HashMap::new();
+    for overlap in &analysis.overlaps {
+        let key = (
+            overlap.first.process.as_str(),
+            overlap.first.pid,
+            overlap.first.token,
+        );
+        match index.get(&key) {
+            Some(&at) => episodes[at].1.push(overlap),
+            None => {
+                index.insert(key, episodes.len());
+                episodes.push((&overlap.first, vec![overlap]));
+            }
+        }
+    }
+    episodes
 }
 
 fn escape(text: &str) -> String {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::checker::{check, Analysis};
+use super::checker::{check, Analysis, StoreState, StoreWrite};
 use super::history::{now_micros, read_history, Event, HistoryWriter, Op, Type};
 use super::link::{Links, Partition};
 use super::store::FencedStore;
@@ -488,9 +488,61 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
         .await
         .map_err(|err| format!("cannot connect to the store: {err}"))?;
     let state = store.state().await?;
-    let events = read_history(&history_path)?;
-    write_store_log(&config.out.join("store.jsonl"), &state)?;
-    let analysis = check(&events, state, lease.as_micros() as u64);
+    write_store_log(&config.out, &state, &notes)?;
+    finish(config, state, notes)
+}
+
+/// Checks a run again from the files it left in `config.out` (`history.jsonl`, `store.jsonl`,
+/// `run.json`) and writes its report anew, with this version of the checker and the report.
+pub fn recheck(config: &RunConfig) -> Result<RunOutcome, String> {
+    let read = |name: &str| {
+        let path = config.out.join(name);
+        std::fs::read_to_string(&path).map_err(|err| format!("cannot read {path:?}: {err}"))
+    };
+    let mut log = Vec::new();
+    for (number, line) in read("store.jsonl")?.lines().enumerate() {
+        let write: serde_json::Value = serde_json::from_str(line)
+            .map_err(|err| format!("store.jsonl:{}: {err}", number + 1))?;
+        let field = |name: &str| {
+            write[name]
+                .as_u64()
+                .ok_or_else(|| format!("store.jsonl:{}: no number {name}", number + 1))
+        };
+        log.push(StoreWrite {
+            value: field("value")?,
+            token: field("token")?,
+            process: write["process"].as_str().unwrap_or_default().to_owned(),
+            pid: u32::try_from(field("pid")?).map_err(|err| err.to_string())?,
+        });
+    }
+    let run: serde_json::Value =
+        serde_json::from_str(&read("run.json")?).map_err(|err| format!("run.json: {err}"))?;
+    let number = |name: &str| {
+        run[name]
+            .as_u64()
+            .ok_or_else(|| format!("run.json has no number {name}"))
+    };
+    let state = StoreState {
+        log,
+        register: number("register")?,
+        rejected_reads: number("rejected_reads")?,
+        rejected_writes: number("rejected_writes")?,
+    };
+    let notes = run["notes"]
+        .as_array()
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|note| note.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    finish(config, state, notes)
+}
+
+fn finish(config: &RunConfig, state: StoreState, notes: Vec<String>) -> Result<RunOutcome, String> {
+    let events = read_history(&config.out.join("history.jsonl"))?;
+    let analysis = check(&events, state, config.lease.as_micros() as u64);
     let report = config.out.join("report.md");
     let timeline = config.out.join("timeline.svg");
     std::fs::write(&report, super::report::markdown(&analysis, config, &notes))
@@ -506,10 +558,12 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
     })
 }
 
-fn write_store_log(path: &Path, state: &super::checker::StoreState) -> Result<(), String> {
-    let mut out = String::new();
+/// Saves what the checker needs of the store beside the history: `store.jsonl` (the accepted
+/// writes) and `run.json` (the register, the refusals, and the run's notes).
+fn write_store_log(out: &Path, state: &StoreState, notes: &[String]) -> Result<(), String> {
+    let mut log = String::new();
     for (at, write) in state.log.iter().enumerate() {
-        out.push_str(
+        log.push_str(
             &serde_json::json!({
                 "index": at + 1,
                 "value": write.value,
@@ -519,9 +573,19 @@ fn write_store_log(path: &Path, state: &super::checker::StoreState) -> Result<()
             })
             .to_string(),
         );
-        out.push('\n');
+        log.push('\n');
     }
-    std::fs::write(path, out).map_err(|err| format!("cannot write {path:?}: {err}"))
+    let run = serde_json::json!({
+        "register": state.register,
+        "rejected_reads": state.rejected_reads,
+        "rejected_writes": state.rejected_writes,
+        "notes": notes,
+    });
+    for (name, contents) in [("store.jsonl", log), ("run.json", run.to_string())] {
+        let path = out.join(name);
+        std::fs::write(&path, contents).map_err(|err| format!("cannot write {path:?}: {err}"))?;
+    }
+    Ok(())
 }
 
 /// A worker to hit: the holder half of the time (when there is one), else any. Draws the same
