@@ -572,3 +572,68 @@ pub fn write_zooms(analysis: &Analysis, out: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::chaos::checker::{check, StoreState, StoreWrite};
+    use crate::chaos::history::{Event, Op, Type};
+    use crate::chaos::run::Topology;
+
+    /// Two workers granted at once, with no fault: the report must say FAIL and draw the overlap.
+    fn overlapping() -> Analysis {
+        let mut events = Vec::new();
+        for (process, start, end, token) in [("w0", 100, 5_000, 10), ("w1", 2_000, 9_000, 11)] {
+            let mut ok = Event::new(start, process, Type::Ok, Op::Acquire);
+            ok.pid = Some(1);
+            ok.token = Some(token);
+            events.push(ok);
+            let mut release = Event::new(end, process, Type::Invoke, Op::Release);
+            release.pid = Some(1);
+            events.push(release);
+        }
+        events.sort_by_key(|e| e.time);
+        let store = StoreState {
+            log: vec![StoreWrite {
+                value: 1,
+                token: 10,
+                process: "w0".into(),
+                pid: 1,
+            }],
+            register: 1,
+            ..StoreState::default()
+        };
+        check(&events, store, 1_000_000)
+    }
+
+    #[test]
+    fn an_unexplained_overlap_fails_the_report_and_is_drawn_in_red() {
+        let analysis = overlapping();
+        let config = RunConfig {
+            topology: Topology::Single,
+            duration: Duration::from_secs(600),
+            seed: 9,
+            out: std::env::temp_dir(),
+            lease: Duration::from_secs(1),
+            workers: 2,
+            replicas: 0,
+            break_mode: "none".into(),
+            worker_exe: "chaos_worker".into(),
+            gap: (Duration::from_millis(100), Duration::from_millis(700)),
+            only: Vec::new(),
+        };
+        let text = markdown(&analysis, &config, &["a note".to_owned()]);
+        assert!(text.contains("**Verdict: FAIL**"), "{text}");
+        assert!(text.contains("--duration 10m --seed 9"), "{text}");
+        assert!(text.contains("> **Note:** a note"), "{text}");
+        assert!(
+            text.contains("| w0 pid 1 (10, Released) | 1 (w1 ×1) |  | **UNEXPLAINED** |"),
+            "{text}"
+        );
+        let picture = svg(&analysis, None);
+        assert_eq!(picture.matches(r#"fill="red""#).count(), 2, "{picture}");
+        assert!(picture.contains("UNEXPLAINED"));
+    }
+}
