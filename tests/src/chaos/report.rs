@@ -231,6 +231,22 @@ pub fn markdown(analysis: &Analysis, config: &RunConfig, notes: &[String]) -> St
         if episodes.len() > 60 {
             let _ = writeln!(out, "\n… and {} more.", episodes.len() - 60);
         }
+        let _ = writeln!(out, "\nCloser looks:\n");
+        for (n, (first, overlaps)) in zoom_choices(analysis).into_iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "* [overlap-{}.svg](overlap-{}.svg): {}'s hold from {}, {} later holds; {}",
+                n + 1,
+                n + 1,
+                first.process,
+                at(first.start),
+                overlaps.len(),
+                match overlaps.iter().find(|o| o.explained_by.is_none()) {
+                    Some(_) => "**UNEXPLAINED**",
+                    None => overlaps[0].explained_by.as_deref().unwrap_or_default(),
+                }
+            );
+        }
     }
 
     let _ = writeln!(out, "\n## Availability\n");
@@ -546,27 +562,50 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Writes `overlap-<n>.svg`, a timeline of a few seconds around each of the first overlaps
-/// (unexplained ones first), into `out`.
-pub fn write_zooms(analysis: &Analysis, out: &Path) -> Result<(), String> {
-    let mut chosen: Vec<_> = analysis.unexplained().collect();
-    chosen.extend(
-        analysis
-            .overlaps
+/// The overlap episodes worth a closer look: every unexplained one first, then the first two of
+/// each cause (a stalled holder; a fault of the service that lost the lock's state), at most 6.
+fn zoom_choices(analysis: &Analysis) -> Vec<(&Hold, Vec<&Overlap>)> {
+    let all = episodes(analysis);
+    let cause = |overlaps: &[&Overlap]| -> Option<&'static str> {
+        let explained: Vec<&str> = overlaps
             .iter()
-            .filter(|o| o.explained_by.is_some()),
-    );
-    for (n, overlap) in chosen.iter().take(5).enumerate() {
-        let margin = 2 * analysis.lease;
-        let window = (
-            overlap
-                .first
-                .start
-                .saturating_sub(margin / 2)
-                .max(analysis.span.0),
-            (overlap.end + margin).min(analysis.span.1),
+            .map(|o| o.explained_by.as_deref())
+            .collect::<Option<_>>()?;
+        Some(if explained.iter().all(|e| e.contains("stopped")) {
+            "stalled"
+        } else {
+            "lost state"
+        })
+    };
+    let mut chosen: Vec<(&Hold, Vec<&Overlap>)> = all
+        .iter()
+        .filter(|(_, overlaps)| cause(overlaps).is_none())
+        .cloned()
+        .collect();
+    for wanted in ["lost state", "stalled"] {
+        chosen.extend(
+            all.iter()
+                .filter(|(_, overlaps)| cause(overlaps) == Some(wanted))
+                .take(2)
+                .cloned(),
         );
-        let path = out.join(format!("overlap-{}.svg", n + 1));
+    }
+    chosen.truncate(6);
+    chosen
+}
+
+/// Writes `overlap-<n>.svg`, a timeline of a few seconds around each episode
+/// [`zoom_choices`] picks, into `out`.
+pub fn write_zooms(analysis: &Analysis, out: &Path) -> Result<(), String> {
+    for (n, (first, overlaps)) in zoom_choices(analysis).into_iter().enumerate() {
+        let margin = 2 * analysis.lease;
+        let end = overlaps.iter().map(|o| o.end).max().unwrap_or(first.end);
+        let window = (
+            first.start.saturating_sub(margin / 2).max(analysis.span.0),
+            (end + margin).min(analysis.span.1),
+        );
+        let name = format!("overlap-{}.svg", n + 1);
+        let path = out.join(&name);
         std::fs::write(&path, svg(analysis, Some(window)))
             .map_err(|err| format!("cannot write {path:?}: {err}"))?;
     }

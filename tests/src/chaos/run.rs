@@ -549,6 +549,13 @@ fn finish(config: &RunConfig, state: StoreState, notes: Vec<String>) -> Result<R
         .map_err(|err| format!("cannot write {report:?}: {err}"))?;
     std::fs::write(&timeline, super::report::svg(&analysis, None))
         .map_err(|err| format!("cannot write {timeline:?}: {err}"))?;
+    for stale in std::fs::read_dir(&config.out)
+        .map_err(|err| format!("cannot list {:?}: {err}", config.out))?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("overlap-"))
+    {
+        let _ = std::fs::remove_file(stale.path());
+    }
     super::report::write_zooms(&analysis, &config.out)?;
     Ok(RunOutcome {
         analysis,
