@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     replicas: u32,
     /// The pause between two faults, `<min>..<max>` in ms.
-    #[arg(long, value_parser = parse_gap, default_value = "200..1200")]
+    #[arg(long, value_parser = parse_gap, default_value = "100..700")]
     gap_ms: (Duration, Duration),
     /// Only these fault kinds, comma-separated (default: all of the topology's).
     #[arg(long, value_delimiter = ',')]
