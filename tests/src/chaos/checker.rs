@@ -71,7 +71,8 @@ pub enum HoldEnd {
     Released,
     /// The worker noticed the hold was lost.
     Lost,
-    /// The nemesis killed the worker.
+    /// The worker died: the nemesis killed it, or it crashed (its lane started a new process;
+    /// the hold then ends at the dead process's last record).
     Killed,
     /// The history ended first.
     Open,
@@ -311,8 +312,26 @@ fn holds(events: &[Event], last: u64, malformed: &mut Vec<String>) -> Vec<Hold> 
             holds.push(hold);
         }
     };
+    // When each process was last heard of: a worker that died without the nemesis (a crash)
+    // is known dead once its lane starts a new process, and took no step after its last record
+    // (every step is recorded before it is taken).
+    let mut last_seen: HashMap<(String, Option<u32>), u64> = HashMap::new();
     for event in events {
         let key = (event.process.clone(), event.pid);
+        if event.f == Op::Start {
+            let dead: Vec<(String, Option<u32>)> = open
+                .keys()
+                .filter(|(lane, pid)| *lane == event.process && *pid != event.pid)
+                .cloned()
+                .collect();
+            for gone in dead {
+                let at = last_seen.get(&gone).copied().unwrap_or(event.time);
+                close(&mut open, &gone, at, HoldEnd::Killed);
+            }
+        }
+        if event.process != "nemesis" {
+            last_seen.insert(key.clone(), event.time);
+        }
         match (event.f, event.kind) {
             (Op::Acquire, Type::Ok) => {
                 let Some(token) = event.token else {
@@ -753,6 +772,28 @@ mod tests {
         assert_eq!(second.interrupted_by, None);
         assert_eq!(second.unavailable, Some(1_500_000));
         assert!(second.over_bound());
+    }
+
+    #[test]
+    fn a_worker_that_died_by_itself_holds_until_its_last_record() {
+        let mut h = H::default();
+        h.ev(100, "w0", Type::Ok, Op::Acquire).token = Some(10);
+        h.ev(150, "w0", Type::Invoke, Op::Write).value = Some(1);
+        let start = h.ev(2_000, "w0", Type::Info, Op::Start);
+        start.pid = Some(999);
+        h.round("w1", 1_000, 1_500, 11, 1);
+        h.log.clear();
+        h.log.push(StoreWrite {
+            value: 1,
+            token: 11,
+            process: "w1".into(),
+            pid: pid("w1"),
+        });
+        let analysis = h.check();
+        let dead = &analysis.holds[0];
+        assert_eq!((dead.end, dead.ended), (150, HoldEnd::Killed));
+        assert!(analysis.overlaps.is_empty());
+        assert!(analysis.valid(), "{:?}", analysis.safety);
     }
 
     #[test]

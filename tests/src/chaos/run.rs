@@ -471,6 +471,19 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, String> {
             key,
         )
         .await;
+        // A worker exits only when killed by the nemesis: any other exit is a crash to report
+        // (its stderr is in the run's folder), and its lane goes on with a new process.
+        for worker in workers.iter_mut() {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                notes.push(format!(
+                    "{} (pid {}) exited by itself with {status}; see {}",
+                    worker.lane,
+                    worker.pid(),
+                    worker.stderr.display()
+                ));
+                worker.child = Worker::spawn(&config.worker_exe, &worker.args, &worker.stderr);
+            }
+        }
         if let Err(err) = injected {
             notes.push(format!(
                 "The nemesis stopped {:.1} s into the run: the harness failed during a {kind} \
