@@ -24,11 +24,10 @@ fn config(topology: Topology, seed: u64, duration: Duration, break_mode: &str) -
         topology,
         duration,
         seed,
-        out: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "chaos-{}-{break_mode}-{}",
-            topology.name(),
-            std::process::id()
-        )),
+        // One folder per run kind, overwritten by the next test run (a run clears what it would
+        // otherwise leave stale), so that reports do not pile up.
+        out: std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chaos-{}-{break_mode}", topology.name())),
         // Leases and timeouts sized for a loaded two-core machine: a renewal every 500 ms.
         lease: Duration::from_millis(1500),
         workers: 5,
