@@ -205,6 +205,45 @@ impl RedisCluster {
             .resume();
     }
 
+    /// The ports of every node, running or not.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// Brings back every node [`kill_master_of`](Self::kill_master_of) killed (restarted with its
+    /// cluster configuration, empty) and every node stopped (continued), then waits until each
+    /// is a replica with its link up and every node reports `cluster_state:ok`, so that the next
+    /// failover has a replica to promote.
+    pub fn heal(&mut self) {
+        let mut back = Vec::new();
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                node.restart();
+                back.push(node.port());
+            }
+        }
+        for port in std::mem::take(&mut self.paused) {
+            self.nodes
+                .iter()
+                .find(|node| node.port() == port)
+                .expect("the node is one of ours")
+                .resume();
+            back.push(port);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in back {
+            wait_for(deadline, "a node brought back to sync as a replica", || {
+                let info = query(port, &["INFO", "replication"]);
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            });
+        }
+        for node in &self.nodes {
+            wait_for(deadline, "cluster_state:ok on every node", || {
+                query(node.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+        }
+    }
+
     /// The slot of relock's keys for `key` (default prefix), as `CLUSTER KEYSLOT` computes it.
     pub fn slot_of(&self, key: &str) -> u16 {
         query(

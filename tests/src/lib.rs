@@ -7,6 +7,7 @@
 
 mod backend;
 mod bounded;
+pub mod chaos;
 mod cluster;
 #[cfg(doctest)]
 mod docs;

@@ -19,6 +19,8 @@ pub struct RedisSentinel {
     /// The master first, then the replica; either may be the master after a failover.
     data: Vec<RedisServer>,
     sentinels: Vec<SentinelProcess>,
+    /// Ports of stopped (SIGSTOP) data nodes: asked nothing, as they would never answer.
+    paused: Vec<u16>,
 }
 
 impl RedisSentinel {
@@ -58,6 +60,7 @@ impl RedisSentinel {
         let deployment = RedisSentinel {
             data: vec![master, replica],
             sentinels,
+            paused: Vec::new(),
         };
         for sentinel in &deployment.sentinels {
             wait_for(
@@ -95,7 +98,7 @@ impl RedisSentinel {
     pub fn master(&self) -> &RedisServer {
         self.data
             .iter()
-            .filter(|node| node.is_running())
+            .filter(|node| node.is_running() && !self.paused.contains(&node.port()))
             .find(|node| query(node.port(), &["ROLE"]).starts_with("master"))
             .expect("a running master")
     }
@@ -155,6 +158,121 @@ impl RedisSentinel {
             query(new, &["ROLE"]).starts_with("master")
         });
         started.elapsed()
+    }
+
+    /// The ports of the two data nodes, running or not, master first at the start.
+    pub fn data_ports(&self) -> Vec<u16> {
+        self.data.iter().map(RedisServer::port).collect()
+    }
+
+    /// The port of each sentinel.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels
+            .iter()
+            .map(|sentinel| sentinel.port)
+            .collect()
+    }
+
+    /// SIGSTOPs the master, then waits until a majority of the sentinels name the replica as the
+    /// master and it answers `ROLE` as one: the stopped node's port and how long that took. Its
+    /// connections stay open and unanswered until [`RedisSentinel::heal`].
+    pub fn pause_master(&mut self) -> (u16, Duration) {
+        let old = self.master().port();
+        let stopped = Instant::now();
+        self.data
+            .iter()
+            .find(|node| node.port() == old)
+            .expect("the master is one of ours")
+            .pause();
+        self.paused.push(old);
+        let new = self.other_data_node(old);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        wait_for(deadline, "the sentinels to promote the replica", || {
+            self.named_master_by_majority() == Some(new)
+                && query(new, &["ROLE"]).starts_with("master")
+        });
+        (old, stopped.elapsed())
+    }
+
+    /// The master port a majority of the sentinels name, if they agree.
+    fn named_master_by_majority(&self) -> Option<u16> {
+        let named: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(|sentinel| {
+                let reply = query(
+                    sentinel.port,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
+                );
+                reply
+                    .lines()
+                    .nth(1)
+                    .and_then(|port| port.trim().parse().ok())
+            })
+            .collect();
+        named.iter().copied().flatten().find(|port| {
+            named.iter().filter(|n| **n == Some(*port)).count() * 2 > self.sentinels.len()
+        })
+    }
+
+    /// Brings the data node that is not the master back after [`kill_master`](Self::kill_master)
+    /// (restarted, empty) or [`pause_master`](Self::pause_master) (continued), then waits until it
+    /// is the master's replica with its link up and every sentinel sees it as a replica that is
+    /// up, so that the next failover can promote it.
+    ///
+    /// The node is made a replica at once (`REPLICAOF`), as the sentinels would do: they only
+    /// notice a returning master's role with their next `INFO` to it, up to 10 s later, and a
+    /// continued old master would meanwhile serve the clients still connected to it.
+    pub fn heal(&mut self) {
+        for port in std::mem::take(&mut self.paused) {
+            self.data
+                .iter()
+                .find(|node| node.port() == port)
+                .expect("the node is one of ours")
+                .resume();
+        }
+        for node in &mut self.data {
+            if !node.is_running() {
+                node.restart();
+            }
+        }
+        // The sentinels may still change their minds (a failover they had begun ends on the
+        // other node): follow whichever master a majority names until everything agrees.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        loop {
+            if let Some(master) = self.named_master_by_majority() {
+                let replica = self.other_data_node(master);
+                let info = query(replica, &["INFO", "replication"]);
+                let linked =
+                    info.contains("role:slave") && info.contains(&format!("master_port:{master}"));
+                if !linked {
+                    query(replica, &["REPLICAOF", "127.0.0.1", &master.to_string()]);
+                }
+                let replies: Vec<String> = self
+                    .sentinels
+                    .iter()
+                    .map(|sentinel| query(sentinel.port, &["SENTINEL", "REPLICAS", MASTER_NAME]))
+                    .collect();
+                if linked
+                    && info.contains("master_link_status:up")
+                    && query(master, &["ROLE"]).starts_with("master")
+                    && replies.iter().all(|reply| lists_replica(reply, replica))
+                {
+                    return;
+                }
+                last = format!(
+                    "master {master}, replica {replica}:\n{info}\nSENTINEL REPLICAS:\n{}",
+                    replies.join("\n---\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the old master to be back as a replica the sentinels \
+                 see; last seen: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `redis://127.0.0.1:<port>` of each sentinel, in the reverse order.
@@ -231,4 +349,20 @@ impl Drop for SentinelProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether a `SENTINEL REPLICAS` reply (as `redis-cli` prints it) lists the replica on `port` as
+/// up (flags exactly `slave`).
+fn lists_replica(reply: &str, port: u16) -> bool {
+    let lines: Vec<&str> = reply.lines().map(str::trim).collect();
+    lines.split(|line| *line == "name").any(|record| {
+        let field = |name: &str| {
+            record
+                .iter()
+                .position(|line| *line == name)
+                .and_then(|at| record.get(at + 1))
+                .copied()
+        };
+        field("port") == Some(&port.to_string()) && field("flags") == Some("slave")
+    })
 }
