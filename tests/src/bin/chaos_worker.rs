@@ -214,8 +214,8 @@ async fn main() {
 
     loop {
         let pause = Duration::from_millis(5 + rng.next() % 21);
-        let blocking = rng.next() % 2 == 0;
-        if double_grant && rng.next() % 2 == 0 {
+        let blocking = rng.next().is_multiple_of(2);
+        if double_grant && rng.next().is_multiple_of(2) {
             if let Ok(Some(info)) = locker.inspect(key).await {
                 // Broken on purpose: the key is held, and this worker goes ahead anyway as a
                 // second holder with the same token.
