@@ -209,14 +209,19 @@ fn tombstones_keep_fencing_tokens_increasing_across_releases_force_releases_and_
     });
 }
 
-/// History: an acquisition is sent on a pooled connection whose path delays it by 2.5 s; the
-/// client gives up after the connection's 500 ms response timeout (outcome unknown) and releases
-/// its hold token in the background on a fresh connection, which reaches the server first. When
-/// the delayed acquisition arrives, nothing may be granted: a grant then would be a lock nobody
-/// releases, held for its whole lease. The tombstone of the released token refuses it.
-#[test]
-fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
-    run_bounded(LIMIT, || async {
+/// A locker whose every command goes through a bb8 pool behind a proxy that can delay the
+/// requests of the connections open at a moment (the pool's shared one, warmed up), another
+/// locker straight to the server, and an admin connection.
+struct Delayed {
+    server: RedisServer,
+    proxy: Proxy,
+    delayed: Locker,
+    other: Locker,
+    admin: redis::aio::MultiplexedConnection,
+}
+
+impl Delayed {
+    async fn start() -> Delayed {
         let server = RedisServer::start();
         let proxy = Proxy::start(server.port()).await;
         let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
@@ -230,9 +235,6 @@ fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
             .lease(Duration::from_secs(30))
             .build()
             .unwrap();
-        let other = server.locker().await;
-        let mut admin = server.connection().await;
-        let key = unique_key("delayed-acquisition");
         // Warm the pool's shared connection and the scripts, on a key of its own.
         delayed
             .lock(unique_key("warm"))
@@ -241,6 +243,32 @@ fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
             .release()
             .await
             .unwrap();
+        Delayed {
+            other: server.locker().await,
+            admin: server.connection().await,
+            server,
+            proxy,
+            delayed,
+        }
+    }
+}
+
+/// History: an acquisition is sent on a pooled connection whose path delays it by 2.5 s; the
+/// client gives up after the connection's 500 ms response timeout (outcome unknown) and releases
+/// its hold token in the background on a fresh connection, which reaches the server first. When
+/// the delayed acquisition arrives, nothing may be granted: a grant then would be a lock nobody
+/// releases, held for its whole lease. The tombstone of the released token refuses it.
+#[test]
+fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
+    run_bounded(LIMIT, || async {
+        let Delayed {
+            server: _server,
+            proxy,
+            delayed,
+            other,
+            mut admin,
+        } = Delayed::start().await;
+        let key = unique_key("delayed-acquisition");
 
         proxy.delay_requests_of_open_connections(Duration::from_millis(2_500));
         let err = delayed
@@ -281,29 +309,14 @@ fn an_acquisition_delayed_past_its_own_release_leaves_nothing_held() {
 #[test]
 fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_again() {
     run_bounded(LIMIT, || async {
-        let server = RedisServer::start();
-        let proxy = Proxy::start(server.port()).await;
-        let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
-        let pool = relock::bb8::Pool::builder()
-            .max_size(2)
-            .build(manager)
-            .await
-            .unwrap();
-        let delayed = Locker::builder()
-            .pool(pool)
-            .lease(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let other = server.locker().await;
-        let mut admin = server.connection().await;
+        let Delayed {
+            server: _server,
+            proxy,
+            delayed,
+            other,
+            mut admin,
+        } = Delayed::start().await;
         let key = unique_key("delayed-behind-another-hold");
-        delayed
-            .lock(unique_key("warm"))
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
 
         proxy.delay_requests_of_open_connections(Duration::from_millis(3_000));
         let sent = tokio::time::Instant::now();
@@ -352,29 +365,14 @@ fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_ag
 #[test]
 fn the_repeated_release_goes_on_after_finding_its_own_tombstone() {
     run_bounded(LIMIT, || async {
-        let server = RedisServer::start();
-        let proxy = Proxy::start(server.port()).await;
-        let manager = relock::bb8_redis::RedisConnectionManager::new(proxy.url()).unwrap();
-        let pool = relock::bb8::Pool::builder()
-            .max_size(2)
-            .build(manager)
-            .await
-            .unwrap();
-        let delayed = Locker::builder()
-            .pool(pool)
-            .lease(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let other = server.locker().await;
-        let mut admin = server.connection().await;
+        let Delayed {
+            server: _server,
+            proxy,
+            delayed,
+            other,
+            mut admin,
+        } = Delayed::start().await;
         let key = unique_key("repeats-go-on");
-        delayed
-            .lock(unique_key("warm"))
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
 
         proxy.delay_requests_of_open_connections(Duration::from_millis(4_000));
         let sent = tokio::time::Instant::now();
