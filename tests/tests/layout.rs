@@ -517,6 +517,96 @@ fn a_release_names_its_hold_only_where_its_acquisition_may_still_come() {
     });
 }
 
+/// Histories of a reader's fencing token on a key whose last token is unknown:
+///
+/// * W holds and releases (token F); the retention ends; a reader's acquisition with an unknown
+///   outcome is released in the background first, onto the empty key. The next reader must get
+///   a token above F (the clock's), never the `0` the unknown release knew.
+/// * A release that knows its token but finds the key gone (its lease ended unseen, the key
+///   expired, a later writer came and went and expired too) leaves a tombstone that claims no
+///   token: the next reader's token is the clock's, not that older one.
+#[test]
+fn a_reader_never_takes_a_fencing_token_older_than_the_last_writers() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let shared =
+            redis::Script::new(include_str!("../../relock/src/scripts/acquire_shared.lua"));
+        for known in [0u64, 123] {
+            let key = unique_key(&format!("reader-after-unknown-{known}"));
+            let (status, writer) =
+                acquire_script(&mut admin, &key, "cccccccccccccccccccccccccccccccc").await;
+            assert_eq!(status, 1);
+            release_script(
+                &mut admin,
+                &key,
+                "cccccccccccccccccccccccccccccccc",
+                writer as u64,
+                false,
+            )
+            .await;
+            let _: () = redis::cmd("DEL")
+                .arg(lock_name(&key))
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            assert_eq!(
+                release_script(
+                    &mut admin,
+                    &key,
+                    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    known,
+                    false
+                )
+                .await,
+                0
+            );
+            let left = value(&mut admin, &key).await.unwrap();
+            assert_eq!(left, format!("-0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+            let (status, reader): (i64, i64) = shared
+                .key(lock_name(&key))
+                .arg("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+                .arg(30_000)
+                .arg(600_000)
+                .arg(0)
+                .invoke_async(&mut admin)
+                .await
+                .unwrap();
+            assert_eq!(status, 1);
+            assert!(
+                reader > writer,
+                "the reader got {reader} after the writer's {writer}"
+            );
+        }
+    });
+}
+
+/// History: another program's string happens to start like relock's shared form. No script may
+/// take it for readers or permits: acquisitions are refused (held until it expires), a
+/// force-release leaves it alone, and it stays as it was.
+#[test]
+fn a_foreign_value_that_looks_like_the_shared_form_is_never_overwritten() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let locker = server.locker().await;
+        let key = unique_key("star-foreign");
+        let foreign = "*1 0 0 0 not relock";
+        let _: () = redis::cmd("SET")
+            .arg(lock_name(&key))
+            .arg(foreign)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(locker.try_lock(&key).await.unwrap().is_none());
+        assert!(locker.read(&key).wait(Duration::ZERO).await.is_err());
+        assert!(locker.force_release(&key).await.is_err());
+        assert!(locker.inspect(&key).await.is_err());
+        assert_eq!(value(&mut admin, &key).await.as_deref(), Some(foreign));
+        assert_eq!(pttl(&mut admin, &key).await, -1);
+    });
+}
+
 /// History: another program keeps its own string (with or without an expiry) at a key under
 /// relock's prefix. Acquisitions, releases of made-up tokens and force-releases must never
 /// overwrite it or change its expiry; relock treats the lock as held until the key expires, and

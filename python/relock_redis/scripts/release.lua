@@ -48,8 +48,10 @@ end
 -- fencing token had its acquisition answered: it leaves what it finds alone.
 local unknown = ARGV[2] == '0'
 if not value then
-    -- Nothing there (never granted, or the key's retention ended): a tombstone of this hold.
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    -- Nothing there (never granted, or the key's retention ended): a tombstone of this hold,
+    -- which knows no fencing token (what the caller sent may be older than a later grant's that
+    -- expired with the key; the next grant takes the clock's).
+    redis.call('SET', KEYS[1], '-0 ' .. token, 'PX', ARGV[3])
     return 0
 end
 if string.byte(value, 1) == 45 then

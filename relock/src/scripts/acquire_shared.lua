@@ -46,6 +46,10 @@ if value then
     elseif first == 42 then
         local have, until_ms, mark, rest
         last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+        -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
+        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+            last = nil
+        end
         if last then
             writer, waited = tonumber(until_ms), mark
             for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%d+) %d+()') do
@@ -106,7 +110,9 @@ if value then
 end
 
 local fence, text
-if permits == '0' and last then
+-- A reader takes the last writer's token; a key that knows none (nothing, or a tombstone of an
+-- acquisition whose token was never known: 0) gives the clock's.
+if permits == '0' and last and last ~= '0' then
     fence, text = tonumber(last), last
 else
     fence, text = tonumber(clock), clock

@@ -118,6 +118,10 @@ local function acquire(lock, token, lease, retention, once)
             -- Shared holders: see acquire.lua.
             local have, writer, waited, rest
             last, have, writer, waited, rest = match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+            -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
+            if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+                last = nil
+            end
             if last then
                 local longest = 0
                 for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
@@ -178,8 +182,8 @@ local function release(lock, tombstone)
     elseif not value then
         -- Nothing there (never granted, or the key's retention ended): a tombstone of this hold,
         -- which refuses an acquisition still on its way.
-        calling = 'PEXPIRE'
-        call('PEXPIRE', lock, ARGV[3])
+        calling = 'SET'
+        call('SET', lock, '-0 ' .. token, 'PX', ARGV[3])
         return 0, 0
     elseif find(value, token, 1, true) ~= 1 then
         -- Not this hold's lock: as release.lua, a release whose fencing token is unknown names
