@@ -253,6 +253,45 @@ impl Delayed {
     }
 }
 
+/// Waits until `key` holds a tombstone (the background release of an acquisition whose answer
+/// never came); fails if none is there `within` after `sent`.
+async fn until_tombstone(
+    admin: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    sent: tokio::time::Instant,
+    within: Duration,
+) {
+    while !value(admin, key)
+        .await
+        .is_some_and(|left| left.starts_with('-'))
+    {
+        assert!(sent.elapsed() < within, "no background release");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until nobody holds `key`, as `other` inspects it; fails if it is still held `within`
+/// after `sent`. Returns how long after `sent` it was free.
+async fn until_free(
+    other: &Locker,
+    key: &str,
+    sent: tokio::time::Instant,
+    within: Duration,
+) -> Duration {
+    loop {
+        if other.inspect(key).await.unwrap().is_none() {
+            return sent.elapsed();
+        }
+        assert!(
+            sent.elapsed() < within,
+            "the lock granted to an acquisition nobody waits for is still held {:?} after \
+             it was sent",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// History: an acquisition is sent on a pooled connection whose path delays it by 2.5 s; the
 /// client gives up after the connection's 500 ms response timeout (outcome unknown) and releases
 /// its hold token in the background on a fresh connection, which reaches the server first. When
@@ -323,16 +362,7 @@ fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_ag
         let err = delayed.lock(&key).wait(Duration::ZERO).await.unwrap_err();
         assert!(err.is_backend(), "{err:?}");
         // The background release's tombstone, then another owner's hold comes and goes.
-        while !value(&mut admin, &key)
-            .await
-            .is_some_and(|left| left.starts_with('-'))
-        {
-            assert!(
-                sent.elapsed() < Duration::from_millis(2_500),
-                "no background release"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_tombstone(&mut admin, &key, sent, Duration::from_millis(2_500)).await;
         other.lock(&key).await.unwrap().release().await.unwrap();
         assert!(
             sent.elapsed() < Duration::from_millis(2_800),
@@ -341,17 +371,7 @@ fn a_delayed_acquisition_granted_after_another_hold_came_and_went_is_released_ag
         );
         // The delayed acquisition arrives at 3 s and is granted; it must not last.
         tokio::time::sleep_until(sent + Duration::from_millis(3_200)).await;
-        let free = loop {
-            if other.inspect(&key).await.unwrap().is_none() {
-                break sent.elapsed();
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(15),
-                "the lock granted to an acquisition nobody waits for is still held 12 s after \
-                 it arrived"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let free = until_free(&other, &key, sent, Duration::from_secs(15)).await;
         println!("free again {free:?} after the delayed acquisition was sent");
         assert!(other.try_lock(&key).await.unwrap().is_some());
     });
@@ -378,16 +398,7 @@ fn the_repeated_release_goes_on_after_finding_its_own_tombstone() {
         let sent = tokio::time::Instant::now();
         let err = delayed.lock(&key).wait(Duration::ZERO).await.unwrap_err();
         assert!(err.is_backend(), "{err:?}");
-        while !value(&mut admin, &key)
-            .await
-            .is_some_and(|left| left.starts_with('-'))
-        {
-            assert!(
-                sent.elapsed() < Duration::from_millis(3_000),
-                "no background release"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_tombstone(&mut admin, &key, sent, Duration::from_millis(3_000)).await;
         // The first repeats find the tombstone their first release wrote.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         other.lock(&key).await.unwrap().release().await.unwrap();
@@ -397,18 +408,7 @@ fn the_repeated_release_goes_on_after_finding_its_own_tombstone() {
             sent.elapsed()
         );
         tokio::time::sleep_until(sent + Duration::from_millis(4_200)).await;
-        let free = loop {
-            if other.inspect(&key).await.unwrap().is_none() {
-                break sent.elapsed();
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(10),
-                "the lock granted to an acquisition nobody waits for is still held {:?} after \
-                 it was sent",
-                sent.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let free = until_free(&other, &key, sent, Duration::from_secs(10)).await;
         println!("free again {free:?} after the delayed acquisition was sent");
     });
 }
