@@ -1,5 +1,6 @@
-//! Compile-time behaviour of `#[locked]`: what expands and runs (`ui/pass`), and the errors that
-//! point at the offending token (`ui/fail`, with committed `.stderr` files).
+//! Compile-time errors of `#[locked]`: each case in `ui/fail` must fail to compile with the error
+//! in its committed `.stderr` file, pointing at the offending token. What must compile and run is
+//! in `expand.rs`.
 //!
 //! Regenerate the `.stderr` files with `TRYBUILD=overwrite cargo test -p relock-macros --test ui`
 //! and review each one: the caret must be under the token at fault.
@@ -7,6 +8,5 @@
 #[test]
 fn ui() {
     let t = trybuild::TestCases::new();
-    t.pass("tests/ui/pass/*.rs");
     t.compile_fail("tests/ui/fail/*.rs");
 }

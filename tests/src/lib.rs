@@ -165,9 +165,10 @@ impl RedisServer {
         for (name, contents) in files {
             std::fs::write(dir.join(name), contents).expect("write a file for the test server");
         }
+        let cluster = extra.iter().any(|arg| arg == "--cluster-enabled");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port: 0,
             extra: Vec::new(),
             dir,
             tls,
@@ -176,11 +177,44 @@ impl RedisServer {
             .into_iter()
             .map(|arg| arg.replace("{dir}", &server.dir.display().to_string()))
             .collect();
-        server.spawn();
-        server
+        // A free port can be taken by another test's server before this one binds it (and a
+        // cluster node also binds port + 10000): try again on another port.
+        let mut attempt = 0;
+        loop {
+            server.port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(failure) if failure.contains("Address already in use") && attempt < 8 => {
+                    attempt += 1;
+                    let _ = std::fs::remove_file(server.dir.join("nodes.conf"));
+                    let _ = std::fs::remove_file(server.dir.join("redis.log"));
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
     }
 
     fn spawn(&mut self) {
+        // A restart needs its own port back; another process may hold it for a moment.
+        let mut attempt = 0;
+        loop {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(failure) if failure.contains("Address already in use") && attempt < 20 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
+    }
+
+    /// Starts the process and waits for `PING`; the server's own words when it exits instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -195,14 +229,14 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start redis-server ({err}). {INSTALL_HINT}"));
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
-    fn wait_until_up(&mut self) {
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if ping(self.port) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
@@ -217,7 +251,10 @@ impl RedisServer {
                     }
                 }
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!("redis-server exited with {status}: {stderr}{log}\n{INSTALL_HINT}");
+                self.child = None;
+                return Err(format!(
+                    "redis-server exited with {status}: {stderr}{log}\n{INSTALL_HINT}"
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -458,6 +495,16 @@ fn ping(port: u16) -> bool {
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut reply).is_ok()
         && &reply == b"+PONG\r\n"
+}
+
+/// A port whose cluster bus port (port + 10000) is a valid port too, both free right now.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A port nothing listens on right now.

@@ -61,3 +61,56 @@ async fn locked_call_takes_the_key_in_redis_and_releases_it() {
     assert!(server.commands_processed().await > before);
     assert!(locker.inspect("order:7").await.unwrap().is_none());
 }
+
+/// An axum handler under `#[locked]`: names bound by extractor patterns (`Path(user_id)`) are
+/// placeholders, and the future stays `Send` enough for axum to route to it.
+mod axum_handler {
+    use axum::body::Body;
+    use axum::extract::{Path, State};
+    use axum::http::{Request, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    #[derive(Clone)]
+    struct App {
+        name: &'static str,
+    }
+
+    struct AppError(relock::Error);
+
+    impl From<relock::Error> for AppError {
+        fn from(err: relock::Error) -> Self {
+            AppError(err)
+        }
+    }
+
+    impl IntoResponse for AppError {
+        fn into_response(self) -> Response {
+            (StatusCode::LOCKED, self.0.to_string()).into_response()
+        }
+    }
+
+    #[relock::locked("user:{user_id}")]
+    async fn handler(Path(user_id): Path<u64>, State(app): State<App>) -> Result<String, AppError> {
+        Ok(format!("{user_id} by {}", app.name))
+    }
+
+    #[tokio::test]
+    async fn a_locked_function_is_an_axum_handler() {
+        relock::set_global(relock::Locker::in_memory());
+        let app: Router = Router::new()
+            .route("/users/{user_id}", post(handler))
+            .with_state(App { name: "a" });
+        let response = app
+            .oneshot(
+                Request::post("/users/7")
+                    .body(Body::empty())
+                    .expect("a request"),
+            )
+            .await
+            .expect("the router answers");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

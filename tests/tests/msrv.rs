@@ -21,11 +21,28 @@ fn version(text: &str) -> Vec<u64> {
     parts
 }
 
-/// The workspace's metadata: every feature on, so that optional dependencies count too.
+/// The triple of the machine the tests run on (`rustc -vV`'s `host:`).
+fn host() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let output = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_owned()
+}
+
+/// The workspace's metadata: every feature on, so that optional dependencies count too, for
+/// this machine's platform: a build here fetches only its own platform's packages, so the
+/// others' (`wasm-bindgen`'s, `windows-sys`'s) may be missing offline.
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host()])
         .args(["--all-features", "--manifest-path"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
         .output()

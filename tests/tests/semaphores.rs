@@ -210,10 +210,12 @@ async fn permits_are_renewed_while_held(b: &TestBackend) {
         .locker
         .semaphore(&key, 1)
         .acquire()
-        .lease(Duration::from_millis(300))
+        .lease(Duration::from_secs(1))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Three times the lease: renewed at least twice (every third of it), with room for a stall
+    // of a loaded machine.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(permit.is_held());
     let other = b.another_locker().await;
     assert!(other

@@ -7,6 +7,8 @@ struct Point {
     y: i32,
 }
 
+// `ref s` is one of the patterns under test.
+#[allow(clippy::toplevel_ref_arg)]
 #[relock::locked("p:{user_id}:{x}:{y2}:{a}:{b}:{n}:{s.len()}:{whole.0}")]
 async fn patterns(
     Path(user_id): Path<u64>,
@@ -22,7 +24,7 @@ async fn patterns(
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     let out = patterns(
         Path(1),

@@ -24,7 +24,7 @@ pub(crate) async fn without_placeholders() -> Result<(), AppError> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     ship(42).await.unwrap();
     without_placeholders().await.unwrap();

@@ -14,7 +14,7 @@ pub mod api {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     assert_eq!(api::documented(3).await.unwrap(), 3);
 }

@@ -5,7 +5,7 @@ use std::fmt::Display;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 mod app {
-    pub type Result<T> = std::result::Result<T, crate::BoxError>;
+    pub type Result<T> = std::result::Result<T, super::BoxError>;
 }
 
 #[relock::locked("a")]
@@ -39,7 +39,7 @@ async fn unit_output() -> Result<(), BoxError> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     assert_eq!(relock_alias().await.unwrap(), 1);
     assert_eq!(module_alias().await.unwrap(), 2);

@@ -59,7 +59,7 @@ async fn impl_trait_args(
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     let locker = Arc::new(Locker::in_memory());
     let mut account = Account {
         locker: locker.clone(),

@@ -6,7 +6,7 @@ async fn braces(id: u32) -> relock::Result<u32> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     match braces(1).await {
         Err(relock::Error::InvalidKey { key, .. }) => assert_eq!(key, "set:{1}"),

@@ -31,7 +31,7 @@ async fn parse(text: &str) -> Result<i64, AppError> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     assert_eq!(parse("21").await, Ok(42));
     assert_eq!(parse("0").await, Ok(0));

@@ -21,10 +21,14 @@ async fn write(locker: &Locker, id: u64) -> relock::Result<()> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     let locker = Locker::in_memory();
     let (a, b) = tokio::join!(show(&locker, 7), show(&locker, 7));
-    assert_eq!(a.unwrap(), b.unwrap(), "readers share the last writer's token");
+    assert_eq!(
+        a.unwrap(),
+        b.unwrap(),
+        "readers share the last writer's token"
+    );
     assert!(matches!(
         upgrade(&locker, 7).await,
         Err(Error::UpgradeRefused { .. })

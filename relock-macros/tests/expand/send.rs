@@ -22,7 +22,7 @@ fn assert_send<T: Send>(value: T) -> T {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     let order = Order { id: 1 };
     assert_eq!(assert_send(borrowing(&order)).await.unwrap(), 1);

@@ -5,7 +5,7 @@ async fn transfer(from: u32, to: u32, amount: u64) -> relock::Result<u64> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     relock::set_global(relock::Locker::in_memory());
     assert_eq!(transfer(1, 2, 3).await.unwrap(), 3);
 }

@@ -28,7 +28,7 @@ impl Store for Memory {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     let store = Memory {
         locker: Locker::in_memory(),
     };

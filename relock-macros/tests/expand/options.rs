@@ -32,7 +32,7 @@ async fn keys_anywhere_and_trailing_comma(locker: &Arc<Locker>) -> relock::Resul
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+pub(crate) async fn main() {
     let locker = Locker::in_memory();
     Config {
         locker: locker.clone(),
