@@ -13,7 +13,7 @@
 //! * read-write: a writer enters only with a token larger than every accepted one; a reader only
 //!   with a token at least the last accepted writer's; a writer leaves only if no one entered
 //!   after it, a reader only if no writer entered after it;
-//! * permits: an entry is refused while `n` entries younger than `lease − 250 ms` are inside
+//! * permits: an entry is refused while `n` entries younger than half the lease are inside
 //!   (older ones are stale: dropped, and their leaving refused).
 //!
 //! Meanwhile the test SIGKILLs a random worker every 1.5–2.5 s (and starts a replacement), and a

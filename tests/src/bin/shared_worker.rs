@@ -22,9 +22,11 @@
 //!   leaves only if `w` is still its token and no reader came in after it; a reader only if no
 //!   writer came in after it (`w` is still its token, set by a reader).
 //! * `permits:<n>`: the store keeps the permits inside, each with the store's time of entry. An
-//!   entry older than the fence (`lease − 250 ms`, so before the lock server can hand its permit
-//!   to another) is stale and dropped; an entry is refused while `n` fresh ones are inside, and
-//!   leaving is refused to a dropped one.
+//!   entry older than the fence, half the lease, is stale and dropped; an entry is refused while
+//!   `n` fresh ones are inside, and leaving is refused to a dropped one. The fence comes before
+//!   the lock server can hand a stopped holder's permit to another unless the holder took over
+//!   half a lease to enter after its grant, and after a live holder leaves unless it took over
+//!   half a lease to: both would need a running process to stall for half a lease.
 //!
 //! Every accepted or refused step is appended to the store's `history` list, in the store's
 //! order. A refusal is harmless when the refused holder's lease had ended (it was stopped past
@@ -324,7 +326,7 @@ async fn main() {
         connection,
         rw: redis::Script::new(&format!("{OLDER}{RW_STEP}")),
         permit: redis::Script::new(PERMIT_STEP),
-        fence: lease.saturating_sub(Duration::from_millis(250)),
+        fence: lease / 2,
         pid: pid.clone(),
     };
     let key = key.as_str();
