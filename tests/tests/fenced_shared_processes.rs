@@ -293,13 +293,31 @@ struct Open {
 
 /// The checks both scenarios share: no refusal a holder believed past, and the faults bit.
 fn check_common(outcome: &Outcome) {
-    assert!(
-        outcome.violations.is_empty(),
-        "the store refused a step of a holder whose guard still said held — two owners believed \
-         they held the key at once: {:?}\nhistory tail:\n{}",
-        outcome.violations,
-        tail(&outcome.history)
-    );
+    if let Some(first) = outcome.violations.first() {
+        // `believed <step> <mode> <token> <pid>`: the store's refusal of it, and what led there.
+        let refusal = first.replacen("believed", "refused", 1);
+        let at = outcome
+            .history
+            .iter()
+            .position(|event| event.starts_with(&format!("{refusal} ")))
+            .unwrap_or(outcome.history.len() - 1);
+        let pid = first.rsplit(' ').next().unwrap_or_default();
+        let own: Vec<String> = outcome.history[..=at]
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| event.split(' ').any(|word| word == pid))
+            .map(|(i, event)| format!("#{i}: {event}"))
+            .collect();
+        panic!(
+            "the store refused a step of a holder whose guard still said held right after — two \
+             owners believed they held the key at once: {} such refusals, the first {first:?}.\n\
+             pid {pid}'s own history:\n{}\nthe history up to the refusal (who entered and left \
+             with which token):\n{}",
+            outcome.violations.len(),
+            own[own.len().saturating_sub(8)..].join("\n"),
+            tail(&outcome.history[..=at])
+        );
+    }
     let bit = outcome
         .history
         .iter()
