@@ -398,9 +398,15 @@ fn check_read_write(outcome: &Outcome) {
                         conflict: None,
                     },
                 );
+                // Readers sharing the key: same token, none overtaken by a writer (a stopped
+                // reader's section stays open until it wakes).
                 let readers = open
                     .values()
-                    .filter(|section| section.mode == "read")
+                    .filter(|section| {
+                        section.mode == "read"
+                            && section.token == token
+                            && section.conflict.is_none()
+                    })
                     .count();
                 most_readers = most_readers.max(readers);
             }
