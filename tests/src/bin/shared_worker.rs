@@ -20,7 +20,10 @@
 //!   entry that set it. A writer enters only with a token larger than `w`; a reader only with a
 //!   token at least `w` (a reader's token is the key's last one, the last writer's). A writer
 //!   leaves only if `w` is still its token and no reader came in after it; a reader only if no
-//!   writer came in after it (`w` is still its token, set by a reader).
+//!   writer came in after it (`w` is still its token, set by a reader). Tokens alone cannot
+//!   fence a writer that outlived its lease: the readers granted after it carry its token, so
+//!   a step of the stale writer is as large as theirs; what gives it away is that a reader has
+//!   shown that token since.
 //! * `permits:<n>`: the store keeps the permits inside, each with the store's time of entry. An
 //!   entry older than the fence, half the lease, is stale and dropped; an entry is refused while
 //!   `n` fresh ones are inside, and leaving is refused to a dropped one. The fence comes before
