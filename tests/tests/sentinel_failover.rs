@@ -2,7 +2,8 @@
 //! hold is either still held on the promoted replica (renewals continue) or reported lost by its
 //! guard, never held twice; the locker that lived through the failover locks again within the
 //! failover time + 2 s, under larger fencing tokens; a waiter is woken by a release announced on
-//! the new master.
+//! the new master; readers and permit holders survive or learn their loss the same way, and no
+//! writer or extra permit is granted beside them.
 
 use std::time::{Duration, Instant};
 
@@ -431,6 +432,166 @@ async fn a_graceful_failover_never_leaves_two_holders() {
                 guard.is_held()
             );
         }
+    })
+    .await;
+}
+
+/// A reader and permit holders through Sentinel across a master failover (the master SIGKILLed
+/// after the replica acknowledged every grant). The contract: a hold on the dead master is
+/// either still there on the promoted replica, renewals continuing, or reported lost by its
+/// guard — never two holders, never more than `n` permits — and fencing tokens keep increasing.
+///
+/// * A reader and both permits of a semaphore of two, with a 6 s lease (longer than the
+///   failover plus a renewal period): they survive the failover (asserted when it took less
+///   than half the lease, as for exclusive holds above); the new master lists them, and while
+///   they are held a writer is refused beside the reader and a third permit is refused.
+/// * A reader and a permit with a 500 ms lease (shorter than `down-after-milliseconds`, so no
+///   renewal can reach a master before their local deadline): their guards report the loss,
+///   and a writer and a new permit take their place on the new master under larger tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_and_permits_survive_a_failover_or_learn_their_loss_never_beside_a_writer() {
+    let mut deployment = RedisSentinel::start();
+    let long = sentinel_locker(&deployment, LEASE);
+    let short = sentinel_locker(&deployment, Duration::from_millis(500));
+    let other = sentinel_locker(&deployment, LEASE);
+    bounded(TEST_LIMIT, async {
+        let (read_key, permit_key) = (unique_key("sentinel-read"), unique_key("sentinel-permits"));
+        let (short_read_key, short_permit_key) = (
+            unique_key("sentinel-short-read"),
+            unique_key("sentinel-short-permit"),
+        );
+        let writer = other.lock(read_key.as_str()).await.expect("a first writer");
+        let written = writer.fencing_token();
+        writer.release().await.expect("release the first writer");
+        let reader = long.read(read_key.as_str()).await.expect("read");
+        assert_eq!(
+            reader.fencing_token(),
+            written,
+            "a reader's token is the last writer's"
+        );
+        let semaphore = long.semaphore(permit_key.as_str(), 2);
+        let permits = [
+            semaphore.acquire().await.expect("a permit"),
+            semaphore.acquire().await.expect("a second permit"),
+        ];
+        let short_reader = short.read(short_read_key.as_str()).await.expect("read");
+        let short_permit = short
+            .semaphore(short_permit_key.as_str(), 1)
+            .acquire()
+            .await
+            .expect("a permit");
+        until_replicated(&deployment).await;
+
+        let failover = tokio::task::block_in_place(|| deployment.kill_master());
+        println!("failover took {failover:?}");
+
+        // The short holds could not be renewed anywhere before their local deadline.
+        tokio::time::timeout(Duration::from_secs(1), short_reader.lost())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the 500 ms reader kept its hold in a {failover:?} failover")
+            });
+        tokio::time::timeout(Duration::from_secs(1), short_permit.lost())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the 500 ms permit kept its hold in a {failover:?} failover")
+            });
+        assert!(!short_reader.is_held() && !short_permit.is_held());
+        let wait = Duration::from_secs(10);
+        let writer = other
+            .lock(short_read_key.as_str())
+            .wait(wait)
+            .await
+            .expect("a writer in the lost reader's place");
+        assert!(writer.fencing_token() > short_reader.fencing_token());
+        let permit = other
+            .semaphore(short_permit_key.as_str(), 1)
+            .acquire()
+            .wait(wait)
+            .await
+            .expect("a permit in the lost one's place");
+        assert!(permit.fencing_token() > short_permit.fencing_token());
+        writer.release().await.expect("release");
+        permit.release().await.expect("release");
+
+        // Every long hold gets a renewal attempt against the new master; watch them for two
+        // more renewal periods: while a hold is held, nobody may take its place.
+        tokio::time::sleep(LEASE / 3 + Duration::from_secs(1)).await;
+        if failover < LEASE / 2 {
+            assert!(
+                reader.is_held(),
+                "the acknowledged reader did not survive a {failover:?} failover"
+            );
+            for permit in &permits {
+                assert!(
+                    permit.is_held(),
+                    "an acknowledged permit did not survive a {failover:?} failover"
+                );
+            }
+        }
+        let watched = Instant::now();
+        while watched.elapsed() < LEASE * 2 / 3 {
+            // Each check reads the guard after the server: a hold that still says held then
+            // was held (by its own account) when the server answered.
+            let info = other.inspect(read_key.as_str()).await.expect("inspect");
+            if reader.is_held() {
+                let info = info.expect("a reader that says held is on the new master");
+                assert_eq!((info.mode, info.holds), (relock::LockMode::Read, 1));
+            }
+            let writer = other.try_lock(read_key.as_str()).await.expect("try_lock");
+            assert!(
+                writer.is_none() || !reader.is_held(),
+                "a writer was granted {read_key} beside a reader that still says held"
+            );
+            drop(writer);
+            let third = other
+                .semaphore(permit_key.as_str(), 2)
+                .try_acquire()
+                .await
+                .expect("try_acquire");
+            let held = permits.iter().filter(|permit| permit.is_held()).count();
+            assert!(
+                third.is_none() || held < 2,
+                "a third permit was granted beside two of two that still say held"
+            );
+            drop(third);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "after the failover: reader held {}, permits held {}",
+            reader.is_held(),
+            permits.iter().filter(|permit| permit.is_held()).count()
+        );
+
+        let (read_token, permit_tokens) = (
+            reader.fencing_token(),
+            permits.iter().map(|permit| permit.fencing_token()).max(),
+        );
+        let _ = reader.release().await;
+        for permit in permits {
+            let _ = permit.release().await;
+        }
+        let writer = other
+            .lock(read_key.as_str())
+            .wait(LEASE + Duration::from_secs(2))
+            .await
+            .expect("the writer after the reader");
+        assert!(
+            writer.fencing_token() > read_token,
+            "fencing token went backwards"
+        );
+        writer.release().await.expect("release");
+        let permit = other
+            .semaphore(permit_key.as_str(), 2)
+            .acquire()
+            .wait(LEASE + Duration::from_secs(2))
+            .await
+            .expect("a permit after the failover");
+        assert!(
+            Some(permit.fencing_token()) > permit_tokens,
+            "fencing token went backwards"
+        );
+        permit.release().await.expect("release");
     })
     .await;
 }
