@@ -171,7 +171,7 @@ impl Acquire {
                     reentrant = true,
                     "relock: re-entered"
                 );
-                metrics::reentered();
+                metrics::reentered(self.mode);
                 Ok(Ok(Some(LockGuard {
                     hold,
                     reentrant: true,
@@ -241,7 +241,7 @@ impl Acquire {
                 span.record("fencing_token", guard.fencing_token());
             }
         }
-        metrics::acquisition(outcome, started);
+        metrics::acquisition(mode, outcome, started);
         result
     }
 }
@@ -410,7 +410,7 @@ async fn acquire_from_backend(
             }
         };
         gate = in_flight.answered();
-        metrics::acquire_round_trip(sent);
+        metrics::acquire_round_trip(mode, sent);
         match attempt {
             Attempt::Acquired { fencing_token } => {
                 let slot = gate
