@@ -303,3 +303,160 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) -> Duration
 
     rtt
 }
+
+/// Permits of the permit-handoff scenario.
+pub(crate) const PERMITS: u32 = 4;
+/// Lockers of the permit-handoff scenario, and tasks on each: 16 tasks ask for 4 permits, so
+/// 12 wait whenever every permit is taken.
+const PERMIT_LOCKERS: usize = 4;
+const TASKS_PER_LOCKER: usize = 4;
+
+/// Permit handoff: `PERMITS` permits of one semaphore, 16 tasks over 4 independent lockers each
+/// taking a permit, holding it for [`HOLD`], returning it. A task that returned a permit asks
+/// again only once another task has taken one, so every return hands a permit to a waiter.
+/// Returns handoffs per second (acquisitions after the first over the time they took), the
+/// holds, and the acquisitions that timed out.
+pub(crate) async fn permits(
+    lockers: &[relock::Locker],
+    key: &str,
+    duration: Duration,
+) -> (f64, Latencies, usize) {
+    let acquired = Arc::new(Mutex::new((Vec::<Instant>::new(), Latencies::default(), 0)));
+    let (taken, _) = watch::channel(0u64);
+    let taken = Arc::new(taken);
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for locker in lockers {
+        for _ in 0..TASKS_PER_LOCKER {
+            let semaphore = locker.semaphore(key, PERMITS);
+            let (acquired, taken) = (acquired.clone(), taken.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut turns = taken.subscribe();
+                while Instant::now() < end {
+                    let wait =
+                        end.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+                    let permit = match semaphore.acquire().wait(wait).await {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            acquired.lock().unwrap().2 += 1;
+                            continue;
+                        }
+                    };
+                    let at = Instant::now();
+                    acquired.lock().unwrap().0.push(at);
+                    taken.send_modify(|count| *count += 1);
+                    tokio::task::spawn_blocking(|| std::thread::sleep(HOLD))
+                        .await
+                        .expect("hold");
+                    acquired.lock().unwrap().1.push(at.elapsed());
+                    let seen = *turns.borrow_and_update();
+                    permit.release().await.expect("return the permit");
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    // Forced handoff: wait until a task has taken a permit since this one was returned.
+                    let _ = tokio::time::timeout(
+                        end.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
+                        turns.wait_for(|count| *count > seen),
+                    )
+                    .await;
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        tokio::time::timeout(duration + Duration::from_secs(15), task)
+            .await
+            .expect("a permit task did not finish in time")
+            .expect("permit task");
+    }
+    let (mut at, holds, errors) = std::mem::take(&mut *acquired.lock().unwrap());
+    at.sort();
+    let rate = match (at.first(), at.last()) {
+        (Some(first), Some(last)) if at.len() > 1 && last > first => {
+            (at.len() - 1) as f64 / (*last - *first).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    (rate, holds, errors)
+}
+
+/// The permit-handoff table and its goal: relock over Redis (and in memory, for reference)
+/// against the ideal `PERMITS / (hold + 2·RTT)`, `rtt` measured in the same run.
+pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &mut Report) {
+    let Bench {
+        url, plan, memory, ..
+    } = bench;
+    let mut redis = Vec::new();
+    for _ in 0..PERMIT_LOCKERS {
+        redis.push(relock::Locker::connect(url).await.expect("connect"));
+    }
+    let variants: [(&str, Vec<relock::Locker>, bool); 2] = [
+        ("relock Locker::connect", redis, true),
+        (
+            "relock in memory",
+            vec![memory.clone(); PERMIT_LOCKERS],
+            false,
+        ),
+    ];
+    let mut rates = vec![Vec::new(); variants.len()];
+    let mut holds = vec![Latencies::default(); variants.len()];
+    let mut errors = vec![0usize; variants.len()];
+    for round in 0..plan.handoff_rounds {
+        eprintln!("permit handoff round {}/{}", round + 1, plan.handoff_rounds);
+        for offset in 0..variants.len() {
+            let index = (round + offset) % variants.len();
+            let (rate, found, failed) = permits(
+                &variants[index].1,
+                &format!("bench:permits:{round}:{index}"),
+                plan.handoff_time,
+            )
+            .await;
+            rates[index].push(rate);
+            holds[index].extend(&found);
+            errors[index] += failed;
+        }
+        bench.flush().await;
+    }
+    let mut table = Table::new(
+        format!(
+            "Permit handoff, a semaphore of {PERMITS} on one key, {} tasks over {PERMIT_LOCKERS} lockers, {} hold (median rate of {} rounds of {:?})",
+            PERMIT_LOCKERS * TASKS_PER_LOCKER,
+            format_duration(HOLD),
+            plan.handoff_rounds,
+            plan.handoff_time
+        ),
+        &["contender", "handoffs/s", "ideal/s", "÷ ideal", "handoffs", "timeouts"],
+    );
+    let mut relock_ratio = 0.0;
+    for (index, (name, _, uses_redis)) in variants.iter().enumerate() {
+        let hold = holds[index].mean().unwrap_or(HOLD);
+        let network = if *uses_redis { rtt * 2 } else { Duration::ZERO };
+        let ideal = f64::from(PERMITS) / (hold + network).as_secs_f64();
+        let found = median(&rates[index]);
+        table.row(vec![
+            (*name).to_owned(),
+            rate(found),
+            rate(ideal),
+            ratio(found / ideal),
+            holds[index].len().to_string(),
+            errors[index].to_string(),
+        ]);
+        if *uses_redis {
+            relock_ratio = found / ideal;
+        }
+    }
+    table.note(format!(
+        "ideal = {PERMITS} / (measured hold + 2·RTT), the forced handoff's ideal for each of the \
+         {PERMITS} permits; RTT = median PING round trip = {}; a task that returned a permit asks \
+         again only after another task took one, so every return hands a permit to a waiter.",
+        format_duration(rtt)
+    ));
+    report.tables.push(table);
+    report.goals.push(Goal::new(
+        "permit handoff: relock ÷ ideal 4/(hold + 2·RTT)",
+        "≥ 0.80×",
+        ratio(relock_ratio),
+        relock_ratio >= 0.8,
+    ));
+}

@@ -394,6 +394,9 @@ async fn run(server: &RedisServer, plan: &Plan, options: &Options) {
     if runs("handoff") || runs("renewal") {
         // The renewal scenario judges its bursts against the round trip the handoff measures.
         let rtt = handoff::scenario(&bench, &mut report).await;
+        if runs("handoff") {
+            handoff::permit_scenario(&bench, rtt, &mut report).await;
+        }
         if runs("renewal") {
             renewal::scenario(&bench, rtt, &mut report).await;
         }

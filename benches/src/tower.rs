@@ -1,10 +1,11 @@
-//! `LockLayer` in front of a trivial axum handler, served over real TCP on 127.0.0.1 and loaded
-//! by an in-process HTTP/1.1 client with a fixed number of keep-alive connections.
+//! `LockLayer` (and `LimitLayer`) in front of a trivial axum handler, served over real TCP on
+//! 127.0.0.1 and loaded by an in-process HTTP/1.1 client with a fixed number of keep-alive
+//! connections.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::report::{rate, ratio, Report, Table};
+use crate::report::{rate, ratio, Goal, Report, Table};
 use crate::stats::median;
 use crate::Bench;
 use axum::response::IntoResponse as _;
@@ -14,7 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use relock::Locker;
-use relock_tower::{key, LockLayer};
+use relock_tower::{key, LimitLayer, LockLayer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -28,6 +29,17 @@ pub(crate) fn app(locker: Option<Locker>) -> Router {
         }
         None => route,
     };
+    Router::new().route("/orders/{id}/pay", route)
+}
+
+/// Permits per order of the `LimitLayer` variant (each request has a fresh id: never full).
+const LIMIT_PERMITS: u32 = 8;
+
+/// The app behind `LimitLayer` instead: at most [`LIMIT_PERMITS`] requests per `limit:{id}`.
+pub(crate) fn limit_app(locker: Locker) -> Router {
+    let route = post(|| async { "paid\n" }).layer(
+        LimitLayer::new(key::path_segment(2).prefix("limit:"), LIMIT_PERMITS).locker(locker),
+    );
     Router::new().route("/orders/{id}/pay", route)
 }
 
@@ -157,7 +169,8 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let variants: [(&str, Router); 4] = [
+    let limit_locker = Locker::connect(url).await.expect("connect");
+    let variants: [(&str, Router); 5] = [
         ("no layer", app(None)),
         (
             "LockLayer, relock in memory",
@@ -168,7 +181,13 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
             raw_lock_app(raw),
         ),
         ("LockLayer, relock Locker::connect", app(Some(redis_locker))),
+        (
+            "LimitLayer (8 per id), relock Locker::connect",
+            limit_app(limit_locker),
+        ),
     ];
+    // The rows the `LimitLayer` goal compares.
+    let (lock_row, limit_row) = (3, 4);
     let mut servers = Vec::new();
     for (_, app) in &variants {
         servers.push(serve(app.clone()).await);
@@ -195,7 +214,14 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
             "POST /orders/{{id}}/pay, trivial axum handler, {} keep-alive connections over 127.0.0.1, a fresh id per request (median of {} rounds of {:?})",
             plan.http_connections, plan.http_rounds, plan.http_time
         ),
-        &["server", "requests/s", "÷ no layer", "÷ hand-written", "non-200"],
+        &[
+            "server",
+            "requests/s",
+            "÷ no layer",
+            "÷ hand-written",
+            "÷ LockLayer Redis",
+            "non-200",
+        ],
     );
     for (index, (name, _)) in variants.iter().enumerate() {
         table.row(vec![
@@ -203,9 +229,17 @@ pub(crate) async fn scenario(bench: &Bench<'_>, report: &mut Report) {
             rate(requests[index]),
             ratio(requests[index] / requests[0]),
             ratio(requests[index] / requests[2]),
+            ratio(requests[index] / requests[lock_row]),
             rejected[index].to_string(),
         ]);
     }
+    let limit_ratio = requests[limit_row] / requests[lock_row];
+    report.goals.push(Goal::new(
+        "LimitLayer ÷ LockLayer, both over Redis, trivial handler",
+        "≥ 0.90×",
+        ratio(limit_ratio),
+        limit_ratio >= 0.9,
+    ));
     table.note("The load generator (hyper client) shares the machine's cores with the server and redis-server.");
     report.tables.push(table);
 }

@@ -429,6 +429,66 @@ async fn watch_reports_an_acquisition_and_a_release_as_they_happen() {
 }
 
 #[tokio::test]
+async fn watch_shows_readers_and_permits_coming_and_going() {
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let child = start_watch(&server.url(), &["--count", "9"]);
+    let pause = || tokio::time::sleep(Duration::from_millis(300));
+
+    // Two readers in turn, then out in turn: the key stays held until the last one leaves.
+    let first = locker.read("order:42").await.unwrap();
+    pause().await;
+    let second = locker.read("order:42").await.unwrap();
+    let second_token = second.fencing_token();
+    pause().await;
+    second.release().await.unwrap();
+    pause().await;
+    first.release().await.unwrap();
+    pause().await;
+    // Permits of a semaphore of 3: a change of mode is a release and an acquisition.
+    let permits = locker.semaphore("order:42", 3);
+    let one = permits.acquire().await.unwrap();
+    pause().await;
+    let two = permits.acquire().await.unwrap();
+    pause().await;
+    two.release().await.unwrap();
+    pause().await;
+    one.release().await.unwrap();
+    pause().await;
+    let exclusive = locker.lock("order:42").await.unwrap();
+
+    let out = finish(child).await;
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let expected = [
+        ("acquired", "read by 1"),
+        ("changed", "read by 2"),
+        ("changed", "read by 1"),
+        ("released", "order:42"),
+        ("acquired", "1 of 3 permits"),
+        ("changed", "2 of 3 permits"),
+        ("changed", "1 of 3 permits"),
+        ("released", "order:42"),
+        ("acquired", "exclusive by "),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for (line, (event, shows)) in lines.iter().zip(expected) {
+        assert!(line.contains(&format!("  {event} ")), "{event}: {text}");
+        assert!(line.contains(shows), "{shows}: {text}");
+    }
+    assert!(
+        lines[1].contains(&format!("fencing token {second_token}")),
+        "the key's fencing token: {text}"
+    );
+    assert!(
+        lines[8].contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+    exclusive.release().await.unwrap();
+}
+
+#[tokio::test]
 async fn watch_json_prints_one_object_per_event() {
     let server = RedisServer::start();
     let locker = server.locker().await;

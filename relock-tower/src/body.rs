@@ -4,34 +4,44 @@ use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use relock::LockGuard;
+use relock::{LockGuard, Permit};
+
+/// What a response body keeps until it ends: a share of a [`Lock`](crate::Lock) request's hold,
+/// or a [`Limit`](crate::Limit) request's permit.
+#[derive(Debug)]
+// Kept only to be dropped: dropping it releases the hold or returns the permit.
+#[allow(dead_code)]
+pub(crate) enum Held {
+    Lock(LockGuard),
+    Permit(Permit),
+}
 
 pin_project! {
     /// The response body of a [`Lock`](crate::Lock) (or [`Limit`](crate::Limit)) service: the
-    /// inner service's body, which
-    /// keeps the request's lock until it ends when
-    /// [`LockLayer::hold_until_body_end`](crate::LockLayer::hold_until_body_end) is set.
+    /// inner service's body, which keeps the request's lock (or permit) until it ends when
+    /// [`LockLayer::hold_until_body_end`](crate::LockLayer::hold_until_body_end) (or
+    /// [`LimitLayer::hold_until_body_end`](crate::LimitLayer::hold_until_body_end)) is set.
     ///
-    /// The lock is released when the body yields its last frame or an error, or is dropped
-    /// (the client went away).
+    /// The lock or permit is released when the body yields its last frame or an error, or is
+    /// dropped (the client went away).
     pub struct LockBody<B> {
         #[pin]
         inner: B,
-        guard: Option<LockGuard>,
+        held: Option<Held>,
     }
 }
 
 impl<B> LockBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<LockGuard>) -> Self {
-        Self { inner, guard }
+    pub(crate) fn new(inner: B, held: Option<Held>) -> Self {
+        Self { inner, held }
     }
 
-    /// Whether this body still holds the request's lock.
+    /// Whether this body still holds the request's lock (or permit).
     pub fn holds_lock(&self) -> bool {
-        self.guard.is_some()
+        self.held.is_some()
     }
 
-    /// The inner body; the lock, if this body held it, is released.
+    /// The inner body; the lock or permit, if this body held it, is released.
     pub fn into_inner(self) -> B {
         self.inner
     }
@@ -48,8 +58,8 @@ impl<B: Body> Body for LockBody<B> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if !matches!(frame, Some(Ok(_))) {
-            // Dropping the last share of the hold releases the lock in the background.
-            this.guard.take();
+            // Dropping the last share of the hold (or the permit) releases it in the background.
+            this.held.take();
         }
         Poll::Ready(frame)
     }
@@ -67,7 +77,7 @@ impl<B: fmt::Debug> fmt::Debug for LockBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockBody")
             .field("inner", &self.inner)
-            .field("guard", &self.guard)
+            .field("held", &self.held)
             .finish()
     }
 }

@@ -135,7 +135,9 @@
 //! request takes one of the key's permits (a [`relock::Semaphore`]), and over the limit it waits
 //! up to [`LimitLayer::wait`], then gets `429 Too Many Requests` with `Retry-After`
 //! ([`LimitRejection`]; gRPC `RESOURCE_EXHAUSTED` with `GrpcLimitRejection`, feature `tonic`).
-//! A process that dies holding permits gives them back when their leases end.
+//! A process that dies holding permits gives them back when their leases end. A request's permit
+//! comes back when its response is ready, or, with [`LimitLayer::hold_until_body_end`], when the
+//! response body has been sent (or dropped), for handlers that stream.
 //!
 //! ```
 //! use std::time::Duration;

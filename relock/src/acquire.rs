@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::field::{self, Empty};
 use tracing::Instrument;
 
-use crate::backend::{Attempt, Replicas};
+use crate::backend::{Attempt, Grant, Replicas};
 use crate::error::Error;
 use crate::guard::{Hold, LockGuard};
 use crate::key::{IntoLockKey, LockKey};
@@ -96,8 +96,8 @@ impl Acquire {
     /// Waits until `count` replicas acknowledged the grant, for at most `timeout`, else releases
     /// it and fails with [`Error::NotReplicated`]; `count` 0 does not wait. Defaults to the
     /// locker's [`replicas`](crate::LockerBuilder::replicas). A re-entered hold was acknowledged
-    /// (or not) when it was first taken: this applies to fresh acquisitions only. Read holds and
-    /// permits do not wait for replicas.
+    /// (or not) when it was first taken: this applies to fresh acquisitions only, read holds
+    /// included.
     pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
         self.replicas = Some(Replicas { count, timeout });
         self
@@ -171,7 +171,7 @@ impl Acquire {
                     reentrant = true,
                     "relock: re-entered"
                 );
-                metrics::reentered();
+                metrics::reentered(self.mode);
                 Ok(Ok(Some(LockGuard {
                     hold,
                     reentrant: true,
@@ -241,7 +241,7 @@ impl Acquire {
                 span.record("fencing_token", guard.fencing_token());
             }
         }
-        metrics::acquisition(outcome, started);
+        metrics::acquisition(mode, outcome, started);
         result
     }
 }
@@ -366,24 +366,25 @@ async fn acquire_from_backend(
         // Until the reply is in hand the outcome is unknown: a cancelled request or a failed
         // one (a response timeout, a connection dropped after sending) may still be granted,
         // so dropping `in_flight` releases the token in the background.
-        let attempt = match (mode, replicas) {
-            (Mode::Read, _) => {
-                locker
-                    .backend()
-                    .acquire_shared(&key, &token, lease, 0)
-                    .await?
+        let grant = match mode {
+            Mode::Exclusive => Grant::Exclusive { claim },
+            Mode::Read => Grant::Shared { permits: 0 },
+            Mode::Permit { permits } => Grant::Shared { permits },
+        };
+        let attempt = match (grant, replicas) {
+            (Grant::Exclusive { claim }, None) => {
+                locker.backend().acquire(&key, &token, lease, claim).await?
             }
-            (Mode::Permit { permits }, _) => {
+            (Grant::Shared { permits }, None) => {
                 locker
                     .backend()
                     .acquire_shared(&key, &token, lease, permits)
                     .await?
             }
-            (Mode::Exclusive, None) => locker.backend().acquire(&key, &token, lease, claim).await?,
-            (Mode::Exclusive, Some(replicas)) => {
+            (grant, Some(replicas)) => {
                 let (attempt, acknowledged) = locker
                     .backend()
-                    .acquire_acknowledged(&key, &token, lease, replicas, claim)
+                    .acquire_acknowledged(&key, &token, lease, replicas, grant)
                     .await?;
                 if let (Attempt::Acquired { fencing_token }, true) =
                     (attempt, acknowledged < replicas.count)
@@ -409,7 +410,7 @@ async fn acquire_from_backend(
             }
         };
         gate = in_flight.answered();
-        metrics::acquire_round_trip(sent);
+        metrics::acquire_round_trip(mode, sent);
         match attempt {
             Attempt::Acquired { fencing_token } => {
                 let slot = gate

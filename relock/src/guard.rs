@@ -24,7 +24,7 @@ pub(crate) struct Hold {
 
 impl Hold {
     pub(crate) fn new(locker: Locker, lease: Lease) -> Self {
-        metrics::hold_started();
+        metrics::hold_started(lease.mode);
         Self {
             locker,
             lease: Arc::new(lease),
@@ -73,11 +73,12 @@ impl Drop for Hold {
         tracing::debug!(
             key = %lease.key,
             fencing_token = self.lease.fencing_token,
+            kind = lease.mode.as_str(),
             mode = mode.as_str(),
             held_for = ?lease.granted.elapsed(),
             "relock: released"
         );
-        metrics::released(mode, lease.granted);
+        metrics::released(mode, lease.mode, lease.granted);
         if self.released {
             lease.mark_released();
             self.locker.local().remove(&lease.key, lease.slot);

@@ -58,10 +58,10 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    /// The kind, for spans: `lock`, `read` or `permit`.
+    /// The kind, for spans and metrics: `exclusive`, `read` or `permit`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Self::Exclusive => "lock",
+            Self::Exclusive => "exclusive",
             Self::Read => "read",
             Self::Permit { .. } => "permit",
         }
@@ -289,11 +289,12 @@ impl Lease {
         tracing::warn!(
             key = %self.key,
             fencing_token = self.fencing_token,
+            kind = self.mode.as_str(),
             cause = cause.as_str(),
             ?since_renewal,
             "relock: lock lost"
         );
-        crate::metrics::lost();
+        crate::metrics::lost(self.mode);
     }
 
     /// Whether the server no longer has the hold: known gone, or past the time by which its

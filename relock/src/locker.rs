@@ -897,8 +897,8 @@ impl LockerBuilder {
         self
     }
 
-    /// Makes every acquisition wait until `count` replicas have acknowledged the grant: the
-    /// acquire script and `WAIT count timeout` go in one pipeline on a connection of their own to
+    /// Makes every acquisition — exclusive locks, read holds and permits alike — wait until
+    /// `count` replicas have acknowledged the grant: the acquire script and `WAIT count timeout` go in one pipeline on a connection of their own to
     /// the master that runs the script — opened from the URL, or with a pool and no URL a
     /// dedicated connection of the pool's manager, outside the pool; on a cluster, one to the
     /// slot's master — so the count is this grant's, and no other command queues behind the
@@ -912,8 +912,8 @@ impl LockerBuilder {
     /// a replication round trip per attempt, refusals included: while replicas lag, every attempt
     /// — a `try_lock` on a held key too — can take the whole `timeout`, and a request can take
     /// up to the [`response_timeout`](Self::response_timeout) plus `timeout` per attempt.
-    /// `count` 0 turns it off (the default); [`Acquire::replicas`](crate::Acquire::replicas) sets
-    /// it per request. The in-memory backend has no replicas, so any `count` above 0 fails there.
+    /// `count` 0 turns it off (the default); [`Acquire::replicas`](crate::Acquire::replicas) and
+    /// [`AcquirePermit::replicas`](crate::AcquirePermit::replicas) set it per request. The in-memory backend has no replicas, so any `count` above 0 fails there.
     ///
     /// ```no_run
     /// # use std::time::Duration;

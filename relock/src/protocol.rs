@@ -295,10 +295,11 @@ pub(crate) fn acknowledged_pipeline(
 }
 
 /// Sends [`acknowledged_pipeline`] on `connection`, each send bounded by `limit`, loading the
-/// acquire script there if the server lacks it (a `NOSCRIPT` reply ran nothing, so sending again
-/// is safe): the script's reply and `WAIT`'s.
+/// script of `invocation` there if the server lacks it (a `NOSCRIPT` reply ran nothing, so sending
+/// again is safe): the script's reply and `WAIT`'s.
 pub(crate) async fn send_acknowledged(
     connection: &mut impl ConnectionLike,
+    invocation: &ScriptInvocation<'_>,
     pipe: &redis::Pipeline,
     asking: bool,
     limit: Duration,
@@ -319,12 +320,9 @@ pub(crate) async fn send_acknowledged(
     if !noscript {
         return Ok(replies);
     }
-    tokio::time::timeout(
-        limit,
-        scripts::ACQUIRE.prepare_invoke().load_async(connection),
-    )
-    .await
-    .map_err(|_| late())??;
+    tokio::time::timeout(limit, invocation.load_async(connection))
+        .await
+        .map_err(|_| late())??;
     Ok(
         tokio::time::timeout(limit, connection.req_packed_commands(pipe, offset, 2))
             .await

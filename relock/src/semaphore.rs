@@ -138,6 +138,15 @@ impl AcquirePermit {
         self.request = self.request.lease(lease);
         self
     }
+
+    /// Waits until `count` replicas acknowledged the permit's grant, for at most `timeout`, else
+    /// returns the permit and fails with [`Error::NotReplicated`]; `count` 0 does not wait.
+    /// Defaults to the locker's [`replicas`](crate::LockerBuilder::replicas), as for
+    /// [`Acquire::replicas`].
+    pub fn replicas(mut self, count: u32, timeout: Duration) -> Self {
+        self.request = self.request.replicas(count, timeout);
+        self
+    }
 }
 
 impl IntoFuture for AcquirePermit {

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::backend::Backend;
 use crate::lease::{Lease, Loss};
 use crate::local::LocalHolds;
-use crate::metrics::{self, Renewal};
+use crate::metrics::{self, ByKind, Renewal};
 
 /// The holds a watchdog renews.
 #[derive(Debug, Default)]
@@ -154,16 +154,16 @@ impl Watchdog {
                 match backend.renew(&due).await {
                     Ok(renewed) => {
                         let received = Instant::now();
-                        let (mut ok, mut gone) = (0, 0);
+                        let (mut ok, mut gone) = (ByKind::default(), ByKind::default());
                         let mut unanswered = Vec::new();
                         for (lease, still_held) in due.iter().zip(renewed) {
                             match still_held {
                                 Some(true) => {
-                                    ok += 1;
+                                    ok.add(lease.mode);
                                     lease.renewed(sent, received);
                                 }
                                 Some(false) if self.is_registered(lease) => {
-                                    gone += 1;
+                                    gone.add(lease.mode);
                                     lease.mark_gone(Loss::Gone);
                                     local.remove(&lease.key, lease.slot);
                                 }
@@ -183,7 +183,7 @@ impl Watchdog {
                                 holds = unanswered.len(),
                                 "relock: lease renewal failed on a node; retrying"
                             );
-                            metrics::renewals(Renewal::Failed, unanswered.len());
+                            metrics::renewals(Renewal::Failed, ByKind::of(&unanswered));
                             next = Some(retry_at(&unanswered, next));
                         }
                     }
@@ -193,7 +193,7 @@ impl Watchdog {
                             holds = due.len(),
                             "relock: lease renewal failed; retrying"
                         );
-                        metrics::renewals(Renewal::Failed, due.len());
+                        metrics::renewals(Renewal::Failed, ByKind::of(&due));
                         next = Some(retry_at(&due, next));
                     }
                 }

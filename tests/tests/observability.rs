@@ -157,6 +157,7 @@ fn an_acquisition_is_an_acquire_span_with_its_outcome() {
     let span = &spans[0];
     assert_eq!(span.target, "relock");
     assert_eq!(span.fields["key"], "order:42");
+    assert_eq!(span.fields["kind"], "exclusive");
     assert_eq!(span.fields["wait"], "3s");
     assert_eq!(span.fields["lease"], "7s");
     assert_eq!(span.fields["reentrant"], "false");
@@ -280,6 +281,42 @@ fn a_release_that_finds_the_hold_gone_reports_the_loss() {
 }
 
 #[test]
+fn spans_and_events_name_the_kind_of_hold() {
+    let seen = traced(|| async {
+        let locker = Locker::in_memory();
+        let guard = locker.read("order:42").await.unwrap();
+        guard.release().await.unwrap();
+        let permit = locker.semaphore("order:43", 2).acquire().await.unwrap();
+        permit.release().await.unwrap();
+        let guard = locker.lock("order:44").await.unwrap();
+        guard.release().await.unwrap();
+    });
+    let kinds = |fields: Vec<&Fields>| -> Vec<(String, String)> {
+        fields
+            .iter()
+            .map(|fields| (fields["key"].clone(), fields["kind"].clone()))
+            .collect()
+    };
+    let expected = [
+        ("order:42", "read"),
+        ("order:43", "permit"),
+        ("order:44", "exclusive"),
+    ]
+    .map(|(key, kind)| (key.to_owned(), kind.to_owned()))
+    .to_vec();
+    let spans = seen.spans("acquire");
+    assert_eq!(
+        kinds(spans.iter().map(|span| &span.fields).collect()),
+        expected
+    );
+    let released = seen.events("relock: released");
+    assert_eq!(
+        kinds(released.iter().map(|event| &event.fields).collect()),
+        expected
+    );
+}
+
+#[test]
 fn a_lease_that_ends_unrenewed_is_reported_lost_by_time() {
     let seen = traced(|| async {
         let locker = Locker::in_memory();
@@ -295,6 +332,7 @@ fn a_lease_that_ends_unrenewed_is_reported_lost_by_time() {
     let lost = seen.events("relock: lock lost");
     assert_eq!(lost.len(), 1, "{:?}", seen.events);
     assert_eq!(lost[0].fields["cause"], "the lease ended without a renewal");
+    assert_eq!(lost[0].fields["kind"], "exclusive");
 }
 
 #[test]
@@ -416,44 +454,105 @@ fn metrics_count_a_known_sequence_of_lock_operations() {
             assert!(locker.force_release("order:2").await.unwrap());
             assert!(!held.is_held());
             drop(held);
+
+            // A read hold, re-entered by a read inside it, released explicitly.
+            locker
+                .read("order:3")
+                .run(async {
+                    let inner = locker.read("order:3").await.unwrap();
+                    assert!(inner.is_reentrant());
+                })
+                .await
+                .unwrap();
+            // Permits: one taken and returned explicitly, another dropped (returned in the
+            // background) after a request for a third timed out.
+            let exports = locker.semaphore("order:4", 2);
+            let first = exports.acquire().await.unwrap();
+            let second = exports.acquire().await.unwrap();
+            let over = exports.acquire().wait(Duration::from_millis(20)).await;
+            assert!(matches!(over, Err(Error::Timeout { .. })));
+            first.release().await.unwrap();
+            drop(second);
         })
     });
     let snapshot = snapshot(&snapshotter);
-    assert_eq!(counter(&snapshot, "relock_acquired_total", &[]), 2);
-    assert_eq!(counter(&snapshot, "relock_reentered_total", &[]), 1);
-    assert_eq!(counter(&snapshot, "relock_timeouts_total", &[]), 1);
-    assert_eq!(counter(&snapshot, "relock_lost_total", &[]), 1);
+    let exclusive = ("kind", "exclusive");
+    let (read, permit) = (("kind", "read"), ("kind", "permit"));
+    assert_eq!(counter(&snapshot, "relock_acquired_total", &[exclusive]), 2);
+    assert_eq!(counter(&snapshot, "relock_acquired_total", &[read]), 1);
+    assert_eq!(counter(&snapshot, "relock_acquired_total", &[permit]), 2);
     assert_eq!(
-        counter(&snapshot, "relock_released_total", &[("mode", "explicit")]),
+        counter(&snapshot, "relock_reentered_total", &[exclusive]),
         1
     );
-    assert_eq!(
-        counter(
-            &snapshot,
-            "relock_released_total",
-            &[("mode", "background")]
-        ),
-        1
-    );
-    assert_eq!(
-        samples(&snapshot, "relock_wait_seconds", &[("result", "acquired")]),
-        2
-    );
-    assert_eq!(
-        samples(&snapshot, "relock_wait_seconds", &[("result", "timeout")]),
-        1
-    );
-    assert_eq!(samples(&snapshot, "relock_hold_seconds", &[]), 2);
-    assert_eq!(
-        samples(&snapshot, "relock_acquire_round_trip_seconds", &[]),
-        2
-    );
-    match metric(&snapshot, "relock_holds", &[]) {
-        Some(DebugValue::Gauge(holds)) => assert_eq!(holds.0, 0.0),
-        other => panic!("relock_holds: {other:?}"),
+    assert_eq!(counter(&snapshot, "relock_reentered_total", &[read]), 1);
+    assert_eq!(counter(&snapshot, "relock_timeouts_total", &[exclusive]), 1);
+    assert_eq!(counter(&snapshot, "relock_timeouts_total", &[permit]), 1);
+    assert_eq!(counter(&snapshot, "relock_lost_total", &[exclusive]), 1);
+    for (kind, explicit, background) in [(exclusive, 1, 1), (read, 1, 0), (permit, 1, 1)] {
+        assert_eq!(
+            counter(
+                &snapshot,
+                "relock_released_total",
+                &[("mode", "explicit"), kind]
+            ),
+            explicit,
+            "{kind:?}"
+        );
+        assert_eq!(
+            counter(
+                &snapshot,
+                "relock_released_total",
+                &[("mode", "background"), kind]
+            ),
+            background,
+            "{kind:?}"
+        );
+    }
+    for (kind, acquired, timeout) in [(exclusive, 2, 1), (read, 1, 0), (permit, 2, 1)] {
+        assert_eq!(
+            samples(
+                &snapshot,
+                "relock_wait_seconds",
+                &[("result", "acquired"), kind]
+            ),
+            acquired,
+            "{kind:?}"
+        );
+        assert_eq!(
+            samples(
+                &snapshot,
+                "relock_wait_seconds",
+                &[("result", "timeout"), kind]
+            ),
+            timeout,
+            "{kind:?}"
+        );
+        assert_eq!(
+            samples(&snapshot, "relock_hold_seconds", &[kind]),
+            acquired,
+            "{kind:?}"
+        );
+        // A permit request that times out asks the server at least once; the exclusive one
+        // waited on its process's own holder without asking.
+        let round_trips = samples(&snapshot, "relock_acquire_round_trip_seconds", &[kind]);
+        if kind == exclusive {
+            assert_eq!(round_trips, 2);
+        } else {
+            assert!(round_trips >= acquired + timeout, "{kind:?}: {round_trips}");
+        }
+        match metric(&snapshot, "relock_holds", &[kind]) {
+            Some(DebugValue::Gauge(holds)) => assert_eq!(holds.0, 0.0, "{kind:?}"),
+            other => panic!("relock_holds {kind:?}: {other:?}"),
+        }
     }
     for sample in &snapshot {
         assert!(sample.name.starts_with("relock_"), "{sample:?}");
+        assert!(
+            sample.labels.iter().any(|(key, value)| key == "kind"
+                && ["exclusive", "read", "permit"].contains(&value.as_str())),
+            "every metric has its kind: {sample:?}"
+        );
         assert!(
             sample
                 .labels
@@ -480,14 +579,32 @@ fn metrics_count_renewals() {
                 .lease(Duration::from_millis(150))
                 .await
                 .unwrap();
+            let permit = locker
+                .semaphore("order:2", 3)
+                .acquire()
+                .lease(Duration::from_millis(150))
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(250)).await;
             guard.release().await.unwrap();
+            permit.release().await.unwrap();
         })
     });
-    let renewed = counter(
-        &snapshot(&snapshotter),
-        "relock_renewals_total",
-        &[("result", "ok")],
+    let snapshot = snapshot(&snapshotter);
+    for kind in ["exclusive", "permit"] {
+        let renewed = counter(
+            &snapshot,
+            "relock_renewals_total",
+            &[("result", "ok"), ("kind", kind)],
+        );
+        assert!(renewed >= 1, "{kind}: {renewed}");
+    }
+    assert_eq!(
+        counter(
+            &snapshot,
+            "relock_renewals_total",
+            &[("result", "ok"), ("kind", "read")]
+        ),
+        0
     );
-    assert!(renewed >= 1, "{renewed}");
 }

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use relock::{Error, Locker};
-use relock_tests::{bounded, unique_key, RedisCluster, RedisServer};
+use relock_tests::{bounded, unique_key, RedisCluster, RedisSentinel, RedisServer};
 
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -43,7 +43,16 @@ fn lock_name(key: &str) -> String {
     format!("relock:{{{key}}}")
 }
 
-fn assert_not_replicated(result: Result<relock::LockGuard, Error>, key: &str) {
+fn assert_not_replicated<T: std::fmt::Debug>(result: Result<T, Error>, key: &str) {
+    assert_acknowledged_by(result, key, (0, 1));
+}
+
+/// `result` is `NotReplicated` for `key`, with `(acknowledged, required)` replicas.
+fn assert_acknowledged_by<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    key: &str,
+    counts: (u32, u32),
+) {
     match result {
         Err(Error::NotReplicated {
             key: failed,
@@ -51,14 +60,94 @@ fn assert_not_replicated(result: Result<relock::LockGuard, Error>, key: &str) {
             required,
         }) => {
             assert_eq!(failed, key);
-            assert_eq!((acknowledged, required), (0, 1));
+            assert_eq!((acknowledged, required), counts);
         }
         Err(other) => panic!("{key}: expected NotReplicated, got {other}"),
-        Ok(guard) => panic!(
-            "{key}: granted (token {}) though the replica was stopped",
-            guard.fencing_token()
-        ),
+        Ok(granted) => panic!("{key}: granted ({granted:?}) without the replicas asked for"),
     }
+}
+
+/// No holder of `key` is left at the server: `inspect` finds none, and an exclusive `try_lock`
+/// (which excludes readers and permits) gets the key.
+async fn assert_free(locker: &Locker, key: &str) {
+    let info = locker.inspect(key).await.expect("inspect");
+    assert!(
+        info.is_none(),
+        "{key}: still held after NotReplicated: {info:?}"
+    );
+    let guard = locker
+        .try_lock(key)
+        .await
+        .expect("try_lock")
+        .unwrap_or_else(|| panic!("{key}: busy after NotReplicated"));
+    guard.release().await.expect("release");
+}
+
+/// A reader of `read_key` and a permit of `permit_key`, taken through `locker` (which asks for
+/// one replica), are granted with a live replica and are on it (`on_replica`) when they return;
+/// with the replica stopped (`stop`, then `resume`), each fails with `NotReplicated` and leaves
+/// nothing held, as `plain` sees it.
+async fn shared_holds_wait_for_the_replica(
+    locker: &Locker,
+    plain: &Locker,
+    (read_key, permit_key): (&str, &str),
+    on_replica: impl Fn(&str) -> bool,
+    stop: impl FnOnce(),
+    resume: impl FnOnce(),
+) {
+    let (read_key, permit_key) = (read_key.to_owned(), permit_key.to_owned());
+    let reader = locker.read(read_key.as_str()).await.expect("read");
+    assert!(
+        on_replica(&read_key),
+        "{read_key}: the read hold is not on the replica when read returned"
+    );
+    let permit = locker
+        .semaphore(permit_key.as_str(), 2)
+        .acquire()
+        .await
+        .expect("a permit");
+    assert!(
+        on_replica(&permit_key),
+        "{permit_key}: the permit is not on the replica when acquire returned"
+    );
+    reader.release().await.expect("release the reader");
+    permit.release().await.expect("return the permit");
+
+    stop();
+    assert_not_replicated(locker.read(read_key.as_str()).await, &read_key);
+    assert_free(plain, &read_key).await;
+    assert_not_replicated(
+        locker
+            .try_read(read_key.as_str())
+            .await
+            .map(|guard| guard.expect("granted or failed, never busy")),
+        &read_key,
+    );
+    assert_free(plain, &read_key).await;
+    let semaphore = locker.semaphore(permit_key.as_str(), 2);
+    assert_not_replicated(semaphore.acquire().await, &permit_key);
+    assert_free(plain, &permit_key).await;
+    assert_not_replicated(
+        semaphore
+            .try_acquire()
+            .await
+            .map(|permit| permit.expect("granted or failed, never busy")),
+        &permit_key,
+    );
+    assert_free(plain, &permit_key).await;
+    // The request's own setting wins: 0 replicas does not wait.
+    let permit = semaphore
+        .acquire()
+        .replicas(0, Duration::ZERO)
+        .await
+        .expect("a permit that asks for no replica");
+    permit.release().await.expect("return the permit");
+    resume();
+    let reader = locker
+        .read(read_key.as_str())
+        .await
+        .expect("acknowledged once the replica runs again");
+    reader.release().await.expect("release the reader");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +249,71 @@ async fn a_stalled_replica_fails_the_acquisition_and_leaves_no_hold() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_permits_wait_for_the_replica_too() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let locker = replicated(&master, Duration::from_millis(300));
+    let plain = master.locker().await;
+    bounded(Duration::from_secs(30), async {
+        shared_holds_wait_for_the_replica(
+            &locker,
+            &plain,
+            (&unique_key("acked-reader"), &unique_key("acked-permit")),
+            |key| held(replica.port(), &lock_name(key), false),
+            || replica.pause(),
+            || replica.resume(),
+        )
+        .await;
+    })
+    .await;
+}
+
+/// Behind Sentinel, on the master the sentinels name: a reader and a permit asking for the one
+/// replica are granted; asking for two (there is one) fails with `NotReplicated` and leaves
+/// nothing held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_readers_and_permits_wait_for_the_replica() {
+    let deployment = RedisSentinel::start();
+    let locker = deployment
+        .builder()
+        .lease(LEASE)
+        .replicas(1, Duration::from_millis(500))
+        .build()
+        .expect("a sentinel locker");
+    let plain = deployment.builder().lease(LEASE).build().expect("a locker");
+    bounded(Duration::from_secs(30), async {
+        let key = unique_key("sentinel-acked-shared");
+        let reader = locker.read(key.as_str()).await.expect("read");
+        reader.release().await.expect("release");
+        let permit = locker
+            .semaphore(key.as_str(), 3)
+            .acquire()
+            .await
+            .expect("a permit");
+        permit.release().await.expect("release");
+
+        let timeout = Duration::from_millis(200);
+        assert_acknowledged_by(
+            locker.read(key.as_str()).replicas(2, timeout).await,
+            &key,
+            (1, 2),
+        );
+        assert_free(&plain, &key).await;
+        assert_acknowledged_by(
+            locker
+                .semaphore(key.as_str(), 3)
+                .acquire()
+                .replicas(2, timeout)
+                .await,
+            &key,
+            (1, 2),
+        );
+        assert_free(&plain, &key).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_acquisition_cancelled_mid_wait_leaves_no_hold() {
     let master = RedisServer::start();
     let replica = RedisServer::start_replica_of(&master);
@@ -248,6 +402,9 @@ async fn the_in_memory_store_has_no_replicas_to_acknowledge() {
         .build_in_memory();
     let key = "in-memory-replicas";
     assert_not_replicated(locker.lock(key).await, key);
+    assert_not_replicated(locker.read(key).await, key);
+    assert_not_replicated(locker.semaphore(key, 2).acquire().await, key);
+    assert!(locker.inspect(key).await.expect("inspect").is_none());
     let guard = locker
         .lock(key)
         .replicas(0, Duration::ZERO)
@@ -307,6 +464,28 @@ async fn cluster_grants_are_acknowledged_by_the_slots_replica() {
             .await
             .expect("acknowledged once the replica runs again");
         guard.release().await.expect("release");
+
+        // Readers and permits too, on a key of the same master (whose replica is stopped).
+        let plain = Locker::builder()
+            .cluster(cluster.seeds())
+            .lease(LEASE)
+            .build()
+            .expect("a cluster locker");
+        let mut on_master = (0..)
+            .map(|i| unique_key(&format!("cluster-acked-shared-{i}")))
+            .filter(|key| cluster.master_of(key) == master);
+        let read_key = on_master.next().expect("a key");
+        let permit_key = on_master.next().expect("a key");
+        let cluster = std::sync::Mutex::new(&mut cluster);
+        shared_holds_wait_for_the_replica(
+            &locker,
+            &plain,
+            (&read_key, &permit_key),
+            |key| held(replica, &lock_name(key), true),
+            || cluster.lock().expect("cluster").pause(replica),
+            || cluster.lock().expect("cluster").resume(replica),
+        )
+        .await;
     })
     .await;
 }

@@ -9,7 +9,10 @@
 //!   server SIGKILLed while its requests hold every permit of a tenant releases nothing: its
 //!   permits stay taken (`429`) until their lease ends, then come back (within about one lease)
 //!   to the other servers.
+//! * `hold_until_body_end`: a streaming response keeps its permit until its body ends or is
+//!   dropped; without it, the permit comes back with the response head.
 
+use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -17,17 +20,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{Request, StatusCode};
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis::aio::MultiplexedConnection;
+use relock::{LockMode, Locker};
 use relock_tests::{bounded, RedisServer};
 use relock_tower::{key, LimitLayer};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
 
 const PERMITS: usize = 3;
 
@@ -352,6 +359,134 @@ async fn three_server_processes_share_the_limit_and_a_killed_ones_permits_come_b
         );
         assert!(most(&mut store, "d").await <= SERVER_PERMITS);
         drop(servers);
+    })
+    .await;
+}
+
+/// An app whose one route streams a body from a channel: each request's sender comes out of the
+/// returned receiver, and the body ends when it is dropped. One permit per tenant, no wait.
+fn streaming(
+    locker: &Locker,
+    hold_until_body_end: bool,
+) -> (Router, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
+    let (senders, requests) = mpsc::unbounded_channel();
+    let mut layer = LimitLayer::new(key::header("x-tenant").prefix("tenant:"), 1)
+        .locker(locker.clone())
+        .wait(Duration::ZERO);
+    if hold_until_body_end {
+        layer = layer.hold_until_body_end();
+    }
+    let app = Router::new()
+        .route(
+            "/exports",
+            post(move || {
+                let (chunks, receiver) = mpsc::channel::<Bytes>(1);
+                senders.send(chunks).expect("the test listens");
+                let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                    let chunk = receiver.recv().await?;
+                    Some((Ok::<_, Infallible>(chunk), receiver))
+                });
+                async move { Body::from_stream(stream) }
+            }),
+        )
+        .layer(layer);
+    (app, requests)
+}
+
+async fn export_streaming(app: &Router) -> Response<Body> {
+    let request = Request::post("/exports")
+        .header("x-tenant", "9")
+        .body(Body::empty())
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap()
+}
+
+/// Whether tenant 9's permit is taken, as the server says.
+async fn in_use(locker: &Locker) -> bool {
+    match locker.inspect("tenant:9").await.unwrap() {
+        Some(info) => {
+            assert_eq!(info.mode, LockMode::Permits(1));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Waits (up to 5 s) for tenant 9's permit to come back: a body that ends or is dropped returns
+/// it in the background.
+async fn until_returned(locker: &Locker) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_use(locker).await {
+        assert!(
+            Instant::now() < deadline,
+            "the permit is still taken after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_until_body_end_keeps_the_permit_while_the_body_streams() {
+    bounded(Duration::from_secs(30), async {
+        let server = RedisServer::start();
+        let locker = server.locker().await;
+        let (app, mut requests) = streaming(&locker, true);
+
+        // The body ends: the permit is kept until then.
+        let response = export_streaming(&app).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let chunks = requests.recv().await.unwrap();
+        let mut body = response.into_body();
+        assert!(in_use(&locker).await, "the permit came back with the head");
+        let over = export_streaming(&app).await;
+        assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(over.headers().contains_key("retry-after"));
+        chunks.send(Bytes::from_static(b"part 1")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "part 1");
+        assert!(in_use(&locker).await, "the permit came back mid-stream");
+        assert_eq!(export_streaming(&app).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        drop(chunks);
+        assert!(body.frame().await.is_none(), "the body ended");
+        until_returned(&locker).await;
+
+        // The body is dropped before it ends (the client went away).
+        let response = export_streaming(&app).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let _chunks = requests.recv().await.unwrap();
+        assert!(in_use(&locker).await);
+        assert_eq!(export_streaming(&app).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        drop(response);
+        until_returned(&locker).await;
+        let response = export_streaming(&app).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the permit is free again"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hold_until_body_end_the_permit_comes_back_with_the_head() {
+    bounded(Duration::from_secs(30), async {
+        let server = RedisServer::start();
+        let locker = server.locker().await;
+        let (app, mut requests) = streaming(&locker, false);
+        let response = export_streaming(&app).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let chunks = requests.recv().await.unwrap();
+        // Returned before the response was: no wait needed.
+        assert!(!in_use(&locker).await, "the permit is kept by the body");
+        let mut body = response.into_body();
+        chunks.send(Bytes::from_static(b"part 1")).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        // Another request gets the permit while the first body still streams.
+        let second = export_streaming(&app).await;
+        assert_eq!(second.status(), StatusCode::OK);
+        drop(chunks);
+        assert!(body.frame().await.is_none());
     })
     .await;
 }

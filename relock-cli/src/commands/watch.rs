@@ -1,13 +1,16 @@
 //! `relock watch <key>`: acquisitions and releases of one lock as they happen.
 //!
 //! The lock is read every `--interval`; a change of holder (its hold token or fencing token) is
-//! a release followed by an acquisition. A release, an expiry and a force-release look alike from
-//! outside: all three are reported as `released`.
+//! a release followed by an acquisition, as is a change of mode (exclusive, read, permits). Readers
+//! and permits come and go while the key stays held: a change in them (how many are in use, the
+//! first holder, or the key's fencing token) is reported as `changed`, with the mode and the holds
+//! in use. A release, an expiry and a force-release look alike from outside: all
+//! three are reported as `released`.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use relock::LockInfo;
+use relock::{LockInfo, LockMode};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Session;
@@ -28,6 +31,8 @@ enum Event {
     /// The lock was already held when watching began (not counted by `--count`).
     Held,
     Acquired,
+    /// Readers or permits joined or left a key that stayed held in the same mode.
+    Changed,
     Released,
 }
 
@@ -36,6 +41,7 @@ impl Event {
         match self {
             Self::Held => "held",
             Self::Acquired => "acquired",
+            Self::Changed => "changed",
             Self::Released => "released",
         }
     }
@@ -63,11 +69,21 @@ pub(super) async fn run(session: &Session, key: &str, bounds: Bounds) -> Result<
             (None, Some(held)) if first => events.push((Event::Held, held)),
             (None, Some(held)) => events.push((Event::Acquired, held)),
             (Some(old), None) => events.push((Event::Released, old)),
-            (Some(old), Some(held))
-                if old.owner != held.owner || old.fencing_token != held.fencing_token =>
-            {
+            (Some(old), Some(held)) if old.mode != held.mode => {
                 events.push((Event::Released, old));
                 events.push((Event::Acquired, held));
+            }
+            (Some(old), Some(held))
+                if old.owner != held.owner
+                    || old.fencing_token != held.fencing_token
+                    || old.holds != held.holds =>
+            {
+                if held.mode == LockMode::Exclusive {
+                    events.push((Event::Released, old));
+                    events.push((Event::Acquired, held));
+                } else {
+                    events.push((Event::Changed, held));
+                }
             }
             _ => {}
         }
@@ -105,6 +121,7 @@ fn print_event(json: bool, event: Event, info: &LockInfo) {
             fields.push(("key", info.key.clone().into()));
             fields.push(("fencing_token", info.fencing_token.into()));
             fields.push(("owner", info.owner.clone().into()));
+            fields.push(("mode", crate::mode::name(info.mode).into()));
         } else {
             fields.extend(crate::json::lock(info));
         }
@@ -115,13 +132,19 @@ fn print_event(json: bool, event: Event, info: &LockInfo) {
     let token = info.fencing_token;
     match event {
         Event::Released => println!("{at}  released  {key}  fencing token {token}"),
-        Event::Held | Event::Acquired => {
-            let host = info.host.as_deref().unwrap_or("unknown host");
-            let pid = info
-                .pid
-                .map_or_else(|| "unknown".to_owned(), |pid| pid.to_string());
+        Event::Held | Event::Acquired | Event::Changed => {
+            let mode = crate::mode::describe(info.mode, info.holds);
+            // The server keeps a holder's host and pid beside an exclusive hold only.
+            let holder = match (&info.host, info.pid) {
+                (None, None) => String::new(),
+                (host, pid) => format!(
+                    " by {} pid {}",
+                    host.as_deref().unwrap_or("unknown host"),
+                    pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string())
+                ),
+            };
             println!(
-                "{at}  {:<8}  {key}  by {host} pid {pid}, fencing token {token}, ttl {}",
+                "{at}  {:<8}  {key}  {mode}{holder}, fencing token {token}, ttl {}",
                 event.name(),
                 human(info.ttl)
             );

@@ -53,6 +53,7 @@ pub(crate) struct Config {
     pub(crate) locker: Option<Locker>,
     pub(crate) wait: Option<Duration>,
     pub(crate) lease: Option<Duration>,
+    pub(crate) hold_until_body_end: bool,
 }
 
 impl Config {
@@ -82,6 +83,7 @@ impl<X> LimitLayer<X> {
                 locker: None,
                 wait: None,
                 lease: None,
+                hold_until_body_end: false,
             },
         }
     }
@@ -108,6 +110,21 @@ impl<X, R> LimitLayer<X, R> {
     /// Defaults to the locker's lease.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = Some(lease);
+        self
+    }
+
+    /// Keeps the permit until the response body has been sent (or dropped), not only until the
+    /// response head is ready: for handlers that stream output, whose work goes on while the body
+    /// streams and must count against the limit. Off by default.
+    ///
+    /// The lease is renewed while the body streams, as for any permit, but a lease lost at that
+    /// point (Redis unreachable for a whole lease, a force-release) does not cut the body short.
+    /// Applies to HTTP responses; with [`ErrorRejection`] the permit is returned when the
+    /// response is ready.
+    ///
+    /// [`ErrorRejection`]: crate::ErrorRejection
+    pub fn hold_until_body_end(mut self) -> Self {
+        self.config.hold_until_body_end = true;
         self
     }
 

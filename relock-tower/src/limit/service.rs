@@ -11,7 +11,7 @@ use tracing::field::{debug, Empty};
 use tracing::Instrument;
 
 use super::layer::Config;
-use crate::body::LockBody;
+use crate::body::{Held, LockBody};
 use crate::extract::ExtractKey;
 use crate::lock::future::{Locked, ResponseFuture};
 use crate::reject::{ErrorRejection, LimitRejection, Reject};
@@ -22,7 +22,9 @@ use crate::BoxError;
 /// Made by [`LimitLayer`](crate::LimitLayer). `poll_ready` is the inner service's (a request
 /// never holds a permit while waiting for readiness); `call` extracts the key, swaps the ready
 /// inner service for a clone, and returns a future that takes one of the key's permits, calls
-/// the ready service, and returns the permit when the response is ready.
+/// the ready service, and returns the permit when the response is ready (or, with
+/// [`LimitLayer::hold_until_body_end`](crate::LimitLayer::hold_until_body_end), when its body
+/// ends).
 #[derive(Clone)]
 pub struct Limit<S, X, R = LimitRejection> {
     inner: S,
@@ -57,7 +59,7 @@ impl<S, X, R> Limit<S, X, R> {
     }
 
     /// Starts a request: through at once without a key, else into the limit.
-    fn start<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, R>
+    fn start<Req>(&mut self, request: Req, hold_body: bool) -> ResponseFuture<S::Future, R>
     where
         S: Service<Req> + Clone + Send + 'static,
         S::Future: Send,
@@ -77,11 +79,13 @@ impl<S, X, R> Limit<S, X, R> {
         };
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::locked(permit(&self.config, locker, key, ready, request), reject)
+        let limited = permit(&self.config, locker, key, ready, request, hold_body);
+        ResponseFuture::locked(limited, reject)
     }
 }
 
-/// Takes a permit, calls `service`, returns the permit. The call is dropped and the request
+/// Takes a permit, calls `service`, returns the permit; with `hold_body`, the permit comes out
+/// beside a successful response instead, for its body. The call is dropped and the request
 /// rejected with [`relock::Error::Lost`] if the permit is lost meanwhile (its lease ended:
 /// another request may have taken it), as [`LockLayer`](crate::LockLayer) does by default.
 fn permit<S, Req>(
@@ -90,6 +94,7 @@ fn permit<S, Req>(
     key: LockKey,
     mut service: S,
     request: Req,
+    hold_body: bool,
 ) -> Locked<Result<S::Response, S::Error>>
 where
     S: Service<Req> + Send + 'static,
@@ -129,6 +134,9 @@ where
                 .await
             };
             match output {
+                Some(output) if hold_body && output.is_ok() => {
+                    Ok((output, Some(Held::Permit(permit))))
+                }
                 Some(output) => {
                     permit.release().await?;
                     Ok((output, None))
@@ -161,7 +169,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        self.start(request)
+        let hold_body = self.config.hold_until_body_end;
+        self.start(request, hold_body)
     }
 }
 
@@ -183,7 +192,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        self.start(request)
+        self.start(request, false)
     }
 }
 

@@ -5,18 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Response;
-use pin_project_lite::pin_project;
-use relock::LockGuard;
-
-use crate::body::LockBody;
+use crate::body::{Held, LockBody};
 use crate::reject::{ErrorRejection, Reject};
 use crate::BoxError;
+use http::Response;
+use pin_project_lite::pin_project;
 
-/// The lock taken, the inner service called inside its scope, the lock released: the inner
-/// output, and a share of the hold for the response body when asked for.
+/// The lock (or permit) taken, the inner service called, the lock released: the inner output,
+/// and a share of the hold (or the permit) for the response body when asked for.
 pub(crate) type Locked<T> =
-    Pin<Box<dyn Future<Output = Result<(T, Option<LockGuard>), relock::Error>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(T, Option<Held>), relock::Error>> + Send>>;
 
 pin_project! {
     /// Response future of [`Lock`](crate::Lock): waits for the lock, then for the inner
@@ -81,7 +79,7 @@ impl<F: Future> State<F> {
     fn poll_outcome(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<(Outcome<F::Output>, Option<LockGuard>)> {
+    ) -> Poll<(Outcome<F::Output>, Option<Held>)> {
         match self.project() {
             StateProj::Unlocked { future } => future.poll(cx).map(|out| (Outcome::Done(out), None)),
             StateProj::Locked { future } => Poll::Ready(match ready!(future.as_mut().poll(cx)) {

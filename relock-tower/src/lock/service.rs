@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::future::{Locked, ResponseFuture};
 use super::layer::Config;
-use crate::body::LockBody;
+use crate::body::{Held, LockBody};
 use crate::extract::ExtractKey;
 use crate::reject::{DefaultRejection, ErrorRejection, Reject};
 use crate::BoxError;
@@ -123,7 +123,7 @@ where
         fields.record("waited", debug(started.elapsed()));
         fields.record("fencing_token", guard.fencing_token());
         let output = service.call(request).await;
-        let guard = (hold_body && output.is_ok()).then_some(guard);
+        let guard = (hold_body && output.is_ok()).then_some(Held::Lock(guard));
         (output, guard)
     };
     Box::pin(async move { acquire.run(body).await }.instrument(span))

@@ -22,7 +22,7 @@ use redis::{ConnectionAddr, ConnectionInfo, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::{Attempt, Released, Replicas};
+use super::{Attempt, Grant, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
@@ -448,18 +448,19 @@ impl ClusterBackend {
         Ok(connection)
     }
 
-    /// The acquire script and `WAIT` in one pipeline on a dedicated connection to the master of
-    /// `key`'s slot (found from the slot owners, following `MOVED` and `ASK`), so that the
-    /// replicas' count is this grant's and no other command queues behind the wait.
+    /// The acquire script (exclusive or shared, as `grant` says) and `WAIT` in one pipeline on a
+    /// dedicated connection to the master of `key`'s slot (found from the slot owners, following
+    /// `MOVED` and `ASK`), so that the replicas' count is this grant's and no other command
+    /// queues behind the wait.
     pub(crate) async fn acquire_acknowledged(
         &self,
         key: &LockKey,
         token: &crate::token::HoldToken,
         lease: Duration,
         replicas: Replicas,
-        claim: bool,
+        grant: Grant,
     ) -> Result<(Attempt, u32), Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
+        let invocation = grant.invocation(&self.prefix, key, token, lease, self.retention);
         let limit = self.response_timeout.saturating_add(replicas.timeout);
         let slot = slot(key.as_str().as_bytes());
         let mut target: Option<(String, bool)> = None;
@@ -493,7 +494,8 @@ impl ClusterBackend {
                 }
             };
             let pipe = acknowledged_pipeline(&invocation, replicas, asking);
-            let replies = match send_acknowledged(&mut connection, &pipe, asking, limit).await {
+            let sent = send_acknowledged(&mut connection, &invocation, &pipe, asking, limit).await;
+            let replies = match sent {
                 Ok(replies) => replies,
                 Err(err) => {
                     // The node may be gone (a failover): read the owners again, and use none of

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
 use crate::lease::Lease;
+use crate::protocol;
 use crate::token::HoldToken;
 
 pub(crate) mod batch;
@@ -33,6 +34,37 @@ pub(crate) enum Attempt {
     /// Refused: the key's live shared holders use this many permits (0: they are readers),
     /// not the number asked for. Nothing was written.
     Mismatch { permits: u32 },
+}
+
+/// What an acquisition asks for, when the backend builds its script call itself (an acquisition
+/// that waits for replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// An exclusive hold; `claim` as for [`Backend::acquire`].
+    Exclusive { claim: bool },
+    /// A shared hold: a reader (`permits` 0) or one of `permits` permits.
+    Shared { permits: u32 },
+}
+
+impl Grant {
+    /// The script call that asks for this grant (the same on one server and on a cluster).
+    pub(crate) fn invocation(
+        self,
+        prefix: &str,
+        key: &LockKey,
+        token: &HoldToken,
+        lease: Duration,
+        retention: Duration,
+    ) -> ::redis::ScriptInvocation<'static> {
+        match self {
+            Self::Exclusive { claim } => {
+                protocol::acquire_invocation(prefix, key, token, lease, retention, claim)
+            }
+            Self::Shared { permits } => {
+                protocol::acquire_shared_invocation(prefix, key, token, lease, retention, permits)
+            }
+        }
+    }
 }
 
 /// How many replicas must acknowledge a grant, and how long the master waits for them (`WAIT`).
@@ -96,30 +128,37 @@ impl Backend {
         }
     }
 
-    /// [`acquire`](Self::acquire), then `WAIT` for `replicas` on the same node connection, in one
-    /// pipeline: the attempt, and how many replicas acknowledged the writes so far (the grant,
-    /// when there was one). The in-memory store has no replicas: it acknowledges none.
+    /// [`acquire`](Self::acquire) or [`acquire_shared`](Self::acquire_shared), as `grant` says,
+    /// then `WAIT` for `replicas` on the same node connection, in one pipeline: the attempt, and
+    /// how many replicas acknowledged the writes so far (the grant, when there was one). The
+    /// in-memory store has no replicas: it acknowledges none.
     pub(crate) async fn acquire_acknowledged(
         &self,
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
-        claim: bool,
+        grant: Grant,
     ) -> Result<(Attempt, u32), Error> {
         match self {
             Self::Redis(redis) => {
                 redis
-                    .acquire_acknowledged(key, token, lease, replicas, claim)
+                    .acquire_acknowledged(key, token, lease, replicas, grant)
                     .await
             }
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => {
                 cluster
-                    .acquire_acknowledged(key, token, lease, replicas, claim)
+                    .acquire_acknowledged(key, token, lease, replicas, grant)
                     .await
             }
-            Self::Memory(memory) => Ok((memory.acquire_claiming(key, token, lease, claim), 0)),
+            Self::Memory(memory) => {
+                let attempt = match grant {
+                    Grant::Exclusive { claim } => memory.acquire_claiming(key, token, lease, claim),
+                    Grant::Shared { permits } => memory.acquire_shared(key, token, lease, permits),
+                };
+                Ok((attempt, 0))
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use redis::RedisFuture;
 use redis::{ScriptInvocation, Value};
 
 use super::batch::Batcher;
-use super::{Attempt, Released, Replicas};
+use super::{Attempt, Grant, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
 use crate::key::LockKey;
@@ -322,18 +322,18 @@ impl RedisBackend {
         protocol::parse_acquire(self.invoke(&invocation).await?)
     }
 
-    /// The acquire script and `WAIT` in one pipeline on a dedicated connection, so that the
-    /// replicas' acknowledgement counts this grant's write and nothing queues behind the wait.
+    /// The acquire script (exclusive or shared, as `grant` says) and `WAIT` in one pipeline on a
+    /// dedicated connection, so that the replicas' acknowledgement counts this grant's write and
+    /// nothing queues behind the wait.
     pub(crate) async fn acquire_acknowledged(
         &self,
         key: &LockKey,
         token: &HoldToken,
         lease: Duration,
         replicas: Replicas,
-        claim: bool,
+        grant: Grant,
     ) -> Result<(Attempt, u32), Error> {
-        let invocation =
-            protocol::acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
+        let invocation = grant.invocation(&self.prefix, key, token, lease, self.retention);
         let pipe = protocol::acknowledged_pipeline(&invocation, replicas, false);
         let limit = self
             .dedicated
@@ -349,7 +349,8 @@ impl RedisBackend {
             Some(idle) => idle,
             None => self.open_dedicated().await?,
         };
-        let sent = protocol::send_acknowledged(&mut connection, &pipe, false, limit).await;
+        let sent =
+            protocol::send_acknowledged(&mut connection, &invocation, &pipe, false, limit).await;
         if sent.is_ok() && master.is_some() && self.current_master() != master {
             // Behind Sentinel, answered by a master that has been replaced meanwhile.
             return Err(Error::backend(
