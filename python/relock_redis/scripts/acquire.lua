@@ -73,13 +73,14 @@ else
         -- and the refusal makes new readers queue behind this writer.
         local have, writer, waited, rest
         last, have, writer, waited, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
-        -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
-        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+        -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
+        -- negated) is relock's shared form.
+        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
             last = nil
         end
         if last then
             local longest = 0
-            for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+            for deadline in string.gmatch(rest, ' %x+ (%-?%d+) %d+') do
                 if tonumber(deadline) - now > longest then
                     longest = tonumber(deadline) - now
                 end
