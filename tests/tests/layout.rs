@@ -1210,6 +1210,72 @@ fn a_batched_release_of_a_shared_hold_works_on_a_server_out_of_memory() {
     });
 }
 
+/// A buggy client of the protocol sends a hold token that is not 32 lowercase hex digits: the
+/// acquire scripts (and the batch script's long requests) refuse it with an error naming the
+/// rule, and write nothing (such a token in a value would make it one relock cannot parse: held
+/// until it expires, never released).
+#[test]
+fn an_acquisition_with_a_malformed_hold_token_is_refused_and_writes_nothing() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let malformed = [
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+            "a".repeat(31),
+            "a".repeat(33),
+            format!("{}g", "a".repeat(31)),
+            format!("{} ", "a".repeat(31)),
+            format!("0x{}", "a".repeat(30)),
+            String::new(),
+        ];
+        let shared = unique_key("malformed-shared");
+        let reader = "b".repeat(32);
+        assert_eq!(
+            acquire_shared_script(&mut admin, &shared, &reader, 0)
+                .await
+                .0,
+            1
+        );
+        let before = value(&mut admin, &shared).await;
+        for token in &malformed {
+            let free = unique_key("malformed-free");
+            for (script, last) in [
+                (ACQUIRE, "1 1 h"),
+                (ACQUIRE_SHARED, "0"),
+                (ACQUIRE_SHARED, "2"),
+            ] {
+                let args = [token.as_str(), "30000", "600000", last];
+                for key in [&free, &shared] {
+                    let mut command = redis::cmd("EVAL");
+                    command
+                        .arg(script)
+                        .arg(1)
+                        .arg(lock_name(key))
+                        .arg(&args[..]);
+                    let reply: redis::RedisResult<redis::Value> =
+                        command.query_async(&mut admin).await;
+                    let err = reply.expect_err(&format!("token `{token}` was accepted"));
+                    assert!(
+                        err.to_string().contains("32 lowercase hex digits"),
+                        "token `{token}`: {err}"
+                    );
+                }
+                assert_eq!(value(&mut admin, &free).await, None, "token `{token}`");
+                assert_eq!(value(&mut admin, &shared).await, before, "token `{token}`");
+            }
+            // The batch script's requests with a lease of their own (its fast path, a bare
+            // token, checks only the length).
+            let request = format!("{token} 30000 600000");
+            let args = ["1 1 h", "30000", "600000", "0", &request].map(str::to_owned);
+            let reply = eval(&mut admin, BATCH, &[&lock_name(&free)], &args).await;
+            let (status, error): (i64, String) = redis::from_redis_value(reply).unwrap();
+            assert_eq!(status, -1, "token `{token}` in a batch");
+            assert!(error.contains("32 lowercase hex digits"), "{error}");
+            assert_eq!(value(&mut admin, &free).await, None, "token `{token}`");
+        }
+    });
+}
+
 /// A shared hold of a delayed-acquisition history: a reader, or one of two permits.
 #[derive(Clone, Copy, Debug)]
 enum Share {

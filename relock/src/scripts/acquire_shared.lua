@@ -1,7 +1,7 @@
 -- Takes a shared hold: a reader of a read-write lock, or one permit of a semaphore.
 --
 -- KEYS[1]  lock `P:{K}` (see README.md beside this file for its forms)
--- ARGV[1]  hold token (32 hex digits), new for every hold
+-- ARGV[1]  hold token (32 lowercase hex digits), new for every hold
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  retention in milliseconds (at least the lease): the key's expiry, never shorter than
 --          the longest live lease in the value
@@ -16,8 +16,9 @@
 --                              or a tombstone names it: see acquire.lua); nothing was written
 --          {3, permits}        the key's live holders use another number of permits (0: they
 --                              are readers); nothing was written
---          an error            the fencing token would pass 2^53 - 1, a key of another type, or
---                              the server refused the write
+--          an error            the hold token is not 32 lowercase hex digits, the fencing token
+--                              would pass 2^53 - 1, a key of another type, or the server refused
+--                              the write
 --
 -- The shared form is "*<last fencing token> <permits> <writer until ms> <waited>" followed by
 -- " <hold token> <deadline ms> <fencing token>" per holder and " <hold token> -<deadline ms>
@@ -35,6 +36,11 @@ local time = redis.call('TIME')
 local now = time[1] * 1000 + math.floor(time[2] / 1000)
 local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if #token ~= 32 or string.find(token, '[^0-9a-f]') then
+    -- A value holds hold tokens of exactly this form: any other would corrupt it.
+    return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
+        string.sub(token, 1, 64) .. '`')
+end
 local value = redis.call('GET', KEYS[1])
 
 -- kept: the entries of the live holders and of the released holds before their deadline, as

@@ -11,7 +11,9 @@
 -- then one argument per request, in the order of KEYS:
 --   "-<fencing token> <hold token>"           release this hold: the tombstone to write (its
 --                                             fencing token 0 when unknown)
---   "<hold token>"                            acquire for this hold
+--   "<hold token>"                            acquire for this hold (the fast path checks only
+--                                             that it has 32 bytes: a full check of its digits
+--                                             would cost 4% of an exclusive pair's server time)
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
 --   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
 --                                             shared holders records no waiting writer
@@ -35,11 +37,11 @@
 -- the key and why), with two differences: the server's time is read once per call, and on a
 -- server out of memory (this script has no `allow-oom` flag: a write that may grow memory is
 -- refused until the call has written something) a release frees an exclusive hold with DEL, no
--- tombstone, and rewrites a shared value after a DEL of it, naming no hold it did not find. The requests
--- of one call were all in flight at once, so any order is one they could have run in; releases
--- run first, so that a lock released and asked for in the same call is granted. A locker has one
--- request in flight per key, so the grants of one call are of distinct keys and one clock
--- reading numbers them all.
+-- tombstone, and rewrites a shared value after a DEL of it, naming no hold it did not find.
+-- The requests of one call were all in flight at once, so any order is one they could have run
+-- in; releases run first, so that a lock released and asked for in the same call is granted. A
+-- locker has one request in flight per key, so the grants of one call are of distinct keys and
+-- one clock reading numbers them all.
 --
 -- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
 -- one SET each, no string is built that a request does not need, and the grant's text after the
@@ -324,7 +326,11 @@ for k = 1, #KEYS do
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
         local token, own_lease, own_retention, flag = match(request, '^(%x+) (%d+) (%d+) ?(%a*)$')
-        ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')
+        if not token or #token ~= 32 or find(token, '[^0-9a-f]') then
+            ok, status = false, {err = 'a hold token is 32 lowercase hex digits'}
+        else
+            ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')
+        end
     end
     if not ok then
         status, value = -1, calling .. ' ' .. (type(status) == 'table' and status.err or tostring(status))
