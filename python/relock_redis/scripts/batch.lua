@@ -205,7 +205,10 @@ local function release_shared(lock, value, token, unknown, full)
     -- At most 32 released holds: past that, the oldest one is forgotten.
     local _, count = string.gsub(released, ' %-', '')
     if count > 32 then
-        released = string.gsub(released, ' %x+ %-%d+ %d+', '', 1)
+        -- The first " -" is its deadline's: the entry starts at the token before it.
+        local at = find(released, ' -', 1, true)
+        local stop = find(released, ' ', find(released, ' ', at + 1, true) + 1, true)
+        released = sub(released, 1, at - 34) .. (stop and sub(released, stop) or '')
     end
     if full then
         -- The server refuses a write that may grow memory until the script has written: DEL (which

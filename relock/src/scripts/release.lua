@@ -112,7 +112,10 @@ if string.byte(value, 1) == 42 and #token == 32 then
         -- At most 32 released holds: past that, the oldest one is forgotten.
         local _, count = string.gsub(released, ' %-', '')
         if count > 32 then
-            released = string.gsub(released, ' %x+ %-%d+ %d+', '', 1)
+            -- The first " -" is its deadline's: the entry starts at the token before it.
+            local at = string.find(released, ' -', 1, true)
+            local stop = string.find(released, ' ', string.find(released, ' ', at + 1, true) + 1, true)
+            released = string.sub(released, 1, at - 34) .. (stop and string.sub(released, stop) or '')
         end
         redis.call('SET', KEYS[1], head .. released, 'KEEPTTL')
         if not from then
