@@ -179,7 +179,12 @@
 //! Readers and permits live in the same key, in a third form (`*`, then the last fencing token,
 //! the number of permits, a waiting writer's claim, and each holder's token, deadline and fencing
 //! token); the exclusive scripts recognise it only after a free key and a tombstone, so an
-//! exclusive acquisition and release cost what they did before shared holds existed.
+//! exclusive acquisition and release cost what they did before shared holds existed. A released
+//! reader or permit stays in that list as a *released* entry until its lease would have ended (at
+//! most 32 per key, the oldest forgotten first): like a tombstone, it makes a retried release
+//! report success and refuses an acquisition that reaches the server after its own release. It
+//! is no holder: it takes no permit, no writer waits for it, and `inspect` and `list` do not show
+//! it.
 //!
 //! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
 //! server only a marked hold's release is announced: a waiter subscribes after its first refusal

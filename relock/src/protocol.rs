@@ -19,8 +19,11 @@
 //!   tombstone are recognised before it is looked for). `permits` is 0 for readers; a writer
 //!   refused by live holders records how long it claims the key (`writer until`), and new
 //!   readers queue behind it; `waited` is 1 once anyone was refused (releases then publish).
-//!   Holders past their deadline are dropped by the next script that writes the value. An
-//!   exclusive acquisition takes the key once no holder is live, keeping the fencing token.
+//!   Holders past their deadline are dropped by the next script that writes the value. A
+//!   release turns its holder's entry into a released hold's, ` <hold token> -<deadline ms>
+//!   <fencing token>` (at most 32 are kept, until their deadline): not a holder, but what a
+//!   retried release and a late acquisition of that hold find, as a tombstone. An exclusive
+//!   acquisition takes the key once no holder is live, keeping the fencing token.
 //!   A reader's fencing token is the key's last one (the last writer's); a permit's is fresh.
 //!
 //! The key's expiry is the **retention**: set by every grant and renewal to at least the lease,
@@ -92,7 +95,9 @@ pub(crate) enum Stored<'a> {
     Shared {
         fencing_token: u64,
         permits: u32,
-        /// ` <hold token> <deadline ms> <fencing token>` per holder.
+        /// ` <hold token> <deadline ms> <fencing token>` per holder (and, in a stored value but
+        /// never in an inspect reply, ` <hold token> -<deadline ms> <fencing token>` per released
+        /// hold).
         holders: &'a str,
     },
     /// Not relock's: never overwritten.
@@ -162,7 +167,8 @@ impl<'a> Stored<'a> {
     }
 }
 
-/// The hold tokens in a shared value's list of holders.
+/// The hold tokens in a shared value's list of holders, as an inspect reply has it (live holders
+/// only).
 pub(crate) fn shared_holders(holders: &str) -> impl Iterator<Item = &str> {
     holders.split(' ').skip(1).step_by(3)
 }

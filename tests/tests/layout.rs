@@ -868,7 +868,8 @@ fn the_exclusive_scripts_wait_for_live_readers_and_take_the_key_from_expired_one
             let (status, _): (i64, i64) = redis::from_redis_value(reply).unwrap();
             assert_eq!(status, 0, "a new reader queues behind the waiting writer");
 
-            // R1 releases: its entry leaves, the claim and the fencing token stay.
+            // R1 releases: its entry becomes a released hold's (no holder: see below), the claim
+            // and the fencing token stay.
             let args = [r1.to_owned(), fence.to_string(), "600000".to_owned()];
             let channel = format!("{}:released", lock_name(&key));
             let released: i64 = redis::from_redis_value(
@@ -878,10 +879,14 @@ fn the_exclusive_scripts_wait_for_live_readers_and_take_the_key_from_expired_one
             assert_eq!(released, 1);
             let left = value(&mut admin, &key).await.unwrap();
             // (R2 was dropped by the refused reader's script, the next write that met it.)
-            assert!(!left.contains(r1) && !left.contains(r2), "{left}");
+            assert!(
+                left.contains(&format!(" {r1} -")) && !left.contains(r2),
+                "{left}"
+            );
             assert!(left.starts_with(&format!("*{fence} 0 {claim} 1")), "{left}");
 
-            // Only R2, whose lease has ended, is listed: W asks again and takes k.
+            // Only R2, whose lease has ended, and the released R1 are listed: W asks again and
+            // takes k.
             let _: () = redis::cmd("SET")
                 .arg(lock_name(&key))
                 .arg(format!("{left} {r2} {} {fence}", now_ms - 1))
@@ -942,5 +947,450 @@ fn a_shared_grant_drops_expired_holders_and_keeps_the_live_ones() {
         assert!(value.starts_with(&expected), "{value}");
         assert_eq!(value.matches(d).count(), 1, "{value}");
         assert!(!value.contains(b), "{value}");
+    });
+}
+
+/// A shared acquisition of `token` by acquire_shared.lua (`permits` 0: a reader): `(status,
+/// value)`.
+async fn acquire_shared_script(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+    permits: u32,
+) -> (i64, i64) {
+    let args = [token, "30000", "600000", &permits.to_string()].map(str::to_owned);
+    let reply = eval(connection, ACQUIRE_SHARED, &[&lock_name(key)], &args).await;
+    redis::from_redis_value(reply).expect("two integers")
+}
+
+/// The renewal of `token` by renew.lua: 1 renewed, 0 not held.
+async fn renew_script(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    token: &str,
+) -> i64 {
+    let args = [token, "30000", "600000"].map(str::to_owned);
+    let reply = eval(connection, RENEW, &[&lock_name(key)], &args).await;
+    redis::from_redis_value(reply).expect("an integer")
+}
+
+const RENEW: &str = include_str!("../../relock/src/scripts/renew.lua");
+
+/// The entries ` <hold token> <deadline> <fencing token>` of a shared value, as
+/// `(token, deadline, released)`.
+fn shared_entries(value: &str) -> Vec<(String, i64, bool)> {
+    let fields: Vec<&str> = value.split(' ').skip(4).collect();
+    fields
+        .chunks(3)
+        .map(|entry| {
+            let deadline: i64 = entry[1].parse().unwrap();
+            (entry[0].to_owned(), deadline.abs(), deadline < 0)
+        })
+        .collect()
+}
+
+/// History: readers (or permits of two) A and B hold k. A releases, and its release is sent
+/// again (the cluster client's retry after a timeout, a repeated background release): the retry
+/// must answer "released already" (2), not "not held" (0, which the guard reports as a false
+/// loss). A's acquisition, arriving late, is refused {2, 0}, and A cannot renew. A's released
+/// entry is not a holder: inspect shows B alone, a new permit C is granted beside B, the writer
+/// still waits for B only, and after B's release takes the key. Alone and batched.
+#[test]
+fn a_retried_release_of_a_shared_hold_answers_released_already() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let other = server.locker().await;
+        let (a, b, c, w) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2",
+            "ccccccccccccccccccccccccccccccc3",
+            "fffffffffffffffffffffffffffffff4",
+        );
+        for permits in [0, 2] {
+            for batched in [false, true] {
+                let key = unique_key(&format!("shared-retry-{permits}-{batched}"));
+                let (status, fence_a) = acquire_shared_script(&mut admin, &key, a, permits).await;
+                assert_eq!(status, 1);
+                let (status, fence_b) = acquire_shared_script(&mut admin, &key, b, permits).await;
+                assert_eq!(status, 1);
+                let how = format!("permits {permits}, batched {batched}");
+
+                let first = release_script(&mut admin, &key, a, fence_a as u64, batched).await;
+                assert_eq!(first, 1, "{how}");
+                let again = release_script(&mut admin, &key, a, fence_a as u64, batched).await;
+                assert_eq!(again, 2, "a retried release of a shared hold ({how})");
+                let unknown = release_script(&mut admin, &key, a, 0, batched).await;
+                assert_eq!(unknown, 2, "a repeated background release ({how})");
+                assert_eq!(
+                    acquire_shared_script(&mut admin, &key, a, permits).await,
+                    (2, 0),
+                    "A's late acquisition ({how})"
+                );
+                assert_eq!(renew_script(&mut admin, &key, a).await, 0, "{how}");
+
+                let info = other.inspect(&key).await.unwrap().expect("B holds k");
+                assert_eq!((info.holds, info.owner.as_str()), (1, b), "{how}");
+                if permits > 0 {
+                    let (status, _) = acquire_shared_script(&mut admin, &key, c, permits).await;
+                    assert_eq!(status, 1, "A's released entry takes no permit ({how})");
+                    let (status, _) = acquire_shared_script(&mut admin, &key, w, permits).await;
+                    assert_eq!(status, 0, "B and C take both permits ({how})");
+                    let fence_c = acquire_shared_script(&mut admin, &key, c, permits).await.1;
+                    assert_eq!(
+                        release_script(&mut admin, &key, c, fence_c as u64, batched).await,
+                        1
+                    );
+                }
+                let (status, ttl) = acquire_exclusive(&mut admin, &key, w, batched).await;
+                assert_eq!(status, 0, "the writer waits for B ({how})");
+                assert!(ttl > 20_000, "B's lease left, not A's: {ttl} ({how})");
+                assert_eq!(
+                    release_script(&mut admin, &key, b, fence_b as u64, batched).await,
+                    1
+                );
+                // No holder is left: the value keeps the last fencing token and A's entry.
+                assert_eq!(
+                    acquire_shared_script(&mut admin, &key, a, permits).await,
+                    (2, 0),
+                    "A's late acquisition once no holder is left ({how})"
+                );
+                assert!(other.inspect(&key).await.unwrap().is_none(), "{how}");
+                let (status, fence) = acquire_exclusive(&mut admin, &key, w, batched).await;
+                assert_eq!(status, 1, "{how}");
+                assert!(fence > fence_b, "{how}");
+            }
+        }
+    });
+}
+
+/// History: reader B holds k while 40 readers come and go. Their released entries stay until
+/// their deadline, but at most 32 of them: the value of a busy key does not grow without bound.
+/// The oldest are forgotten first (their retried release then answers 0); the newest are still
+/// remembered. A released entry whose deadline has passed is dropped by the next grant.
+#[test]
+fn released_shared_holds_are_bounded_and_dropped_after_their_deadline() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let key = unique_key("shared-bound");
+        let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        assert_eq!(acquire_shared_script(&mut admin, &key, b, 0).await.0, 1);
+        let tokens: Vec<String> = (0..40).map(|i| format!("{i:032x}")).collect();
+        for token in &tokens {
+            let (status, fence) = acquire_shared_script(&mut admin, &key, token, 0).await;
+            assert_eq!(status, 1);
+            assert_eq!(
+                release_script(&mut admin, &key, token, fence as u64, false).await,
+                1
+            );
+        }
+        let left = value(&mut admin, &key).await.unwrap();
+        let entries = shared_entries(&left);
+        let released: Vec<&str> = entries
+            .iter()
+            .filter(|entry| entry.2)
+            .map(|entry| entry.0.as_str())
+            .collect();
+        assert_eq!(released.len(), 32, "{left}");
+        assert_eq!(
+            released,
+            tokens[8..].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(entries.len(), 33, "B and 32 released entries: {left}");
+        assert_eq!(
+            release_script(&mut admin, &key, &tokens[0], 0, false).await,
+            0
+        );
+        assert_eq!(
+            release_script(&mut admin, &key, &tokens[39], 0, false).await,
+            2
+        );
+
+        // A released entry past its deadline is dropped by the next grant.
+        let now_ms = server_micros(&mut admin).await / 1000;
+        let gone = "dddddddddddddddddddddddddddddddd";
+        let _: () = redis::cmd("SET")
+            .arg(lock_name(&key))
+            .arg(format!("{left} {gone} -{} 5", now_ms - 1))
+            .arg("KEEPTTL")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let e = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+        assert_eq!(acquire_shared_script(&mut admin, &key, e, 0).await.0, 1);
+        let left = value(&mut admin, &key).await.unwrap();
+        assert!(!left.contains(gone), "{left}");
+        assert!(left.contains(&tokens[39]), "{left}");
+    });
+}
+
+/// History: readers (and a permit) hold two keys; the server runs out of memory (`maxmemory`
+/// reached, `noeviction`); their releases queue up and go out in one call of the batch script,
+/// which, unlike release.lua, has no `allow-oom` flag. A release must still free the hold (a
+/// server out of memory must not keep a lock nobody can release), as it does an exclusive one.
+#[test]
+fn a_batched_release_of_a_shared_hold_works_on_a_server_out_of_memory() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let other = server.locker().await;
+        let (a, b) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        );
+        let (readers, permits) = (unique_key("oom-readers"), unique_key("oom-permits"));
+        let fence_a = acquire_shared_script(&mut admin, &readers, a, 0).await.1;
+        let fence_b = acquire_shared_script(&mut admin, &permits, b, 3).await.1;
+        let ttl_before = pttl(&mut admin, &readers).await;
+        for (name, setting) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(setting)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        let failed: redis::RedisResult<()> = admin.set(unique_key("filler"), "x").await;
+        assert!(failed.is_err(), "the server is not out of memory");
+
+        let connection = admin.clone();
+        let batch = |requests: [String; 2]| {
+            let mut admin = connection.clone();
+            let (readers, permits) = (readers.clone(), permits.clone());
+            async move {
+                let args = [
+                    "".to_owned(),
+                    "0".to_owned(),
+                    "600000".to_owned(),
+                    "2".to_owned(),
+                    requests[0].clone(),
+                    requests[1].clone(),
+                ];
+                let reply = eval(
+                    &mut admin,
+                    BATCH,
+                    &[&lock_name(&readers), &lock_name(&permits)],
+                    &args,
+                )
+                .await;
+                let items: Vec<i64> = redis::from_redis_value(reply).expect("integers");
+                items
+            }
+        };
+        let released = batch([format!("-{fence_a} {a}"), format!("-{fence_b} {b}")]).await;
+        assert_eq!(released, [1, 0, 1, 0], "released on a server out of memory");
+        assert!(other.inspect(&readers).await.unwrap().is_none());
+        assert!(other.inspect(&permits).await.unwrap().is_none());
+        let ttl_after = pttl(&mut admin, &readers).await;
+        assert!(
+            ttl_after > ttl_before - 10_000 && ttl_after <= ttl_before,
+            "the key keeps its expiry: {ttl_before} then {ttl_after}"
+        );
+        let again = batch([format!("-{fence_a} {a}"), format!("-0 {b}")]).await;
+        assert_eq!(again, [2, 0, 2, 0], "retried on a server out of memory");
+
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("0")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            acquire_shared_script(&mut admin, &readers, a, 0).await,
+            (2, 0)
+        );
+        let guard = other
+            .lock(&readers)
+            .await
+            .expect("the readers' key is free");
+        assert!(guard.fencing_token() > fence_a as u64);
+    });
+}
+
+/// A buggy client of the protocol sends a hold token that is not 32 lowercase hex digits: the
+/// acquire scripts (and the batch script's long requests) refuse it with an error naming the
+/// rule, and write nothing (such a token in a value would make it one relock cannot parse: held
+/// until it expires, never released).
+#[test]
+fn an_acquisition_with_a_malformed_hold_token_is_refused_and_writes_nothing() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let malformed = [
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+            "a".repeat(31),
+            "a".repeat(33),
+            format!("{}g", "a".repeat(31)),
+            format!("{} ", "a".repeat(31)),
+            format!("0x{}", "a".repeat(30)),
+            String::new(),
+        ];
+        let shared = unique_key("malformed-shared");
+        let reader = "b".repeat(32);
+        assert_eq!(
+            acquire_shared_script(&mut admin, &shared, &reader, 0)
+                .await
+                .0,
+            1
+        );
+        let before = value(&mut admin, &shared).await;
+        for token in &malformed {
+            let free = unique_key("malformed-free");
+            for (script, last) in [
+                (ACQUIRE, "1 1 h"),
+                (ACQUIRE_SHARED, "0"),
+                (ACQUIRE_SHARED, "2"),
+            ] {
+                let args = [token.as_str(), "30000", "600000", last];
+                for key in [&free, &shared] {
+                    let mut command = redis::cmd("EVAL");
+                    command
+                        .arg(script)
+                        .arg(1)
+                        .arg(lock_name(key))
+                        .arg(&args[..]);
+                    let reply: redis::RedisResult<redis::Value> =
+                        command.query_async(&mut admin).await;
+                    let err = reply.expect_err(&format!("token `{token}` was accepted"));
+                    assert!(
+                        err.to_string().contains("32 lowercase hex digits"),
+                        "token `{token}`: {err}"
+                    );
+                }
+                assert_eq!(value(&mut admin, &free).await, None, "token `{token}`");
+                assert_eq!(value(&mut admin, &shared).await, before, "token `{token}`");
+            }
+            // The batch script's requests with a lease of their own (its fast path, a bare
+            // token, checks only the length).
+            let request = format!("{token} 30000 600000");
+            let args = ["1 1 h", "30000", "600000", "0", &request].map(str::to_owned);
+            let reply = eval(&mut admin, BATCH, &[&lock_name(&free)], &args).await;
+            let (status, error): (i64, String) = redis::from_redis_value(reply).unwrap();
+            assert_eq!(status, -1, "token `{token}` in a batch");
+            assert!(error.contains("32 lowercase hex digits"), "{error}");
+            assert_eq!(value(&mut admin, &free).await, None, "token `{token}`");
+        }
+    });
+}
+
+/// A shared hold of a delayed-acquisition history: a reader, or one of two permits.
+#[derive(Clone, Copy, Debug)]
+enum Share {
+    Reader,
+    Permit,
+}
+
+enum SharedHold {
+    Read(relock::LockGuard),
+    Permit(relock::Permit),
+}
+
+impl SharedHold {
+    async fn release(self) {
+        match self {
+            SharedHold::Read(guard) => guard.release().await.expect("release a reader"),
+            SharedHold::Permit(permit) => permit.release().await.expect("release a permit"),
+        }
+    }
+}
+
+async fn take_shared(locker: &Locker, key: &str, share: Share) -> Result<SharedHold, Error> {
+    match share {
+        Share::Reader => locker
+            .read(key)
+            .wait(Duration::ZERO)
+            .await
+            .map(SharedHold::Read),
+        Share::Permit => locker
+            .semaphore(key, 2)
+            .acquire()
+            .wait(Duration::ZERO)
+            .await
+            .map(SharedHold::Permit),
+    }
+}
+
+/// History: k is in the shared form (a reader or a permit came and went), and another owner
+/// holds a share of it or not (`with_other`). A shared acquisition is sent on a pooled
+/// connection whose path delays it by 2.5 s; the client gives up after its response timeout
+/// (outcome unknown) and releases its hold token in the background on a fresh connection, which
+/// reaches the server first. When the delayed acquisition arrives it must be refused: a grant
+/// then would be a share nobody releases (until the next repeat of the background release, 4 s
+/// after the send or later), so k must never show more holders than the other owner.
+async fn a_delayed_shared_acquisition_behind_its_own_release(share: Share, with_other: bool) {
+    let Delayed {
+        server: _server,
+        proxy,
+        delayed,
+        other,
+        admin: _admin,
+    } = Delayed::start().await;
+    let key = unique_key(&format!("delayed-{share:?}-{with_other}"));
+    // Loads the shared script on the delayed locker's connection, and leaves k shared.
+    take_shared(&delayed, &key, share)
+        .await
+        .expect("a first share")
+        .release()
+        .await;
+    let held = if with_other {
+        Some(
+            take_shared(&other, &key, share)
+                .await
+                .expect("another owner's share"),
+        )
+    } else {
+        None
+    };
+    let expected = u64::from(with_other);
+
+    proxy.delay_requests_of_open_connections(Duration::from_millis(2_500));
+    let sent = tokio::time::Instant::now();
+    let err = take_shared(&delayed, &key, share)
+        .await
+        .err()
+        .expect("the delayed acquisition's answer cannot come within the timeout");
+    assert!(err.is_backend(), "{err:?}");
+    tokio::time::sleep_until(sent + Duration::from_millis(2_000)).await;
+    while sent.elapsed() < Duration::from_millis(4_000) {
+        let holds = other
+            .inspect(&key)
+            .await
+            .unwrap()
+            .map_or(0, |info| info.holds);
+        assert_eq!(
+            holds,
+            expected,
+            "{share:?}, another holder: {with_other}: {:?} after it was sent, the acquisition \
+             that arrived behind its own release holds a share",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if let Some(held) = held {
+        held.release().await;
+    }
+    assert!(other.inspect(&key).await.unwrap().is_none());
+}
+
+#[test]
+fn a_reader_delayed_past_its_own_release_is_refused_alone_and_beside_another() {
+    run_bounded(LIMIT, || async {
+        tokio::join!(
+            a_delayed_shared_acquisition_behind_its_own_release(Share::Reader, false),
+            a_delayed_shared_acquisition_behind_its_own_release(Share::Reader, true),
+        );
+    });
+}
+
+#[test]
+fn a_permit_delayed_past_its_own_release_is_refused_alone_and_beside_another() {
+    run_bounded(LIMIT, || async {
+        tokio::join!(
+            a_delayed_shared_acquisition_behind_its_own_release(Share::Permit, false),
+            a_delayed_shared_acquisition_behind_its_own_release(Share::Permit, true),
+        );
     });
 }

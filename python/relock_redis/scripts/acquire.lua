@@ -14,8 +14,9 @@
 --                              answer for a value that is not relock's: it is held until it expires)
 --          {2, 0}              refused: this hold token was released already (the acquisition
 --                              reached the server after its own release); nothing was written
---          an error            the fencing token would pass 2^53 - 1 (Lua numbers are doubles),
---                              a key of another type, or the server refused the write
+--          an error            the hold token is not 32 lowercase hex digits, the fencing token
+--                              would pass 2^53 - 1 (Lua numbers are doubles), a key of another
+--                              type, or the server refused the write
 --
 -- The fencing token is max(last fencing token + 1, server time in microseconds), the last one
 -- read from the hold or tombstone the key has; a free key with nothing in it gets the clock's.
@@ -28,6 +29,11 @@ local now = time[1] * 1000 + math.floor(time[2] / 1000)
 -- The clock's token as text without string.format, which costs more than a call.
 local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token = ARGV[1]
+if #token ~= 32 or string.find(token, '[^0-9a-f]') then
+    -- A value holds hold tokens of exactly this form: any other would corrupt it.
+    return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
+        string.sub(token, 1, 64) .. '`')
+end
 local tail = ' ' .. (now + tonumber(ARGV[2])) .. ' ' .. ARGV[4]
 -- A server that refuses writes (out of memory, too few replicas) refuses this one even when the
 -- key is taken: a refusal and a retried grant are then read with GET, as they need no write.
@@ -73,13 +79,14 @@ else
         -- and the refusal makes new readers queue behind this writer.
         local have, writer, waited, rest
         last, have, writer, waited, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
-        -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
-        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+        -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
+        -- negated) is relock's shared form.
+        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
             last = nil
         end
         if last then
             local longest = 0
-            for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+            for deadline in string.gmatch(rest, ' %x+ (%-?%d+) %d+') do
                 if tonumber(deadline) - now > longest then
                     longest = tonumber(deadline) - now
                 end

@@ -43,15 +43,16 @@ end
 if string.byte(value, 1) == 42 then
     -- Shared holders (see acquire_shared.lua): all of them are removed.
     local last, rest = string.match(value, '^%*(%d+) %d+ %d+ [01](.*)$')
-    -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
-    if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+    -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
+    -- negated) is relock's shared form.
+    if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
         last = nil
     end
     if last then
         local time = redis.call('TIME')
         local now = time[1] * 1000 + math.floor(time[2] / 1000)
         local removed = 0
-        for deadline in string.gmatch(rest, ' %x+ (%d+) %d+') do
+        for deadline in string.gmatch(rest, ' %x+ (%-?%d+) %d+') do
             if tonumber(deadline) > now then
                 removed = 1
             end

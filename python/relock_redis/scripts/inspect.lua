@@ -19,15 +19,16 @@ if string.byte(value, 1) == 45 and string.find(value, '^%-%d+ %x+$') then
 end
 if string.byte(value, 1) == 42 then
     local head, rest = string.match(value, '^(%*%d+ %d+ %d+ [01])(.*)$')
-    -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
-    if head and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+    -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
+    -- negated) is relock's shared form.
+    if head and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
         head = nil
     end
     if head then
         local time = redis.call('TIME')
         local now = time[1] * 1000 + math.floor(time[2] / 1000)
         local live, longest = head, 0
-        for holder, deadline, fence in string.gmatch(rest, ' (%x+) (%d+) (%d+)') do
+        for holder, deadline, fence in string.gmatch(rest, ' (%x+) (%-?%d+) (%d+)') do
             local left = tonumber(deadline) - now
             if left > 0 then
                 live = live .. ' ' .. holder .. ' ' .. deadline .. ' ' .. fence

@@ -10,13 +10,19 @@
 -- ARGV[4]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel; on one
 --          server only a hold that has refused someone ("+" after its token) is announced
 --
--- A shared hold (a reader or a permit, in the "*" form) is removed from the list of holders;
--- the list stays, with the last fencing token and any waiting writer.
+-- A shared hold (a reader or a permit, in the "*" form) leaves the holders: its entry becomes a
+-- released hold's, " <hold token> -<deadline> <fencing token>", moved to the end of the list,
+-- which stays with the last fencing token and any waiting writer. A release whose fencing token
+-- is unknown that finds no entry of its hold in a shared value adds one, with the deadline
+-- TIME + retention and the fencing token 0. At most 32 released holds are kept: past that, the
+-- oldest one is dropped (its retried release then answers 0, and its late acquisition is granted
+-- until the client's repeated release frees it).
 --
 -- Reply:   1  released: the hold had the lock until now (the channel was published to). The script
 --             does not read the clock: a hold whose deadline had passed unseen answers 1 too, and
 --             the client, whose local deadline ends before the server's, reports that loss itself
---          2  released already: the tombstone names this hold (a retried release)
+--          2  released already: the tombstone names this hold, or its released hold's entry is
+--             in the shared form (a retried release)
 --          0  the hold no longer had the lock (taken by another after its deadline, force-released,
 --             or never granted); nothing that another hold has was changed
 --
@@ -78,16 +84,43 @@ elseif unknown then
         end
     end
 end
-if string.byte(value, 1) == 42 then
-    -- Shared holders (see acquire_shared.lua): this hold's entry leaves the list.
+if string.byte(value, 1) == 42 and #token == 32 then
+    -- Shared holders (see acquire_shared.lua): this hold's entry becomes a released hold's,
+    -- " <hold token> -<deadline> <fencing token>", moved to the end of the list.
     local head, waited, rest = string.match(value, '^(%*%d+ %d+ %d+ ([01]))(.*)$')
     local from, to
     if head then
         from, to = string.find(rest, ' ' .. token .. ' ', 1, true)
     end
+    local released
     if from then
-        local next = string.find(rest, ' ', string.find(rest, ' ', to + 1, true) + 1, true)
-        redis.call('SET', KEYS[1], head .. string.sub(rest, 1, from - 1) .. (next and string.sub(rest, next) or ''), 'KEEPTTL')
+        if string.byte(rest, to + 1) == 45 then
+            -- A retried release: the first one took effect.
+            redis.call('SET', KEYS[1], value, 'KEEPTTL')
+            return 2
+        end
+        local stop = string.find(rest, ' ', string.find(rest, ' ', to + 1, true) + 1, true)
+        released = string.sub(rest, 1, from - 1) .. (stop and string.sub(rest, stop) or '') ..
+            ' ' .. token .. ' -' .. string.sub(rest, to + 1, (stop or 0) - 1)
+    elseif unknown and head and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
+        -- Its acquisition may still be on its way: named, until the retention's end, so that it
+        -- is refused when it comes.
+        local time = redis.call('TIME')
+        released = rest .. ' ' .. token .. ' -' .. (time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(ARGV[3])) .. ' 0'
+    end
+    if released then
+        -- At most 32 released holds: past that, the oldest one is forgotten.
+        local _, count = string.gsub(released, ' %-', '')
+        if count > 32 then
+            -- The first " -" is its deadline's: the entry starts at the token before it.
+            local at = string.find(released, ' -', 1, true)
+            local stop = string.find(released, ' ', string.find(released, ' ', at + 1, true) + 1, true)
+            released = string.sub(released, 1, at - 34) .. (stop and string.sub(released, stop) or '')
+        end
+        redis.call('SET', KEYS[1], head .. released, 'KEEPTTL')
+        if not from then
+            return 0
+        end
         if ARGV[4] == 'sharded' then
             redis.call('SPUBLISH', KEYS[2], '')
         elseif waited == '1' then

@@ -39,6 +39,23 @@ struct Shared {
     /// Until when a writer refused by live holders claims the key: new readers queue behind it.
     writer_until: Option<Instant>,
     holders: Vec<Entry>,
+    /// Released holds, oldest first, kept until their lease would have ended (see
+    /// `acquire_shared.lua`): a retried release finds its own, and a late acquisition is refused.
+    /// Not holders: they take no permit and no writer waits for them.
+    released: Vec<(HoldToken, Instant)>,
+}
+
+/// At most this many released holds are kept per key; past it, the oldest is forgotten.
+const MAX_RELEASED: usize = 32;
+
+impl Shared {
+    /// Remembers `token` as released until `until`, forgetting the oldest past [`MAX_RELEASED`].
+    fn remember(&mut self, token: HoldToken, until: Instant) {
+        if self.released.len() >= MAX_RELEASED {
+            self.released.remove(0);
+        }
+        self.released.push((token, until));
+    }
 }
 
 /// A refused writer claims the key for the holders' longest lease and this much more, so that
@@ -206,8 +223,17 @@ impl MemoryBackend {
             permits,
             writer_until: None,
             holders: Vec::new(),
+            released: Vec::new(),
         });
         holders.holders.retain(|holder| holder.expires > now);
+        holders.released.retain(|(_, until)| *until > now);
+        if holders
+            .released
+            .iter()
+            .any(|(released, _)| released == token)
+        {
+            return Attempt::ReleasedAlready;
+        }
         if let Some(holder) = holders.holders.iter().find(|holder| holder.token == *token) {
             return Attempt::Acquired {
                 fencing_token: holder.fencing_token,
@@ -238,7 +264,10 @@ impl MemoryBackend {
             // A reader carries the last writer's token, or the clock's when none is known.
             fence.last = clock;
         }
-        fence.released = None;
+        // The hold the tombstone names is still refused once the key is shared.
+        if let Some(released) = fence.released.take() {
+            holders.remember(released, now + retention);
+        }
         fence.expires = fence.expires.max(now + retention);
         let fencing_token = fence.last;
         holders.holders.push(Entry {
@@ -260,12 +289,24 @@ impl MemoryBackend {
                 .iter()
                 .position(|holder| holder.token == *token)
             {
-                shared.holders.swap_remove(at);
+                let holder = shared.holders.swap_remove(at);
+                shared.remember(holder.token, holder.expires);
                 if let Some(released) = state.released.get(key) {
                     released.notify_waiters();
                 }
                 return Released::Free;
             }
+            if shared
+                .released
+                .iter()
+                .any(|(released, _)| released == token)
+            {
+                // A retried release: the first one took effect.
+                return Released::Again;
+            }
+            // Its acquisition may still be on its way: named, so that it is refused.
+            shared.remember(token.clone(), now + retention);
+            return Released::NotHeld;
         }
         let released = match state.live(key, now) {
             Some(entry) if entry.token == *token => {
@@ -475,6 +516,7 @@ impl State {
         self.shared.retain(|_, shared| {
             shared.holders.iter().any(|holder| holder.expires > now)
                 || shared.writer_until.is_some_and(|until| until > now)
+                || shared.released.iter().any(|(_, until)| *until > now)
         });
         self.released
             .retain(|_, released| Arc::strong_count(released) > 1);
@@ -651,6 +693,50 @@ mod tests {
         assert_eq!(memory.release(&key("k"), &writer), Released::Free);
         let next = token_of(memory.acquire_shared(&key("k"), &HoldToken::random(), LEASE, 0));
         assert_eq!(next, written, "a reader carries the last writer's token");
+    }
+
+    #[test]
+    fn a_retried_release_of_a_shared_hold_is_answered_as_done_and_its_late_acquisition_refused() {
+        let memory = backend();
+        for permits in [0, 2] {
+            let k = key(&format!("shared-{permits}"));
+            let (a, b) = (HoldToken::random(), HoldToken::random());
+            token_of(memory.acquire_shared(&k, &a, LEASE, permits));
+            token_of(memory.acquire_shared(&k, &b, LEASE, permits));
+            assert_eq!(memory.release(&k, &a), Released::Free);
+            assert_eq!(memory.release(&k, &a), Released::Again);
+            assert_eq!(
+                memory.acquire_shared(&k, &a, LEASE, permits),
+                Attempt::ReleasedAlready
+            );
+            assert!(!memory.renew(&k, &a, LEASE));
+            assert_eq!(memory.inspect(&k).unwrap().holds, 1);
+            // A release whose acquisition may still come, beside another holder and alone.
+            let late = HoldToken::random();
+            assert_eq!(memory.release(&k, &late), Released::NotHeld);
+            assert_eq!(memory.release(&k, &b), Released::Free);
+            for token in [&a, &late] {
+                assert_eq!(
+                    memory.acquire_shared(&k, token, LEASE, permits),
+                    Attempt::ReleasedAlready
+                );
+            }
+            assert!(memory.inspect(&k).is_none());
+        }
+    }
+
+    #[test]
+    fn released_shared_holds_are_bounded() {
+        let memory = backend();
+        let k = key("k");
+        let tokens: Vec<HoldToken> = (0..MAX_RELEASED + 8).map(|_| HoldToken::random()).collect();
+        for token in &tokens {
+            token_of(memory.acquire_shared(&k, token, LEASE, 0));
+            assert_eq!(memory.release(&k, token), Released::Free);
+        }
+        assert_eq!(memory.release(&k, &tokens[0]), Released::NotHeld);
+        assert_eq!(memory.release(&k, tokens.last().unwrap()), Released::Again);
+        assert_eq!(memory.state().shared[&k].released.len(), MAX_RELEASED);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 -- Takes a shared hold: a reader of a read-write lock, or one permit of a semaphore.
 --
 -- KEYS[1]  lock `P:{K}` (see README.md beside this file for its forms)
--- ARGV[1]  hold token (32 hex digits), new for every hold
+-- ARGV[1]  hold token (32 lowercase hex digits), new for every hold
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  retention in milliseconds (at least the lease): the key's expiry, never shorter than
 --          the longest live lease in the value
@@ -12,27 +12,40 @@
 --                              is waiting (readers queue behind it: how long it has claimed the
 --                              key for), or all n permits are taken (the soonest lease to end);
 --                              PTTL's answer for a value that is not relock's
---          {2, 0}              this hold token was released already (see acquire.lua)
+--          {2, 0}              this hold token was released already (a released hold's entry
+--                              or a tombstone names it: see acquire.lua); nothing was written
 --          {3, permits}        the key's live holders use another number of permits (0: they
 --                              are readers); nothing was written
---          an error            the fencing token would pass 2^53 - 1, a key of another type, or
---                              the server refused the write
+--          an error            the hold token is not 32 lowercase hex digits, the fencing token
+--                              would pass 2^53 - 1, a key of another type, or the server refused
+--                              the write
 --
 -- The shared form is "*<last fencing token> <permits> <writer until ms> <waited>" followed by
--- " <hold token> <deadline ms> <fencing token>" per holder. Holders past their deadline are
--- dropped by the next write (no sweeper). A reader's fencing token is the key's last one (the
--- last writer's: readers do not advance it), or the clock's when none is known, which is then
--- kept as the last; each permit gets a fresh one, max(last + 1, clock) as for an exclusive hold.
--- "waited" becomes 1 once someone was refused: every release is then published.
+-- " <hold token> <deadline ms> <fencing token>" per holder and " <hold token> -<deadline ms>
+-- <fencing token>" per released hold (written by release.lua, at most 32). A released hold is
+-- not a holder (it takes no permit, and no writer waits for it): it is kept until its deadline
+-- so that a retried release answers "released already" and its own acquisition, arriving late,
+-- is refused {2, 0}, as a tombstone refuses it. A tombstone met here becomes such an entry, kept
+-- for the retention, so that a shared grant does not forget the hold the tombstone names.
+-- Holders and released holds past their deadline are dropped when this script writes the value
+-- (no sweeper). A reader's fencing token is the key's last one (the last writer's: readers do
+-- not advance it), or the clock's when none is known, which is then kept as the last; each
+-- permit gets a fresh one, max(last + 1, clock) as for an exclusive hold. "waited" becomes 1
+-- once someone was refused: every release is then published.
 local time = redis.call('TIME')
 local now = time[1] * 1000 + math.floor(time[2] / 1000)
 local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if #token ~= 32 or string.find(token, '[^0-9a-f]') then
+    -- A value holds hold tokens of exactly this form: any other would corrupt it.
+    return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
+        string.sub(token, 1, 64) .. '`')
+end
 local value = redis.call('GET', KEYS[1])
 
--- kept: the live holders' entries, as text; the value's own list while none has expired (a
--- list is rebuilt only when an entry is dropped, so that a long list is not copied piece by
--- piece on every request).
+-- kept: the entries of the live holders and of the released holds before their deadline, as
+-- text; the value's own list while none has expired (a list is rebuilt only when an entry is
+-- dropped, so that a long list is not copied piece by piece on every request).
 local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
 local pruned
 if value then
@@ -43,24 +56,43 @@ if value then
         if released == token then
             return {2, 0}
         end
+        if last and #released == 32 and released ~= string.rep('0', 32) then
+            -- The hold it names may still have an acquisition on its way: still refused once
+            -- the key is shared.
+            kept = ' ' .. released .. ' -' .. (now + retention) .. ' ' .. last
+        end
     elseif first == 42 then
         local have, until_ms, mark, rest
         last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
-        -- Only a list of `<32 hex> <deadline> <fence>` holders is relock's shared form.
-        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %d+ %d+', '')) ~= '' then
+        -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
+        -- negated) is relock's shared form.
+        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
             last = nil
         end
         if last then
             writer, waited = tonumber(until_ms), mark
-            for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%d+) %d+()') do
-                local left = tonumber(deadline) - now
-                if left > 0 then
+            for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%-?%d+) %d+()') do
+                local at = tonumber(deadline)
+                if at < 0 then
+                    -- A released hold: kept until its deadline, refusing its own acquisition.
+                    if holder == token then
+                        return {2, 0}
+                    end
+                    if -at > now then
+                        if pruned then
+                            pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                        end
+                    elseif not pruned then
+                        pruned = {string.sub(rest, 1, start - 1)}
+                    end
+                elseif at > now then
                     if holder == token then
                         return {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
                     end
                     if pruned then
                         pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
                     end
+                    local left = at - now
                     live = live + 1
                     if left > longest then
                         longest = left
