@@ -118,7 +118,9 @@ impl fmt::Debug for Hold {
 /// outer hold, and releasing it only gives up its share.
 ///
 /// The same guard stands for a read hold ([`Locker::read`](crate::Locker::read)): its fencing
-/// token is then the last writer's, shared by every reader of that time.
+/// token is then the last writer's, shared by every reader of that time. That writer's hold has
+/// ended (released, or its lease ran out while it stalled), so a resource that checks readers
+/// refuses a write carrying a token that a read has already shown, as well as smaller ones.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), relock::Error> {

@@ -445,7 +445,10 @@ async fn hold_until_body_end_keeps_the_permit_while_the_body_streams() {
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "part 1");
         assert!(in_use(&locker).await, "the permit came back mid-stream");
-        assert_eq!(export_streaming(&app).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            export_streaming(&app).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         drop(chunks);
         assert!(body.frame().await.is_none(), "the body ended");
         until_returned(&locker).await;
@@ -455,7 +458,10 @@ async fn hold_until_body_end_keeps_the_permit_while_the_body_streams() {
         assert_eq!(response.status(), StatusCode::OK);
         let _chunks = requests.recv().await.unwrap();
         assert!(in_use(&locker).await);
-        assert_eq!(export_streaming(&app).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            export_streaming(&app).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         drop(response);
         until_returned(&locker).await;
         let response = export_streaming(&app).await;
