@@ -110,7 +110,19 @@ impl Proxy {
     /// on them still run, but their answers never come. Connections opened later (a client
     /// reconnecting) are forwarded both ways.
     pub fn swallow_replies_of_open_connections(&self) {
-        for muted in lock(&self.mute).iter() {
+        self.swallow_replies_of_connections_from(0);
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.mute).len()
+    }
+
+    /// [`swallow_replies_of_open_connections`](Self::swallow_replies_of_open_connections) for
+    /// the open connections accepted after the first `first` only (those of one client, when
+    /// another connected earlier: a replica's replication link, say).
+    pub fn swallow_replies_of_connections_from(&self, first: usize) {
+        for muted in lock(&self.mute).iter().skip(first) {
             muted.store(true, Ordering::SeqCst);
         }
     }

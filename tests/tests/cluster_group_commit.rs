@@ -233,7 +233,7 @@ async fn concurrent_requests_on_one_master_go_out_grouped_each_with_its_own_answ
 async fn a_slot_moved_while_its_requests_are_queued_answers_each_and_holds_none_twice() {
     const KEYS: usize = 12;
     const MOVED: usize = 4;
-    const HOLD: Duration = Duration::from_millis(2000);
+    const HOLD: Duration = Duration::from_millis(2500);
     let cluster = RedisCluster::start(3, 0);
     bounded(Duration::from_secs(60), async {
         let ports = cluster.master_ports();
@@ -343,8 +343,8 @@ async fn a_slot_moved_while_its_requests_are_queued_answers_each_and_holds_none_
     .await;
 }
 
-/// A master is killed after it ran a pipeline of acquisitions whose replies were lost, with more
-/// acquisitions queued behind it: whichever way each acquisition ends (granted on the promoted
+/// A master is killed after it ran acquisitions whose replies were lost (and replicated them),
+/// with more acquisitions queued behind it: whichever way each acquisition ends (granted on the promoted
 /// replica after a resend, or failed), no key is held twice, fencing tokens increase, and every
 /// key whose acquisition failed is free again well before its lease would end (its unknown
 /// outcome was released in the background).
@@ -360,6 +360,27 @@ async fn a_master_killed_with_requests_in_flight_leaves_no_lock_held_nor_any_twi
         let (warm, keys) = keys.split_first().expect("keys");
         let slot = cluster.slot_of(&keys[0]);
         let proxy = behind_proxy(&cluster, port).await;
+        // The replica follows its master to the announced port: its replication link goes
+        // through the proxy too, and must not be cut off.
+        let replica_link = {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut master = node(port).await;
+            loop {
+                let replication: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut master)
+                    .await
+                    .expect("INFO replication");
+                if replication.contains("connected_slaves:1") && proxy.connections() > 0 {
+                    break proxy.connections();
+                }
+                if Instant::now() > deadline {
+                    // Still replicating on its first link, not through the proxy.
+                    break 0;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
         let locker = Locker::builder()
             .cluster([proxy.url()])
             .lease(LEASE)
@@ -374,8 +395,8 @@ async fn a_master_killed_with_requests_in_flight_leaves_no_lock_held_nor_any_twi
             .await
             .expect("warm-up release");
 
-        // The master runs what reaches it, but nobody hears the answers.
-        proxy.swallow_replies_of_open_connections();
+        // The master runs what reaches it (and replicates it), but the locker hears no answer.
+        proxy.swallow_replies_of_connections_from(replica_link);
         let tasks: Vec<_> = keys
             .iter()
             .map(|key| {
