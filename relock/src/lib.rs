@@ -130,7 +130,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `macros` (default) | `#[locked]` |
-//! | `cluster` | `LockerBuilder::cluster`: Redis Cluster, renewals per master, sharded pub/sub |
+//! | `cluster` | `LockerBuilder::cluster`: Redis Cluster, group commit and renewals per master, sharded pub/sub |
 //! | `sentinel` | `LockerBuilder::sentinel`: the master Redis Sentinel names, followed through failovers |
 //! | `tls` | `rediss://` URLs over rustls, `LockerBuilder::tls_root_ca` and `tls_client_auth` |
 //! | `metrics` | `relock_*` metrics through the `metrics` facade |

@@ -735,11 +735,16 @@ impl LockerBuilder {
     /// Locks on a Redis Cluster reached through any of `seeds` (`redis://host:port` URLs of
     /// some of its nodes; the others are discovered).
     ///
-    /// Commands go through one redis-rs cluster connection shared by every task (each lock's keys
-    /// share the hash tag `{key}`, so every script runs on one slot); the watchdog renews the
-    /// holds of each master in one pipelined round trip; waiters are woken by sharded pub/sub
-    /// (`SSUBSCRIBE`, Redis 7+) on a connection of their own. Connections open on first use,
-    /// within the [`connect_timeout`](Self::connect_timeout).
+    /// Each lock's keys share the hash tag `{key}`, so every script runs on one slot.
+    /// Acquisitions and releases go through a group commit per master: one that finds nothing in
+    /// flight to its slot's master goes out at once, on a direct connection to that master; those
+    /// that arrive meanwhile go out together as one pipeline of their scripts (at most two in
+    /// flight per master). A request the master did not run (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CLUSTERDOWN`, `NOSCRIPT`), or whose connection failed, is resent alone through one
+    /// redis-rs cluster connection shared by every task, which also carries every other command.
+    /// The watchdog renews the holds of each master in one pipelined round trip; waiters are woken
+    /// by sharded pub/sub (`SSUBSCRIBE`, Redis 7+) on a connection of their own. Connections open
+    /// on first use, within the [`connect_timeout`](Self::connect_timeout).
     ///
     /// Seeds may log in as an ACL user (`redis://user:password@host:port`, a user every node
     /// knows) and use TLS (`rediss://`, feature `tls`; `tls_root_ca` then

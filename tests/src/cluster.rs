@@ -115,14 +115,15 @@ impl RedisCluster {
     /// SIGKILLs the master serving `key` and waits until one of its replicas has taken its slots
     /// and the cluster is `ok` again; returns how long the failover took.
     pub fn kill_master_of(&mut self, key: &str) -> Duration {
-        let slot: u16 = query(
-            self.any_port(),
-            &["CLUSTER", "KEYSLOT", &format!("{{{key}}}")],
-        )
-        .trim()
-        .parse()
-        .expect("CLUSTER KEYSLOT answers a number");
+        let slot = self.slot_of(key);
         let port = self.owner(slot).expect("every slot has a master");
+        self.kill_master_on(port, slot, port)
+    }
+
+    /// SIGKILLs the master on `port` (which serves `slot`, and tells clients it is at
+    /// `announced`: see [`RedisCluster::announce_port`]) and waits until one of its replicas has
+    /// taken `slot` and the cluster is `ok` again; returns how long the failover took.
+    pub fn kill_master_on(&mut self, port: u16, slot: u16, announced: u16) -> Duration {
         let killed = Instant::now();
         self.nodes
             .iter_mut()
@@ -134,13 +135,40 @@ impl RedisCluster {
             deadline,
             "a replica taking over the killed master's slots",
             || {
-                self.owner(slot).is_some_and(|owner| owner != port)
+                self.owner(slot)
+                    .is_some_and(|owner| owner != port && owner != announced)
                     && self.live().all(|node| {
                         query(node.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
                     })
             },
         );
         killed.elapsed()
+    }
+
+    /// Makes the node on `port` tell clients it is at `announced` (`cluster-announce-port`, as a
+    /// node behind a proxy or a NAT does) and waits until every running node names it there in
+    /// `CLUSTER NODES`. Clients then connect to `announced` (a [`crate::Proxy`] to `port`, say);
+    /// the harness's own commands that look a slot's master up get `announced` too.
+    pub fn announce_port(&self, port: u16, announced: u16) {
+        expect_ok(
+            port,
+            &[
+                "CONFIG",
+                "SET",
+                "cluster-announce-port",
+                &announced.to_string(),
+            ],
+        );
+        let id = node_id(port);
+        let at = format!(":{announced}@");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        wait_for(deadline, "every node to learn the announced port", || {
+            self.live().all(|node| {
+                query(node.port(), &["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|line| line.starts_with(&id) && line.contains(&at))
+            })
+        });
     }
 
     /// Stops (SIGSTOP) the master serving `key` and waits until a replica took over its slots and

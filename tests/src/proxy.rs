@@ -3,6 +3,7 @@
 //! swallow the server's replies on the connections open at that moment: their requests still run,
 //! but nobody hears the answers. And it can delay the requests of the connections open at that
 //! moment, as a congested path that delivers a packet late, after the client gave up on it.
+//! It counts the `EVALSHA` commands clients send through it, as they arrive.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,8 @@ pub struct Proxy {
     mute: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     /// Per connection opened so far: how long its requests are held back, in milliseconds.
     delay: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+    /// `EVALSHA` commands read from clients so far, on every connection.
+    evalsha: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -38,9 +41,15 @@ impl Proxy {
         let (generation, _) = watch::channel(0);
         let mute = Arc::new(Mutex::new(Vec::new()));
         let delay = Arc::new(Mutex::new(Vec::new()));
+        let evalsha = Arc::new(AtomicU64::new(0));
         let accept = {
-            let (cut, generation, mute, delays) =
-                (cut.clone(), generation.clone(), mute.clone(), delay.clone());
+            let (cut, generation, mute, delays, evalsha) = (
+                cut.clone(),
+                generation.clone(),
+                mute.clone(),
+                delay.clone(),
+                evalsha.clone(),
+            );
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
@@ -52,7 +61,15 @@ impl Proxy {
                     lock(&mute).push(muted.clone());
                     let delay = Arc::new(AtomicU64::new(0));
                     lock(&delays).push(delay.clone());
-                    tokio::spawn(forward(client, port, cut.clone(), muted, delay, closed));
+                    tokio::spawn(forward(
+                        client,
+                        port,
+                        cut.clone(),
+                        muted,
+                        delay,
+                        evalsha.clone(),
+                        closed,
+                    ));
                 }
             })
         };
@@ -62,8 +79,15 @@ impl Proxy {
             generation,
             mute,
             delay,
+            evalsha,
             accept,
         }
+    }
+
+    /// How many `EVALSHA` commands clients have sent through the proxy so far, counted as they
+    /// reach it (before any delay, and whether or not the server ever gets them).
+    pub fn evalsha_sent(&self) -> u64 {
+        self.evalsha.load(Ordering::SeqCst)
     }
 
     /// The proxy's port.
@@ -86,7 +110,19 @@ impl Proxy {
     /// on them still run, but their answers never come. Connections opened later (a client
     /// reconnecting) are forwarded both ways.
     pub fn swallow_replies_of_open_connections(&self) {
-        for muted in lock(&self.mute).iter() {
+        self.swallow_replies_of_connections_from(0);
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.mute).len()
+    }
+
+    /// [`swallow_replies_of_open_connections`](Self::swallow_replies_of_open_connections) for
+    /// the open connections accepted after the first `first` only (those of one client, when
+    /// another connected earlier: a replica's replication link, say).
+    pub fn swallow_replies_of_connections_from(&self, first: usize) {
+        for muted in lock(&self.mute).iter().skip(first) {
             muted.store(true, Ordering::SeqCst);
         }
     }
@@ -127,6 +163,7 @@ async fn forward(
     cut: Arc<AtomicBool>,
     muted: Arc<AtomicBool>,
     delay: Arc<AtomicU64>,
+    evalsha: Arc<AtomicU64>,
     mut closed: watch::Receiver<u64>,
 ) {
     let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
@@ -134,7 +171,7 @@ async fn forward(
     };
     let (from_client, to_client) = client.into_split();
     let (from_server, to_server) = server.into_split();
-    let upstream = pump_delayed(from_client, to_server, &cut, &delay);
+    let upstream = pump_delayed(from_client, to_server, &cut, &delay, &evalsha);
     let downstream = pump(from_server, to_client, &muted);
     tokio::select! {
         () = upstream => {}
@@ -167,22 +204,36 @@ async fn pump(
 
 /// [`pump`], holding each chunk back until `delay` (in milliseconds, read as the chunk arrives)
 /// after it was read: the writer keeps the order, so a delayed connection's requests arrive late
-/// but in sequence.
+/// but in sequence. Counts the `EVALSHA`s read into `evalsha`.
+/// The command name [`Proxy::evalsha_sent`] counts.
+const NEEDLE: &[u8] = b"EVALSHA";
+
 async fn pump_delayed(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     dropped: &AtomicBool,
     delay: &AtomicU64,
+    evalsha: &AtomicU64,
 ) {
     let (chunks, mut pending) =
         tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let reading = async move {
         let mut buffer = vec![0; 64 * 1024];
+        // The end of the previous chunk, for a command name split across two reads.
+        let mut tail: Vec<u8> = Vec::new();
         loop {
             let read = match from.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
                 Ok(read) => read,
             };
+            tail.extend_from_slice(&buffer[..read]);
+            let found = tail
+                .windows(NEEDLE.len())
+                .filter(|window| window.eq_ignore_ascii_case(NEEDLE))
+                .count();
+            evalsha.fetch_add(found as u64, Ordering::SeqCst);
+            let keep = tail.len().min(NEEDLE.len() - 1);
+            tail.drain(..tail.len() - keep);
             if dropped.load(Ordering::SeqCst) {
                 continue;
             }

@@ -20,11 +20,16 @@
 //!   as a cancelled call, handled the same way by the caller's guards (an acquisition is released
 //!   in the background, a release is retried). Calls sent from tasks of their own are not ordered
 //!   among themselves, so that background release may run before the grant it undoes: an
-//!   acquisition that finds its caller gone when its call returns (granted, or its call failed)
-//!   is released again, after it;
+//!   acquisition that finds its caller gone when its call returns (granted, answered with an
+//!   error, or its call failed) is released again, after it;
 //! * a call that fails (the connection dropped, the server refused the script) fails every
 //!   request it carried, with the same error: each is an unknown outcome, as above.
+//!
+//! The queue does not know how a call reaches Redis: a [`Carrier`] sends it. On one server that is
+//! the shared [`Connection`] (the batch script, or a lone request's own script); on a Redis
+//! Cluster, a direct connection to one master, with one queue per master (see `cluster.rs`).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use redis::Value;
@@ -43,18 +48,43 @@ pub(crate) const MAX_BATCH: usize = 128;
 /// call's replies are being handled while the next runs).
 pub(crate) const MAX_CALLS: usize = 2;
 
+/// How one call of requests reaches Redis.
+pub(super) trait Carrier: Send + Sync + 'static {
+    /// One call for `requests` (the releases first): each request's answer, in order. `Err` when
+    /// the call as a whole failed: every request's outcome is then unknown. An answer that is an
+    /// error may be an unknown outcome too (a cluster request resent after its node connection
+    /// dropped, whose resend failed as well): an acquisition answered with an error whose caller
+    /// has gone is released again.
+    fn call<'a>(
+        &'a self,
+        requests: &'a [&'a Request],
+        retention_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Answer>, Failure>> + Send + 'a;
+}
+
+impl Carrier for Connection {
+    fn call<'a>(
+        &'a self,
+        requests: &'a [&'a Request],
+        retention_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Answer>, Failure>> + Send + 'a {
+        call(self, requests, retention_ms)
+    }
+}
+
 struct Queued {
     request: Request,
     /// `None` for a release nobody waits for (of a grant whose caller is gone).
     answer: Option<oneshot::Sender<Answer>>,
 }
 
-/// The queue of one connection.
-pub(crate) struct Batcher {
+/// The queue of one connection (one server's, or one cluster master's), sent by the carrier `C`.
+pub(super) struct Batcher<C> {
     state: Mutex<State>,
     /// The locker's retention in milliseconds: the expiry of a tombstone that a release writes
     /// where it finds nothing (its acquisition may still be on its way).
     retention_ms: u64,
+    carrier: std::marker::PhantomData<fn(&C)>,
 }
 
 #[derive(Default)]
@@ -78,11 +108,12 @@ impl State {
     }
 }
 
-impl Batcher {
+impl<C: Carrier> Batcher<C> {
     pub(crate) fn new(retention_ms: u64) -> Self {
         Self {
             state: Mutex::default(),
             retention_ms,
+            carrier: std::marker::PhantomData,
         }
     }
 
@@ -95,11 +126,7 @@ impl Batcher {
     /// its caller polling it: a caller that keeps its future without polling it (a `select!`
     /// over `&mut fut`) delays its own call's hand-off, never the queue, which the other call
     /// keeps draining.
-    pub(crate) async fn submit(
-        self: &Arc<Self>,
-        connection: &Arc<Connection>,
-        request: Request,
-    ) -> Answer {
+    pub(crate) async fn submit(self: &Arc<Self>, connection: &Arc<C>, request: Request) -> Answer {
         let next = {
             let mut state = lock(&self.state);
             if state.calls == 0 {
@@ -138,7 +165,7 @@ impl Batcher {
                     batcher: self.clone(),
                     connection: connection.clone(),
                 };
-                match call(connection, &[&request], self.retention_ms).await {
+                match connection.call(&[&request], self.retention_ms).await {
                     Ok(mut answers) => answers.pop().expect("one answer per request"),
                     Err(failure) => Err(failure.into()),
                 }
@@ -148,7 +175,7 @@ impl Batcher {
 
     /// Sends `batch` as one call from a task of its own, holding one of the [`MAX_CALLS`]
     /// places (taken by the caller).
-    fn spawn_flush(self: &Arc<Self>, connection: &Arc<Connection>, batch: Vec<Queued>) {
+    fn spawn_flush(self: &Arc<Self>, connection: &Arc<C>, batch: Vec<Queued>) {
         let slot = Slot {
             batcher: self.clone(),
             connection: connection.clone(),
@@ -174,12 +201,12 @@ impl Batcher {
 /// One of the [`MAX_CALLS`] calls in flight. Dropped (the call returned, or its future was
 /// dropped), it sends what queued meanwhile as the next call, from a task of its own, or frees
 /// its place when nothing did.
-struct Slot {
-    batcher: Arc<Batcher>,
-    connection: Arc<Connection>,
+struct Slot<C: Carrier> {
+    batcher: Arc<Batcher<C>>,
+    connection: Arc<C>,
 }
 
-impl Drop for Slot {
+impl<C: Carrier> Drop for Slot<C> {
     fn drop(&mut self) {
         let batch = {
             let mut state = lock(&self.batcher.state);
@@ -195,11 +222,14 @@ impl Drop for Slot {
 }
 
 /// Sends `batch` as one call and answers each request.
-async fn flush(slot: Slot, mut batch: Vec<Queued>) {
+async fn flush<C: Carrier>(slot: Slot<C>, mut batch: Vec<Queued>) {
     // The batch script takes the releases first (see `batch.lua`); answers come in this order.
     batch.sort_by_key(|queued| !queued.request.kind.is_release());
     let requests: Vec<&Request> = batch.iter().map(|queued| &queued.request).collect();
-    let result = call(&slot.connection, &requests, slot.batcher.retention_ms).await;
+    let result = slot
+        .connection
+        .call(&requests, slot.batcher.retention_ms)
+        .await;
     drop(requests);
     let mut orphans = Vec::new();
     // A grant whose caller went away after it was sent: its guard released the token in the
@@ -219,10 +249,9 @@ async fn flush(slot: Slot, mut batch: Vec<Queued>) {
     match result {
         Ok(answers) => {
             for (queued, answer) in batch.into_iter().zip(answers) {
-                let granted = matches!(
-                    (&queued.request.kind, &answer),
-                    (Kind::Acquire { .. }, Ok((1, _)))
-                );
+                // Granted, or answered with an error that may hide a grant (see `Carrier`).
+                let granted = matches!(queued.request.kind, Kind::Acquire { .. })
+                    && !matches!(answer, Ok((status, _)) if status != 1);
                 let delivered = match queued.answer {
                     Some(sender) => sender.send(answer).is_ok(),
                     None => true,
@@ -266,16 +295,7 @@ async fn call(
             // The request's own failure (a foreign value at its key, the fencing token's limit),
             // as the batch script reports one: not the connection's.
             Err(Failure::Redis(err)) if is_request_failure(&err) => {
-                let message = match (err.code(), err.detail()) {
-                    (Some(code), Some(detail)) => format!("{code} {detail}"),
-                    _ => err.to_string(),
-                };
-                let command = crate::error::script_command(&message).unwrap_or_default();
-                Ok(vec![Err(crate::error::batched_request_failed(
-                    &command,
-                    &message,
-                    &request.lock,
-                ))])
+                Ok(vec![Err(request_failure(&err, request))])
             }
             Err(failure) => Err(failure),
         };
@@ -296,8 +316,18 @@ async fn call(
 
 /// An error a script raised for its own request (a key of another type, the fencing token's
 /// limit), not one of the connection or the server as a whole.
-fn is_request_failure(err: &redis::RedisError) -> bool {
+pub(super) fn is_request_failure(err: &redis::RedisError) -> bool {
     err.code() == Some("WRONGTYPE") || err.to_string().contains("relock: ")
+}
+
+/// `err`, raised by `request`'s own script, as the batch script reports such a failure.
+pub(super) fn request_failure(err: &redis::RedisError, request: &Request) -> Error {
+    let message = match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => err.to_string(),
+    };
+    let command = crate::error::script_command(&message).unwrap_or_default();
+    crate::error::batched_request_failed(&command, &message, &request.lock)
 }
 
 /// Sends `command`, a call of `script`; loads the script and sends again on `NOSCRIPT`.

@@ -1,13 +1,42 @@
-//! The Redis Cluster backend: the same Lua scripts over one redis-rs `cluster-async` connection.
+//! The Redis Cluster backend: the same Lua scripts, carried to each master.
 //!
-//! Every script names only keys with the hash tag `{K}`, so each call runs on one slot and the
-//! client routes it by its first key. The client retries a request after a redirection (`MOVED`,
-//! `ASK`), a connection error or a timeout, so a script may run twice: acquire answers a retried
-//! request of the same hold with the same grant, renew only extends a lease it still has, and a
-//! retried release finds the tombstone naming its hold and answers "released" again, not "lost".
+//! Every script names only keys with the hash tag `{K}`, so each call runs on one slot.
+//!
+//! **Acquisitions and releases** go through a group commit per master (the queue of
+//! [`batch`](super::batch), with its rules): the slot's master is found in the slot owners as
+//! last read (`CLUSTER SLOTS`, read again every [`SLOT_OWNERS_TTL`] and whenever a node answered
+//! for a slot it does not serve), and the request joins that master's queue. A request that finds
+//! no call in flight to its master goes out at once; those that queue meanwhile go out together,
+//! as one pipeline of their own scripts (`acquire.lua`, `release.lua`: a batch script cannot span
+//! slots, and the batch script announces releases on the unsharded channel) written on a direct
+//! connection to the master, with at most [`MAX_CALLS`](super::batch::MAX_CALLS) pipelines in
+//! flight per master. Each request keeps its own reply, error and cancellation:
+//!
+//! * a request answered `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `NOSCRIPT` (or `READONLY`,
+//!   `LOADING`, `MASTERDOWN`) was not run: it is resent alone through the redis-rs cluster
+//!   connection, which follows redirections and retries, and the slot owners are read again;
+//! * a pipeline whose node connection could not be had (nothing was written), or dropped (it may
+//!   have run, in part or in whole), is resent request by request through the cluster connection.
+//!   That is safe because each request is idempotent per hold token: an acquisition that ran
+//!   already finds its own hold and answers the same grant; one whose hold has ended since was
+//!   never known to anyone, and the resend is a fresh attempt under the same token (refused while
+//!   another holds the key, else granted with a later fencing token); a resent release finds its
+//!   own tombstone and answers "released already". The caller's lease is counted from the first
+//!   send, before any of these, so it never outlives the server's;
+//! * a pipeline that got no answer within the response timeout (a stalled node) fails its
+//!   requests as unknown outcomes: their callers release acquisitions in the background, and an
+//!   acquisition whose caller has gone is released again after its call returns.
+//!
+//! Requests whose slot has no known master (the owners could not be read) go through the cluster
+//! connection, one call each. The cluster client retries a request after a redirection, a
+//! connection error or a timeout, so a script may run twice: acquire answers a retried request of
+//! the same hold with the same grant, renew only extends a lease it still has, and a retried
+//! release finds the tombstone naming its hold and answers "released" again, not "lost".
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +51,8 @@ use redis::{ConnectionAddr, ConnectionInfo, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use super::batch::{is_request_failure, request_failure, Batcher, Carrier};
+use super::redis::Failure;
 use super::{Attempt, Grant, Released, Replicas};
 use crate::error::Error;
 use crate::info::LockInfo;
@@ -31,35 +62,77 @@ use crate::pattern::KeyPattern;
 use crate::protocol::{
     self, acknowledged_pipeline, acquire_invocation, found_keys, parse_acknowledged, parse_acquire,
     parse_force_release, parse_inspect, parse_release, renew_invocation, scan_glob,
-    send_acknowledged,
+    send_acknowledged, Answer, Kind, Request,
 };
 use crate::scripts;
 
 /// Idle connections kept per node for acquisitions that wait for replicas.
 const MAX_IDLE_WAITING: usize = 16;
 
-/// How long the cached slot owners, used only to group renewals by node, are trusted.
+/// How long the cached slot owners, which route acquisitions, releases and renewals to their
+/// master, are trusted.
 const SLOT_OWNERS_TTL: Duration = Duration::from_secs(10);
 
 pub(crate) struct ClusterBackend {
+    shared: Arc<Shared>,
+    /// The group commit of each master, by `host:port`.
+    queues: Mutex<HashMap<String, Queue>>,
+}
+
+/// One master's group commit.
+struct Queue {
+    batcher: Arc<Batcher<MasterLink>>,
+    link: Arc<MasterLink>,
+}
+
+/// Carries one master's calls: a pipeline on the direct connection to it.
+pub(super) struct MasterLink {
+    shared: Arc<Shared>,
+    /// `host:port`
+    master: String,
+}
+
+impl Carrier for MasterLink {
+    fn call<'a>(
+        &'a self,
+        requests: &'a [&'a Request],
+        retention_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Answer>, Failure>> + Send + 'a {
+        self.shared
+            .call_master(&self.master, requests, retention_ms)
+    }
+}
+
+impl Deref for ClusterBackend {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What the cluster backend and its masters' queues share.
+pub(crate) struct Shared {
     client: ClusterClient,
     connection: OnceCell<ClusterConnection>,
     /// Bounds opening the connection, whatever the number of seed nodes.
     connect_limit: Duration,
     prefix: String,
     retention: Duration,
-    /// The master serving each slot range, for grouping renewals by node.
+    /// The master serving each slot range, for routing requests and renewals to their node.
     owners: Mutex<Option<Owners>>,
+    /// Held while the owners are read, so that concurrent requests read them once.
+    reading_owners: tokio::sync::Mutex<()>,
     /// The first seed's settings (credentials, TLS, protocol): a direct connection to a node
     /// copies them with the node's address.
     node_template: Option<ConnectionInfo>,
     /// The seeds' addresses (`host:port`), asked for the slot owners when no known node answers.
     seeds: Vec<String>,
     node_config: redis::AsyncConnectionConfig,
-    /// Direct connections to masters, by `host:port`, for the renewal rounds: the cluster
-    /// connection stops every request while it rebuilds its slot map (a dead node's failover), so
-    /// renewals sent through it would wait for the dead node, and the holds on healthy masters
-    /// would end with it.
+    /// Direct connections to masters, by `host:port`, for the group commit and the renewal
+    /// rounds: the cluster connection stops every request while it rebuilds its slot map (a dead
+    /// node's failover), so requests sent through it would wait for the dead node, and the holds
+    /// on healthy masters would end with it.
     nodes: Mutex<HashMap<String, MultiplexedConnection>>,
     /// Idle connections for acquisitions that wait for replicas (`WAIT` blocks its connection),
     /// by node.
@@ -72,8 +145,8 @@ pub(crate) struct ClusterBackend {
 /// The slot owners as last read.
 struct Owners {
     read: Instant,
-    /// False once a renewal found a node gone or a slot moved: read them again before the next
-    /// round (meanwhile the stale map still groups the holds).
+    /// False once a request or a renewal found a node gone or a slot moved: read them again
+    /// (meanwhile the stale map still routes).
     fresh: bool,
     ranges: Vec<SlotRange>,
 }
@@ -107,7 +180,7 @@ impl ClusterBackend {
             .filter_map(|seed| redis::IntoConnectionInfo::into_connection_info(seed.as_str()).ok())
             .collect();
         let seeds = infos.iter().filter_map(address).collect();
-        Self {
+        let shared = Shared {
             node_template: infos.into_iter().next(),
             seeds,
             node_config: redis::AsyncConnectionConfig::new()
@@ -125,9 +198,95 @@ impl ClusterBackend {
             prefix,
             retention,
             owners: Mutex::new(None),
+            reading_owners: tokio::sync::Mutex::new(()),
+        };
+        Self {
+            shared: Arc::new(shared),
+            queues: Mutex::new(HashMap::new()),
         }
     }
 
+    /// An exclusive hold of `key`, through its master's group commit.
+    pub(crate) async fn acquire(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        lease: Duration,
+        claim: bool,
+    ) -> Result<Attempt, Error> {
+        let Some((batcher, link)) = self.queue_of(key).await else {
+            // No master known for the slot: one call through the cluster connection.
+            let invocation =
+                acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
+            return parse_acquire(self.invoke(&invocation).await?);
+        };
+        let request = Request {
+            kind: Kind::Acquire {
+                lease_ms: protocol::millis(lease),
+                retention_ms: protocol::millis(self.retention.max(lease)),
+                claim,
+            },
+            lock: protocol::lock_key(&self.prefix, key),
+            token: token.clone(),
+        };
+        let (status, value) = batcher.submit(&link, request).await?;
+        protocol::attempt_from(status, &value).ok_or_else(|| {
+            protocol::unexpected("acquire", &Value::Array(vec![Value::Int(status), value]))
+        })
+    }
+
+    /// Releases the hold `token` of `key`, through its master's group commit.
+    pub(crate) async fn release(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        fencing_token: u64,
+    ) -> Result<Released, Error> {
+        let Some((batcher, link)) = self.queue_of(key).await else {
+            let invocation = protocol::release_invocation(
+                &self.prefix,
+                key,
+                token,
+                fencing_token,
+                self.retention,
+                true,
+            );
+            return parse_release(self.invoke(&invocation).await?);
+        };
+        let request = Request {
+            kind: Kind::Release { fencing_token },
+            lock: protocol::lock_key(&self.prefix, key),
+            token: token.clone(),
+        };
+        match batcher.submit(&link, request).await? {
+            (1, _) => Ok(Released::Free),
+            (0, _) => Ok(Released::NotHeld),
+            (2, _) => Ok(Released::Again),
+            (status, value) => Err(protocol::unexpected(
+                "release",
+                &Value::Array(vec![Value::Int(status), value]),
+            )),
+        }
+    }
+
+    /// The queue of the master serving `key`'s slot, as the slot owners last read say (read
+    /// first if they never were); `None` when no master is known for it.
+    async fn queue_of(&self, key: &LockKey) -> Option<(Arc<Batcher<MasterLink>>, Arc<MasterLink>)> {
+        self.shared.route().await;
+        let master = self.shared.master_of_slot(slot(key.as_str().as_bytes()))?;
+        let mut queues = lock(&self.queues);
+        let queue = queues.entry(master).or_insert_with_key(|master| Queue {
+            batcher: Arc::new(Batcher::new(protocol::millis(self.shared.retention))),
+            link: Arc::new(MasterLink {
+                shared: self.shared.clone(),
+                master: master.clone(),
+            }),
+        });
+        Some((queue.batcher.clone(), queue.link.clone()))
+    }
+}
+
+impl Shared {
     /// The shared connection, opened on first use; a failed attempt is retried by the next call.
     pub(super) async fn conn(&self) -> Result<ClusterConnection, Error> {
         let connect = async {
@@ -166,17 +325,6 @@ impl ClusterBackend {
         Ok(())
     }
 
-    pub(crate) async fn acquire(
-        &self,
-        key: &LockKey,
-        token: &crate::token::HoldToken,
-        lease: Duration,
-        claim: bool,
-    ) -> Result<Attempt, Error> {
-        let invocation = acquire_invocation(&self.prefix, key, token, lease, self.retention, claim);
-        parse_acquire(self.invoke(&invocation).await?)
-    }
-
     /// A shared hold: `acquire_shared.lua` on the key's slot.
     pub(crate) async fn acquire_shared(
         &self,
@@ -194,23 +342,6 @@ impl ClusterBackend {
             permits,
         );
         parse_acquire(self.invoke(&invocation).await?)
-    }
-
-    pub(crate) async fn release(
-        &self,
-        key: &LockKey,
-        token: &crate::token::HoldToken,
-        fencing_token: u64,
-    ) -> Result<Released, Error> {
-        let invocation = protocol::release_invocation(
-            &self.prefix,
-            key,
-            token,
-            fencing_token,
-            self.retention,
-            true,
-        );
-        parse_release(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {
@@ -642,6 +773,210 @@ impl ClusterBackend {
             .into_iter()
             .collect()
     }
+
+    /// Before a request is routed: reads the slot owners if they never were (within the response
+    /// timeout; concurrent requests wait for one reading), or starts reading them again in the
+    /// background if they are old or found wrong (the request is routed by the stale map
+    /// meanwhile: a node that no longer serves the slot redirects it, and it is resent).
+    async fn route(self: &Arc<Self>) {
+        let fresh = lock(&self.owners)
+            .as_ref()
+            .map(|owners| owners.fresh && owners.read.elapsed() < SLOT_OWNERS_TTL);
+        match fresh {
+            Some(true) => {}
+            Some(false) => self.read_owners_in_background(),
+            None => {
+                let _reading = self.reading_owners.lock().await;
+                let _ = tokio::time::timeout(
+                    self.response_timeout,
+                    self.refresh_owners(self.response_timeout),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Reads the slot owners again from a task of its own, unless a reading is under way.
+    fn read_owners_in_background(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.clone();
+        drop(runtime.spawn(async move {
+            let Ok(_reading) = shared.reading_owners.try_lock() else {
+                return;
+            };
+            let bound = shared.response_timeout;
+            let _ = tokio::time::timeout(bound, shared.refresh_owners(bound)).await;
+        }));
+    }
+
+    /// The slot owners are wrong somewhere (a node answered for a slot it does not serve, or is
+    /// gone): read them again.
+    fn owners_wrong(self: &Arc<Self>) {
+        if let Some(owners) = lock(&self.owners).as_mut() {
+            owners.fresh = false;
+        }
+        self.read_owners_in_background();
+    }
+
+    /// One call of `requests` to `master`: one pipeline of their scripts on the direct connection
+    /// to it, each request answered on its own (see the module's documentation for what is
+    /// resent through the cluster connection, and when a failure is an unknown outcome).
+    async fn call_master(
+        self: &Arc<Self>,
+        master: &str,
+        requests: &[&Request],
+        retention_ms: u64,
+    ) -> Result<Vec<Answer>, Failure> {
+        let count = requests.len();
+        let mut pipe = redis::pipe();
+        for request in requests {
+            pipe.add_command(cluster_command(request, retention_ms).1);
+        }
+        let mut connection = match self.node(master, self.response_timeout).await {
+            Ok(connection) => connection,
+            Err(err) => {
+                // Nothing was written.
+                tracing::debug!(error = %err, master, requests = count, "relock: no connection to a cluster master; resending through the cluster connection");
+                self.node_failed(master);
+                return Ok(self.resend_all(requests, retention_ms).await);
+            }
+        };
+        let replies = match connection.req_packed_commands(&pipe, 0, count).await {
+            Ok(replies) if replies.len() == count => replies,
+            Ok(replies) => {
+                self.node_failed(master);
+                return Err(Failure::Unexpected(format!(
+                    "cluster master {master} answered {} of {count} requests",
+                    replies.len()
+                )));
+            }
+            Err(err) if err.is_timeout() => {
+                // A stalled node: the requests may still run there. Unknown outcomes.
+                self.node_failed(master);
+                return Err(Failure::Redis(err));
+            }
+            Err(err) => {
+                // Written or not, in part or in whole: each request is idempotent per hold token
+                // (see the module's documentation), so each is resent.
+                tracing::debug!(error = %err, master, requests = count, "relock: a cluster master's connection failed; resending through the cluster connection");
+                self.node_failed(master);
+                return Ok(self.resend_all(requests, retention_ms).await);
+            }
+        };
+        let mut answers = Vec::with_capacity(count);
+        let mut resend = Vec::new();
+        let (mut moved, mut noscript) = (false, Vec::new());
+        for (at, (request, reply)) in requests.iter().zip(replies).enumerate() {
+            match reply {
+                Value::ServerError(err) if not_run(err.code()) => {
+                    if err.kind() == Some(redis::ServerErrorKind::NoScript) {
+                        noscript.push(cluster_command(request, retention_ms).0);
+                    } else {
+                        moved = true;
+                    }
+                    resend.push(at);
+                    answers.push(Ok((0, Value::Nil)));
+                }
+                Value::ServerError(err) => {
+                    let err = redis::RedisError::from(err);
+                    answers.push(Err(if is_request_failure(&err) {
+                        request_failure(&err, request)
+                    } else {
+                        err.into()
+                    }));
+                }
+                reply => answers.push(protocol::single_answer(request, reply)),
+            }
+        }
+        if resend.is_empty() {
+            return Ok(answers);
+        }
+        if moved {
+            self.owners_wrong();
+        }
+        // The master lost its scripts (a restart, a promoted replica): load them there once,
+        // rather than once per resent request.
+        noscript.sort_by_key(|script| script.get_hash());
+        noscript.dedup_by_key(|script| script.get_hash());
+        for script in noscript {
+            let _ = script.prepare_invoke().load_async(&mut connection).await;
+        }
+        let resent = join_all(
+            resend
+                .iter()
+                .map(|&at| self.resend(requests[at], retention_ms)),
+        )
+        .await;
+        for (at, answer) in resend.into_iter().zip(resent) {
+            answers[at] = answer;
+        }
+        Ok(answers)
+    }
+
+    /// The direct connection to `master` failed: open a new one next time, and read the owners
+    /// again (the master may be gone).
+    fn node_failed(self: &Arc<Self>, master: &str) {
+        lock(&self.nodes).remove(master);
+        self.owners_wrong();
+    }
+
+    /// Each of `requests` resent alone through the cluster connection.
+    async fn resend_all(&self, requests: &[&Request], retention_ms: u64) -> Vec<Answer> {
+        join_all(
+            requests
+                .iter()
+                .map(|request| self.resend(request, retention_ms)),
+        )
+        .await
+    }
+
+    /// `request` alone through the cluster connection, which follows redirections and retries;
+    /// loads its script if the node lacks it (`NOSCRIPT` ran nothing).
+    async fn resend(&self, request: &Request, retention_ms: u64) -> Answer {
+        let (script, command) = cluster_command(request, retention_ms);
+        let mut connection = self.conn().await?;
+        let mut reply = command.query_async::<Value>(&mut connection).await;
+        if matches!(&reply, Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            script.prepare_invoke().load_async(&mut connection).await?;
+            reply = command.query_async::<Value>(&mut connection).await;
+        }
+        match reply {
+            Ok(reply) => protocol::single_answer(request, reply),
+            Err(err) if is_request_failure(&err) => Err(request_failure(&err, request)),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// A request's own script and its call on a cluster: as on one server, with releases announced
+/// on the sharded channel.
+fn cluster_command(request: &Request, retention_ms: u64) -> (&'static redis::Script, redis::Cmd) {
+    let (script, mut command) = protocol::single(request, retention_ms);
+    if request.kind.is_release() {
+        command.arg("sharded");
+    }
+    (script, command)
+}
+
+/// A node's refusal of a request it did not run, which the cluster connection knows how to get
+/// past: a redirection (`MOVED`, `ASK`), a slot half moved (`TRYAGAIN`), a cluster without full
+/// coverage (`CLUSTERDOWN`), a node without the script (`NOSCRIPT`), a replica or a node that is
+/// not ready (`READONLY`, `LOADING`, `MASTERDOWN`).
+fn not_run(code: &str) -> bool {
+    matches!(
+        code,
+        "MOVED"
+            | "ASK"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+            | "NOSCRIPT"
+            | "READONLY"
+            | "LOADING"
+            | "MASTERDOWN"
+    )
 }
 
 /// Sends one node's renewal pipeline, loading the script on every node if the node lost it.

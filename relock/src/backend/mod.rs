@@ -107,7 +107,9 @@ impl Backend {
         match self {
             Self::Redis(redis) => redis.acquire(key, token, lease, claim).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cluster.acquire(key, token, lease, claim).await,
+            // Boxed: the cluster's group commit makes a large future, and this one is awaited
+            // in every backend's lock path (deeply nested `run`s overflowed a debug build's stack).
+            Self::Cluster(cluster) => Box::pin(cluster.acquire(key, token, lease, claim)).await,
             Self::Memory(memory) => Ok(memory.acquire_claiming(key, token, lease, claim)),
         }
     }
@@ -173,7 +175,8 @@ impl Backend {
         match self {
             Self::Redis(redis) => redis.release(key, token, fencing_token).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cluster.release(key, token, fencing_token).await,
+            // Boxed, as in `acquire`.
+            Self::Cluster(cluster) => Box::pin(cluster.release(key, token, fencing_token)).await,
             Self::Memory(memory) => Ok(memory.release(key, token)),
         }
     }

@@ -188,7 +188,7 @@ impl ConnectionLike for Conn {
 pub(crate) struct RedisBackend {
     connection: Arc<Connection>,
     /// Acquisitions and releases queued while script calls are in flight (group commit).
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<Connection>>,
     prefix: String,
     retention: Duration,
     dedicated: Dedicated,
