@@ -30,7 +30,8 @@
 //! at once: the lock is shared, so the second payment waits for the first.
 //!
 //! `GET /metrics` serves relock's metrics (relock's `metrics` feature) in the Prometheus text
-//! format, through `metrics-exporter-prometheus`: `relock_acquired_total`,
+//! format, through `metrics-exporter-prometheus`, each labelled with the `kind` of hold
+//! (`exclusive`, `read`, `permit`): `relock_acquired_total`,
 //! `relock_reentered_total`, `relock_timeouts_total`, `relock_lost_total`,
 //! `relock_released_total{mode}`, `relock_renewals_total{result}`, the summaries
 //! `relock_wait_seconds{result}`, `relock_hold_seconds` and `relock_acquire_round_trip_seconds`,
@@ -38,11 +39,11 @@
 //!
 //! ```text
 //! curl -s http://127.0.0.1:3000/metrics | grep '^relock_'
-//! relock_acquired_total 6
-//! relock_reentered_total 8
-//! relock_released_total{mode="explicit"} 6
-//! relock_holds 0
-//! relock_wait_seconds_count{result="acquired"} 6
+//! relock_acquired_total{kind="exclusive"} 6
+//! relock_reentered_total{kind="exclusive"} 8
+//! relock_released_total{kind="exclusive",mode="explicit"} 6
+//! relock_holds{kind="exclusive"} 0
+//! relock_wait_seconds_count{kind="exclusive",result="acquired"} 6
 //! ```
 //!
 //! Six payments took a lock (`abc` did not). Each `charge` re-entered the layer's hold, and each

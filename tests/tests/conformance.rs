@@ -1057,9 +1057,10 @@ async fn a_short_lease_is_renewed_while_its_holder_runs(b: &TestBackend) {
     let locker = &b.locker;
     let other = b.another_locker().await;
     let key = unique_key("renewed");
-    let lease = Duration::from_millis(300);
+    // Long enough that a loaded machine's stalls stay well inside one renewal period (lease/3).
+    let lease = Duration::from_secs(1);
     let guard = locker.lock(&key).lease(lease).await.expect("lock");
-    tokio::time::sleep(lease * 4).await;
+    tokio::time::sleep(lease * 3).await;
     assert!(
         guard.is_held(),
         "the watchdog let a running holder's lease end"
