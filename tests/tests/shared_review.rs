@@ -502,3 +502,99 @@ on_every_backend! {
     api_released_permits: many_released_permits_beside_a_live_one;
     api_not_replicated: a_shared_hold_not_replicated_is_given_back;
 }
+
+/// `LimitLayer::hold_until_body_end`, one permit: a body that fails mid-stream gives the permit
+/// back with its error; a body read to its end gives it back though the body value lives on; an
+/// empty body never polled gives it back when dropped; a handler whose inner service fails gives
+/// it back with the error. Never a second request inside while a body still streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_until_body_end_returns_the_permit_on_every_way_out() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use axum::Router;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use relock_tower::{key, LimitLayer};
+    use tokio::sync::mpsc;
+    use tower::ServiceExt;
+
+    let server = RedisServer::start();
+    let locker = server.locker().await;
+    let (senders, mut requests) = mpsc::unbounded_channel();
+    let layer = LimitLayer::new(key::header("x-tenant").prefix("tenant:"), 1)
+        .locker(locker.clone())
+        .wait(Duration::ZERO)
+        .hold_until_body_end();
+    let app = Router::new()
+        .route(
+            "/stream",
+            post(move || {
+                let (chunks, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+                senders.send(chunks).expect("the test listens");
+                let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                    let chunk = receiver.recv().await?;
+                    Some((chunk, receiver))
+                });
+                async move { Body::from_stream(stream) }
+            }),
+        )
+        .route("/empty", post(|| async { Body::empty() }))
+        .layer(layer);
+    let call = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::post(path)
+                .header("x-tenant", "9")
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    };
+    let in_use = || {
+        let locker = locker.clone();
+        async move { locker.inspect("tenant:9").await.unwrap().is_some() }
+    };
+    let until_returned = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while in_use().await {
+            assert!(std::time::Instant::now() < deadline, "permit kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // A body that fails mid-stream.
+    let response = call("/stream").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let chunks = requests.recv().await.unwrap();
+    let mut body = response.into_body();
+    chunks.send(Ok(Bytes::from_static(b"part"))).await.unwrap();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(
+        call("/stream").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert!(in_use().await, "returned while the body streams");
+    chunks
+        .send(Err(std::io::Error::other("broken")))
+        .await
+        .unwrap();
+    assert!(body.frame().await.unwrap().is_err());
+    until_returned().await;
+    drop(body);
+    // A body read to its end, its value kept.
+    let response = call("/stream").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let chunks = requests.recv().await.unwrap();
+    let mut body = response.into_body();
+    drop(chunks);
+    assert!(body.frame().await.is_none());
+    until_returned().await;
+    // An empty body, never polled, dropped.
+    let response = call("/empty").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    until_returned().await;
+    drop(body);
+    assert_eq!(call("/empty").await.status(), StatusCode::OK);
+    until_returned().await;
+}
