@@ -402,16 +402,23 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
     let mut rates = vec![Vec::new(); variants.len()];
     let mut holds = vec![Latencies::default(); variants.len()];
     let mut errors = vec![0usize; variants.len()];
+    // Script calls (EVALSHA and EVAL) the server ran during the Redis variant's runs.
+    let mut scripts = 0u64;
+    let mut stats = bench.server.connection().await;
     for round in 0..plan.handoff_rounds {
         eprintln!("permit handoff round {}/{}", round + 1, plan.handoff_rounds);
         for offset in 0..variants.len() {
             let index = (round + offset) % variants.len();
+            let before = script_calls(&mut stats).await;
             let (rate, found, failed) = permits(
                 &variants[index].1,
                 &format!("bench:permits:{round}:{index}"),
                 plan.handoff_time,
             )
             .await;
+            if variants[index].2 {
+                scripts += script_calls(&mut stats).await - before;
+            }
             rates[index].push(rate);
             holds[index].extend(&found);
             errors[index] += failed;
@@ -426,7 +433,15 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
             plan.handoff_rounds,
             plan.handoff_time
         ),
-        &["contender", "handoffs/s", "ideal/s", "÷ ideal", "handoffs", "timeouts"],
+        &[
+            "contender",
+            "handoffs/s",
+            "ideal/s",
+            "÷ ideal",
+            "handoffs",
+            "timeouts",
+            "script calls / permit",
+        ],
     );
     let mut relock_ratio = 0.0;
     for (index, (name, _, uses_redis)) in variants.iter().enumerate() {
@@ -441,6 +456,11 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
             ratio(found / ideal),
             holds[index].len().to_string(),
             errors[index].to_string(),
+            if *uses_redis {
+                per_permit(scripts, holds[index].len())
+            } else {
+                "—".to_owned()
+            },
         ]);
         if *uses_redis {
             relock_ratio = found / ideal;
@@ -449,7 +469,10 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
     table.note(format!(
         "ideal = {PERMITS} / (measured hold + 2·RTT), the forced handoff's ideal for each of the \
          {PERMITS} permits; RTT = median PING round trip = {}; a task that returned a permit asks \
-         again only after another task took one, so every return hands a permit to a waiter.",
+         again only after another task took one, so every return hands a permit to a waiter. \
+         script calls / permit = script calls the server ran (INFO commandstats, EVALSHA + EVAL) \
+         ÷ permits granted: 2.00 is one acquisition and one release per permit, every refused \
+         attempt adds to it (releases that queue up share a call).",
         format_duration(rtt)
     ));
     report.tables.push(table);
@@ -459,4 +482,22 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
         ratio(relock_ratio),
         relock_ratio >= 0.8,
     ));
+}
+
+/// Script calls (`EVALSHA` and `EVAL`) the server has run so far.
+async fn script_calls(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
+    relock_tests::command_stats(connection)
+        .await
+        .into_iter()
+        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
+/// Script calls per permit granted, with two decimals.
+fn per_permit(scripts: u64, granted: usize) -> String {
+    if granted == 0 {
+        return "—".to_owned();
+    }
+    format!("{:.2}", scripts as f64 / granted as f64)
 }

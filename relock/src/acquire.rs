@@ -354,7 +354,7 @@ async fn acquire_from_backend(
     locker.start_background();
     let mut waiter: Option<Waiter> = None;
     loop {
-        let armed = waiter.as_ref().and_then(Waiter::arm);
+        let armed = waiter.as_mut().and_then(Waiter::arm);
         let sent = Instant::now();
         let in_flight = InFlight {
             locker: &locker,
@@ -458,6 +458,9 @@ async fn acquire_from_backend(
                 if try_only {
                     return Ok(None);
                 }
+                if let Some(waiter) = &mut waiter {
+                    waiter.refused();
+                }
                 let timeout = || {
                     // Shared and exclusive holds of one key exclude each other at the server,
                     // not in the local slots: a bare guard of this task in the way is found
@@ -491,7 +494,7 @@ async fn acquire_from_backend(
                     None => {
                         let signal = locker.release_signal(&key);
                         match tokio::time::timeout_at(deadline.into(), signal).await {
-                            Ok(signal) => waiter = Some(Waiter::new(signal)),
+                            Ok(signal) => waiter = Some(Waiter::new(signal, mode)),
                             Err(_) => return Err(timeout()),
                         }
                     }

@@ -1,6 +1,9 @@
 //! Release notifications: one dedicated pub/sub connection per `Locker`, shared by every waiter.
 //!
 //! Waiters on one key share one subscription (counted; unsubscribed when the last leaves). A
+//! release message wakes every exclusive and read waiter of the key ([`Released::all`]), but only
+//! one permit waiter ([`Released::one`]): a message announces one returned permit (see `wait.rs`
+//! for how a wake-up that was not used is passed on). A
 //! single task owns the connection and handles subscribe/unsubscribe requests in order, so an
 //! unsubscribe can never overtake a later subscribe to the same channel. The task counts a waiter
 //! only by building its [`Subscription`], whose drop un-counts it: one built for a waiter that was
@@ -54,14 +57,39 @@ enum Request {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     channel: String,
-    released: Arc<Notify>,
+    released: Arc<Released>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
 impl Subscription {
-    /// Notified on every release message on the channel and on every reconnection.
-    pub(crate) fn released(&self) -> &Arc<Notify> {
+    /// The wake-ups of the channel's waiters.
+    pub(crate) fn released(&self) -> &Arc<Released> {
         &self.released
+    }
+}
+
+/// The wake-ups of one channel's waiters in this `Locker`.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    /// Every exclusive and read waiter: `notify_waiters` on every release message and every
+    /// reconnection (a writer's release lets every reader in).
+    pub(crate) all: Arc<Notify>,
+    /// Permit waiters: `notify_one` per release message (one returned permit), which goes to
+    /// the waiter that has slept longest; `notify_waiters` on a reconnection.
+    pub(crate) one: Arc<Notify>,
+}
+
+impl Released {
+    /// A release message: every exclusive and read waiter, and one permit waiter.
+    fn message(&self) {
+        self.all.notify_waiters();
+        self.one.notify_one();
+    }
+
+    /// Messages may have been missed: every waiter looks again.
+    fn everyone(&self) {
+        self.all.notify_waiters();
+        self.one.notify_waiters();
     }
 }
 
@@ -167,7 +195,7 @@ impl Subscriber {
 
 struct Channel {
     waiters: usize,
-    released: Arc<Notify>,
+    released: Arc<Released>,
 }
 
 struct Task {
@@ -194,7 +222,7 @@ impl Task {
                 message = next_message(&mut self.connection) => match message {
                     Some(message) => {
                         if let Some(channel) = self.channels.get(message.get_channel_name()) {
-                            channel.released.notify_waiters();
+                            channel.released.message();
                         }
                     }
                     None => self.disconnected(),
@@ -251,7 +279,7 @@ impl Task {
                 entry.released.clone()
             }
             None => {
-                let released = Arc::new(Notify::new());
+                let released = Arc::new(Released::default());
                 let entry = Channel {
                     waiters: 1,
                     released: released.clone(),
@@ -368,7 +396,7 @@ impl Task {
 
     fn wake_all(&self) {
         for channel in self.channels.values() {
-            channel.released.notify_waiters();
+            channel.released.everyone();
         }
     }
 }
@@ -388,9 +416,9 @@ mod sharded {
 
     use redis::cluster_async::ClusterConnection;
     use redis::{PushInfo, PushKind, Value};
-    use tokio::sync::{mpsc, Notify};
+    use tokio::sync::mpsc;
 
-    use super::{Channel, Request, Subscriber, Subscription};
+    use super::{Channel, Released, Request, Subscriber, Subscription};
     use crate::error::Error;
     use crate::tls::TlsSettings;
 
@@ -454,8 +482,13 @@ mod sharded {
                 _ => String::new(),
             };
             match push.kind {
-                // A message, or a (re-)subscription after which earlier messages may be missing.
-                PushKind::SMessage | PushKind::SSubscribe => self.wake(&channel),
+                PushKind::SMessage => {
+                    if let Some(entry) = self.channels.get(&channel) {
+                        entry.released.message();
+                    }
+                }
+                // A (re-)subscription, after which earlier messages may be missing.
+                PushKind::SSubscribe => self.wake(&channel),
                 PushKind::SUnsubscribe if self.channels.contains_key(&channel) => {
                     tracing::debug!(channel, "relock: sharded channel moved; subscribing again");
                     self.wake(&channel);
@@ -471,16 +504,17 @@ mod sharded {
                 }
                 PushKind::Disconnection => {
                     for entry in self.channels.values() {
-                        entry.released.notify_waiters();
+                        entry.released.everyone();
                     }
                 }
                 _ => {}
             }
         }
 
+        /// Every waiter of `channel` looks again.
         fn wake(&self, channel: &str) {
             if let Some(entry) = self.channels.get(channel) {
-                entry.released.notify_waiters();
+                entry.released.everyone();
             }
         }
 
@@ -524,7 +558,7 @@ mod sharded {
                 .entry(channel.clone())
                 .or_insert_with(|| Channel {
                     waiters: 0,
-                    released: Arc::new(Notify::new()),
+                    released: Arc::new(Released::default()),
                 });
             entry.waiters += 1;
             Subscription {
@@ -577,7 +611,7 @@ mod tests {
     fn subscription(requests: &mpsc::UnboundedSender<Request>) -> Subscription {
         Subscription {
             channel: "relock:{k}:released".to_owned(),
-            released: Arc::new(Notify::new()),
+            released: Arc::new(Released::default()),
             requests: requests.clone(),
         }
     }

@@ -107,6 +107,143 @@ async fn a_waiter_is_woken_by_a_release(b: &TestBackend) {
     );
 }
 
+/// A writer's release frees every permit with one announcement: the permit waiters of one
+/// `Locker`, woken one per announced release, pass the wake-up on when granted, so all of them get
+/// in at once rather than when the writer's lease (30 s) would have ended.
+async fn a_writers_release_lets_every_permit_waiter_in(b: &TestBackend) {
+    const PERMITS: u32 = 3;
+    let key = unique_key("sem-writer");
+    let writer = b
+        .locker
+        .lock(&key)
+        .lease(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let other = b.another_locker().await;
+    let mut waiters = Vec::new();
+    for _ in 0..PERMITS {
+        let semaphore = other.semaphore(&key, PERMITS);
+        waiters.push(tokio::spawn(async move {
+            let permit = semaphore.acquire().wait(LONG_WAIT).await?;
+            Ok::<_, Error>((permit, Instant::now()))
+        }));
+    }
+    until_waiting(b, &key).await;
+    // Every waiter has been refused and sleeps.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    writer.release().await.unwrap();
+    let mut permits = Vec::new();
+    for waiter in waiters {
+        let (permit, at) = waiter.await.unwrap().expect("every waiter gets a permit");
+        assert!(
+            at - released < SLACK,
+            "a permit waiter got in {:?} after the writer's release",
+            at - released
+        );
+        permits.push(permit);
+    }
+    for permit in permits {
+        permit.release().await.unwrap();
+    }
+}
+
+/// `n` permits, many waiters across two lockers, some of them cancelled while they wait (woken
+/// or not): every other waiter gets in, within a bound far below the holders' 30 s lease, and
+/// never more than `n` at once.
+async fn every_waiter_gets_in_within_a_bound(b: &TestBackend) {
+    const PERMITS: u32 = 2;
+    const WAITERS: usize = 24;
+    let key = unique_key("sem-fair");
+    let lockers = b.lockers(2).await;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..WAITERS {
+        let semaphore = lockers[n % 2].semaphore(&key, PERMITS);
+        let (inside, most) = (inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let acquire = semaphore.acquire().wait(LONG_WAIT);
+            let permit = if n % 4 == 3 {
+                // Cancelled after a while, possibly just after being woken.
+                match tokio::time::timeout(Duration::from_millis(20 + 7 * n as u64), acquire).await
+                {
+                    Ok(permit) => permit.expect("a permit"),
+                    Err(_) => return None,
+                }
+            } else {
+                acquire.await.expect("every waiter gets a permit")
+            };
+            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            permit.release().await.expect("release");
+            Some(started.elapsed())
+        }));
+    }
+    let mut got_in = 0;
+    for task in tasks {
+        if let Some(at) = task.await.expect("waiter") {
+            got_in += 1;
+            assert!(at < SLACK * 3, "a waiter got in only after {at:?}");
+        }
+    }
+    assert!(got_in >= WAITERS * 3 / 4, "{got_in} of {WAITERS} got in");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= PERMITS as usize,
+        "{most} holders of {PERMITS} permits"
+    );
+}
+
+/// A returned permit is announced once; in a `Locker` where six tasks wait for it, one is woken
+/// (granted, it passes the wake-up on: one more attempt), not six.
+async fn a_returned_permit_wakes_one_waiter_per_locker(b: &TestBackend) {
+    let key = unique_key("sem-one");
+    // The server learns the release script first, so that the count below has no `NOSCRIPT`
+    // round (EVALSHA refused, then EVAL).
+    let warm_up = b.locker.semaphore(unique_key("sem-warm-up"), 1);
+    warm_up.acquire().await.unwrap().release().await.unwrap();
+    let held = b.locker.semaphore(&key, 1).acquire().await.unwrap();
+    let other = b.another_locker().await;
+    let (granted, mut grants) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (semaphore, granted) = (other.semaphore(&key, 1), granted.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = semaphore.acquire().wait(LONG_WAIT).await.expect("a permit");
+            granted.send(()).expect("the test listens");
+            std::future::pending::<()>().await;
+            drop(permit);
+        }));
+    }
+    until_waiting(b, &key).await;
+    // Every waiter has been refused and sleeps.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut admin = b.admin().expect("a Redis backend");
+    b.reset_stats().await;
+    held.release().await.unwrap();
+    grants.recv().await.expect("a waiter gets the permit");
+    // Any other woken waiter has asked by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scripts: u64 = relock_tests::command_stats(&mut admin)
+        .await
+        .into_iter()
+        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
+        .map(|(_, calls)| calls)
+        .sum();
+    // The release, the grant, and the refused attempt of the waiter it was passed on to.
+    assert!(
+        scripts <= 3,
+        "{scripts} script calls for one returned permit and six waiters"
+    );
+    for task in tasks {
+        task.abort();
+    }
+}
+
 /// Returns once a waiter on `key` is asleep (a pool without a URL has no release notifications:
 /// its waiters retry with backoff).
 async fn until_waiting(b: &TestBackend, key: &str) {
@@ -353,7 +490,11 @@ every_backend!(
     force_release_through_the_holders_locker_marks_the_permit_lost_at_once,
     a_semaphore_of_zero_permits_grants_none,
     an_invalid_key_fails_when_a_permit_is_asked_for,
+    a_writers_release_lets_every_permit_waiter_in,
+    every_waiter_gets_in_within_a_bound,
 );
+
+backends!(redis_wake => Redis: a_returned_permit_wakes_one_waiter_per_locker);
 
 redis_backends!(a_crashed_holders_permit_comes_back_when_its_lease_ends);
 
@@ -364,6 +505,8 @@ backends!(cluster => Cluster:
     disagreeing_on_permits_fails_with_permits_mismatch,
     permits_are_renewed_while_held,
     the_exclusive_lock_waits_for_every_permit,
+    a_writers_release_lets_every_permit_waiter_in,
+    every_waiter_gets_in_within_a_bound,
 );
 
 // As an ACL user with exactly the rules the README documents.
