@@ -590,20 +590,29 @@ fn a_foreign_value_that_looks_like_the_shared_form_is_never_overwritten() {
         let server = RedisServer::start();
         let mut admin = server.connection().await;
         let locker = server.locker().await;
-        let key = unique_key("star-foreign");
-        let foreign = "*1 0 0 0 not relock";
-        let _: () = redis::cmd("SET")
-            .arg(lock_name(&key))
-            .arg(foreign)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        assert!(locker.try_lock(&key).await.unwrap().is_none());
-        assert!(locker.read(&key).wait(Duration::ZERO).await.is_err());
-        assert!(locker.force_release(&key).await.is_err());
-        assert!(locker.inspect(&key).await.is_err());
-        assert_eq!(value(&mut admin, &key).await.as_deref(), Some(foreign));
-        assert_eq!(pttl(&mut admin, &key).await, -1);
+        // The second one starts with a well-formed entry: the list is checked to its end.
+        let entry = format!(" {} 99999999999999 5", "ab".repeat(16));
+        for (n, foreign) in [
+            "*1 0 0 0 not relock".to_owned(),
+            format!("*1 0 0 0{entry} not relock"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = unique_key(&format!("star-foreign-{n}"));
+            let _: () = redis::cmd("SET")
+                .arg(lock_name(&key))
+                .arg(&foreign)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            assert!(locker.try_lock(&key).await.unwrap().is_none());
+            assert!(locker.read(&key).wait(Duration::ZERO).await.is_err());
+            assert!(locker.force_release(&key).await.is_err());
+            assert!(locker.inspect(&key).await.is_err());
+            assert_eq!(value(&mut admin, &key).await.as_deref(), Some(&*foreign));
+            assert_eq!(pttl(&mut admin, &key).await, -1);
+        }
     });
 }
 

@@ -64,19 +64,25 @@ if value then
     elseif first == 42 then
         local have, until_ms, mark, rest
         last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
-        -- Only a list of `<32 hex> <deadline> <fence>` entries (a released hold's deadline
-        -- negated) is relock's shared form.
-        if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
-            last = nil
-        end
         if last then
             writer, waited = tonumber(until_ms), mark
-            for start, holder, deadline, stop in string.gmatch(rest, '() (%x+) (%-?%d+) %d+()') do
+            -- One pass checks the list and reads it: only a list of `<32 hex> <deadline> <fence>`
+            -- entries (a released hold's deadline negated) is relock's shared form. The caller's
+            -- own entry is found with a plain find (a token is never part of another field).
+            local own = string.find(rest, ' ' .. token .. ' ', 1, true)
+            local find, start, size, answer = string.find, 1, #rest, nil
+            while start <= size do
+                local _, stop, tokens, deadline = find(rest, '^ %x+() (%-?%d+) %d+', start)
+                if not stop or tokens ~= start + 33 then
+                    last = nil
+                    break
+                end
+                stop = stop + 1
                 local at = tonumber(deadline)
                 if at < 0 then
                     -- A released hold: kept until its deadline, refusing its own acquisition.
-                    if holder == token then
-                        return {2, 0}
+                    if start == own then
+                        answer = {2, 0}
                     end
                     if -at > now then
                         if pruned then
@@ -86,8 +92,9 @@ if value then
                         pruned = {string.sub(rest, 1, start - 1)}
                     end
                 elseif at > now then
-                    if holder == token then
-                        return {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
+                    if start == own then
+                        -- A retried request of a live holder: the same grant.
+                        answer = {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
                     end
                     if pruned then
                         pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
@@ -103,7 +110,13 @@ if value then
                 elseif not pruned then
                     pruned = {string.sub(rest, 1, start - 1)}
                 end
+                start = stop
             end
+            if last and answer then
+                return answer
+            end
+        end
+        if last then
             kept = pruned and table.concat(pruned) or rest
             if live > 0 and have ~= permits then
                 return {3, tonumber(have)}

@@ -109,8 +109,14 @@ if string.byte(value, 1) == 42 and #token == 32 then
         released = rest .. ' ' .. token .. ' -' .. (time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(ARGV[3])) .. ' 0'
     end
     if released then
-        -- At most 32 released holds: past that, the oldest one is forgotten.
-        local _, count = string.gsub(released, ' %-', '')
+        -- At most 32 released holds: past that, the oldest one is forgotten. Counted with plain
+        -- finds (" -" starts a released hold's deadline and nothing else): a pattern scan of a
+        -- long list costs several times more.
+        local count, at = 0, string.find(released, ' -', 1, true)
+        while at and count <= 32 do
+            count = count + 1
+            at = string.find(released, ' -', at + 2, true)
+        end
         if count > 32 then
             -- The first " -" is its deadline's: the entry starts at the token before it.
             local at = string.find(released, ' -', 1, true)
