@@ -72,6 +72,20 @@ impl Lock {
             .expect("acquire.lua")
     }
 
+    /// An exclusive acquisition by batch.lua, as a call of one request.
+    async fn exclusive_batched(&mut self, token: &str) -> (i64, i64) {
+        script("batch")
+            .key(&self.lock)
+            .arg(HOLDER)
+            .arg(LEASE)
+            .arg(RETENTION)
+            .arg(0)
+            .arg(token)
+            .invoke_async(&mut self.conn)
+            .await
+            .expect("batch.lua")
+    }
+
     /// A release by release.lua alone (`batched` false) or batch.lua.
     async fn release(&mut self, token: &str, fence: i64, batched: bool) -> i64 {
         if batched {
@@ -270,9 +284,9 @@ async fn released_permits_take_no_permit_and_never_make_room_for_a_third() {
 
 /// A tombstone of an exclusive hold `W` whose acquisition's answer never came (fencing token 0)
 /// meets a reader: the tombstone becomes a released hold's entry. `W`'s late exclusive
-/// acquisition is then refused while the reader lives (never a writer beside it), and a writer
-/// that gets in after the reader has a larger fencing token. (Whether `W`'s late acquisition is
-/// refused `{2, 0}` once the reader has gone is not asserted here: see the review's report.)
+/// acquisition is then refused as released already while the reader lives (never a writer beside
+/// it), and a writer that gets in after the reader has a larger fencing token. (After the reader
+/// has gone: `a_late_writer_whose_tombstone_a_reader_took_over_is_refused`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_turned_released_hold_never_lets_its_writer_beside_a_reader() {
     let server = RedisServer::start();
@@ -296,8 +310,11 @@ async fn a_tombstone_turned_released_hold_never_lets_its_writer_beside_a_reader(
         (2, 0),
         "its shared form is refused"
     );
-    let (refused, _) = lock.exclusive(&late, true).await;
-    assert_eq!(refused, 0, "the late writer beside a live reader");
+    assert_eq!(
+        lock.exclusive(&late, true).await,
+        (2, 0),
+        "the late writer is refused as released already (never beside a live reader)"
+    );
     assert_eq!(lock.release(&reader, read, true).await, 1);
     let next = token(0x2e);
     let (granted, fence) = lock.exclusive(&next, false).await;
@@ -597,4 +614,69 @@ async fn hold_until_body_end_returns_the_permit_on_every_way_out() {
     drop(body);
     assert_eq!(call("/empty").await.status(), StatusCode::OK);
     until_returned().await;
+}
+
+/// History: hold W's exclusive acquisition got no answer, so its release (fencing token 0) left
+/// the tombstone `-F W`; reader R came, and the tombstone became R's value's released entry
+/// naming W; R left. W's late acquisition then arrives, through acquire.lua or batch.lua: it must
+/// be refused as released already (`{2, 0}`), not granted a hold nobody owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_writer_whose_tombstone_a_reader_took_over_is_refused() {
+    let server = RedisServer::start();
+    for batched in [false, true] {
+        let mut lock = Lock::new(&server, "late-writer").await;
+        let late = token(0xbad);
+        assert_eq!(lock.release(&late, 0, batched).await, 0);
+        let reader = token(0x7ead);
+        let (status, read) = lock.shared(&reader, 0).await;
+        assert_eq!(status, 1);
+        assert_eq!(lock.release(&reader, read, batched).await, 1);
+        let answer = if batched {
+            lock.exclusive_batched(&late).await
+        } else {
+            lock.exclusive(&late, false).await
+        };
+        assert_eq!(
+            answer,
+            (2, 0),
+            "batched {batched}: the late writer was granted a hold nobody owns ({:?})",
+            lock.value().await
+        );
+    }
+}
+
+/// History: reader A holds with a lease and retention of 300 ms; the release of X, whose
+/// acquisition was never answered (fencing token 0), finds no entry and names X in a released
+/// entry until TIME + retention (60 s). The key must live as long as that entry: X's late
+/// acquisition 500 ms later is still refused, alone and batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_entry_for_an_unseen_acquisition_outlives_the_last_grants_expiry() {
+    let server = RedisServer::start();
+    for batched in [false, true] {
+        let mut lock = Lock::new(&server, "outlived").await;
+        let a = token(0xa);
+        let (status, _): (i64, i64) = script("acquire_shared")
+            .key(&lock.lock)
+            .arg(&a)
+            .arg(300)
+            .arg(300)
+            .arg(0)
+            .invoke_async(&mut lock.conn)
+            .await
+            .unwrap();
+        assert_eq!(status, 1);
+        let late = token(0xbad);
+        assert_eq!(lock.release(&late, 0, batched).await, 0);
+        assert!(
+            lock.pttl().await > 30_000,
+            "batched {batched}: the key expires before the released entry ({} ms)",
+            lock.pttl().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            lock.shared(&late, 0).await,
+            (2, 0),
+            "batched {batched}: the late acquisition was granted after the key expired"
+        );
+    }
 }

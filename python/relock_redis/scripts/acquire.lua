@@ -29,7 +29,7 @@ local now = time[1] * 1000 + math.floor(time[2] / 1000)
 -- The clock's token as text without string.format, which costs more than a call.
 local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token = ARGV[1]
-if #token ~= 32 or string.find(token, '[^0-9a-f]') then
+if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
     -- A value holds hold tokens of exactly this form: any other would corrupt it.
     return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
         string.sub(token, 1, 64) .. '`')
@@ -83,6 +83,10 @@ else
         -- negated) is relock's shared form.
         if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
             last = nil
+        end
+        if last and string.find(rest, ' ' .. token .. ' -', 1, true) then
+            -- This hold was released already (its released entry names it).
+            return {2, 0}
         end
         if last then
             local longest = 0

@@ -144,6 +144,16 @@ impl MemoryBackend {
             };
         }
         if let Some(shared) = state.shared.get_mut(key) {
+            shared.released.retain(|(_, until)| *until > now);
+            if shared
+                .released
+                .iter()
+                .any(|(released, _)| released == token)
+            {
+                // This hold was released already (a tombstone naming it became a released entry
+                // of the shared form): its late acquisition is refused.
+                return Attempt::ReleasedAlready;
+            }
             shared.holders.retain(|holder| holder.expires > now);
             if let Some(longest) = shared.holders.iter().map(|holder| holder.expires).max() {
                 // Live readers or permits: refused, and new readers queue behind this writer.
@@ -723,6 +733,21 @@ mod tests {
             }
             assert!(memory.inspect(&k).is_none());
         }
+    }
+
+    #[test]
+    fn a_late_writer_whose_tombstone_a_reader_took_over_is_refused() {
+        let memory = backend();
+        let k = key("late-writer");
+        let late = HoldToken::random();
+        assert_eq!(memory.release(&k, &late), Released::NotHeld);
+        let reader = HoldToken::random();
+        token_of(memory.acquire_shared(&k, &reader, LEASE, 0));
+        // Beside the live reader, as the scripts answer: released already, and no writer claim.
+        assert_eq!(memory.acquire(&k, &late, LEASE), Attempt::ReleasedAlready);
+        token_of(memory.acquire_shared(&k, &HoldToken::random(), LEASE, 0));
+        assert_eq!(memory.release(&k, &reader), Released::Free);
+        assert_eq!(memory.acquire(&k, &late, LEASE), Attempt::ReleasedAlready);
     }
 
     #[test]

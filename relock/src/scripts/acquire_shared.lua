@@ -36,7 +36,7 @@ local time = redis.call('TIME')
 local now = time[1] * 1000 + math.floor(time[2] / 1000)
 local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
 local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-if #token ~= 32 or string.find(token, '[^0-9a-f]') then
+if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
     -- A value holds hold tokens of exactly this form: any other would corrupt it.
     return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
         string.sub(token, 1, 64) .. '`')

@@ -129,6 +129,10 @@ local function acquire(lock, token, lease, retention, once)
             if last and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) ~= '' then
                 last = nil
             end
+            if last and find(rest, ' ' .. token .. ' -', 1, true) then
+                -- This hold was released already (its released entry names it).
+                return 2, 0
+            end
             if last then
                 local longest = 0
                 for deadline in string.gmatch(rest, ' %x+ (%-?%d+) %d+') do
@@ -223,9 +227,15 @@ local function release_shared(lock, value, token, unknown, full)
         else
             call('SET', lock, head .. released)
         end
-    else
+    elseif from then
         calling = 'SET'
         call('SET', lock, head .. released, 'KEEPTTL')
+    else
+        -- A new released entry lives until TIME + retention: the key must live as long.
+        calling = 'PTTL'
+        local ttl = math.max(call('PTTL', lock), tonumber(ARGV[3]))
+        calling = 'SET'
+        call('SET', lock, head .. released, 'PX', ttl)
     end
     if not from then
         return 0
@@ -329,7 +339,7 @@ for k = 1, #KEYS do
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
         local token, own_lease, own_retention, flag = match(request, '^(%x+) (%d+) (%d+) ?(%a*)$')
-        if not token or #token ~= 32 or find(token, '[^0-9a-f]') then
+        if not token or #token ~= 32 or not find(token, '^[0-9a-f]+$') then
             ok, status = false, {err = 'a hold token is 32 lowercase hex digits'}
         else
             ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')

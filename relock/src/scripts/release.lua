@@ -123,8 +123,12 @@ if string.byte(value, 1) == 42 and #token == 32 then
             local stop = string.find(released, ' ', string.find(released, ' ', at + 1, true) + 1, true)
             released = string.sub(released, 1, at - 34) .. (stop and string.sub(released, stop) or '')
         end
-        redis.call('SET', KEYS[1], head .. released, 'KEEPTTL')
-        if not from then
+        if from then
+            redis.call('SET', KEYS[1], head .. released, 'KEEPTTL')
+        else
+            -- A new released entry lives until TIME + retention: the key must live as long.
+            redis.call('SET', KEYS[1], head .. released, 'PX',
+                math.max(redis.call('PTTL', KEYS[1]), tonumber(ARGV[3])))
             return 0
         end
         if ARGV[4] == 'sharded' then
