@@ -13,6 +13,8 @@ MODE:
                   tombstone of the key's previous release
   single          relock's acquire.lua then release.lua per pair, one request at a time
   single-reuse    the same over 64 keys used again and again (a tombstone each time)
+  permit          as batch, with each acquisition one of 4 permits of its key (a shared hold:
+                  "<hold token> <lease> <retention> shared 4")
 
 Scripts are read from relock/src/scripts (run from the repository root), or from the files named
 by BATCH, ACQUIRE and RELEASE in the environment.
@@ -100,18 +102,19 @@ elif mode in ('single', 'single-reuse'):
         released = command('EVALSHA', release, 2, lock(i), lock(i) + ':released', token(i),
                            number(fence), 600000)
         assert released == b':1\r\n', released
-elif mode in ('batch', 'batch-reuse'):
+elif mode in ('batch', 'batch-reuse', 'permit'):
     sha = load('BATCH', 'batch.lua')
+    shared = ' 30000 600000 shared 4' if mode == 'permit' else ''
     held, fences, i = [], {}, 0
     while i < pairs or held:
         taking = list(range(i, min(i + depth, pairs)))
         i += len(taking)
         keys = [lock(k) for k in held] + [lock(k) for k in taking]
-        args = ['-%d %s' % (fences[k], token(k)) for k in held] + [token(k) for k in taking]
+        args = ['-%d %s' % (fences[k], token(k)) for k in held] + [token(k) + shared for k in taking]
         reply = command('EVALSHA', sha, len(keys), *keys, HOLDER, 30000, 600000, len(held), *args)
         assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
         for at, k in enumerate(taking):
             fences[k] = number(reply[2 * (len(held) + at) + 1])
         held = taking
 else:
-    sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, single or single-reuse')
+    sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, permit, single or single-reuse')

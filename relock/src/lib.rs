@@ -191,7 +191,8 @@
 //! and then asks again, so the hold it waits for has always refused it. An uncontended lock costs
 //! no `PUBLISH`.
 //!
-//! On a single server (directly, through a pool or behind Sentinel), acquisitions and releases
+//! On a single server (directly, through a pool or behind Sentinel), acquisitions (exclusive holds,
+//! readers and permits alike) and releases
 //! that arrive while calls are in flight on the locker's connection queue up and go out together
 //! as one call of a batch script (group commit), which runs each as its own call would (the
 //! releases first, so that a lock released and asked for in the same call is granted), with its

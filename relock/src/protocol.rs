@@ -359,6 +359,13 @@ pub(crate) enum Kind {
         retention_ms: u64,
         claim: bool,
     },
+    /// A new shared hold (see `acquire_shared.lua`): a reader (`permits` 0) or one of `permits`
+    /// permits, with the lease and the key's retention in milliseconds.
+    AcquireShared {
+        lease_ms: u64,
+        retention_ms: u64,
+        permits: u32,
+    },
     /// The release of a hold with this fencing token (0 when unknown).
     Release { fencing_token: u64 },
 }
@@ -366,6 +373,11 @@ pub(crate) enum Kind {
 impl Kind {
     pub(crate) fn is_release(self) -> bool {
         matches!(self, Self::Release { .. })
+    }
+
+    /// An acquisition of either kind: a grant that may need releasing again.
+    pub(crate) fn is_acquire(self) -> bool {
+        !self.is_release()
     }
 }
 
@@ -407,6 +419,22 @@ pub(crate) fn single(request: &Request, retention_ms: u64) -> (&'static redis::S
             }
             (&scripts::ACQUIRE, command)
         }
+        Kind::AcquireShared {
+            lease_ms,
+            retention_ms,
+            permits,
+        } => {
+            command
+                .arg("EVALSHA")
+                .arg(scripts::ACQUIRE_SHARED.get_hash())
+                .arg(1)
+                .arg(lock)
+                .arg(request.token.as_str())
+                .arg(lease_ms)
+                .arg(retention_ms)
+                .arg(permits);
+            (&scripts::ACQUIRE_SHARED, command)
+        }
         Kind::Release { fencing_token } => {
             command
                 .arg("EVALSHA")
@@ -437,12 +465,14 @@ fn suffixed(command: &mut redis::Cmd, lock: &str, suffix: &str) {
 /// The single-request script's reply as the batch script's status and value.
 pub(crate) fn single_answer(request: &Request, reply: Value) -> Answer {
     match (request.kind, reply) {
-        (Kind::Acquire { .. }, Value::Array(items)) => match items.as_slice() {
-            [Value::Int(status), Value::Int(value)] => Ok((*status, Value::Int(*value))),
-            _ => Err(Error::backend(format!(
-                "unexpected reply from the acquire script: {items:?}"
-            ))),
-        },
+        (Kind::Acquire { .. } | Kind::AcquireShared { .. }, Value::Array(items)) => {
+            match items.as_slice() {
+                [Value::Int(status), Value::Int(value)] => Ok((*status, Value::Int(*value))),
+                _ => Err(Error::backend(format!(
+                    "unexpected reply from the acquire script: {items:?}"
+                ))),
+            }
+        }
         (Kind::Release { .. }, Value::Int(released)) => Ok((released, Value::Int(0))),
         (kind, reply) => Err(Error::backend(format!(
             "unexpected reply to {kind:?} from its script: {reply:?}"
@@ -464,6 +494,7 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
             .all(|request| !request.kind.is_release()),
         "the releases come first"
     );
+    // The first acquisition's lease and retention, which most share, are the call's own.
     let shared = requests.get(releases).map(|request| request.kind);
     let (lease_ms, retention_ms) = match shared {
         Some(Kind::Acquire {
@@ -518,6 +549,15 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
             }
             Kind::Acquire { .. } => {
                 command.arg(token);
+            }
+            Kind::AcquireShared {
+                lease_ms,
+                retention_ms,
+                permits,
+            } => {
+                text.clear();
+                let _ = write!(text, "{token} {lease_ms} {retention_ms} shared {permits}");
+                command.arg(&text);
             }
         }
     }

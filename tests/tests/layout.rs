@@ -1403,3 +1403,114 @@ fn a_permit_delayed_past_its_own_release_is_refused_alone_and_beside_another() {
         );
     });
 }
+
+/// One batch call's `{status, value}` pairs for `requests` (no releases), as the group commit
+/// sends it.
+async fn batch_call(
+    connection: &mut redis::aio::MultiplexedConnection,
+    requests: &[(&str, String)],
+) -> Vec<redis::Value> {
+    let locks: Vec<String> = requests.iter().map(|(key, _)| lock_name(key)).collect();
+    let locks: Vec<&str> = locks.iter().map(String::as_str).collect();
+    let mut args = ["1 1 host", "30000", "600000", "0"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(requests.iter().map(|(_, request)| request.clone()));
+    redis::from_redis_value(eval(connection, BATCH, &locks, &args).await).expect("an array")
+}
+
+/// A batch call's answer `at` as `(status, value)`.
+fn answer(reply: &[redis::Value], at: usize) -> (i64, i64) {
+    match (&reply[2 * at], &reply[2 * at + 1]) {
+        (redis::Value::Int(status), redis::Value::Int(value)) => (*status, *value),
+        _ => panic!("answer {at} is not two integers: {reply:?}"),
+    }
+}
+
+/// History: the group commit carries many shared requests for one key in one call (64 readers
+/// of a key, a burst of permits). Each must be decided as `acquire_shared.lua` alone decides it,
+/// seeing the earlier ones' effects: of 5 requests for 3 permits, 3 are granted with distinct,
+/// increasing fencing tokens and 2 refused; a sixth asking for 4 permits is refused as a
+/// mismatch; a repeated request of a granted hold gets its grant again; a malformed hold token
+/// fails alone. In the next call, a released permit's late acquisition is refused as released
+/// already while a waiting one takes its place with a larger token; a reader after a writer's
+/// tombstone carries that writer's token.
+#[test]
+fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let (k, r) = (unique_key("batched-permits"), unique_key("batched-reader"));
+        let tokens: Vec<String> = (1..=5).map(|i| format!("{i:032x}")).collect();
+        let permit = |token: &str, permits: u32| format!("{token} 30000 600000 shared {permits}");
+        let _: () = admin
+            .pset_ex(lock_name(&r), format!("-777 {ZEROS}"), 600_000)
+            .await
+            .unwrap();
+        let mut requests: Vec<(&str, String)> = tokens
+            .iter()
+            .map(|token| (k.as_str(), permit(token, 3)))
+            .collect();
+        requests.push((k.as_str(), permit(&format!("{:032x}", 6), 4)));
+        requests.push((k.as_str(), permit(&tokens[0], 3)));
+        requests.push((k.as_str(), permit(&"A".repeat(32), 3)));
+        requests.push((r.as_str(), permit(&format!("{:032x}", 9), 0)));
+        let reply = batch_call(&mut admin, &requests).await;
+
+        let fences: Vec<i64> = (0..3)
+            .map(|at| {
+                let (status, fence) = answer(&reply, at);
+                assert_eq!(status, 1, "permit {at} of 3 granted: {reply:?}");
+                fence
+            })
+            .collect();
+        assert!(
+            fences.windows(2).all(|pair| pair[0] < pair[1]),
+            "{fences:?}"
+        );
+        for at in 3..5 {
+            let (status, ttl) = answer(&reply, at);
+            assert!(
+                status == 0 && ttl > 0,
+                "request {at} refused: all 3 taken: {reply:?}"
+            );
+        }
+        assert_eq!(answer(&reply, 5), (3, 3), "4 permits where 3 are in use");
+        assert_eq!(
+            answer(&reply, 6),
+            (1, fences[0]),
+            "a repeated request: the same grant"
+        );
+        assert_eq!(reply[14], redis::Value::Int(-1), "{reply:?}");
+        let failure: String = redis::from_redis_value(reply[15].clone()).unwrap();
+        assert!(failure.contains("32 lowercase hex digits"), "{failure}");
+        assert_eq!(
+            answer(&reply, 8),
+            (1, 777),
+            "a reader carries the last writer's token"
+        );
+        let held = value(&mut admin, &k).await.unwrap();
+        assert!(held.starts_with("*") && held.contains(" 3 0 1 "), "{held}");
+        for (at, token) in tokens.iter().enumerate() {
+            assert_eq!(held.contains(token.as_str()), at < 3, "{held}");
+        }
+
+        assert_eq!(
+            release_script(&mut admin, &k, &tokens[0], fences[0] as u64, true).await,
+            1
+        );
+        let reply = batch_call(
+            &mut admin,
+            &[
+                (k.as_str(), permit(&tokens[0], 3)),
+                (k.as_str(), permit(&tokens[3], 3)),
+                (k.as_str(), permit(&tokens[4], 3)),
+            ],
+        )
+        .await;
+        assert_eq!(answer(&reply, 0), (2, 0), "released already: {reply:?}");
+        let (status, fence) = answer(&reply, 1);
+        assert!(status == 1 && fence > fences[2], "{reply:?}");
+        assert_eq!(answer(&reply, 2).0, 0, "still 3 taken: {reply:?}");
+    });
+}

@@ -32,152 +32,171 @@
 -- not advance it), or the clock's when none is known, which is then kept as the last; each
 -- permit gets a fresh one, max(last + 1, clock) as for an exclusive hold. "waited" becomes 1
 -- once someone was refused: every release is then published.
-local time = redis.call('TIME')
-local now = time[1] * 1000 + math.floor(time[2] / 1000)
-local clock = time[1] .. string.rep('0', 6 - #time[2]) .. time[2]
-local token, lease, retention, permits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
-    -- A value holds hold tokens of exactly this form: any other would corrupt it.
-    return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
-        string.sub(token, 1, 64) .. '`')
-end
-local value = redis.call('GET', KEYS[1])
+--
+-- The work is one function, which batch.lua carries byte for byte (a test in scripts/mod.rs checks
+-- it) and calls with the clock it read once for its whole call: `now` in milliseconds, `clock`
+-- in microseconds as text; `lease` and `retention` are numbers, `permits` text.
+local function acquire_shared(lock, token, lease, retention, permits, now, clock)
+    if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
+        -- A value holds hold tokens of exactly this form: any other would corrupt it.
+        return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
+            string.sub(token, 1, 64) .. '`')
+    end
+    -- A free key is taken with one write, which reads what was there (the grant is the one the
+    -- end of this function writes for nothing: the clock's fencing token). A server that refuses
+    -- writes refuses this one even when the key is taken: what is there is then read with GET.
+    local value = redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. ' ' ..
+        (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
+    if type(value) == 'table' then
+        local refused = value
+        value = redis.call('GET', lock)
+        if not value then
+            return refused
+        end
+    elseif not value then
+        return {1, tonumber(clock)}
+    end
 
--- kept: the entries of the live holders and of the released holds before their deadline, as
--- text; the value's own list while none has expired (a list is rebuilt only when an entry is
--- dropped, so that a long list is not copied piece by piece on every request).
-local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
-local pruned
-if value then
-    local first = string.byte(value, 1)
-    if first == 45 then
-        local released
-        last, released = string.match(value, '^%-(%d+) (%x+)$')
-        if released == token then
-            return {2, 0}
-        end
-        if last and #released == 32 and released ~= string.rep('0', 32) then
-            -- The hold it names may still have an acquisition on its way: still refused once
-            -- the key is shared.
-            kept = ' ' .. released .. ' -' .. (now + retention) .. ' ' .. last
-        end
-    elseif first == 42 then
-        local have, until_ms, mark, rest
-        last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
-        if last then
-            writer, waited = tonumber(until_ms), mark
-            -- One pass checks the list and reads it: only a list of `<32 hex> <deadline> <fence>`
-            -- entries (a released hold's deadline negated) is relock's shared form. The caller's
-            -- own entry is found with a plain find (a token is never part of another field).
-            local own = string.find(rest, ' ' .. token .. ' ', 1, true)
-            local find, start, size, answer = string.find, 1, #rest, nil
-            while start <= size do
-                local _, stop, tokens, deadline = find(rest, '^ %x+() (%-?%d+) %d+', start)
-                if not stop or tokens ~= start + 33 then
-                    last = nil
-                    break
-                end
-                stop = stop + 1
-                local at = tonumber(deadline)
-                if at < 0 then
-                    -- A released hold: kept until its deadline, refusing its own acquisition.
-                    if start == own then
-                        answer = {2, 0}
+    -- kept: the entries of the live holders and of the released holds before their deadline, as
+    -- text; the value's own list while none has expired (a list is rebuilt only when an entry is
+    -- dropped, so that a long list is not copied piece by piece on every request).
+    local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
+    local pruned
+    if value then
+        local first = string.byte(value, 1)
+        if first == 45 then
+            local released
+            last, released = string.match(value, '^%-(%d+) (%x+)$')
+            if released == token then
+                return {2, 0}
+            end
+            if last and #released == 32 and released ~= string.rep('0', 32) then
+                -- The hold it names may still have an acquisition on its way: still refused once
+                -- the key is shared.
+                kept = ' ' .. released .. ' -' .. (now + retention) .. ' ' .. last
+            end
+        elseif first == 42 then
+            local have, until_ms, mark, rest
+            last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+            if last then
+                writer, waited = tonumber(until_ms), mark
+                -- One pass checks the list and reads it: only a list of `<32 hex> <deadline> <fence>`
+                -- entries (a released hold's deadline negated) is relock's shared form. The caller's
+                -- own entry is found with a plain find (a token is never part of another field).
+                local own = string.find(rest, ' ' .. token .. ' ', 1, true)
+                local find, start, size, answer = string.find, 1, #rest, nil
+                while start <= size do
+                    local _, stop, tokens, deadline = find(rest, '^ %x+() (%-?%d+) %d+', start)
+                    if not stop or tokens ~= start + 33 then
+                        last = nil
+                        break
                     end
-                    if -at > now then
+                    stop = stop + 1
+                    local at = tonumber(deadline)
+                    if at < 0 then
+                        -- A released hold: kept until its deadline, refusing its own acquisition.
+                        if start == own then
+                            answer = {2, 0}
+                        end
+                        if -at > now then
+                            if pruned then
+                                pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                            end
+                        elseif not pruned then
+                            pruned = {string.sub(rest, 1, start - 1)}
+                        end
+                    elseif at > now then
+                        if start == own then
+                            -- A retried request of a live holder: the same grant.
+                            answer = {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
+                        end
                         if pruned then
                             pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                        end
+                        local left = at - now
+                        live = live + 1
+                        if left > longest then
+                            longest = left
+                        end
+                        if not soonest or left < soonest then
+                            soonest = left
                         end
                     elseif not pruned then
                         pruned = {string.sub(rest, 1, start - 1)}
                     end
-                elseif at > now then
-                    if start == own then
-                        -- A retried request of a live holder: the same grant.
-                        answer = {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
-                    end
-                    if pruned then
-                        pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
-                    end
-                    local left = at - now
-                    live = live + 1
-                    if left > longest then
-                        longest = left
-                    end
-                    if not soonest or left < soonest then
-                        soonest = left
-                    end
-                elseif not pruned then
-                    pruned = {string.sub(rest, 1, start - 1)}
+                    start = stop
                 end
-                start = stop
+                if last and answer then
+                    return answer
+                end
             end
-            if last and answer then
-                return answer
+            if last then
+                kept = pruned and table.concat(pruned) or rest
+                if live > 0 and have ~= permits then
+                    return {3, tonumber(have)}
+                end
+                local refused
+                if writer > now then
+                    refused = writer - now
+                elseif permits ~= '0' and live >= tonumber(permits) then
+                    refused = soonest
+                end
+                if refused then
+                    if waited == '0' or pruned then
+                        -- Best effort, as acquire.lua marks a hold: the mark makes releases publish.
+                        redis.pcall('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. until_ms .. ' 1' .. kept, 'KEEPTTL')
+                    end
+                    return {0, refused}
+                end
+            end
+        else
+            local holder, mark, fence, deadline = string.match(value, '^(%x+)([ +])(%d+) (%d+)')
+            if holder and #holder == 32 then
+                local left = tonumber(deadline) - now
+                if left > 0 then
+                    if mark == ' ' then
+                        redis.pcall('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+                    end
+                    return {0, left}
+                end
+                last = fence
             end
         end
-        if last then
-            kept = pruned and table.concat(pruned) or rest
-            if live > 0 and have ~= permits then
-                return {3, tonumber(have)}
-            end
-            local refused
-            if writer > now then
-                refused = writer - now
-            elseif permits ~= '0' and live >= tonumber(permits) then
-                refused = soonest
-            end
-            if refused then
-                if waited == '0' or pruned then
-                    -- Best effort, as acquire.lua marks a hold: the mark makes releases publish.
-                    redis.pcall('SET', KEYS[1], '*' .. last .. ' ' .. have .. ' ' .. until_ms .. ' 1' .. kept, 'KEEPTTL')
-                end
-                return {0, refused}
-            end
+        if not last then
+            -- Not relock's value: never overwritten, held until its key expires.
+            return {0, redis.call('PTTL', lock)}
         end
+    end
+
+    local fence, text
+    -- A reader takes the last writer's token; a key that knows none (nothing, or a tombstone of an
+    -- acquisition whose token was never known: 0) gives the clock's.
+    if permits == '0' and last and last ~= '0' then
+        fence, text = tonumber(last), last
     else
-        local holder, mark, fence, deadline = string.match(value, '^(%x+)([ +])(%d+) (%d+)')
-        if holder and #holder == 32 then
-            local left = tonumber(deadline) - now
-            if left > 0 then
-                if mark == ' ' then
-                    redis.pcall('SET', KEYS[1], string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
-                end
-                return {0, left}
+        fence, text = tonumber(clock), clock
+        if last then
+            if #last > 16 or (#last == 16 and last > '9007199254740990') then
+                return redis.error_reply('relock: the fencing token of ' .. lock .. ' is ' .. last ..
+                    ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out')
             end
-            last = fence
+            if tonumber(last) >= fence then
+                fence = tonumber(last) + 1
+                text = string.format('%.0f', fence)
+            end
         end
     end
-    if not last then
-        -- Not relock's value: never overwritten, held until its key expires.
-        return {0, redis.call('PTTL', KEYS[1])}
+    if lease > longest then
+        longest = lease
     end
+    if retention > longest then
+        longest = retention
+    end
+    redis.call('SET', lock, '*' .. text .. ' ' .. permits .. ' ' .. writer .. ' ' .. waited .. kept ..
+        ' ' .. token .. ' ' .. (now + lease) .. ' ' .. text, 'PX', longest)
+    return {1, fence}
 end
 
-local fence, text
--- A reader takes the last writer's token; a key that knows none (nothing, or a tombstone of an
--- acquisition whose token was never known: 0) gives the clock's.
-if permits == '0' and last and last ~= '0' then
-    fence, text = tonumber(last), last
-else
-    fence, text = tonumber(clock), clock
-    if last then
-        if #last > 16 or (#last == 16 and last > '9007199254740990') then
-            return redis.error_reply('relock: the fencing token of ' .. KEYS[1] .. ' is ' .. last ..
-                ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out')
-        end
-        if tonumber(last) >= fence then
-            fence = tonumber(last) + 1
-            text = string.format('%.0f', fence)
-        end
-    end
-end
-if lease > longest then
-    longest = lease
-end
-if retention > longest then
-    longest = retention
-end
-redis.call('SET', KEYS[1], '*' .. text .. ' ' .. permits .. ' ' .. writer .. ' ' .. waited .. kept ..
-    ' ' .. token .. ' ' .. (now + lease) .. ' ' .. text, 'PX', longest)
-return {1, fence}
+local time = redis.call('TIME')
+return acquire_shared(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
+    time[1] * 1000 + math.floor(time[2] / 1000), time[1] .. string.rep('0', 6 - #time[2]) .. time[2])

@@ -17,12 +17,17 @@
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
 --   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
 --                                             shared holders records no waiting writer
+--   "<hold token> <lease ms> <retention ms> shared <permits>"  a shared hold: a reader
+--                                             (permits 0) or one of <permits> permits, run as
+--                                             acquire_shared.lua runs it (its function, below)
 --
 -- Reply: two items per request, in the order of KEYS:
 --   acquire  1, fencing token   acquired; also for a retried request of a hold that already has
 --                               the lock (the same grant again, so a client-side retry is harmless)
 --            0, ttl ms          held by another hold (PTTL's answer for a value not relock's)
 --            2, 0               refused: this hold was released already (see acquire.lua)
+--            3, permits         (a shared hold) refused: the key's live holders use another
+--                               number of permits (see acquire_shared.lua)
 --   release  1, 0               released: the hold had the lock until now (and the channel was
 --                               published to, if the hold had refused someone); see release.lua
 --            2, 0               released already: the tombstone, or a released hold's entry in the
@@ -40,8 +45,10 @@
 -- tombstone, and rewrites a shared value after a DEL of it, naming no hold it did not find.
 -- The requests of one call were all in flight at once, so any order is one they could have run
 -- in; releases run first, so that a lock released and asked for in the same call is granted. A
--- locker has one request in flight per key, so the grants of one call are of distinct keys and
--- one clock reading numbers them all.
+-- locker has one exclusive request in flight per key, so the exclusive grants of one call are of
+-- distinct keys and one clock reading numbers them all; shared requests (many readers or permits
+-- of one key may share a call) run acquire_shared.lua's own function, which numbers permits from
+-- the key's last fencing token (max(last + 1, clock)), so several of one key in one call differ.
 --
 -- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
 -- one SET each, no string is built that a request does not need, and the grant's text after the
@@ -179,14 +186,16 @@ end
 -- the server is out of memory) not written at all. Answers 1, 2 (the entry is a released hold's:
 -- a retry), or nothing when the value is left to the caller to put back.
 local function release_shared(lock, value, token, unknown, full)
-    local head, waited, rest = match(value, '^(%*%d+ %d+ %d+ ([01]))(.*)$')
+    -- The list starts after the "waited" mark; the value is copied as few times as it can be (a
+    -- script's every new string costs the server a pass over its bytes).
+    local mark, waited = match(value, '^%*%d+ %d+ %d+ ()([01])')
     local from, to
-    if head and #token == 32 then
-        from, to = find(rest, ' ' .. token .. ' ', 1, true)
+    if mark and #token == 32 then
+        from, to = find(value, ' ' .. token .. ' ', mark + 1, true)
     end
     local released
     if from then
-        if byte(rest, to + 1) == TOMBSTONE then
+        if byte(value, to + 1) == TOMBSTONE then
             -- A retried release: the first one took effect.
             if not full then
                 calling = 'SET'
@@ -194,20 +203,25 @@ local function release_shared(lock, value, token, unknown, full)
             end
             return 2
         end
-        local stop = find(rest, ' ', find(rest, ' ', to + 1, true) + 1, true)
-        released = sub(rest, 1, from - 1) .. (stop and sub(rest, stop) or '') .. ' ' .. token ..
-            ' -' .. sub(rest, to + 1, (stop or 0) - 1)
-    elseif unknown and head and not full and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
+        local stop = find(value, ' ', find(value, ' ', to + 1, true) + 1, true)
+        released = sub(value, 1, from - 1) .. (stop and sub(value, stop) or '') .. ' ' .. token ..
+            ' -' .. sub(value, to + 1, (stop or 0) - 1)
+    elseif unknown and mark and not full and (string.gsub(sub(value, mark + 1), ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
         if not now then
             tick()
         end
-        released = rest .. ' ' .. token .. ' -' .. (now + tonumber(ARGV[3])) .. ' 0'
+        released = value .. ' ' .. token .. ' -' .. (now + tonumber(ARGV[3])) .. ' 0'
     end
     if not released then
         return nil
     end
-    -- At most 32 released holds: past that, the oldest one is forgotten.
-    local _, count = string.gsub(released, ' %-', '')
+    -- At most 32 released holds: past that, the oldest one is forgotten. Counted with plain finds
+    -- (" -" starts a released hold's deadline and nothing else, the first fields included).
+    local count, at = 0, find(released, ' -', 1, true)
+    while at and count <= 32 do
+        count = count + 1
+        at = find(released, ' -', at + 2, true)
+    end
     if count > 32 then
         -- The first " -" is its deadline's: the entry starts at the token before it.
         local at = find(released, ' -', 1, true)
@@ -223,19 +237,19 @@ local function release_shared(lock, value, token, unknown, full)
         call('DEL', lock)
         calling = 'SET'
         if ttl > 0 then
-            call('SET', lock, head .. released, 'PX', ttl)
+            call('SET', lock, released, 'PX', ttl)
         else
-            call('SET', lock, head .. released)
+            call('SET', lock, released)
         end
     elseif from then
         calling = 'SET'
-        call('SET', lock, head .. released, 'KEEPTTL')
+        call('SET', lock, released, 'KEEPTTL')
     else
         -- A new released entry lives until TIME + retention: the key must live as long.
         calling = 'PTTL'
         local ttl = math.max(call('PTTL', lock), tonumber(ARGV[3]))
         calling = 'SET'
-        call('SET', lock, head .. released, 'PX', ttl)
+        call('SET', lock, released, 'PX', ttl)
     end
     if not from then
         return 0
@@ -327,6 +341,181 @@ local function release(lock, tombstone)
     return 1, 0
 end
 
+-- acquire_shared.lua's function, byte for byte (a test in scripts/mod.rs checks it).
+local function acquire_shared(lock, token, lease, retention, permits, now, clock)
+    if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
+        -- A value holds hold tokens of exactly this form: any other would corrupt it.
+        return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
+            string.sub(token, 1, 64) .. '`')
+    end
+    -- A free key is taken with one write, which reads what was there (the grant is the one the
+    -- end of this function writes for nothing: the clock's fencing token). A server that refuses
+    -- writes refuses this one even when the key is taken: what is there is then read with GET.
+    local value = redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. ' ' ..
+        (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
+    if type(value) == 'table' then
+        local refused = value
+        value = redis.call('GET', lock)
+        if not value then
+            return refused
+        end
+    elseif not value then
+        return {1, tonumber(clock)}
+    end
+
+    -- kept: the entries of the live holders and of the released holds before their deadline, as
+    -- text; the value's own list while none has expired (a list is rebuilt only when an entry is
+    -- dropped, so that a long list is not copied piece by piece on every request).
+    local last, writer, waited, kept, live, longest, soonest = nil, 0, '0', '', 0, 0, nil
+    local pruned
+    if value then
+        local first = string.byte(value, 1)
+        if first == 45 then
+            local released
+            last, released = string.match(value, '^%-(%d+) (%x+)$')
+            if released == token then
+                return {2, 0}
+            end
+            if last and #released == 32 and released ~= string.rep('0', 32) then
+                -- The hold it names may still have an acquisition on its way: still refused once
+                -- the key is shared.
+                kept = ' ' .. released .. ' -' .. (now + retention) .. ' ' .. last
+            end
+        elseif first == 42 then
+            local have, until_ms, mark, rest
+            last, have, until_ms, mark, rest = string.match(value, '^%*(%d+) (%d+) (%d+) ([01])(.*)$')
+            if last then
+                writer, waited = tonumber(until_ms), mark
+                -- One pass checks the list and reads it: only a list of `<32 hex> <deadline> <fence>`
+                -- entries (a released hold's deadline negated) is relock's shared form. The caller's
+                -- own entry is found with a plain find (a token is never part of another field).
+                local own = string.find(rest, ' ' .. token .. ' ', 1, true)
+                local find, start, size, answer = string.find, 1, #rest, nil
+                while start <= size do
+                    local _, stop, tokens, deadline = find(rest, '^ %x+() (%-?%d+) %d+', start)
+                    if not stop or tokens ~= start + 33 then
+                        last = nil
+                        break
+                    end
+                    stop = stop + 1
+                    local at = tonumber(deadline)
+                    if at < 0 then
+                        -- A released hold: kept until its deadline, refusing its own acquisition.
+                        if start == own then
+                            answer = {2, 0}
+                        end
+                        if -at > now then
+                            if pruned then
+                                pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                            end
+                        elseif not pruned then
+                            pruned = {string.sub(rest, 1, start - 1)}
+                        end
+                    elseif at > now then
+                        if start == own then
+                            -- A retried request of a live holder: the same grant.
+                            answer = {1, tonumber(string.match(string.sub(rest, start, stop - 1), '(%d+)$'))}
+                        end
+                        if pruned then
+                            pruned[#pruned + 1] = string.sub(rest, start, stop - 1)
+                        end
+                        local left = at - now
+                        live = live + 1
+                        if left > longest then
+                            longest = left
+                        end
+                        if not soonest or left < soonest then
+                            soonest = left
+                        end
+                    elseif not pruned then
+                        pruned = {string.sub(rest, 1, start - 1)}
+                    end
+                    start = stop
+                end
+                if last and answer then
+                    return answer
+                end
+            end
+            if last then
+                kept = pruned and table.concat(pruned) or rest
+                if live > 0 and have ~= permits then
+                    return {3, tonumber(have)}
+                end
+                local refused
+                if writer > now then
+                    refused = writer - now
+                elseif permits ~= '0' and live >= tonumber(permits) then
+                    refused = soonest
+                end
+                if refused then
+                    if waited == '0' or pruned then
+                        -- Best effort, as acquire.lua marks a hold: the mark makes releases publish.
+                        redis.pcall('SET', lock, '*' .. last .. ' ' .. have .. ' ' .. until_ms .. ' 1' .. kept, 'KEEPTTL')
+                    end
+                    return {0, refused}
+                end
+            end
+        else
+            local holder, mark, fence, deadline = string.match(value, '^(%x+)([ +])(%d+) (%d+)')
+            if holder and #holder == 32 then
+                local left = tonumber(deadline) - now
+                if left > 0 then
+                    if mark == ' ' then
+                        redis.pcall('SET', lock, string.sub(value, 1, 32) .. '+' .. string.sub(value, 34), 'KEEPTTL')
+                    end
+                    return {0, left}
+                end
+                last = fence
+            end
+        end
+        if not last then
+            -- Not relock's value: never overwritten, held until its key expires.
+            return {0, redis.call('PTTL', lock)}
+        end
+    end
+
+    local fence, text
+    -- A reader takes the last writer's token; a key that knows none (nothing, or a tombstone of an
+    -- acquisition whose token was never known: 0) gives the clock's.
+    if permits == '0' and last and last ~= '0' then
+        fence, text = tonumber(last), last
+    else
+        fence, text = tonumber(clock), clock
+        if last then
+            if #last > 16 or (#last == 16 and last > '9007199254740990') then
+                return redis.error_reply('relock: the fencing token of ' .. lock .. ' is ' .. last ..
+                    ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out')
+            end
+            if tonumber(last) >= fence then
+                fence = tonumber(last) + 1
+                text = string.format('%.0f', fence)
+            end
+        end
+    end
+    if lease > longest then
+        longest = lease
+    end
+    if retention > longest then
+        longest = retention
+    end
+    redis.call('SET', lock, '*' .. text .. ' ' .. permits .. ' ' .. writer .. ' ' .. waited .. kept ..
+        ' ' .. token .. ' ' .. (now + lease) .. ' ' .. text, 'PX', longest)
+    return {1, fence}
+end
+
+-- A shared request's status and value, with this call's clock; its error reply raised, as a
+-- failed command's error is.
+local function shared(lock, token, lease, retention, permits)
+    if not now then
+        tick()
+    end
+    local answer = acquire_shared(lock, token, tonumber(lease), tonumber(retention), permits, now, clock)
+    if answer.err then
+        error(answer)
+    end
+    return answer[1], answer[2]
+end
+
 local reply, n = {}, 0
 local lease, retention = ARGV[2], ARGV[3]
 for k = 1, #KEYS do
@@ -338,9 +527,17 @@ for k = 1, #KEYS do
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     else
-        local token, own_lease, own_retention, flag = match(request, '^(%x+) (%d+) (%d+) ?(%a*)$')
-        if not token or #token ~= 32 or not find(token, '^[0-9a-f]+$') then
+        local token, own_lease, own_retention, flag, permits = match(request, '^(%x+) (%d+) (%d+) ?(%a*) ?(%d*)$')
+        if token and flag == 'shared' and permits ~= '' then
+            -- Named after the grant's SET, the one command there that a server refuses (out of
+            -- memory, an ACL); a key of another type is told by its WRONGTYPE. The hold token is
+            -- checked there, as acquire_shared.lua alone checks it.
+            calling = 'SET'
+            ok, status, value = pcall(shared, KEYS[k], token, own_lease, own_retention, permits)
+        elseif not token or #token ~= 32 or not find(token, '^[0-9a-f]+$') then
             ok, status = false, {err = 'a hold token is 32 lowercase hex digits'}
+        elseif flag ~= '' and flag ~= 'try' then
+            ok, status = false, {err = 'a request is "<hold token> <lease ms> <retention ms>", then "try" or "shared <permits>"'}
         else
             ok, status, value = pcall(acquire, KEYS[k], token, own_lease, own_retention, flag == 'try')
         end

@@ -250,7 +250,7 @@ async fn flush<C: Carrier>(slot: Slot<C>, mut batch: Vec<Queued>) {
         Ok(answers) => {
             for (queued, answer) in batch.into_iter().zip(answers) {
                 // Granted, or answered with an error that may hide a grant (see `Carrier`).
-                let granted = matches!(queued.request.kind, Kind::Acquire { .. })
+                let granted = queued.request.kind.is_acquire()
                     && !matches!(answer, Ok((status, _)) if status != 1);
                 let delivered = match queued.answer {
                     Some(sender) => sender.send(answer).is_ok(),
@@ -267,7 +267,7 @@ async fn flush<C: Carrier>(slot: Slot<C>, mut batch: Vec<Queued>) {
                     Some(sender) => sender.send(Err(failure.to_error())).is_ok(),
                     None => true,
                 };
-                if matches!(queued.request.kind, Kind::Acquire { .. }) && !delivered {
+                if queued.request.kind.is_acquire() && !delivered {
                     orphan(queued.request);
                 }
             }

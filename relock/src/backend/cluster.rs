@@ -269,6 +269,44 @@ impl ClusterBackend {
         }
     }
 
+    /// A shared hold: `acquire_shared.lua` on the key's slot, through its master's group commit.
+    pub(crate) async fn acquire_shared(
+        &self,
+        key: &LockKey,
+        token: &crate::token::HoldToken,
+        lease: Duration,
+        permits: u32,
+    ) -> Result<Attempt, Error> {
+        let Some((batcher, link)) = self.queue_of(key).await else {
+            // No master known for the slot: one call through the cluster connection.
+            let invocation = protocol::acquire_shared_invocation(
+                &self.prefix,
+                key,
+                token,
+                lease,
+                self.retention,
+                permits,
+            );
+            return parse_acquire(self.invoke(&invocation).await?);
+        };
+        let request = Request {
+            kind: Kind::AcquireShared {
+                lease_ms: protocol::millis(lease),
+                retention_ms: protocol::millis(self.retention.max(lease)),
+                permits,
+            },
+            lock: protocol::lock_key(&self.prefix, key),
+            token: token.clone(),
+        };
+        let (status, value) = batcher.submit(&link, request).await?;
+        protocol::attempt_from(status, &value).ok_or_else(|| {
+            protocol::unexpected(
+                "acquire_shared",
+                &Value::Array(vec![Value::Int(status), value]),
+            )
+        })
+    }
+
     /// The queue of the master serving `key`'s slot, as the slot owners last read say (read
     /// first if they never were); `None` when no master is known for it.
     async fn queue_of(&self, key: &LockKey) -> Option<(Arc<Batcher<MasterLink>>, Arc<MasterLink>)> {
@@ -323,25 +361,6 @@ impl Shared {
             .route_command(redis::cmd("PING"), routing)
             .await?;
         Ok(())
-    }
-
-    /// A shared hold: `acquire_shared.lua` on the key's slot.
-    pub(crate) async fn acquire_shared(
-        &self,
-        key: &LockKey,
-        token: &crate::token::HoldToken,
-        lease: Duration,
-        permits: u32,
-    ) -> Result<Attempt, Error> {
-        let invocation = protocol::acquire_shared_invocation(
-            &self.prefix,
-            key,
-            token,
-            lease,
-            self.retention,
-            permits,
-        );
-        parse_acquire(self.invoke(&invocation).await?)
     }
 
     pub(crate) async fn force_release(&self, key: &LockKey) -> Result<(bool, u64), Error> {

@@ -302,8 +302,8 @@ impl RedisBackend {
         })
     }
 
-    /// A shared hold (see `acquire_shared.lua`), sent on its own: shared holds do not go through
-    /// the group commit, which carries exclusive acquisitions and every release.
+    /// A shared hold (see `acquire_shared.lua`): a reader (`permits` 0) or one of `permits`
+    /// permits, through the group commit with the exclusive acquisitions and the releases.
     pub(crate) async fn acquire_shared(
         &self,
         key: &LockKey,
@@ -311,15 +311,22 @@ impl RedisBackend {
         lease: Duration,
         permits: u32,
     ) -> Result<Attempt, Error> {
-        let invocation = protocol::acquire_shared_invocation(
-            &self.prefix,
-            key,
-            token,
-            lease,
-            self.retention,
-            permits,
-        );
-        protocol::parse_acquire(self.invoke(&invocation).await?)
+        let request = Request {
+            kind: Kind::AcquireShared {
+                lease_ms: protocol::millis(lease),
+                retention_ms: protocol::millis(self.retention.max(lease)),
+                permits,
+            },
+            lock: self.lock_key(key),
+            token: token.clone(),
+        };
+        let (status, value) = self.batcher.submit(&self.connection, request).await?;
+        protocol::attempt_from(status, &value).ok_or_else(|| {
+            protocol::unexpected(
+                "acquire_shared",
+                &Value::Array(vec![Value::Int(status), value]),
+            )
+        })
     }
 
     /// The acquire script (exclusive or shared, as `grant` says) and `WAIT` in one pipeline on a

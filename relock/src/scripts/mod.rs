@@ -61,4 +61,18 @@ mod tests {
         );
         assert_eq!(command_at("unknown", line), None);
     }
+
+    #[test]
+    fn the_batch_script_runs_acquire_shared_lua_byte_for_byte() {
+        // A shared request in a batch must be decided exactly as `acquire_shared.lua` alone
+        // decides it: the batch script carries that script's function unchanged.
+        let shared = SOURCES[6];
+        let from = shared.find("local function acquire_shared(").unwrap();
+        let to = from + shared[from..].find("\nend\n").unwrap() + 5;
+        assert!(
+            SOURCES[5].contains(&shared[from..to]),
+            "batch.lua's acquire_shared differs from acquire_shared.lua's: copy the function \
+             into it again"
+        );
+    }
 }
