@@ -50,13 +50,12 @@ def rust() -> RustBinaries:
             "(install Rust from https://rustup.rs)",
             pytrace=False,
         )
-    # Two builds: `--bin` would filter relock-cli's binary out of one.
-    for command in (
-        ["-p", "relock-tests", "--bin", "fenced_worker", "--bin", "lock_on_command"],
-        ["-p", "relock-cli"],
-    ):
-        built = subprocess.run([cargo, "build", "--quiet", *command], cwd=REPO)
-        assert built.returncode == 0, f"cargo build {' '.join(command)} failed"
+    # The workspace's binaries with every feature, as the README's test command builds them
+    # (`cargo test --workspace --all-features`), so that after it this build has nothing to do; a
+    # build of some packages only would unify other features and compile the crates again.
+    command = ["build", "--quiet", "--workspace", "--all-features", "--bins"]
+    built = subprocess.run([cargo, *command], cwd=REPO)
+    assert built.returncode == 0, f"cargo {' '.join(command)} failed"
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"
     return RustBinaries(target / "fenced_worker", target / "lock_on_command", target / "relock")
 
