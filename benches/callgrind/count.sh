@@ -6,6 +6,7 @@
 #
 # Starts a private redis-server under callgrind, warms it up with 2000 pairs, zeroes the
 # counters, drives PAIRS pairs (drive.py), dumps and divides. Needs valgrind and python3.
+# KEEP=FILE in the environment keeps the callgrind output there, for callgrind_annotate FILE.
 set -euo pipefail
 MODE=$1 PAIRS=$2 DEPTH=$3
 PORT=${PORT:-7399}
@@ -22,5 +23,9 @@ python3 "$DRIVE" "$PORT" "$MODE" "$PAIRS" "$DEPTH" run
 callgrind_control -d "$SERVER" >/dev/null 2>&1
 redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true
 wait "$SERVER" || true
+if [ -n "${KEEP:-}" ]; then
+    # The dump with the most instructions is the run's (the others: start-up, shutdown).
+    cp "$(grep -H -E '^(summary|totals):' "$OUT"/cg.* | sort -t' ' -k2 -n | tail -1 | cut -d: -f1)" "$KEEP"
+fi
 TOTAL=$(cat "$OUT"/cg.* | awk '/^(summary|totals):/ {print $2}' | sort -n | tail -1)
 echo "$MODE, depth $DEPTH: $((TOTAL / PAIRS)) instructions per pair"
