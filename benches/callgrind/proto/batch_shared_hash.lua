@@ -21,6 +21,12 @@
 -- holders past their deadline when the header's earliest deadline has passed (see
 -- acquire_shared_hash.lua), once per call at most: every grant of the call ends later than now.
 local LAYOUT = 'relock shared holds, hash layout prototype: see benches/callgrind/HASH_LAYOUT.md'
+-- The ring's field names, as constants of the script (a number's text costs a sprintf).
+local SLOTS = {
+    'r0', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13',
+    'r14', 'r15', 'r16', 'r17', 'r18', 'r19', 'r20', 'r21', 'r22', 'r23', 'r24', 'r25', 'r26',
+    'r27', 'r28', 'r29', 'r30', 'r31'
+}
 local key = KEYS[1]
 local lease, retention, permits, releases = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local time = redis.call('TIME')
@@ -99,7 +105,7 @@ local ring = {}
 if releases > 0 and seq + releases > 32 then
     local slots = {}
     for s = math.max(seq, 32), seq + releases - 1 do
-        slots[#slots + 1] = 'r' .. (s % 32)
+        slots[#slots + 1] = SLOTS[s % 32 + 1]
         if #slots == 32 then
             break
         end
@@ -112,7 +118,7 @@ end
 
 -- Records a released entry in the ring, dropping the oldest when 32 are kept.
 local function record(token, entry)
-    local slot = 'r' .. (seq % 32)
+    local slot = SLOTS[seq % 32 + 1]
     if seq >= 32 then
         local oldest = cur[slot]
         if oldest == nil then
