@@ -185,8 +185,8 @@ for k = releases + 1, n do
             end
         end
         if not answer then
-            -- A holder past its deadline that the reclaim kept (none: it ran above) would be
-            -- counted twice; its own entry is overwritten here.
+            -- A grant: the token has no entry (a live one answered above, an expired one was
+            -- reclaimed above), so it adds one holder.
             if live == 0 then
                 earliest, earliest_at = deadline_text, now + tonumber(lease)
             end
