@@ -15,13 +15,27 @@ MODE:
   single-reuse    the same over 64 keys used again and again (a tombstone each time)
   permit          as batch, with each acquisition one of 4 permits of its key (a shared hold:
                   "<hold token> <lease> <retention> shared 4")
+  read-string     DEPTH readers of ONE key with the current scripts: each round is one pipeline
+                  write of DEPTH release.lua calls (the previous round's readers) then DEPTH
+                  acquire_shared.lua calls (new tokens; lease 30000, retention 600000, permits 0),
+                  as individual EVALSHA; every reply is read and its status asserted
+  read-string-batch  the same, the round's releases sent as one batch.lua call instead
+  read-hash       the read-string history with the hash-layout prototype scripts
+                  benches/callgrind/proto/acquire_shared_hash.lua and release_shared_hash.lua
+  read-hash-batch the same history, each round one call of the prototype group commit
+                  benches/callgrind/proto/batch_shared_hash.lua (releases first)
+In the read modes the key's 32 released entries fill after the first 32 releases: the run is
+measured with the list full. The key is new for each TAG (warm-up and run use distinct keys).
 
 Scripts are read from relock/src/scripts (run from the repository root), or from the files named
-by BATCH, ACQUIRE and RELEASE in the environment.
+by BATCH, ACQUIRE, RELEASE, ACQUIRE_SHARED (and ACQUIRE_HASH, RELEASE_HASH, BATCH_HASH) in the
+environment. With TIMER=1 in the environment, the driver prints the wall-clock seconds of its
+requests and the server's CPU seconds (INFO cpu) over them, for throughput ratios.
 """
 import os
 import socket
 import sys
+import time
 
 port, mode, pairs, depth, tag = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
                                  int(sys.argv[4]), sys.argv[5])
@@ -83,6 +97,16 @@ def number(reply):
     return int(reply[1:-2])
 
 
+def cpu():
+    info = command('INFO', 'cpu').decode()
+    fields = dict(line.split(':', 1) for line in info.split('\r\n') if ':' in line)
+    return float(fields['used_cpu_user']) + float(fields['used_cpu_sys'])
+
+
+timer = os.environ.get('TIMER') == '1'
+if timer:
+    started, cpu_started = time.perf_counter(), cpu()
+
 if mode in ('raw', 'raw1'):
     sha = command('SCRIPT', 'LOAD', RELEASE).decode()
     step = depth if mode == 'raw' else 1
@@ -116,5 +140,55 @@ elif mode in ('batch', 'batch-reuse', 'permit'):
         for at, k in enumerate(taking):
             fences[k] = number(reply[2 * (len(held) + at) + 1])
         held = taking
+elif mode in ('read-string', 'read-string-batch', 'read-hash', 'read-hash-batch'):
+    proto = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'proto')
+    if mode == 'read-hash-batch':
+        batch = load('BATCH_HASH', os.path.join(proto, 'batch_shared_hash.lua'))
+    elif mode == 'read-hash':
+        acquire = load('ACQUIRE_HASH', os.path.join(proto, 'acquire_shared_hash.lua'))
+        release = load('RELEASE_HASH', os.path.join(proto, 'release_shared_hash.lua'))
+    else:
+        acquire = load('ACQUIRE_SHARED', 'acquire_shared.lua')
+        release = load('RELEASE', 'release.lua')
+    if mode == 'read-string-batch':
+        batch = load('BATCH', 'batch.lua')
+    key = 'relock:{%s:read}' % tag
+    held, i = [], 0  # (token, fence) of the live readers
+    while i < pairs or held:
+        taking = [token(k) for k in range(i, min(i + depth, pairs))]
+        i += len(taking)
+        if mode == 'read-hash-batch':
+            reply = command('EVALSHA', batch, 2, key, key + ':released', 30000, 600000, 0,
+                            len(held), *['%d %s' % (f, t) for t, f in held], *taking)
+            assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
+            held = [(t, number(fence)) for t, fence in zip(taking, reply[2 * len(held) + 1::2])]
+            continue
+        if mode == 'read-string-batch':
+            out = [encode('EVALSHA', batch, len(held), *[key] * len(held), HOLDER, 30000, 600000,
+                          len(held), *['-%d %s' % (f, t) for t, f in held])] if held else []
+        else:
+            out = [encode('EVALSHA', release, 2, key, key + ':released', t, f, 600000)
+                   for t, f in held]
+        out += [encode('EVALSHA', acquire, 1, key, t, 30000, 600000, 0) for t in taking]
+        sock.sendall(b''.join(out))
+        if mode == 'read-string-batch':
+            if held:
+                reply = read()
+                assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
+        else:
+            for _ in held:
+                released = read()
+                assert released == b':1\r\n', released
+        held = []
+        for t in taking:
+            status, fence = read()
+            assert status == b':1\r\n', (status, fence)
+            held.append((t, number(fence)))
 else:
     sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, permit, single or single-reuse')
+    sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, single, single-reuse, '
+             'read-string, read-string-batch, read-hash or read-hash-batch')
+
+if timer:
+    print('%s %d pairs depth %d: %.3f s wall, %.3f s server cpu'
+          % (mode, pairs, depth, time.perf_counter() - started, cpu() - cpu_started))
