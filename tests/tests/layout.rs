@@ -1514,3 +1514,79 @@ fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
         assert_eq!(answer(&reply, 2).0, 0, "still 3 taken: {reply:?}");
     });
 }
+
+/// History: permit P is alone on k (no other holder, no released hold, no writer waiting) and is
+/// released, alone or batched: k becomes P's tombstone under the last fencing token — P's retried
+/// release answers 2, P's late acquisition is refused, the next permit gets a larger token, a
+/// reader of a key whose last writer had token T still reads under T. A release that does not
+/// know its fencing token (0) still leaves the last one, never 0 (a token going back). With a
+/// writer's claim on the key, the shared form stays, so that the claim survives.
+#[test]
+fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let mut admin = server.connection().await;
+        let (p, q, r) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "cccccccccccccccccccccccccccccccc",
+        );
+        for batched in [false, true] {
+            for known in [true, false] {
+                let key = unique_key(&format!("sole-{batched}-{known}"));
+                let (status, fence) = acquire_shared_script(&mut admin, &key, p, 2).await;
+                assert_eq!(status, 1);
+                let sent = if known { fence as u64 } else { 0 };
+                assert_eq!(release_script(&mut admin, &key, p, sent, batched).await, 1);
+                let left = value(&mut admin, &key).await.unwrap();
+                assert_eq!(
+                    left,
+                    format!("-{fence} {p}"),
+                    "batched {batched}, known {known}"
+                );
+                assert!(
+                    pttl(&mut admin, &key).await > 500_000,
+                    "the grant's expiry is kept"
+                );
+                assert_eq!(release_script(&mut admin, &key, p, sent, batched).await, 2);
+                assert_eq!(acquire_shared_script(&mut admin, &key, p, 2).await, (2, 0));
+                let (status, next) = acquire_shared_script(&mut admin, &key, q, 3).await;
+                assert!(status == 1 && next > fence, "{status} {next} after {fence}");
+            }
+
+            // A reader alone after a writer: its release keeps the writer's token.
+            let key = unique_key(&format!("sole-reader-{batched}"));
+            let _: () = admin
+                .pset_ex(lock_name(&key), format!("-4242 {ZEROS}"), 600_000)
+                .await
+                .unwrap();
+            assert_eq!(
+                acquire_shared_script(&mut admin, &key, r, 0).await,
+                (1, 4242)
+            );
+            assert_eq!(release_script(&mut admin, &key, r, 4242, batched).await, 1);
+            assert_eq!(value(&mut admin, &key).await.unwrap(), format!("-4242 {r}"));
+            assert_eq!(
+                acquire_shared_script(&mut admin, &key, q, 0).await,
+                (1, 4242)
+            );
+
+            // A writer claims the key: the shared form stays, with the claim.
+            let key = unique_key(&format!("sole-claimed-{batched}"));
+            let (_, fence) = acquire_shared_script(&mut admin, &key, p, 0).await;
+            let (status, _) = acquire_exclusive_as(&mut admin, &key, q, false, false).await;
+            assert_eq!(status, 0, "the writer waits for the reader");
+            assert_eq!(
+                release_script(&mut admin, &key, p, fence as u64, batched).await,
+                1
+            );
+            let left = value(&mut admin, &key).await.unwrap();
+            assert!(left.starts_with('*') && !left.contains(" 0 1 "), "{left}");
+            assert_eq!(
+                acquire_shared_script(&mut admin, &key, r, 0).await.0,
+                0,
+                "{left}"
+            );
+        }
+    });
+}

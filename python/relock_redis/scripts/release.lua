@@ -12,7 +12,11 @@
 --
 -- A shared hold (a reader or a permit, in the "*" form) leaves the holders: its entry becomes a
 -- released hold's, " <hold token> -<deadline> <fencing token>", moved to the end of the list,
--- which stays with the last fencing token and any waiting writer. A release whose fencing token
+-- which stays with the last fencing token and any waiting writer. When its entry is the only one
+-- and no writer claims the key ("writer until" 0), the key becomes the tombstone
+-- "-<last fencing token> <hold token>" instead, as an exclusive release leaves it: it names the
+-- released hold as the entry would (a retry answers 2, a late acquisition is refused), for the
+-- key's expiry rather than the hold's deadline, and costs the release no second write. A release whose fencing token
 -- is unknown that finds no entry of its hold in a shared value adds one, with the deadline
 -- TIME + retention and the fencing token 0. At most 32 released holds are kept: past that, the
 -- oldest one is dropped (its retried release then answers 0, and its late acquisition is granted
@@ -100,6 +104,21 @@ if string.byte(value, 1) == 42 and #token == 32 then
             return 2
         end
         local stop = string.find(rest, ' ', string.find(rest, ' ', to + 1, true) + 1, true)
+        local last, writer = string.match(head, '^%*(%d+) %d+ (%d+) ')
+        if not stop and from == 1 and writer == '0' then
+            -- This hold's entry is the only one (no other holder, no released hold) and no writer
+            -- claims the key: the key becomes the tombstone of this hold under the last fencing
+            -- token, as an exclusive release leaves it. It names the hold as its entry would.
+            if ARGV[2] ~= last then
+                redis.call('SET', KEYS[1], '-' .. last .. ' ' .. token, 'KEEPTTL')
+            end
+            if ARGV[4] == 'sharded' then
+                redis.call('SPUBLISH', KEYS[2], '')
+            elseif waited == '1' then
+                redis.call('PUBLISH', KEYS[2], '')
+            end
+            return 1
+        end
         released = string.sub(rest, 1, from - 1) .. (stop and string.sub(rest, stop) or '') ..
             ' ' .. token .. ' -' .. string.sub(rest, to + 1, (stop or 0) - 1)
     elseif unknown and head and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
