@@ -20,6 +20,9 @@ MODE:
                   acquire_shared.lua calls (new tokens; lease 30000, retention 600000, permits 0),
                   as individual EVALSHA; every reply is read and its status asserted
   read-string-batch  the same, the round's releases sent as one batch.lua call instead
+  read-string-group  the same, each round ONE batch.lua call of the releases and the readers'
+                  acquisitions ("<hold token> 30000 600000 shared 0"), as relock's group commit
+                  sends them now
   read-hash       the read-string history with the hash-layout prototype scripts
                   benches/callgrind/proto/acquire_shared_hash.lua and release_shared_hash.lua
   read-hash-batch the same history, each round one call of the prototype group commit
@@ -140,7 +143,8 @@ elif mode in ('batch', 'batch-reuse', 'permit'):
         for at, k in enumerate(taking):
             fences[k] = number(reply[2 * (len(held) + at) + 1])
         held = taking
-elif mode in ('read-string', 'read-string-batch', 'read-hash', 'read-hash-batch'):
+elif mode in ('read-string', 'read-string-batch', 'read-string-group', 'read-hash',
+              'read-hash-batch'):
     proto = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'proto')
     if mode == 'read-hash-batch':
         batch = load('BATCH_HASH', os.path.join(proto, 'batch_shared_hash.lua'))
@@ -150,13 +154,21 @@ elif mode in ('read-string', 'read-string-batch', 'read-hash', 'read-hash-batch'
     else:
         acquire = load('ACQUIRE_SHARED', 'acquire_shared.lua')
         release = load('RELEASE', 'release.lua')
-    if mode == 'read-string-batch':
+    if mode in ('read-string-batch', 'read-string-group'):
         batch = load('BATCH', 'batch.lua')
     key = 'relock:{%s:read}' % tag
     held, i = [], 0  # (token, fence) of the live readers
     while i < pairs or held:
         taking = [token(k) for k in range(i, min(i + depth, pairs))]
         i += len(taking)
+        if mode == 'read-string-group':
+            reply = command('EVALSHA', batch, len(held) + len(taking), *[key] * (len(held) + len(taking)),
+                            HOLDER, 30000, 600000, len(held),
+                            *['-%d %s' % (f, t) for t, f in held],
+                            *[t + ' 30000 600000 shared 0' for t in taking])
+            assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
+            held = [(t, number(fence)) for t, fence in zip(taking, reply[2 * len(held) + 1::2])]
+            continue
         if mode == 'read-hash-batch':
             reply = command('EVALSHA', batch, 2, key, key + ':released', 30000, 600000, 0,
                             len(held), *['%d %s' % (f, t) for t, f in held], *taking)
@@ -187,7 +199,7 @@ elif mode in ('read-string', 'read-string-batch', 'read-hash', 'read-hash-batch'
 else:
     sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, permit, single or single-reuse')
     sys.exit(f'unknown mode {mode}: raw, raw1, batch, batch-reuse, single, single-reuse, '
-             'read-string, read-string-batch, read-hash or read-hash-batch')
+             'read-string, read-string-batch, read-string-group, read-hash or read-hash-batch')
 
 if timer:
     print('%s %d pairs depth %d: %.3f s wall, %.3f s server cpu'
