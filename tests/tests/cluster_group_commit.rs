@@ -470,3 +470,117 @@ async fn a_master_killed_with_requests_in_flight_leaves_no_lock_held_nor_any_twi
     })
     .await;
 }
+
+/// Permits of two keys on one master, asked for at once while the master's replies are held back
+/// (so they go out in its pipelines, shared acquisitions through the group commit since f18a0f4),
+/// while one key's slot moves to another master: its permits are answered `MOVED` and resent
+/// alone through the cluster connection. Of six requests for three permits per key, exactly three
+/// are granted (a resend is no second grant, and a request is not granted twice), with distinct
+/// fencing tokens; another locker gets none while they are held, and one after their release,
+/// with a larger token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_queued_while_their_slot_moves_are_granted_at_most_n() {
+    const PERMITS: u32 = 3;
+    const ASKS: usize = 6;
+    const HOLD: Duration = Duration::from_millis(2500);
+    let cluster = RedisCluster::start(3, 0);
+    bounded(Duration::from_secs(60), async {
+        let ports = cluster.master_ports();
+        let (port, target) = (ports[0], ports[1]);
+        let keys = keys_on(port, 3, "permits-moving").await;
+        let (warm, keys) = keys.split_first().expect("keys");
+        assert_ne!(cluster.slot_of(&keys[0]), cluster.slot_of(&keys[1]));
+        let proxy = behind_proxy(&cluster, port).await;
+        let locker = Locker::builder()
+            .cluster([proxy.url()])
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .expect("a cluster locker");
+        let warmed = locker
+            .semaphore(warm.as_str(), PERMITS)
+            .try_acquire()
+            .await
+            .expect("warm-up permit")
+            .expect("a free semaphore");
+        warmed.release().await.expect("warm-up release");
+
+        proxy.delay_requests_of_open_connections(HOLD);
+        let tasks: Vec<(usize, _)> = (0..2)
+            .flat_map(|k| std::iter::repeat_n(k, ASKS))
+            .map(|k| {
+                let semaphore = locker.semaphore(keys[k].as_str(), PERMITS);
+                (
+                    k,
+                    tokio::spawn(async move { semaphore.try_acquire().await }),
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let slot = cluster.slot_of(&keys[1]);
+        tokio::task::block_in_place(|| cluster.move_slot(slot, target));
+        let mut permits: Vec<Vec<relock::Permit>> = vec![Vec::new(), Vec::new()];
+        for (k, task) in tasks {
+            if let Some(permit) = task
+                .await
+                .expect("permit task")
+                .unwrap_or_else(|err| panic!("a permit of {} while its slot moved: {err}", keys[k]))
+            {
+                permits[k].push(permit);
+            }
+        }
+        let other = Locker::builder()
+            .cluster(cluster.seeds())
+            .build()
+            .expect("another locker");
+        let on_target: bool = redis::cmd("EXISTS")
+            .arg(format!("relock:{{{}}}", keys[1]))
+            .query_async(&mut node(target).await)
+            .await
+            .expect("EXISTS on the target");
+        assert!(
+            on_target,
+            "the moved key's permits are not on its new master"
+        );
+        let mut most = HashMap::new();
+        for (k, held) in permits.iter().enumerate() {
+            assert_eq!(
+                held.len(),
+                PERMITS as usize,
+                "{}: {} permits of {PERMITS} granted",
+                keys[k],
+                held.len()
+            );
+            let mut tokens: Vec<u64> = held.iter().map(relock::Permit::fencing_token).collect();
+            tokens.sort_unstable();
+            tokens.dedup();
+            assert_eq!(tokens.len(), PERMITS as usize, "{}: {tokens:?}", keys[k]);
+            assert!(
+                other
+                    .semaphore(keys[k].as_str(), PERMITS)
+                    .try_acquire()
+                    .await
+                    .expect("try_acquire")
+                    .is_none(),
+                "{}: a fourth permit beside three held",
+                keys[k]
+            );
+            most.insert(k, tokens[tokens.len() - 1]);
+        }
+        for held in permits {
+            for permit in held {
+                permit.release().await.expect("release");
+            }
+        }
+        for (k, key) in keys.iter().enumerate() {
+            let again = other
+                .semaphore(key.as_str(), PERMITS)
+                .try_acquire()
+                .await
+                .expect("try_acquire")
+                .unwrap_or_else(|| panic!("{key}: no permit after every release"));
+            assert!(again.fencing_token() > most[&k], "{key}: fencing token");
+            again.release().await.expect("release");
+        }
+    })
+    .await;
+}

@@ -1522,3 +1522,96 @@ fn a_marked_hold_inspects_renews_and_releases_like_any_other() {
         );
     });
 }
+
+/// History (shared holds through the group commit, since f18a0f4): with the server paused, task
+/// A asks for one of 2 permits of k (sent alone, from its own future) and task B for another (the
+/// second call, sent from a task of its own); B is aborted while its call waits at the server. The
+/// server resumes: A is granted, and B's permit, granted to nobody, must be given back long
+/// before its 30 s lease ends (by B's own guard in the background, and again after its call
+/// returns: its caller is gone), so another locker gets the second permit within seconds and
+/// then no third. A permit queued and aborted before it was sent is never granted.
+#[test]
+fn a_permit_granted_to_a_caller_gone_is_given_back_long_before_its_lease_ends() {
+    run_bounded(LIMIT, || async {
+        let server = RedisServer::start();
+        let locker = patient_locker(&server, Duration::from_secs(30));
+        warm(&locker).await;
+        let warm_key = unique_key("permit-warm");
+        locker
+            .semaphore(warm_key.as_str(), 2)
+            .try_acquire()
+            .await
+            .expect("a warm-up permit")
+            .expect("a free semaphore")
+            .release()
+            .await
+            .expect("a warm-up release");
+        let other = server.locker().await;
+        let key = unique_key("permit-gone");
+        let spawn = |locker: &Locker| {
+            let semaphore = locker.semaphore(key.as_str(), 2);
+            tokio::spawn(async move { semaphore.acquire().wait(Duration::from_secs(10)).await })
+        };
+
+        server.pause();
+        let a = spawn(&locker);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = spawn(&locker);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = spawn(&locker);
+        tokio::time::sleep(SETTLE).await;
+        b.abort();
+        queued.abort();
+        for task in [b, queued] {
+            assert!(
+                matches!(task.await, Err(err) if err.is_cancelled()),
+                "a permit aborted while the server was paused finished"
+            );
+        }
+        let resumed = Instant::now();
+        server.resume();
+        let held = tokio::time::timeout(Duration::from_secs(10), a)
+            .await
+            .expect("A's permit within 10 s")
+            .expect("A's task")
+            .expect("A's permit");
+
+        let semaphore = other.semaphore(key.as_str(), 2);
+        let second = loop {
+            if let Some(permit) = semaphore.try_acquire().await.expect("try_acquire") {
+                break permit;
+            }
+            assert!(
+                resumed.elapsed() < Duration::from_secs(5),
+                "B's permit, granted to nobody, is still held {:?} after the server resumed",
+                resumed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(second.fencing_token() > held.fencing_token());
+        // B's permit was granted (its released entry keeps a grant's fencing token, not the 0
+        // of a release that found no entry): the test exercised a grant answered to nobody.
+        let value: String = redis::cmd("GET")
+            .arg(lock_name(&key))
+            .query_async(&mut server.connection().await)
+            .await
+            .expect("GET the lock key");
+        let words: Vec<&str> = value.split(' ').skip(4).collect();
+        assert!(
+            words
+                .chunks(3)
+                .any(|entry| entry[1].starts_with('-') && entry[2] != "0"),
+            "B's permit was never granted: {value}"
+        );
+        assert!(
+            semaphore
+                .try_acquire()
+                .await
+                .expect("try_acquire")
+                .is_none(),
+            "a third permit of 2: A's, the other locker's, and one more"
+        );
+        second.release().await.expect("release");
+        held.release().await.expect("release");
+    });
+}

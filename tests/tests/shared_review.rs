@@ -680,3 +680,433 @@ async fn a_released_entry_for_an_unseen_acquisition_outlives_the_last_grants_exp
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared requests in the group commit (batch.lua runs acquire_shared.lua's function with the
+// call's one clock reading; a free key is taken with one `SET … NX … GET`).
+// ---------------------------------------------------------------------------------------------
+
+/// One call of batch.lua as the group commit sends it: `releases` (`(lock, "-<fence> <token>")`)
+/// first, then `acquisitions` (`(lock, request)`); the call's own lease is `LEASE`.
+async fn batch(
+    conn: &mut MultiplexedConnection,
+    releases: &[(&str, String)],
+    acquisitions: &[(&str, String)],
+) -> Vec<redis::Value> {
+    let batch = script("batch");
+    let mut invocation = batch.prepare_invoke();
+    for (lock, _) in releases.iter().chain(acquisitions) {
+        invocation.key(*lock);
+    }
+    invocation
+        .arg(HOLDER)
+        .arg(LEASE)
+        .arg(RETENTION)
+        .arg(releases.len());
+    for (_, request) in releases.iter().chain(acquisitions) {
+        invocation.arg(request);
+    }
+    invocation
+        .invoke_async(conn)
+        .await
+        .expect("batch.lua answers an array")
+}
+
+/// A batch call's answer `at` as `(status, value)`, both integers.
+fn pair(reply: &[redis::Value], at: usize) -> (i64, i64) {
+    match (&reply[2 * at], &reply[2 * at + 1]) {
+        (redis::Value::Int(status), redis::Value::Int(value)) => (*status, *value),
+        _ => panic!("answer {at} is not two integers: {reply:?}"),
+    }
+}
+
+/// A batch call's answer `at` as a failure: `-1, "<command> <error>"`.
+fn failure(reply: &[redis::Value], at: usize) -> String {
+    assert_eq!(reply[2 * at], redis::Value::Int(-1), "{reply:?}");
+    redis::from_redis_value(reply[2 * at + 1].clone()).expect("a failure's text")
+}
+
+/// A shared request of batch.lua: a reader (`permits` 0) or one of `permits` permits.
+fn shared_request(token: &str, permits: u32) -> String {
+    format!("{token} {LEASE} {RETENTION} shared {permits}")
+}
+
+/// An exclusive request of batch.lua with a lease of its own (a waiting writer: it claims).
+fn exclusive_request(token: &str) -> String {
+    format!("{token} {LEASE} {RETENTION}")
+}
+
+/// The server's clock in microseconds.
+async fn micros(conn: &mut MultiplexedConnection) -> u64 {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    seconds * 1_000_000 + micros
+}
+
+/// Writes `value` at the lock key, kept for the retention.
+async fn preset(lock: &mut Lock, value: &str) {
+    redis::cmd("SET")
+        .arg(&lock.lock)
+        .arg(value)
+        .arg("PX")
+        .arg(RETENTION)
+        .query_async::<()>(&mut lock.conn)
+        .await
+        .unwrap();
+}
+
+/// History: the key's last fencing token B is an hour ahead of the server's clock (a force-
+/// release's tombstone, `-B 000…0`), so every grant's token is `last + 1` exactly and the clock
+/// the call shares cannot hide a token handed out twice or going back. One call carries three
+/// permits of 3, a waiting writer X and a reader for the key: the permits get B+1, B+2, B+3 in
+/// order, X is refused beside them (no writer beside a permit in the same call) and the reader is
+/// refused as another kind of holder. The next call releases the three permits and carries X and
+/// a fourth permit: X gets B+4 (after every permit's, though its fast path numbers a free key
+/// with the call's clock), the permit is refused beside X. The call after releases X and carries
+/// two readers: both carry X's token B+4, and a permit beside them is a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_and_a_writer_of_one_key_in_batch_calls_fence_in_grant_order() {
+    let server = RedisServer::start();
+    let mut lock = Lock::new(&server, "batched-fences").await;
+    let base = micros(&mut lock.conn).await + 3_600_000_000;
+    let zeros = token(0);
+    preset(&mut lock, &format!("-{base} {zeros}")).await;
+    let key = lock.lock.clone();
+    let permits: Vec<String> = (1..=4).map(|n| token(0xbe00 + n)).collect();
+    let (writer, reader) = (token(0x3717e5), token(0x7ead));
+
+    let mut first: Vec<(&str, String)> = permits[..3]
+        .iter()
+        .map(|permit| (key.as_str(), shared_request(permit, 3)))
+        .collect();
+    first.push((key.as_str(), exclusive_request(&writer)));
+    first.push((key.as_str(), shared_request(&reader, 0)));
+    let reply = batch(&mut lock.conn, &[], &first).await;
+    for n in 0..3 {
+        assert_eq!(
+            pair(&reply, n),
+            (1, (base + 1 + n as u64) as i64),
+            "permit {n}: {reply:?}"
+        );
+    }
+    let (status, ttl) = pair(&reply, 3);
+    assert!(
+        status == 0 && ttl > 0,
+        "a writer beside three permits granted in the same call: {reply:?}"
+    );
+    assert_eq!(
+        pair(&reply, 4),
+        (3, 3),
+        "a reader beside permits: {reply:?}"
+    );
+    let (header, entries) = lock.shared_form().await;
+    assert!(header.starts_with(&format!("*{} 3 ", base + 3)), "{header}");
+    assert!(!header.ends_with(" 0 0"), "the writer's claim: {header}");
+    assert_eq!(entries.iter().filter(|entry| entry.1 > 0).count(), 3);
+
+    let releases: Vec<(&str, String)> = permits[..3]
+        .iter()
+        .enumerate()
+        .map(|(n, permit)| (key.as_str(), format!("-{} {permit}", base + 1 + n as u64)))
+        .collect();
+    let second = [
+        (key.as_str(), exclusive_request(&writer)),
+        (key.as_str(), shared_request(&permits[3], 3)),
+    ];
+    let reply = batch(&mut lock.conn, &releases, &second).await;
+    for n in 0..3 {
+        assert_eq!(pair(&reply, n), (1, 0), "release {n}: {reply:?}");
+    }
+    assert_eq!(
+        pair(&reply, 3),
+        (1, (base + 4) as i64),
+        "the writer after three permits of one call: {reply:?}"
+    );
+    let (status, ttl) = pair(&reply, 4);
+    assert!(
+        status == 0 && ttl > 0,
+        "a permit beside the writer: {reply:?}"
+    );
+
+    let readers = [token(0x7ead1), token(0x7ead2)];
+    let third = [
+        (key.as_str(), shared_request(&readers[0], 0)),
+        (key.as_str(), shared_request(&readers[1], 0)),
+        (key.as_str(), shared_request(&permits[3], 3)),
+    ];
+    let reply = batch(
+        &mut lock.conn,
+        &[(key.as_str(), format!("-{} {writer}", base + 4))],
+        &third,
+    )
+    .await;
+    assert_eq!(pair(&reply, 0), (1, 0), "{reply:?}");
+    assert_eq!(pair(&reply, 1), (1, (base + 4) as i64), "a reader after X");
+    assert_eq!(pair(&reply, 2), (1, (base + 4) as i64), "a reader after X");
+    assert_eq!(pair(&reply, 3), (3, 0), "a permit beside readers");
+    let (_, entries) = lock.shared_form().await;
+    assert!(
+        entries.iter().any(|entry| entry.0 == writer && entry.1 < 0),
+        "X's tombstone is kept as a released hold: {entries:?}"
+    );
+}
+
+/// History: one call carries a writer X (the call's own lease: the bare-token fast path) for a
+/// free key, then a reader and a permit of it: X is granted with the call's clock, the reader and
+/// the permit are refused with X's lease left, and X's hold is marked (its release will
+/// publish). Another call carries a reader R of a free key, then a waiting writer W, then a
+/// second reader: R is granted, W is refused beside R and claims the key, and the second reader
+/// queues behind W's claim (a stream of readers in one call cannot starve the writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_and_shared_holds_of_one_key_in_one_call_exclude_each_other() {
+    let server = RedisServer::start();
+    let mut lock = Lock::new(&server, "batched-mixed").await;
+    let key = lock.lock.clone();
+    let (writer, reader, permit) = (token(0x3717e5), token(0x7ead), token(0xbe01));
+    let before = micros(&mut lock.conn).await;
+    let reply = batch(
+        &mut lock.conn,
+        &[],
+        &[
+            (key.as_str(), writer.clone()),
+            (key.as_str(), shared_request(&reader, 0)),
+            (key.as_str(), shared_request(&permit, 2)),
+        ],
+    )
+    .await;
+    let (status, fence) = pair(&reply, 0);
+    assert!(status == 1 && fence as u64 >= before, "{reply:?}");
+    for at in [1, 2] {
+        let (status, ttl) = pair(&reply, at);
+        assert!(
+            status == 0 && ttl > 0 && ttl <= LEASE as i64,
+            "a shared hold beside the writer granted in the same call: {reply:?}"
+        );
+    }
+    let held = lock.value().await.unwrap();
+    assert!(held.starts_with(&format!("{writer}+{fence} ")), "{held}");
+
+    let mut lock = Lock::new(&server, "batched-mixed").await;
+    let key = lock.lock.clone();
+    let second = token(0x7ead2);
+    let reply = batch(
+        &mut lock.conn,
+        &[],
+        &[
+            (key.as_str(), shared_request(&reader, 0)),
+            (key.as_str(), exclusive_request(&writer)),
+            (key.as_str(), shared_request(&second, 0)),
+        ],
+    )
+    .await;
+    assert_eq!(pair(&reply, 0).0, 1, "{reply:?}");
+    let (status, ttl) = pair(&reply, 1);
+    assert!(
+        status == 0 && ttl > 0,
+        "a writer beside a reader granted in the same call: {reply:?}"
+    );
+    let (status, claim) = pair(&reply, 2);
+    assert!(
+        status == 0 && claim > LEASE as i64,
+        "a reader after the writer's claim in the same call: {reply:?}"
+    );
+    let (_, entries) = lock.shared_form().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+/// A shared request of `token` at `lock`'s key, by acquire_shared.lua alone or batched: its
+/// answer, or the error it failed with.
+async fn ask_shared(
+    lock: &mut Lock,
+    token: &str,
+    batched: bool,
+    permits: u32,
+) -> Result<(i64, i64), String> {
+    if batched {
+        let key = lock.lock.clone();
+        let reply = batch(
+            &mut lock.conn,
+            &[],
+            &[(key.as_str(), shared_request(token, permits))],
+        )
+        .await;
+        match &reply[0] {
+            redis::Value::Int(-1) => Err(failure(&reply, 0)),
+            _ => Ok(pair(&reply, 0)),
+        }
+    } else {
+        script("acquire_shared")
+            .key(&lock.lock)
+            .arg(token)
+            .arg(LEASE)
+            .arg(RETENTION)
+            .arg(permits)
+            .invoke_async::<(i64, i64)>(&mut lock.conn)
+            .await
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// History: the one-write fast path (`SET … NX … GET`) of a shared acquisition, alone and
+/// batched, meets what is not a free key: a value relock did not write (refused with its PTTL,
+/// left as it was), a key of another type (the request fails alone, the key is left as it was),
+/// a tombstone (taken, its fencing token continued and the hold it names kept as a released
+/// hold; the hold it names refused as released already), and a server out of memory: a free key
+/// is not taken (the write's error, nothing written), a retried request of a live permit gets its
+/// grant again, a new permit's write is refused with the value left as it was, and a full
+/// semaphore refuses as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_write_fast_path_takes_only_a_free_key() {
+    let server = RedisServer::start();
+    let mut admin = server.connection().await;
+    for batched in [false, true] {
+        let mut lock = Lock::new(&server, "fast-path").await;
+        let key = lock.lock.clone();
+        let asker = token(0xa5c);
+        // A value relock did not write.
+        preset(&mut lock, "not relock's").await;
+        let (status, ttl) = ask_shared(&mut lock, &asker, batched, 0).await.unwrap();
+        assert!(status == 0 && ttl > 0 && ttl <= RETENTION as i64, "{ttl}");
+        assert_eq!(lock.value().await.as_deref(), Some("not relock's"));
+
+        // A key of another type.
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg("item")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let err = ask_shared(&mut lock, &asker, batched, 2).await.unwrap_err();
+        assert!(err.contains("WRONGTYPE"), "batched {batched}: {err}");
+        let items: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(items, ["item"]);
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+
+        // A tombstone, ahead of the clock: the permit continues its token; the hold it names
+        // is kept as released, and refused.
+        let base = micros(&mut admin).await + 3_600_000_000;
+        let gone = token(0x90e);
+        preset(&mut lock, &format!("-{base} {gone}")).await;
+        let now_ms = micros(&mut admin).await / 1000;
+        assert_eq!(
+            ask_shared(&mut lock, &asker, batched, 2).await.unwrap(),
+            (1, (base + 1) as i64)
+        );
+        let (header, entries) = lock.shared_form().await;
+        assert!(header.starts_with(&format!("*{} 2 ", base + 1)), "{header}");
+        let kept = entries.iter().find(|entry| entry.0 == gone).expect("kept");
+        assert!(
+            kept.1 < 0 && -kept.1 >= (now_ms + RETENTION) as i64 && kept.2 == base,
+            "{entries:?}"
+        );
+        assert!(lock.pttl().await > (RETENTION - 5_000) as i64);
+        assert_eq!(lock.shared(&gone, 2).await, (2, 0));
+        // Its own tombstone refuses it, and is left as it was.
+        preset(&mut lock, &format!("-{base} {asker}")).await;
+        assert_eq!(
+            ask_shared(&mut lock, &asker, batched, 0).await.unwrap(),
+            (2, 0)
+        );
+        assert_eq!(lock.value().await, Some(format!("-{base} {asker}")));
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+
+        // Out of memory.
+        let live = token(0x11fe);
+        let (granted, live_fence) = lock.shared(&live, 1).await;
+        assert_eq!(granted, 1);
+        let free = Lock::new(&server, "fast-path-free").await;
+        let held_value = lock.value().await;
+        config(&mut admin, "maxmemory-policy", "noeviction").await;
+        config(&mut admin, "maxmemory", "1").await;
+        let on_free = {
+            let mut free = free;
+            let answer = ask_shared(&mut free, &asker, batched, 0).await;
+            (answer, free.value().await)
+        };
+        let retried = lock.shared(&live, 1).await;
+        let full = ask_shared(&mut lock, &asker, batched, 1).await;
+        let refused_write = ask_shared(&mut lock, &asker, batched, 0).await;
+        let after = lock.value().await;
+        config(&mut admin, "maxmemory", "0").await;
+        let (answer, written) = on_free;
+        assert!(
+            matches!(&answer, Err(err) if err.contains("OOM")),
+            "batched {batched}: a free key out of memory: {answer:?}"
+        );
+        assert_eq!(written, None, "batched {batched}: a free key was written");
+        assert_eq!(
+            retried,
+            (1, live_fence),
+            "a retried request: the same grant"
+        );
+        let (status, ttl) = full.unwrap();
+        assert!(status == 0 && ttl > 0, "a full semaphore refuses as busy");
+        assert_eq!(refused_write, Ok((3, 1)), "a reader beside a permit");
+        assert_eq!(
+            after, held_value,
+            "batched {batched}: the value was changed"
+        );
+    }
+}
+
+/// History: released holds come before a live holder in the list (the released ones moved to
+/// the end before it was granted), then more releases, batched, pass the bound of 32: the oldest
+/// released entry, in the middle of the value, is dropped, the live holder's entry is left whole
+/// (it still renews, and keeps the writer out), the newest 32 are kept in order, a retried
+/// release of a kept one answers 2 and of the dropped one 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_of_released_holds_drops_the_oldest_even_before_a_live_holder() {
+    let server = RedisServer::start();
+    let mut lock = Lock::new(&server, "bound-middle").await;
+    let tokens: Vec<String> = (0..40u128).map(|n| token(0x1000 + n)).collect();
+    let mut fences = Vec::new();
+    for token in &tokens {
+        let (status, fence) = lock.shared(token, 0).await;
+        assert_eq!(status, 1);
+        fences.push(fence);
+    }
+    // Two released first, then the live one, then the rest released one by one.
+    for n in 0..2 {
+        assert_eq!(lock.release(&tokens[n], fences[n], true).await, 1);
+    }
+    let live = token(0xa11e);
+    assert_eq!(lock.shared(&live, 0).await.0, 1);
+    for n in 2..40 {
+        assert_eq!(lock.release(&tokens[n], fences[n], true).await, 1, "{n}");
+    }
+    let (_, entries) = lock.shared_form().await;
+    let released: Vec<&str> = entries
+        .iter()
+        .filter(|entry| entry.1 < 0)
+        .map(|entry| entry.0.as_str())
+        .collect();
+    assert_eq!(
+        released,
+        tokens[8..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let alive: Vec<_> = entries.iter().filter(|entry| entry.1 > 0).collect();
+    assert_eq!(alive.len(), 1, "{entries:?}");
+    assert_eq!(alive[0].0, live);
+    assert_eq!(lock.renew(&live).await, 1);
+    assert_eq!(lock.exclusive(&token(0xeeee), true).await.0, 0);
+    assert_eq!(lock.release(&tokens[8], fences[8], true).await, 2);
+    assert_eq!(lock.release(&tokens[0], fences[0], true).await, 0);
+}
