@@ -1512,6 +1512,31 @@ fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
         let (status, fence) = answer(&reply, 1);
         assert!(status == 1 && fence > fences[2], "{reply:?}");
         assert_eq!(answer(&reply, 2).0, 0, "still 3 taken: {reply:?}");
+
+        // A free key taken in a batch call is written as acquire_shared.lua writes it: the
+        // clock's token, the deadline of its own lease, and the longer of lease and retention as
+        // the key's expiry (here the lease: 700 s against 600 s).
+        let free = unique_key("batched-free");
+        let token = format!("{:032x}", 7);
+        let before = server_micros(&mut admin).await;
+        let reply = batch_call(
+            &mut admin,
+            &[(free.as_str(), format!("{token} 700000 600000 shared 2"))],
+        )
+        .await;
+        let (status, fence) = answer(&reply, 0);
+        assert!(status == 1 && fence as u64 >= before, "{reply:?}");
+        let left = value(&mut admin, &free).await.unwrap();
+        let deadline = fence as u64 / 1000 + 700_000;
+        assert!(
+            left == format!("*{fence} 2 0 0 {token} {deadline} {fence}")
+                || left == format!("*{fence} 2 0 0 {token} {} {fence}", deadline + 1),
+            "{left}"
+        );
+        assert!(
+            pttl(&mut admin, &free).await > 650_000,
+            "the lease's expiry"
+        );
     });
 }
 

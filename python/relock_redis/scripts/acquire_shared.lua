@@ -35,8 +35,10 @@
 --
 -- The work is one function, which batch.lua carries byte for byte (a test in scripts/mod.rs checks
 -- it) and calls with the clock it read once for its whole call: `now` in milliseconds, `clock`
--- in microseconds as text; `lease` and `retention` are numbers, `permits` text.
-local function acquire_shared(lock, token, lease, retention, permits, now, clock)
+-- in microseconds as text; `lease` and `retention` are numbers, `permits` text. `seen`, when
+-- given, is the answer of the first write below that the caller sent itself (batch.lua takes a
+-- free key on its own, with the same value and expiry, and passes on what it found there).
+local function acquire_shared(lock, token, lease, retention, permits, now, clock, seen)
     if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
         -- A value holds hold tokens of exactly this form: any other would corrupt it.
         return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
@@ -45,8 +47,8 @@ local function acquire_shared(lock, token, lease, retention, permits, now, clock
     -- A free key is taken with one write, which reads what was there (the grant is the one the
     -- end of this function writes for nothing: the clock's fencing token). A server that refuses
     -- writes refuses this one even when the key is taken: what is there is then read with GET.
-    local value = redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. ' ' ..
-        (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
+    local value = seen or redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token ..
+        ' ' .. (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
     if type(value) == 'table' then
         local refused = value
         value = redis.call('GET', lock)

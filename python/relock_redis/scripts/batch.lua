@@ -359,7 +359,7 @@ local function release(lock, tombstone)
 end
 
 -- acquire_shared.lua's function, byte for byte (a test in scripts/mod.rs checks it).
-local function acquire_shared(lock, token, lease, retention, permits, now, clock)
+local function acquire_shared(lock, token, lease, retention, permits, now, clock, seen)
     if #token ~= 32 or not string.find(token, '^[0-9a-f]+$') then
         -- A value holds hold tokens of exactly this form: any other would corrupt it.
         return redis.error_reply('relock: a hold token is 32 lowercase hex digits, not `' ..
@@ -368,8 +368,8 @@ local function acquire_shared(lock, token, lease, retention, permits, now, clock
     -- A free key is taken with one write, which reads what was there (the grant is the one the
     -- end of this function writes for nothing: the clock's fencing token). A server that refuses
     -- writes refuses this one even when the key is taken: what is there is then read with GET.
-    local value = redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. ' ' ..
-        (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
+    local value = seen or redis.pcall('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token ..
+        ' ' .. (now + lease) .. ' ' .. clock, 'NX', 'PX', math.max(lease, retention), 'GET')
     if type(value) == 'table' then
         local refused = value
         value = redis.call('GET', lock)
@@ -520,13 +520,37 @@ local function acquire_shared(lock, token, lease, retention, permits, now, clock
     return {1, fence}
 end
 
+-- The text after the hold token of a shared grant of a free key, per lease: its deadline and the
+-- clock's fencing token.
+local shared_tails = {}
+
 -- A shared request's status and value, with this call's clock; its error reply raised, as a
--- failed command's error is.
+-- failed command's error is. A free key is taken here as acquire_shared's function takes it (the
+-- same checked token, value and expiry; no number formatted twice in one call); anything else is
+-- the function's, with what this write found.
 local function shared(lock, token, lease, retention, permits)
     if not now then
         tick()
     end
-    local answer = acquire_shared(lock, token, tonumber(lease), tonumber(retention), permits, now, clock)
+    local seen
+    -- The expiry is the longer of lease and retention: compared as text only when both are
+    -- plain numbers (no leading zero), else left to the function.
+    if #token == 32 and find(token, '^[0-9a-f]+$') and byte(lease, 1) ~= 48 and byte(retention, 1) ~= 48 then
+        local expiry = retention
+        if #lease > #retention or (#lease == #retention and lease > retention) then
+            expiry = lease
+        end
+        local tail = shared_tails[lease]
+        if not tail then
+            tail = ' ' .. (now + tonumber(lease)) .. ' ' .. clock
+            shared_tails[lease] = tail
+        end
+        seen = try('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. tail, 'NX', 'PX', expiry, 'GET')
+        if not seen then
+            return 1, micros
+        end
+    end
+    local answer = acquire_shared(lock, token, tonumber(lease), tonumber(retention), permits, now, clock, seen)
     if answer.err then
         error(answer)
     end
