@@ -13,8 +13,8 @@ MODE:
                   tombstone of the key's previous release
   single          relock's acquire.lua then release.lua per pair, one request at a time
   single-reuse    the same over 64 keys used again and again (a tombstone each time)
-  permit          as batch, with each acquisition one of 4 permits of its key (a shared hold:
-                  "<hold token> <lease> <retention> shared 4")
+  permit          as batch, with each acquisition one of 4 permits of its key (a shared hold with
+                  the call's lease and retention: "<hold token>*4", as relock sends it)
   read-string     DEPTH readers of ONE key with the current scripts: each round is one pipeline
                   write of DEPTH release.lua calls (the previous round's readers) then DEPTH
                   acquire_shared.lua calls (new tokens; lease 30000, retention 600000, permits 0),
@@ -131,7 +131,7 @@ elif mode in ('single', 'single-reuse'):
         assert released == b':1\r\n', released
 elif mode in ('batch', 'batch-reuse', 'permit'):
     sha = load('BATCH', 'batch.lua')
-    shared = ' 30000 600000 shared 4' if mode == 'permit' else ''
+    shared = '*4' if mode == 'permit' else ''
     held, fences, i = [], {}, 0
     while i < pairs or held:
         taking = list(range(i, min(i + depth, pairs)))

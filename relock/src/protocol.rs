@@ -497,11 +497,18 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
     // The first acquisition's lease and retention, which most share, are the call's own.
     let shared = requests.get(releases).map(|request| request.kind);
     let (lease_ms, retention_ms) = match shared {
-        Some(Kind::Acquire {
-            lease_ms,
-            retention_ms,
-            ..
-        }) => (lease_ms, retention_ms),
+        Some(
+            Kind::Acquire {
+                lease_ms,
+                retention_ms,
+                ..
+            }
+            | Kind::AcquireShared {
+                lease_ms,
+                retention_ms,
+                ..
+            },
+        ) => (lease_ms, retention_ms),
         _ => (0, retention_ms),
     };
     // Sized up front: the buffers would otherwise grow a few times per call.
@@ -551,12 +558,17 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
                 command.arg(token);
             }
             Kind::AcquireShared {
-                lease_ms,
-                retention_ms,
+                lease_ms: lease,
+                retention_ms: retention,
                 permits,
             } => {
                 text.clear();
-                let _ = write!(text, "{token} {lease_ms} {retention_ms} shared {permits}");
+                if (lease, retention) == (lease_ms, retention_ms) {
+                    // The call's lease and retention: the short form.
+                    let _ = write!(text, "{token}*{permits}");
+                } else {
+                    let _ = write!(text, "{token} {lease} {retention} shared {permits}");
+                }
                 command.arg(&text);
             }
         }

@@ -1503,8 +1503,10 @@ fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
             &mut admin,
             &[
                 (k.as_str(), permit(&tokens[0], 3)),
-                (k.as_str(), permit(&tokens[3], 3)),
-                (k.as_str(), permit(&tokens[4], 3)),
+                // The short form: the call's lease and retention.
+                (k.as_str(), format!("{}*3", tokens[3])),
+                (k.as_str(), format!("{}*3", tokens[4])),
+                (k.as_str(), format!("{}*", tokens[4])),
             ],
         )
         .await;
@@ -1512,6 +1514,17 @@ fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
         let (status, fence) = answer(&reply, 1);
         assert!(status == 1 && fence > fences[2], "{reply:?}");
         assert_eq!(answer(&reply, 2).0, 0, "still 3 taken: {reply:?}");
+        assert_eq!(
+            reply[6],
+            redis::Value::Int(-1),
+            "no permits given: {reply:?}"
+        );
+        let entry = held_entry(&value(&mut admin, &k).await.unwrap(), &tokens[3]);
+        let now_ms = server_micros(&mut admin).await / 1000;
+        assert!(
+            (now_ms + 25_000..=now_ms + 30_000).contains(&entry),
+            "the call's lease of 30 s: {entry}"
+        );
 
         // A free key taken in a batch call is written as acquire_shared.lua writes it: the
         // clock's token, the deadline of its own lease, and the longer of lease and retention as
@@ -1614,4 +1627,12 @@ fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() 
             );
         }
     });
+}
+
+/// The deadline of `token`'s entry in the shared value `value`.
+fn held_entry(value: &str, token: &str) -> u64 {
+    let (_, rest) = value
+        .split_once(&format!(" {token} "))
+        .unwrap_or_else(|| panic!("no entry of {token} in {value}"));
+    rest.split(' ').next().unwrap().parse().unwrap()
 }

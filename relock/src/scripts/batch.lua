@@ -17,6 +17,8 @@
 --   "<hold token> <lease ms> <retention ms>"  acquire with a lease of its own
 --   "<hold token> <lease ms> <retention ms> try"  one attempt that will not wait: a refusal by
 --                                             shared holders records no waiting writer
+--   "<hold token>*<permits>"                  a shared hold (below) with the call's lease and
+--                                             retention
 --   "<hold token> <lease ms> <retention ms> shared <permits>"  a shared hold: a reader
 --                                             (permits 0) or one of <permits> permits, run as
 --                                             acquire_shared.lua runs it (its function, below)
@@ -567,6 +569,16 @@ for k = 1, #KEYS do
         ok, status, value = pcall(release, KEYS[k], request)
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
+    elseif byte(request, 33) == SHARED then
+        -- "<hold token>*<permits>": a shared request with the call's lease and retention.
+        local permits = sub(request, 34)
+        if permits == '' or find(permits, '%D') then
+            ok, status = false, {err = 'a shared request is "<hold token>*<permits>"'}
+        else
+            -- Named as below.
+            calling = 'SET'
+            ok, status, value = pcall(shared, KEYS[k], sub(request, 1, 32), lease, retention, permits)
+        end
     else
         local token, own_lease, own_retention, flag, permits = match(request, '^(%x+) (%d+) (%d+) ?(%a*) ?(%d*)$')
         if token and flag == 'shared' and permits ~= '' then
