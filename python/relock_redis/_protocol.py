@@ -118,19 +118,26 @@ class LockInfo:
     key: str
     """The lock's key, as it was locked (without prefix or hash tag)."""
     owner: str
-    """The current hold's own token (32 hex digits): every fresh acquisition has a new one."""
+    """The current hold's own token (32 hex digits): every fresh acquisition has a new one. For
+    shared holds, the first holder's."""
     holds: int
-    """Always 1: re-entry is decided in the holder's process and never reaches Redis."""
+    """1 for an exclusive hold (re-entry is decided in the holder's process and never reaches
+    Redis); the live readers or permits in use for shared holds."""
     ttl: float
     """How long the lease has left, in seconds."""
     fencing_token: int
-    """The fencing token of the current hold."""
+    """The fencing token of the current hold; for shared holds, the key's last one."""
     host: str | None
     """The host name of the holder's machine."""
     pid: int | None
     """The holder's process id."""
     acquired_at: datetime | None
     """When the lock was taken, by the holder's clock."""
+    mode: str = "exclusive"
+    """How the lock is held: ``"exclusive"``, ``"read"`` (readers of the Rust crate's read-write
+    lock) or ``"permits"`` (a semaphore's permits): the Rust crate's ``LockMode``."""
+    permits: int | None = None
+    """For ``"permits"``, the semaphore's size."""
 
 
 def parse_inspect(prefix: str, key: str, reply: Any) -> LockInfo | None:
@@ -150,6 +157,8 @@ def parse_inspect(prefix: str, key: str, reply: Any) -> LockInfo | None:
     if len(reply) != 2 or not isinstance(reply[0], int) or reply[0] <= 0:
         raise unexpected("inspect", reply)
     value = text(reply[1])
+    if value.startswith("*"):
+        return _parse_shared(key, reply[0], value, reply)
     # "<hold token><mark><fencing token> <deadline ms> <pid> <since ms> <host>"
     token, mark, rest = value[:32], value[32:33], value[33:]
     parts = rest.split(" ", 4)
@@ -171,4 +180,33 @@ def parse_inspect(prefix: str, key: str, reply: Any) -> LockInfo | None:
         host=host,
         pid=pid,
         acquired_at=since,
+    )
+
+
+def _parse_shared(key: str, ttl_ms: int, value: str, reply: Any) -> LockInfo:
+    """Shared holders, as ``inspect.lua`` answers them: ``*<fencing token> <permits> <writer
+    until ms> <waited>`` then `` <hold token> <deadline ms> <fencing token>`` per live holder (the
+    Rust crate's readers and permits; this package takes neither)."""
+    fields = value[1:].split(" ")
+    head, entries = fields[:4], fields[4:]
+    if (
+        len(head) != 4
+        or not all(field.isdigit() for field in head)
+        or not entries
+        or len(entries) % 3
+        or any(len(token) != 32 for token in entries[::3])
+    ):
+        raise unexpected("inspect", reply)
+    permits = int(head[1])
+    return LockInfo(
+        key=key,
+        owner=entries[0],
+        holds=len(entries) // 3,
+        ttl=ttl_ms / 1000,
+        fencing_token=int(head[0]),
+        host=None,
+        pid=None,
+        acquired_at=None,
+        mode="read" if permits == 0 else "permits",
+        permits=permits or None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -22,6 +23,8 @@ from relock_redis import (
 )
 
 from .conftest import RedisServer, evalsha_calls
+
+REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "relock" / "src" / "scripts"
 
 
 @pytest.fixture
@@ -544,3 +547,29 @@ async def test_re_entering_a_lost_hold_raises_lost(
                 await guard.release()
     finally:
         await operator.aclose()
+
+
+async def test_inspect_shows_readers_and_permits_the_rust_crate_holds(
+    locker: Locker, key: str, sync_client: "redis.Redis[bytes]"
+) -> None:
+    # Two readers, as the Rust crate's `read` takes them (acquire_shared.lua, permits 0), under
+    # a writer's last fencing token 4242; then a semaphore of 3 with one permit on another key.
+    source = (REPO_SCRIPTS / "acquire_shared.lua").read_text()
+    lock = f"relock:{{{key}}}"
+    sync_client.set(lock, "-4242 " + "0" * 32, px=600_000)
+    readers = ["a" * 32, "b" * 32]
+    for token in readers:
+        assert sync_client.eval(source, 1, lock, token, 30_000, 600_000, 0) == [1, 4242]
+    info = await locker.inspect(key)
+    assert info is not None
+    assert (info.mode, info.permits, info.holds, info.owner) == ("read", None, 2, readers[0])
+    assert info.fencing_token == 4242 and 25 < info.ttl <= 30
+    assert info.pid is None and info.host is None
+    assert await locker.try_lock(key) is None, "readers hold it for this package too"
+
+    permits = f"relock:{{{key}:permits}}"
+    status, fence = sync_client.eval(source, 1, permits, "c" * 32, 30_000, 600_000, 3)
+    assert status == 1
+    info = await locker.inspect(f"{key}:permits")
+    assert info is not None
+    assert (info.mode, info.permits, info.holds, info.fencing_token) == ("permits", 3, 1, fence)
