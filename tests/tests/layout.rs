@@ -1609,6 +1609,22 @@ fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() 
                 (1, 4242)
             );
 
+            // The only permit of 1 refused another (the key is marked): its release is
+            // announced, so the refused one wakes.
+            let key = unique_key(&format!("sole-waited-{batched}"));
+            let (_, fence) = acquire_shared_script(&mut admin, &key, p, 1).await;
+            assert_eq!(acquire_shared_script(&mut admin, &key, q, 1).await.0, 0);
+            let before = publishes(&mut admin).await;
+            assert_eq!(
+                release_script(&mut admin, &key, p, fence as u64, batched).await,
+                1
+            );
+            assert_eq!(
+                value(&mut admin, &key).await.unwrap(),
+                format!("-{fence} {p}")
+            );
+            assert_eq!(publishes(&mut admin).await, before + 1, "batched {batched}");
+
             // A writer claims the key: the shared form stays, with the claim.
             let key = unique_key(&format!("sole-claimed-{batched}"));
             let (_, fence) = acquire_shared_script(&mut admin, &key, p, 0).await;
@@ -1635,4 +1651,18 @@ fn held_entry(value: &str, token: &str) -> u64 {
         .split_once(&format!(" {token} "))
         .unwrap_or_else(|| panic!("no entry of {token} in {value}"));
     rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// How many `PUBLISH` commands the server has run.
+async fn publishes(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
 }

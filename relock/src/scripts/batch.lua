@@ -187,7 +187,7 @@ end
 -- `value` is the key's shared value, already overwritten by the caller's tombstone, or (`full`:
 -- the server is out of memory) not written at all. Answers 1, 2 (the entry is a released hold's:
 -- a retry), or nothing when the value is left to the caller to put back.
-local function release_shared(lock, value, token, unknown, full, written)
+local function release_shared(lock, value, token, unknown, full)
     -- The list starts after the "waited" mark; the value is copied as few times as it can be (a
     -- script's every new string costs the server a pass over its bytes).
     local mark, waited = match(value, '^%*%d+ %d+ %d+ ()([01])')
@@ -206,23 +206,6 @@ local function release_shared(lock, value, token, unknown, full, written)
             return 2
         end
         local stop = find(value, ' ', find(value, ' ', to + 1, true) + 1, true)
-        if not stop and from == mark + 1 and not full then
-            -- This hold's entry is the only one and no writer claims the key: the key becomes the
-            -- tombstone of this hold under the last fencing token, as release.lua leaves it.
-            local last, writer = match(value, '^%*(%d+) %d+ (%d+) ')
-            if writer == '0' then
-                local free = '-' .. last .. ' ' .. token
-                if free ~= written then
-                    calling = 'SET'
-                    call('SET', lock, free, 'KEEPTTL')
-                end
-                if waited == '1' then
-                    calling = 'PUBLISH'
-                    call('PUBLISH', lock .. ':released', '')
-                end
-                return 1
-            end
-        end
         released = sub(value, 1, from - 1) .. (stop and sub(value, stop) or '') .. ' ' .. token ..
             ' -' .. sub(value, to + 1, (stop or 0) - 1)
     elseif unknown and mark and not full and (string.gsub(sub(value, mark + 1), ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
@@ -337,7 +320,22 @@ local function release(lock, tombstone)
             end
         end
         if byte(value, 1) == SHARED then
-            local status = release_shared(lock, value, token, unknown, false, tombstone)
+            -- This hold's live entry is the only one and no writer claims the key: the key is
+            -- left as this hold's tombstone under the last fencing token, as release.lua leaves
+            -- it. Checked with matches that create no string (each would cost a pass over it).
+            local from = find(value, token, 1, true)
+            if from and match(value, '^%*%d+ %d+ 0 [01] ()') == from and find(value, '^ %d+ %d+$', from + 32) then
+                local fence = sub(tombstone, 2, #tombstone - 33)
+                if sub(value, 2, #fence + 1) ~= fence or byte(value, #fence + 2) ~= 32 then
+                    call('SET', lock, '-' .. match(value, '^%*(%d+)') .. ' ' .. token, 'KEEPTTL')
+                end
+                if byte(value, from - 2) == 49 then
+                    calling = 'PUBLISH'
+                    call('PUBLISH', lock .. ':released', '')
+                end
+                return 1, 0
+            end
+            local status = release_shared(lock, value, token, unknown)
             if status then
                 return status, 0
             end
