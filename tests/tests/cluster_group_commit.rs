@@ -240,7 +240,7 @@ async fn a_slot_moved_while_its_requests_are_queued_answers_each_and_holds_none_
     const MOVED: usize = 4;
     const HOLD: Duration = Duration::from_millis(2500);
     let cluster = RedisCluster::start(3, 0);
-    bounded(Duration::from_secs(60), async {
+    bounded(Duration::from_secs(120), async {
         let ports = cluster.master_ports();
         let (port, target) = (ports[0], ports[1]);
         let keys = keys_on(port, KEYS + 1, "moving").await;
@@ -248,7 +248,9 @@ async fn a_slot_moved_while_its_requests_are_queued_answers_each_and_holds_none_
         let proxy = behind_proxy(&cluster, port).await;
         let locker = Locker::builder()
             .cluster([proxy.url()])
-            .response_timeout(Duration::from_secs(10))
+            // Generous: a request of a moved slot is resent through the cluster connection, and
+            // with the proxy delaying requests a CI run on a loaded machine took past 10 s.
+            .response_timeout(Duration::from_secs(30))
             .build()
             .expect("a cluster locker");
         locker
@@ -490,7 +492,7 @@ async fn permits_queued_while_their_slot_moves_are_granted_at_most_n() {
     const ASKS: usize = 6;
     const HOLD: Duration = Duration::from_millis(2500);
     let cluster = RedisCluster::start(3, 0);
-    bounded(Duration::from_secs(60), async {
+    bounded(Duration::from_secs(120), async {
         let ports = cluster.master_ports();
         let (port, target) = (ports[0], ports[1]);
         let keys = keys_on(port, 3, "permits-moving").await;
@@ -499,7 +501,9 @@ async fn permits_queued_while_their_slot_moves_are_granted_at_most_n() {
         let proxy = behind_proxy(&cluster, port).await;
         let locker = Locker::builder()
             .cluster([proxy.url()])
-            .response_timeout(Duration::from_secs(10))
+            // Generous: a request of a moved slot is resent through the cluster connection, and
+            // with the proxy delaying requests a CI run on a loaded machine took past 10 s.
+            .response_timeout(Duration::from_secs(30))
             .build()
             .expect("a cluster locker");
         let warmed = locker
