@@ -627,6 +627,13 @@ pub(crate) fn attempt_from(status: i64, value: &Value) -> Option<Attempt> {
     }
 }
 
+/// A group-commit acquisition's status and value (exclusive or shared) as an [`Attempt`]; `what`
+/// names the script in the error for an answer of another shape.
+pub(crate) fn attempt_answer(what: &str, (status, value): (i64, Value)) -> Result<Attempt, Error> {
+    attempt_from(status, &value)
+        .ok_or_else(|| unexpected(what, &Value::Array(vec![Value::Int(status), value])))
+}
+
 /// Parses `acquire.lua`'s reply.
 pub(crate) fn parse_acquire(value: Value) -> Result<Attempt, Error> {
     if let Value::Array(items) = &value {

@@ -112,15 +112,10 @@ if string.byte(value, 1) == 42 and #token == 32 then
             if ARGV[2] ~= last then
                 redis.call('SET', KEYS[1], '-' .. last .. ' ' .. token, 'KEEPTTL')
             end
-            if ARGV[4] == 'sharded' then
-                redis.call('SPUBLISH', KEYS[2], '')
-            elseif waited == '1' then
-                redis.call('PUBLISH', KEYS[2], '')
-            end
-            return 1
+        else
+            released = string.sub(rest, 1, from - 1) .. (stop and string.sub(rest, stop) or '') ..
+                ' ' .. token .. ' -' .. string.sub(rest, to + 1, (stop or 0) - 1)
         end
-        released = string.sub(rest, 1, from - 1) .. (stop and string.sub(rest, stop) or '') ..
-            ' ' .. token .. ' -' .. string.sub(rest, to + 1, (stop or 0) - 1)
     elseif unknown and head and (string.gsub(rest, ' %x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x %-?%d+ %d+', '')) == '' then
         -- Its acquisition may still be on its way: named, until the retention's end, so that it
         -- is refused when it comes.
@@ -150,6 +145,8 @@ if string.byte(value, 1) == 42 and #token == 32 then
                 math.max(redis.call('PTTL', KEYS[1]), tonumber(ARGV[3])))
             return 0
         end
+    end
+    if from then
         if ARGV[4] == 'sharded' then
             redis.call('SPUBLISH', KEYS[2], '')
         elseif waited == '1' then

@@ -229,10 +229,7 @@ impl ClusterBackend {
             lock: protocol::lock_key(&self.prefix, key),
             token: token.clone(),
         };
-        let (status, value) = batcher.submit(&link, request).await?;
-        protocol::attempt_from(status, &value).ok_or_else(|| {
-            protocol::unexpected("acquire", &Value::Array(vec![Value::Int(status), value]))
-        })
+        protocol::attempt_answer("acquire", batcher.submit(&link, request).await?)
     }
 
     /// Releases the hold `token` of `key`, through its master's group commit.
@@ -298,13 +295,7 @@ impl ClusterBackend {
             lock: protocol::lock_key(&self.prefix, key),
             token: token.clone(),
         };
-        let (status, value) = batcher.submit(&link, request).await?;
-        protocol::attempt_from(status, &value).ok_or_else(|| {
-            protocol::unexpected(
-                "acquire_shared",
-                &Value::Array(vec![Value::Int(status), value]),
-            )
-        })
+        protocol::attempt_answer("acquire_shared", batcher.submit(&link, request).await?)
     }
 
     /// The queue of the master serving `key`'s slot, as the slot owners last read say (read

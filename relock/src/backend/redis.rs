@@ -296,10 +296,10 @@ impl RedisBackend {
             lock: self.lock_key(key),
             token: token.clone(),
         };
-        let (status, value) = self.batcher.submit(&self.connection, request).await?;
-        protocol::attempt_from(status, &value).ok_or_else(|| {
-            protocol::unexpected("acquire", &Value::Array(vec![Value::Int(status), value]))
-        })
+        protocol::attempt_answer(
+            "acquire",
+            self.batcher.submit(&self.connection, request).await?,
+        )
     }
 
     /// A shared hold (see `acquire_shared.lua`): a reader (`permits` 0) or one of `permits`
@@ -320,13 +320,10 @@ impl RedisBackend {
             lock: self.lock_key(key),
             token: token.clone(),
         };
-        let (status, value) = self.batcher.submit(&self.connection, request).await?;
-        protocol::attempt_from(status, &value).ok_or_else(|| {
-            protocol::unexpected(
-                "acquire_shared",
-                &Value::Array(vec![Value::Int(status), value]),
-            )
-        })
+        protocol::attempt_answer(
+            "acquire_shared",
+            self.batcher.submit(&self.connection, request).await?,
+        )
     }
 
     /// The acquire script (exclusive or shared, as `grant` says) and `WAIT` in one pipeline on a
