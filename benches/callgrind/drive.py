@@ -165,7 +165,7 @@ elif mode in ('read-string', 'read-string-batch', 'read-string-group', 'read-has
             reply = command('EVALSHA', batch, len(held) + len(taking), *[key] * (len(held) + len(taking)),
                             HOLDER, 30000, 600000, len(held),
                             *['-%d %s' % (f, t) for t, f in held],
-                            *[t + ' 30000 600000 shared 0' for t in taking])
+                            *[t + '*0' for t in taking])
             assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]
             held = [(t, number(fence)) for t, fence in zip(taking, reply[2 * len(held) + 1::2])]
             continue

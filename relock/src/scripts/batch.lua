@@ -51,6 +51,10 @@
 -- distinct keys and one clock reading numbers them all; shared requests (many readers or permits
 -- of one key may share a call) run acquire_shared.lua's own function, which numbers permits from
 -- the key's last fencing token (max(last + 1, clock)), so several of one key in one call differ.
+-- The shared requests of a key that has several requests in the call (releases of its shared
+-- holders, shared acquisitions) are decided on the key's value read once, each on what the ones
+-- before it left, and the result is written once (see "Shared keys with several requests"
+-- below); an exclusive request of such a key first writes what they left.
 --
 -- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
 -- one SET each, no string is built that a request does not need, and the grant's text after the
@@ -78,12 +82,367 @@ local function tick()
     micros = tonumber(clock)
 end
 
+-- Shared keys with several requests in this call (64 readers of one key, a burst of permits):
+-- each such key's value is read and parsed once, every request of it is decided on that parsed
+-- form exactly as acquire_shared's function and release would decide it on the value the
+-- requests before it left, and the result is written once, at the end of the call. Deciding
+-- request by request would cost each request a pass over the whole list (every Lua string the
+-- server builds costs a pass over its bytes): 24 times an exclusive pair for 64 readers of a key.
+--
+-- counts: the requests of each key in this call, counted when a shared value or request is first
+-- met (a call of exclusive requests only never counts). groups: a key's parsed form, or false
+-- once the key runs request by request for the rest of the call; written in the order met.
+local counts
+local groups, grouped = {}, {}
+
+local function several(lock)
+    if not counts then
+        counts = {}
+        for k = 1, #KEYS do
+            local key = KEYS[k]
+            counts[key] = (counts[key] or 0) + 1
+        end
+    end
+    return groups[lock] == nil and counts[lock] > 1
+end
+
+-- A parsed key: `kind` '*' (shared holders) or '-' (a tombstone: `last`, `named` the hold it
+-- names). The shared form's header fields as text (`writer` also as a number, `fence` the last
+-- fencing token as one), and its entries in order in `list`: {token, deadline (negative: a
+-- released hold's), deadline text (no sign), fence text, position}; the slot of an entry dropped
+-- or moved to the end holds false. `index`: hold token → entry. Counts kept as the requests go:
+-- `count` entries, `live` holders before their deadline, `released` entries, `expired` entries
+-- past their deadline (dropped at the next write of a grant or a refusal, as the function drops
+-- them). `longest`: the most lease any holder has left (nil: to be counted). `px`: the expiry the
+-- last grant or new released entry set (nil: the key keeps its own). `dirty`: the key must be
+-- written at the end; `announce`: a release must be published.
+local function new_group(lock, state)
+    groups[lock] = state
+    grouped[#grouped + 1] = lock
+    return state
+end
+
+local function add(state, token, deadline, text, fence)
+    local list = state.list
+    local at = #list + 1
+    local entry = {token, deadline, text, fence, at}
+    list[at] = entry
+    state.index[token] = entry
+    state.count = state.count + 1
+    return entry
+end
+
+local function shared_state(last, have, writer, writer_text, waited)
+    return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
+        waited = waited, list = {}, index = {}, count = 0, live = 0, released = 0, expired = 0, oldest = 1}
+end
+
+-- The shared form `value` parsed, or nil when it is not relock's, or holds what the function and
+-- release read in ways this form does not mirror (a deadline of 0, a token listed twice, a writer's
+-- claim with a leading zero).
+local function parse(value)
+    local last, have, writer, waited, at = match(value, '^%*(%d+) (%d+) (%d+) ([01])()')
+    if not last or tostring(tonumber(writer)) ~= writer then
+        return nil
+    end
+    local state = shared_state(last, have, tonumber(writer), writer, waited)
+    local size, index = #value, state.index
+    while at <= size do
+        local _, stop, token, sign, text, fence = find(value, '^ (%x+) (%-?)(%d+) (%d+)', at)
+        if not stop or #token ~= 32 or index[token] then
+            return nil
+        end
+        local deadline = tonumber(text)
+        if deadline == 0 then
+            return nil
+        end
+        if sign == '-' then
+            state.released = state.released + 1
+            if deadline <= now then
+                state.expired = state.expired + 1
+            end
+            deadline = -deadline
+        elseif deadline > now then
+            state.live = state.live + 1
+        else
+            state.expired = state.expired + 1
+        end
+        add(state, token, deadline, text, fence)
+        at = stop + 1
+    end
+    return state
+end
+
+local function drop(state, entry)
+    state.list[entry[5]] = false
+    state.index[entry[1]] = nil
+    state.count = state.count - 1
+    local deadline = entry[2]
+    if deadline < 0 then
+        state.released = state.released - 1
+        deadline = -deadline
+    end
+    if deadline <= now then
+        state.expired = state.expired - 1
+    end
+end
+
+-- Drops the entries past their deadline, as the function does when it writes.
+local function prune(state)
+    if state.expired > 0 then
+        local list = state.list
+        for i = 1, #list do
+            local entry = list[i]
+            if entry and (entry[2] < 0 and -entry[2] <= now or entry[2] >= 0 and entry[2] <= now) then
+                drop(state, entry)
+            end
+        end
+    end
+end
+
+-- At most 32 released holds: past that, the oldest (first listed) is dropped, as release_shared
+-- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
+local function bound(state)
+    if state.released > 32 then
+        local list, at = state.list, state.oldest
+        while not list[at] or list[at][2] > 0 do
+            at = at + 1
+        end
+        drop(state, list[at])
+        state.oldest = at + 1
+    end
+end
+
+-- Numbers of this call's lease and retention texts.
+local numbers = {}
+
+local function number(text)
+    local value = numbers[text]
+    if not value then
+        value = tonumber(text)
+        numbers[text] = value
+    end
+    return value
+end
+
+-- A release of a key in a group: as release() decides it for a shared value or a tombstone.
+local function group_release(lock, state, token, unknown)
+    state.longest = nil
+    if state.kind == '-' then
+        if state.named == token then
+            return 2, 0
+        end
+        if unknown then
+            state.named = token
+            state.dirty = true
+        end
+        return 0, 0
+    end
+    local entry = state.index[token]
+    if entry and entry[2] > 0 and state.count == 1 and state.writer_text == '0' then
+        -- The only entry, no writer's claim: the key becomes this hold's tombstone under the last
+        -- fencing token.
+        state.kind, state.named, state.dirty = '-', token, true
+        if state.waited == '1' then
+            state.announce = true
+        end
+        return 1, 0
+    end
+    if entry then
+        if entry[2] < 0 then
+            return 2, 0
+        end
+        -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
+        if entry[2] > now then
+            state.live = state.live - 1
+        end
+        local list = state.list
+        local at = #list + 1
+        list[entry[5]], list[at] = false, entry
+        entry[2], entry[5] = -entry[2], at
+        state.released = state.released + 1
+        bound(state)
+        state.dirty = true
+        if state.waited == '1' then
+            state.announce = true
+        end
+        return 1, 0
+    end
+    if unknown then
+        local retention = number(ARGV[3])
+        add(state, token, -(now + retention), tostring(now + retention), '0')
+        state.released = state.released + 1
+        bound(state)
+        local ttl = state.px
+        if not ttl then
+            calling = 'PTTL'
+            ttl = call('PTTL', lock)
+        end
+        state.px = math.max(ttl, retention)
+        state.dirty = true
+    end
+    return 0, 0
+end
+
+-- The deadline text of a grant in this call, per lease.
+local deadlines = {}
+
+-- A shared acquisition of a key in a group: as acquire_shared's function decides it.
+local function group_acquire(lock, state, token, lease, retention, permits)
+    if #token ~= 32 or not find(token, '^[0-9a-f]+$') then
+        -- acquire_shared's error, which it answers before it reads anything.
+        error({err = 'relock: a hold token is 32 lowercase hex digits, not `' .. sub(token, 1, 64) .. '`'})
+    end
+    local lease_ms, retention_ms = number(lease), number(retention)
+    if state.kind == '-' then
+        local named = state.named
+        if named == token then
+            return 2, 0
+        end
+        local last, announce = state.last, state.announce
+        state = shared_state(last, permits, 0, '0', '0')
+        state.announce = announce
+        groups[lock] = state
+        state.longest = 0
+        if #named == 32 and named ~= string.rep('0', 32) then
+            -- The hold it names may still have an acquisition on its way.
+            add(state, named, -(now + retention_ms), tostring(now + retention_ms), last)
+            state.released = 1
+        end
+    else
+        local entry = state.index[token]
+        if entry then
+            if entry[2] < 0 then
+                return 2, 0
+            end
+            if entry[2] > now then
+                return 1, tonumber(entry[4])
+            end
+        end
+        if state.live > 0 and state.have ~= permits then
+            return 3, tonumber(state.have)
+        end
+        local refused
+        if state.writer > now then
+            refused = state.writer - now
+        elseif permits ~= '0' and state.live >= tonumber(permits) then
+            local list = state.list
+            for i = 1, #list do
+                local entry = list[i]
+                if entry and entry[2] > now and (not refused or entry[2] - now < refused) then
+                    refused = entry[2] - now
+                end
+            end
+        end
+        if refused then
+            if state.waited == '0' or state.expired > 0 then
+                prune(state)
+                state.waited, state.dirty = '1', true
+            end
+            return 0, refused
+        end
+        -- An entry of this hold past its deadline is dropped here with the others.
+        prune(state)
+    end
+    local fence, text
+    local last = state.last
+    if permits == '0' and last ~= '0' then
+        fence, text = state.fence, last
+    else
+        fence, text = micros, clock
+        if #last > 16 or (#last == 16 and last > '9007199254740990') then
+            error({err = 'relock: the fencing token of ' .. lock .. ' is ' .. last ..
+                ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
+        end
+        if state.fence >= fence then
+            fence = state.fence + 1
+            text = string.format('%.0f', fence)
+        end
+        state.last, state.fence = text, fence
+    end
+    local longest = state.longest
+    if not longest then
+        longest = 0
+        local list = state.list
+        for i = 1, #list do
+            local entry = list[i]
+            if entry and entry[2] - now > longest then
+                longest = entry[2] - now
+            end
+        end
+    end
+    state.px = math.max(longest, lease_ms, retention_ms)
+    state.longest = math.max(longest, lease_ms)
+    local deadline = deadlines[lease]
+    if not deadline then
+        deadline = tostring(now + lease_ms)
+        deadlines[lease] = deadline
+    end
+    add(state, token, now + lease_ms, deadline, text)
+    state.live = state.live + 1
+    state.have, state.dirty = permits, true
+    return 1, fence
+end
+
+-- Writes a group's key as its requests left it, and publishes a release that must be.
+local function flush(lock, state)
+    if state.dirty then
+        local value
+        if state.kind == '-' then
+            value = '-' .. state.last .. ' ' .. state.named
+        else
+            local out, n = {'*', state.last, ' ', state.have, ' ', state.writer_text, ' ', state.waited}, 8
+            local list = state.list
+            for i = 1, #list do
+                local entry = list[i]
+                if entry then
+                    out[n + 1] = ' '
+                    out[n + 2] = entry[1]
+                    if entry[2] < 0 then
+                        out[n + 3] = ' -'
+                    else
+                        out[n + 3] = ' '
+                    end
+                    out[n + 4] = entry[3]
+                    out[n + 5] = ' '
+                    out[n + 6] = entry[4]
+                    n = n + 6
+                end
+            end
+            value = table.concat(out)
+        end
+        calling = 'SET'
+        if state.px then
+            call('SET', lock, value, 'PX', state.px)
+        else
+            call('SET', lock, value, 'KEEPTTL')
+        end
+    end
+    if state.announce then
+        calling = 'PUBLISH'
+        call('PUBLISH', lock .. ':released', '')
+    end
+end
+
+-- Writes a group's key, for a request that runs alone (an exclusive acquisition): the key runs
+-- request by request for the rest of the call.
+local function ungroup(lock)
+    local state = groups[lock]
+    if state then
+        groups[lock] = false
+        flush(lock, state)
+    end
+end
+
 -- The text after the hold token of a grant with the clock's token, per lease.
 local tails = {}
 
 local function acquire(lock, token, lease, retention, once)
     if not now then
         tick()
+    end
+    if counts then
+        ungroup(lock)
     end
     local tail = tails[lease]
     if not tail then
@@ -180,6 +539,7 @@ local function acquire(lock, token, lease, retention, once)
     call('SET', lock, token .. (sep or ' ') .. text .. sub(tail, #clock + 2), 'PX', retention)
     return 1, fence
 end
+
 
 -- A shared hold's release (see release.lua): its entry " <hold token> <deadline> <fence>" becomes
 -- a released hold's, " <hold token> -<deadline> <fence>", at the end of the list; with its fencing
@@ -320,6 +680,19 @@ local function release(lock, tombstone)
             end
         end
         if byte(value, 1) == SHARED then
+            if several(lock) then
+                if not now then
+                    tick()
+                end
+                local state = parse(value)
+                if state then
+                    -- The key holds this release's tombstone until the group is written.
+                    state.dirty = true
+                    new_group(lock, state)
+                    return group_release(lock, state, token, unknown)
+                end
+                groups[lock] = false
+            end
             -- This hold's live entry is the only one and no writer claims the key: the key is
             -- left as this hold's tombstone under the last fencing token, as release.lua leaves
             -- it. Checked with matches that create no string (each would cost a pass over it).
@@ -531,6 +904,11 @@ local shared_tails = {}
 local function shared(lock, token, lease, retention, permits)
     if not now then
         tick()
+        -- A failure below is named after the grant's SET, as the caller named it.
+        calling = 'SET'
+    end
+    if counts and groups[lock] then
+        return group_acquire(lock, groups[lock], token, lease, retention, permits)
     end
     local seen
     -- The expiry is the longer of lease and retention: compared as text only when both are
@@ -547,7 +925,29 @@ local function shared(lock, token, lease, retention, permits)
         end
         seen = try('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. tail, 'NX', 'PX', expiry, 'GET')
         if not seen then
+            if several(lock) then
+                -- The value just written, parsed: its one holder.
+                local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
+                state.live, state.longest = 1, number(lease)
+                add(state, token, now + number(lease), sub(tail, 2, find(tail, ' ', 2, true) - 1), clock)
+            end
             return 1, micros
+        end
+        if type(seen) == 'string' and several(lock) then
+            local state
+            if byte(seen, 1) == SHARED then
+                state = parse(seen)
+            elseif byte(seen, 1) == TOMBSTONE then
+                local last, named = match(seen, '^%-(%d+) (%x+)$')
+                if last then
+                    state = {kind = '-', last = last, named = named}
+                end
+            end
+            if state then
+                return group_acquire(lock, new_group(lock, state), token, lease, retention, permits)
+            end
+            -- A hold or a value not relock's: request by request.
+            groups[lock] = false
         end
     end
     local answer = acquire_shared(lock, token, tonumber(lease), tonumber(retention), permits, now, clock, seen)
@@ -564,7 +964,13 @@ for k = 1, #KEYS do
     local request = ARGV[k + 4]
     calling = 'the script'
     if k <= releases then
-        ok, status, value = pcall(release, KEYS[k], request)
+        if counts and groups[KEYS[k]] then
+            -- As release() reads its request.
+            ok, status, value = pcall(group_release, KEYS[k], groups[KEYS[k]], sub(request, -32),
+                byte(request, 2) == 48 and byte(request, 3) == 32)
+        else
+            ok, status, value = pcall(release, KEYS[k], request)
+        end
     elseif #request == 32 then
         ok, status, value = pcall(acquire, KEYS[k], request, lease, retention)
     elseif byte(request, 33) == SHARED then
@@ -599,5 +1005,13 @@ for k = 1, #KEYS do
     reply[n + 1] = status
     reply[n + 2] = value
     n = n + 2
+end
+if counts then
+    for i = 1, #grouped do
+        local state = groups[grouped[i]]
+        if state then
+            flush(grouped[i], state)
+        end
+    end
 end
 return reply
