@@ -107,77 +107,88 @@ local function several(lock)
 end
 
 -- A parsed key: `kind` '*' (shared holders) or '-' (a tombstone: `last`, `named` the hold it
--- names). The shared form's header fields as text (`writer` also as a number, `fence` the last
--- fencing token as one), and its entries in order in `list`: {token, deadline (negative: a
--- released hold's), deadline text (no sign), fence text, position}; the slot of an entry dropped
--- or moved to the end holds false. `index`: hold token → entry. Counts kept as the requests go:
--- `count` entries, `live` holders before their deadline, `released` entries, `expired` entries
--- past their deadline (dropped at the next write of a grant or a refusal, as the function drops
--- them). `longest`: the most lease any holder has left (nil: to be counted). `px`: the expiry the
--- last grant or new released entry set (nil: the key keeps its own). `dirty`: the key must be
--- written at the end; `announce`: a release must be published.
+-- names). For '*': the header's fields as text (`writer` also as a number, `fence` the last
+-- fencing token as one), and the entries. An entry is a number: the value's own entries are 1 to
+-- `own`, read in place in `value` (`from`: the space before the token, `to`: the last byte), so
+-- that the ones no request changes are written back as they were, a run of them as one piece;
+-- entries added since (grants, released holds named by a release) have their text after the
+-- token and sign in `tail`. Per entry: `token`, `deadline` (negative: a released hold's), its
+-- slot in `list` (`slot`; an own entry not moved: its number). `list` holds the entries in order,
+-- `size` slots, a slot false once its entry is dropped or moved to the end. `index`: hold token →
+-- entry. Counts kept as the requests go: `count` entries, `live` holders before their deadline,
+-- `released` entries, `expired` entries past their deadline (dropped at the next write of a grant
+-- or a refusal, as the function drops them). `longest`: the most lease any holder has left (nil:
+-- to be counted). `px`: the expiry the last grant or new released entry set (nil: the key keeps
+-- its own). `dirty`: the key must be written at the end; `announce`: a release must be published.
 local function new_group(lock, state)
     groups[lock] = state
     grouped[#grouped + 1] = lock
     return state
 end
 
-local function add(state, token, deadline, text, fence)
-    local list = state.list
-    local at = #list + 1
-    local entry = {token, deadline, text, fence, at}
-    list[at] = entry
-    state.index[token] = entry
-    state.count = state.count + 1
-    return entry
-end
-
 local function shared_state(last, have, writer, writer_text, waited)
     return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
-        waited = waited, list = {}, index = {}, count = 0, live = 0, released = 0, expired = 0, oldest = 1}
+        waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {}, from = {},
+        to = {}, tail = {}, slot = {}, count = 0, live = 0, released = 0, expired = 0, oldest = 1}
+end
+
+local function add(state, token, deadline, tail)
+    local entry, slot = state.entries + 1, state.size + 1
+    state.entries, state.size, state.count = entry, slot, state.count + 1
+    state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
+    state.token[entry], state.deadline[entry], state.tail[entry] = token, deadline, tail
+    return entry
 end
 
 -- The shared form `value` parsed, or nil when it is not relock's, or holds what the function and
 -- release read in ways this form does not mirror (a deadline of 0, a token listed twice, a writer's
--- claim with a leading zero).
+-- claim with a leading zero). Each entry is read with plain finds (a pattern costs the server
+-- several times more per byte): the checks are of its shape (32 bytes and a space, a number, a
+-- fence), not of every digit, which relock's scripts alone write.
 local function parse(value)
     local last, have, writer, waited, at = match(value, '^%*(%d+) (%d+) (%d+) ([01])()')
     if not last or tostring(tonumber(writer)) ~= writer then
         return nil
     end
     local state = shared_state(last, have, tonumber(writer), writer, waited)
-    local size, index = #value, state.index
+    local list, index, tokens, deadlines, from, to = state.list, state.index, state.token, state.deadline,
+        state.from, state.to
+    local size, n, live, released, expired = #value, 0, 0, 0, 0
     while at <= size do
-        local _, stop, token, sign, text, fence = find(value, '^ (%x+) (%-?)(%d+) (%d+)', at)
-        if not stop or #token ~= 32 or index[token] then
+        local token = sub(value, at + 1, at + 32)
+        local space = find(value, ' ', at + 34, true)
+        if not space or index[token] or byte(value, at + 33) ~= 32 then
             return nil
         end
-        local deadline = tonumber(text)
-        if deadline == 0 then
+        local deadline = tonumber(sub(value, at + 34, space - 1))
+        local stop = (find(value, ' ', space + 1, true) or size + 1) - 1
+        if not deadline or deadline == 0 or stop == space then
             return nil
         end
-        if sign == '-' then
-            state.released = state.released + 1
-            if deadline <= now then
-                state.expired = state.expired + 1
+        n = n + 1
+        list[n], index[token], tokens[n], deadlines[n], from[n], to[n] = n, n, token, deadline, at, stop
+        if deadline < 0 then
+            released = released + 1
+            if -deadline <= now then
+                expired = expired + 1
             end
-            deadline = -deadline
         elseif deadline > now then
-            state.live = state.live + 1
+            live = live + 1
         else
-            state.expired = state.expired + 1
+            expired = expired + 1
         end
-        add(state, token, deadline, text, fence)
         at = stop + 1
     end
+    state.value, state.own, state.entries, state.size, state.count = value, n, n, n, n
+    state.live, state.released, state.expired = live, released, expired
     return state
 end
 
 local function drop(state, entry)
-    state.list[entry[5]] = false
-    state.index[entry[1]] = nil
+    state.list[state.slot[entry] or entry] = false
+    state.index[state.token[entry]] = nil
     state.count = state.count - 1
-    local deadline = entry[2]
+    local deadline = state.deadline[entry]
     if deadline < 0 then
         state.released = state.released - 1
         deadline = -deadline
@@ -190,11 +201,14 @@ end
 -- Drops the entries past their deadline, as the function does when it writes.
 local function prune(state)
     if state.expired > 0 then
-        local list = state.list
-        for i = 1, #list do
-            local entry = list[i]
-            if entry and (entry[2] < 0 and -entry[2] <= now or entry[2] >= 0 and entry[2] <= now) then
-                drop(state, entry)
+        local list, deadlines = state.list, state.deadline
+        for slot = 1, state.size do
+            local entry = list[slot]
+            if entry then
+                local deadline = deadlines[entry]
+                if deadline < 0 and -deadline <= now or deadline >= 0 and deadline <= now then
+                    drop(state, entry)
+                end
             end
         end
     end
@@ -204,12 +218,12 @@ end
 -- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
 local function bound(state)
     if state.released > 32 then
-        local list, at = state.list, state.oldest
-        while not list[at] or list[at][2] > 0 do
-            at = at + 1
+        local list, deadlines, slot = state.list, state.deadline, state.oldest
+        while not list[slot] or deadlines[list[slot]] > 0 do
+            slot = slot + 1
         end
-        drop(state, list[at])
-        state.oldest = at + 1
+        drop(state, list[slot])
+        state.oldest = slot + 1
     end
 end
 
@@ -239,38 +253,35 @@ local function group_release(lock, state, token, unknown)
         return 0, 0
     end
     local entry = state.index[token]
-    if entry and entry[2] > 0 and state.count == 1 and state.writer_text == '0' then
-        -- The only entry, no writer's claim: the key becomes this hold's tombstone under the last
-        -- fencing token.
-        state.kind, state.named, state.dirty = '-', token, true
-        if state.waited == '1' then
-            state.announce = true
-        end
-        return 1, 0
-    end
     if entry then
-        if entry[2] < 0 then
+        local deadline = state.deadline[entry]
+        if deadline < 0 then
             return 2, 0
         end
-        -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
-        if entry[2] > now then
-            state.live = state.live - 1
-        end
-        local list = state.list
-        local at = #list + 1
-        list[entry[5]], list[at] = false, entry
-        entry[2], entry[5] = -entry[2], at
-        state.released = state.released + 1
-        bound(state)
         state.dirty = true
         if state.waited == '1' then
             state.announce = true
         end
+        if state.count == 1 and state.writer_text == '0' then
+            -- The only entry, no writer's claim: the key becomes this hold's tombstone under the
+            -- last fencing token.
+            state.kind, state.named = '-', token
+            return 1, 0
+        end
+        -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
+        if deadline > now then
+            state.live = state.live - 1
+        end
+        local slot = state.size + 1
+        state.list[state.slot[entry] or entry], state.list[slot] = false, entry
+        state.size, state.slot[entry], state.deadline[entry] = slot, slot, -deadline
+        state.released = state.released + 1
+        bound(state)
         return 1, 0
     end
     if unknown then
         local retention = number(ARGV[3])
-        add(state, token, -(now + retention), tostring(now + retention), '0')
+        add(state, token, -(now + retention), (now + retention) .. ' 0')
         state.released = state.released + 1
         bound(state)
         local ttl = state.px
@@ -301,22 +312,24 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         end
         local last, announce = state.last, state.announce
         state = shared_state(last, permits, 0, '0', '0')
-        state.announce = announce
+        state.announce, state.longest = announce, 0
         groups[lock] = state
-        state.longest = 0
         if #named == 32 and named ~= string.rep('0', 32) then
             -- The hold it names may still have an acquisition on its way.
-            add(state, named, -(now + retention_ms), tostring(now + retention_ms), last)
+            add(state, named, -(now + retention_ms), (now + retention_ms) .. ' ' .. last)
             state.released = 1
         end
     else
         local entry = state.index[token]
         if entry then
-            if entry[2] < 0 then
+            local deadline = state.deadline[entry]
+            if deadline < 0 then
                 return 2, 0
             end
-            if entry[2] > now then
-                return 1, tonumber(entry[4])
+            if deadline > now then
+                -- A retried request of a live holder: the same grant.
+                local tail = state.tail[entry] or sub(state.value, state.from[entry] + 34, state.to[entry])
+                return 1, tonumber(match(tail, '(%d+)$'))
             end
         end
         if state.live > 0 and state.have ~= permits then
@@ -326,11 +339,11 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         if state.writer > now then
             refused = state.writer - now
         elseif permits ~= '0' and state.live >= tonumber(permits) then
-            local list = state.list
-            for i = 1, #list do
-                local entry = list[i]
-                if entry and entry[2] > now and (not refused or entry[2] - now < refused) then
-                    refused = entry[2] - now
+            local list, deadlines = state.list, state.deadline
+            for slot = 1, state.size do
+                local entry = list[slot]
+                if entry and deadlines[entry] > now and (not refused or deadlines[entry] - now < refused) then
+                    refused = deadlines[entry] - now
                 end
             end
         end
@@ -363,11 +376,11 @@ local function group_acquire(lock, state, token, lease, retention, permits)
     local longest = state.longest
     if not longest then
         longest = 0
-        local list = state.list
-        for i = 1, #list do
-            local entry = list[i]
-            if entry and entry[2] - now > longest then
-                longest = entry[2] - now
+        local list, deadlines = state.list, state.deadline
+        for slot = 1, state.size do
+            local entry = list[slot]
+            if entry and deadlines[entry] - now > longest then
+                longest = deadlines[entry] - now
             end
         end
     end
@@ -375,10 +388,21 @@ local function group_acquire(lock, state, token, lease, retention, permits)
     state.longest = math.max(longest, lease_ms)
     local deadline = deadlines[lease]
     if not deadline then
-        deadline = tostring(now + lease_ms)
+        deadline = (now + lease_ms) .. ' '
         deadlines[lease] = deadline
     end
-    add(state, token, now + lease_ms, deadline, text)
+    -- Readers of one call share their text after the token: the deadline and the last token.
+    local tails = state.tails
+    if not tails or state.tails_of ~= text then
+        tails = {}
+        state.tails, state.tails_of = tails, text
+    end
+    local tail = tails[lease]
+    if not tail then
+        tail = deadline .. text
+        tails[lease] = tail
+    end
+    add(state, token, now + lease_ms, tail)
     state.live = state.live + 1
     state.have, state.dirty = permits, true
     return 1, fence
@@ -392,22 +416,35 @@ local function flush(lock, state)
             value = '-' .. state.last .. ' ' .. state.named
         else
             local out, n = {'*', state.last, ' ', state.have, ' ', state.writer_text, ' ', state.waited}, 8
-            local list = state.list
-            for i = 1, #list do
-                local entry = list[i]
+            local list, own, original, tokens, deadlines, tails = state.list, state.own, state.value, state.token,
+                state.deadline, state.tail
+            local slot, size = 1, state.size
+            while slot <= size do
+                local entry = list[slot]
                 if entry then
-                    out[n + 1] = ' '
-                    out[n + 2] = entry[1]
-                    if entry[2] < 0 then
-                        out[n + 3] = ' -'
+                    if entry == slot and slot <= own then
+                        -- A run of the value's own entries, unchanged: one piece.
+                        local stop = slot
+                        while stop < own and list[stop + 1] == stop + 1 do
+                            stop = stop + 1
+                        end
+                        n = n + 1
+                        out[n] = sub(original, state.from[slot], state.to[stop])
+                        slot = stop
                     else
-                        out[n + 3] = ' '
+                        out[n + 1] = ' '
+                        out[n + 2] = tokens[entry]
+                        if deadlines[entry] < 0 then
+                            out[n + 3] = ' -'
+                        else
+                            out[n + 3] = ' '
+                        end
+                        -- An own entry moved is a holder released: its text after the token had no sign.
+                        out[n + 4] = tails[entry] or sub(original, state.from[entry] + 34, state.to[entry])
+                        n = n + 4
                     end
-                    out[n + 4] = entry[3]
-                    out[n + 5] = ' '
-                    out[n + 6] = entry[4]
-                    n = n + 6
                 end
+                slot = slot + 1
             end
             value = table.concat(out)
         end
@@ -929,7 +966,7 @@ local function shared(lock, token, lease, retention, permits)
                 -- The value just written, parsed: its one holder.
                 local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
                 state.live, state.longest = 1, number(lease)
-                add(state, token, now + number(lease), sub(tail, 2, find(tail, ' ', 2, true) - 1), clock)
+                add(state, token, now + number(lease), sub(tail, 2))
             end
             return 1, micros
         end
