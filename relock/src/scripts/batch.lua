@@ -92,7 +92,10 @@ end
 -- counts: the requests of each key in this call, counted when a shared value or request is first
 -- met (a call of exclusive requests only never counts). groups: a key's parsed form, or false
 -- once the key runs request by request for the rest of the call; written in the order met.
-local counts
+-- Deadlines are compared as text with `nowtext`, the clock's milliseconds, which needs 13 digits
+-- everywhere: until the year 2286, and a key or lease
+-- that would give another length runs request by request.
+local counts, nowtext
 local groups, grouped = {}, {}
 
 local function several(lock)
@@ -102,24 +105,33 @@ local function several(lock)
             local key = KEYS[k]
             counts[key] = (counts[key] or 0) + 1
         end
+        if not now then
+            tick()
+        end
+        nowtext = tostring(now)
+        if #nowtext ~= 13 or #tostring(now + tonumber(ARGV[3])) ~= 13 then
+            counts = {}
+        end
     end
-    return groups[lock] == nil and counts[lock] > 1
+    return groups[lock] == nil and (counts[lock] or 0) > 1
 end
 
 -- A parsed key: `kind` '*' (shared holders) or '-' (a tombstone: `last`, `named` the hold it
 -- names). For '*': the header's fields as text (`writer` also as a number, `fence` the last
 -- fencing token as one), and the entries. An entry is a number: the value's own entries are 1 to
--- `own`, read in place in `value` (`from`: the space before the token, `to`: the last byte), so
--- that the ones no request changes are written back as they were, a run of them as one piece;
--- entries added since (grants, released holds named by a release) have their text after the
--- token and sign in `tail`. Per entry: `token`, `deadline` (negative: a released hold's), its
--- slot in `list` (`slot`; an own entry not moved: its number). `list` holds the entries in order,
--- `size` slots, a slot false once its entry is dropped or moved to the end. `index`: hold token →
+-- `own`, read in place in `value` (`from`: the space before the token; an entry ends where the
+-- next begins), so that the ones no request changes are written back as they were, a run of them
+-- as one piece; entries added since (grants, released holds named by a release) have their text
+-- after the token and its sign in `tail`. Per entry: `token`, `deadline` as text (unsigned),
+-- `released` (a released hold's), its slot in `list` (`slot`). `list` holds the entries in order
+-- in `size` slots, false where an entry was dropped or moved to the end. `index`: hold token →
 -- entry. Counts kept as the requests go: `count` entries, `live` holders before their deadline,
--- `released` entries, `expired` entries past their deadline (dropped at the next write of a grant
--- or a refusal, as the function drops them). `longest`: the most lease any holder has left (nil:
--- to be counted). `px`: the expiry the last grant or new released entry set (nil: the key keeps
--- its own). `dirty`: the key must be written at the end; `announce`: a release must be published.
+-- `held` released entries, `expired` entries past their deadline (dropped at the next write of a
+-- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
+-- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
+-- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
+-- published. Every table here is filled from 1 without gaps (a table with gaps costs the server
+-- a rehash of its hash part as it grows).
 local function new_group(lock, state)
     groups[lock] = state
     grouped[#grouped + 1] = lock
@@ -128,88 +140,93 @@ end
 
 local function shared_state(last, have, writer, writer_text, waited)
     return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
-        waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {}, from = {},
-        to = {}, tail = {}, slot = {}, count = 0, live = 0, released = 0, expired = 0, oldest = 1}
+        waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {},
+        released = {}, from = {}, tail = {}, slot = {}, count = 0, live = 0, held = 0, expired = 0, oldest = 1}
 end
 
-local function add(state, token, deadline, tail)
+local function add(state, token, deadline, released, tail)
     local entry, slot = state.entries + 1, state.size + 1
     state.entries, state.size, state.count = entry, slot, state.count + 1
     state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
-    state.token[entry], state.deadline[entry], state.tail[entry] = token, deadline, tail
+    state.token[entry], state.deadline[entry], state.released[entry], state.tail[entry] = token, deadline, released, tail
     return entry
 end
 
--- The shared form `value` parsed, or nil when it is not relock's, or holds what the function and
--- release read in ways this form does not mirror (a deadline of 0, a token listed twice, a writer's
--- claim with a leading zero). Each entry is read with plain finds (a pattern costs the server
--- several times more per byte): the checks are of its shape (32 bytes and a space, a number, a
--- fence), not of every digit, which relock's scripts alone write.
+-- The shared form `value` parsed, or nil when it is not relock's, or holds what this form does not
+-- mirror (a deadline of another length, a token listed twice, a writer's claim with a leading
+-- zero). Each entry is read with plain finds (a pattern costs the server several times more per
+-- byte) and checked for its shape, not for every digit: relock's scripts alone write it.
 local function parse(value)
     local last, have, writer, waited, at = match(value, '^%*(%d+) (%d+) (%d+) ([01])()')
     if not last or tostring(tonumber(writer)) ~= writer then
         return nil
     end
     local state = shared_state(last, have, tonumber(writer), writer, waited)
-    local list, index, tokens, deadlines, from, to = state.list, state.index, state.token, state.deadline,
-        state.from, state.to
-    local size, n, live, released, expired = #value, 0, 0, 0, 0
+    local index, tokens, deadlines, released, from, list, slots = state.index, state.token, state.deadline,
+        state.released, state.from, state.list, state.slot
+    local size, n, live, held, expired = #value, 0, 0, 0, 0
     while at <= size do
         local token = sub(value, at + 1, at + 32)
         local space = find(value, ' ', at + 34, true)
-        if not space or index[token] or byte(value, at + 33) ~= 32 then
+        if not space or index[token] then
             return nil
         end
-        local deadline = tonumber(sub(value, at + 34, space - 1))
-        local stop = (find(value, ' ', space + 1, true) or size + 1) - 1
-        if not deadline or deadline == 0 or stop == space then
-            return nil
-        end
-        n = n + 1
-        list[n], index[token], tokens[n], deadlines[n], from[n], to[n] = n, n, token, deadline, at, stop
-        if deadline < 0 then
-            released = released + 1
-            if -deadline <= now then
-                expired = expired + 1
+        local deadline = sub(value, space - 13, space - 1)
+        local gone = space - at == 48
+        if gone then
+            if byte(value, at + 34) ~= 45 then
+                return nil
             end
-        elseif deadline > now then
+            held = held + 1
+        elseif space - at ~= 47 then
+            return nil
+        elseif deadline > nowtext then
             live = live + 1
-        else
+        end
+        if deadline <= nowtext then
             expired = expired + 1
         end
-        at = stop + 1
+        n = n + 1
+        index[token], tokens[n], deadlines[n], released[n], from[n], list[n], slots[n] = n, token, deadline, gone, at, n, n
+        at = find(value, ' ', space + 1, true) or size + 1
+        if at == space + 1 then
+            return nil
+        end
     end
     state.value, state.own, state.entries, state.size, state.count = value, n, n, n, n
-    state.live, state.released, state.expired = live, released, expired
+    state.live, state.held, state.expired = live, held, expired
     return state
 end
 
+-- The text after an own entry's token and sign: its deadline and fence. (Only a holder's entry is
+-- asked for: a holder's, or a released hold's moved to the end, which had no sign in the value.)
+local function own_tail(state, entry)
+    local stop = #state.value
+    if entry < state.own then
+        stop = state.from[entry + 1] - 1
+    end
+    return sub(state.value, state.from[entry] + 34, stop)
+end
+
 local function drop(state, entry)
-    state.list[state.slot[entry] or entry] = false
+    state.list[state.slot[entry]] = false
     state.index[state.token[entry]] = nil
     state.count = state.count - 1
-    local deadline = state.deadline[entry]
-    if deadline < 0 then
-        state.released = state.released - 1
-        deadline = -deadline
+    if state.released[entry] then
+        state.held = state.held - 1
     end
-    if deadline <= now then
+    if state.deadline[entry] <= nowtext then
         state.expired = state.expired - 1
     end
 end
 
 -- Drops the entries past their deadline, as the function does when it writes.
 local function prune(state)
-    if state.expired > 0 then
-        local list, deadlines = state.list, state.deadline
-        for slot = 1, state.size do
-            local entry = list[slot]
-            if entry then
-                local deadline = deadlines[entry]
-                if deadline < 0 and -deadline <= now or deadline >= 0 and deadline <= now then
-                    drop(state, entry)
-                end
-            end
+    local list, deadlines = state.list, state.deadline
+    for slot = 1, state.size do
+        local entry = list[slot]
+        if entry and deadlines[entry] <= nowtext then
+            drop(state, entry)
         end
     end
 end
@@ -217,31 +234,47 @@ end
 -- At most 32 released holds: past that, the oldest (first listed) is dropped, as release_shared
 -- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
 local function bound(state)
-    if state.released > 32 then
-        local list, deadlines, slot = state.list, state.deadline, state.oldest
-        while not list[slot] or deadlines[list[slot]] > 0 do
-            slot = slot + 1
-        end
-        drop(state, list[slot])
-        state.oldest = slot + 1
+    local list, released, slot = state.list, state.released, state.oldest
+    local entry = list[slot]
+    while not entry or not released[entry] do
+        slot = slot + 1
+        entry = list[slot]
     end
+    drop(state, entry)
+    state.oldest = slot + 1
 end
 
--- Numbers of this call's lease and retention texts.
-local numbers = {}
+-- The most (or, `least`, the least) lease a holder has left, in milliseconds; nil for none.
+local function lease_left(state, least)
+    local list, deadlines, released, found = state.list, state.deadline, state.released, nil
+    for slot = 1, state.size do
+        local entry = list[slot]
+        if entry and not released[entry] then
+            local deadline = deadlines[entry]
+            if deadline > nowtext and (not found or (least and deadline < found) or (not least and deadline > found)) then
+                found = deadline
+            end
+        end
+    end
+    return found and tonumber(found) - now
+end
+
+-- Numbers and deadline texts (now + it) of this call's lease and retention texts.
+local numbers, ends = {}, {}
 
 local function number(text)
     local value = numbers[text]
     if not value then
         value = tonumber(text)
         numbers[text] = value
+        ends[text] = tostring(now + value)
     end
     return value
 end
 
--- A release of a key in a group: as release() decides it for a shared value or a tombstone.
+-- A release of a key in a group, as release() decides it for a shared value or a tombstone; nil
+-- when it is not for the group (the caller writes the group and runs release()).
 local function group_release(lock, state, token, unknown)
-    state.longest = nil
     if state.kind == '-' then
         if state.named == token then
             return 2, 0
@@ -254,11 +287,10 @@ local function group_release(lock, state, token, unknown)
     end
     local entry = state.index[token]
     if entry then
-        local deadline = state.deadline[entry]
-        if deadline < 0 then
+        if state.released[entry] then
             return 2, 0
         end
-        state.dirty = true
+        state.dirty, state.longest = true, nil
         if state.waited == '1' then
             state.announce = true
         end
@@ -269,42 +301,52 @@ local function group_release(lock, state, token, unknown)
             return 1, 0
         end
         -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
-        if deadline > now then
+        if state.deadline[entry] > nowtext then
             state.live = state.live - 1
         end
-        local slot = state.size + 1
-        state.list[state.slot[entry] or entry], state.list[slot] = false, entry
-        state.size, state.slot[entry], state.deadline[entry] = slot, slot, -deadline
-        state.released = state.released + 1
-        bound(state)
+        local slot, list, slots = state.size + 1, state.list, state.slot
+        list[slots[entry]], list[slot] = false, entry
+        state.size, slots[entry], state.released[entry] = slot, slot, true
+        local held = state.held + 1
+        state.held = held
+        if held > 32 then
+            bound(state)
+        end
         return 1, 0
     end
     if unknown then
         local retention = number(ARGV[3])
-        add(state, token, -(now + retention), (now + retention) .. ' 0')
-        state.released = state.released + 1
-        bound(state)
+        local deadline = ends[ARGV[3]]
+        add(state, token, deadline, true, deadline .. ' 0')
+        state.held = state.held + 1
+        if state.held > 32 then
+            bound(state)
+        end
         local ttl = state.px
         if not ttl then
             calling = 'PTTL'
             ttl = call('PTTL', lock)
         end
-        state.px = math.max(ttl, retention)
-        state.dirty = true
+        if retention > ttl then
+            ttl = retention
+        end
+        state.px, state.dirty = ttl, true
     end
     return 0, 0
 end
 
--- The deadline text of a grant in this call, per lease.
-local deadlines = {}
-
--- A shared acquisition of a key in a group: as acquire_shared's function decides it.
+-- A shared acquisition of a key in a group, as acquire_shared's function decides it; nil when it
+-- is not for the group (the caller writes the group and runs the function).
 local function group_acquire(lock, state, token, lease, retention, permits)
     if #token ~= 32 or not find(token, '^[0-9a-f]+$') then
         -- acquire_shared's error, which it answers before it reads anything.
         error({err = 'relock: a hold token is 32 lowercase hex digits, not `' .. sub(token, 1, 64) .. '`'})
     end
     local lease_ms, retention_ms = number(lease), number(retention)
+    local deadline = ends[lease]
+    if #deadline ~= 13 or #ends[retention] ~= 13 then
+        return nil
+    end
     if state.kind == '-' then
         local named = state.named
         if named == token then
@@ -316,36 +358,29 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         groups[lock] = state
         if #named == 32 and named ~= string.rep('0', 32) then
             -- The hold it names may still have an acquisition on its way.
-            add(state, named, -(now + retention_ms), (now + retention_ms) .. ' ' .. last)
-            state.released = 1
+            add(state, named, ends[retention], true, ends[retention] .. ' ' .. last)
+            state.held = 1
         end
     else
         local entry = state.index[token]
         if entry then
-            local deadline = state.deadline[entry]
-            if deadline < 0 then
+            if state.released[entry] then
                 return 2, 0
             end
-            if deadline > now then
+            if state.deadline[entry] > nowtext then
                 -- A retried request of a live holder: the same grant.
-                local tail = state.tail[entry] or sub(state.value, state.from[entry] + 34, state.to[entry])
-                return 1, tonumber(match(tail, '(%d+)$'))
+                return 1, tonumber(match(state.tail[entry] or own_tail(state, entry), '(%d+)$'))
             end
         end
-        if state.live > 0 and state.have ~= permits then
+        local live = state.live
+        if live > 0 and state.have ~= permits then
             return 3, tonumber(state.have)
         end
         local refused
         if state.writer > now then
             refused = state.writer - now
-        elseif permits ~= '0' and state.live >= tonumber(permits) then
-            local list, deadlines = state.list, state.deadline
-            for slot = 1, state.size do
-                local entry = list[slot]
-                if entry and deadlines[entry] > now and (not refused or deadlines[entry] - now < refused) then
-                    refused = deadlines[entry] - now
-                end
-            end
+        elseif permits ~= '0' and live >= tonumber(permits) then
+            refused = lease_left(state, true)
         end
         if refused then
             if state.waited == '0' or state.expired > 0 then
@@ -355,7 +390,9 @@ local function group_acquire(lock, state, token, lease, retention, permits)
             return 0, refused
         end
         -- An entry of this hold past its deadline is dropped here with the others.
-        prune(state)
+        if state.expired > 0 then
+            prune(state)
+        end
     end
     local fence, text
     local last = state.last
@@ -375,22 +412,19 @@ local function group_acquire(lock, state, token, lease, retention, permits)
     end
     local longest = state.longest
     if not longest then
-        longest = 0
-        local list, deadlines = state.list, state.deadline
-        for slot = 1, state.size do
-            local entry = list[slot]
-            if entry and deadlines[entry] - now > longest then
-                longest = deadlines[entry] - now
-            end
-        end
+        longest = lease_left(state) or 0
     end
-    state.px = math.max(longest, lease_ms, retention_ms)
-    state.longest = math.max(longest, lease_ms)
-    local deadline = deadlines[lease]
-    if not deadline then
-        deadline = (now + lease_ms) .. ' '
-        deadlines[lease] = deadline
+    local px = retention_ms
+    if lease_ms > px then
+        px = lease_ms
     end
+    if longest > px then
+        px = longest
+    end
+    if lease_ms > longest then
+        longest = lease_ms
+    end
+    state.px, state.longest = px, longest
     -- Readers of one call share their text after the token: the deadline and the last token.
     local tails = state.tails
     if not tails or state.tails_of ~= text then
@@ -399,10 +433,10 @@ local function group_acquire(lock, state, token, lease, retention, permits)
     end
     local tail = tails[lease]
     if not tail then
-        tail = deadline .. text
+        tail = deadline .. ' ' .. text
         tails[lease] = tail
     end
-    add(state, token, now + lease_ms, tail)
+    add(state, token, deadline, false, tail)
     state.live = state.live + 1
     state.have, state.dirty = permits, true
     return 1, fence
@@ -416,33 +450,34 @@ local function flush(lock, state)
             value = '-' .. state.last .. ' ' .. state.named
         else
             local out, n = {'*', state.last, ' ', state.have, ' ', state.writer_text, ' ', state.waited}, 8
-            local list, own, original, tokens, deadlines, tails = state.list, state.own, state.value, state.token,
-                state.deadline, state.tail
+            local list, own, original, tokens, released, tails, from = state.list, state.own, state.value,
+                state.token, state.released, state.tail, state.from
             local slot, size = 1, state.size
             while slot <= size do
                 local entry = list[slot]
-                if entry then
-                    if entry == slot and slot <= own then
-                        -- A run of the value's own entries, unchanged: one piece.
-                        local stop = slot
-                        while stop < own and list[stop + 1] == stop + 1 do
-                            stop = stop + 1
-                        end
-                        n = n + 1
-                        out[n] = sub(original, state.from[slot], state.to[stop])
-                        slot = stop
-                    else
-                        out[n + 1] = ' '
-                        out[n + 2] = tokens[entry]
-                        if deadlines[entry] < 0 then
-                            out[n + 3] = ' -'
-                        else
-                            out[n + 3] = ' '
-                        end
-                        -- An own entry moved is a holder released: its text after the token had no sign.
-                        out[n + 4] = tails[entry] or sub(original, state.from[entry] + 34, state.to[entry])
-                        n = n + 4
+                if entry == slot and slot <= own then
+                    -- A run of the value's own entries, unchanged: one piece.
+                    local stop = slot
+                    while stop < own and list[stop + 1] == stop + 1 do
+                        stop = stop + 1
                     end
+                    n = n + 1
+                    if stop < own then
+                        out[n] = sub(original, from[slot], from[stop + 1] - 1)
+                    else
+                        out[n] = sub(original, from[slot])
+                    end
+                    slot = stop
+                elseif entry then
+                    out[n + 1] = ' '
+                    out[n + 2] = tokens[entry]
+                    if released[entry] then
+                        out[n + 3] = ' -'
+                    else
+                        out[n + 3] = ' '
+                    end
+                    out[n + 4] = tails[entry] or own_tail(state, entry)
+                    n = n + 4
                 end
                 slot = slot + 1
             end
@@ -718,9 +753,6 @@ local function release(lock, tombstone)
         end
         if byte(value, 1) == SHARED then
             if several(lock) then
-                if not now then
-                    tick()
-                end
                 local state = parse(value)
                 if state then
                     -- The key holds this release's tombstone until the group is written.
@@ -945,7 +977,12 @@ local function shared(lock, token, lease, retention, permits)
         calling = 'SET'
     end
     if counts and groups[lock] then
-        return group_acquire(lock, groups[lock], token, lease, retention, permits)
+        local status, value = group_acquire(lock, groups[lock], token, lease, retention, permits)
+        if status then
+            return status, value
+        end
+        -- A deadline the group cannot hold: this key runs request by request from here.
+        ungroup(lock)
     end
     local seen
     -- The expiry is the longer of lease and retention: compared as text only when both are
@@ -963,10 +1000,15 @@ local function shared(lock, token, lease, retention, permits)
         seen = try('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. tail, 'NX', 'PX', expiry, 'GET')
         if not seen then
             if several(lock) then
-                -- The value just written, parsed: its one holder.
-                local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
-                state.live, state.longest = 1, number(lease)
-                add(state, token, now + number(lease), sub(tail, 2))
+                local lease_ms = number(lease)
+                if #ends[lease] == 13 then
+                    -- The value just written, parsed: its one holder.
+                    local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
+                    state.live, state.longest = 1, lease_ms
+                    add(state, token, ends[lease], false, sub(tail, 2))
+                else
+                    groups[lock] = false
+                end
             end
             return 1, micros
         end
@@ -981,9 +1023,13 @@ local function shared(lock, token, lease, retention, permits)
                 end
             end
             if state then
-                return group_acquire(lock, new_group(lock, state), token, lease, retention, permits)
+                local status, value = group_acquire(lock, new_group(lock, state), token, lease, retention, permits)
+                if status then
+                    return status, value
+                end
             end
-            -- A hold or a value not relock's: request by request.
+            -- A hold, a value not relock's, a deadline the group cannot hold: request by request.
+            ungroup(lock)
             groups[lock] = false
         end
     end
