@@ -128,14 +128,27 @@ fn draw(seed: u64, now: u64) -> History {
             };
             let waited = u8::from(rng.random_bool(0.4));
             let mut value = format!("*{LAST} {permits} {writer} {waited}");
-            for _ in 0..rng.random_range(0..=6) {
+            // A quarter of the values are long, mostly released holds: their releases pass the
+            // bound of 32 released holds, which drops the oldest.
+            let long = rng.random_bool(0.25);
+            let entries = if long {
+                rng.random_range(26..=48)
+            } else {
+                rng.random_range(0..=6)
+            };
+            for _ in 0..entries {
                 let token = new_token(&mut rng);
                 let fence = if permits == 0 {
                     LAST
                 } else {
                     LAST - rng.random_range(0..20)
                 };
-                let deadline = match rng.random_range(0..10) {
+                let kind = if long {
+                    [0, 0, 0, 5, 5, 5, 5, 5, 7, 9][rng.random_range(0..10)]
+                } else {
+                    rng.random_range(0..10)
+                };
+                let deadline = match kind {
                     0..5 => {
                         holding.push((token.clone(), fence));
                         live.to_string()

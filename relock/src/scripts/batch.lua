@@ -308,10 +308,22 @@ local function group_release(lock, state, token, unknown)
         list[slots[entry]], list[slot] = false, entry
         state.size, slots[entry], state.released[entry] = slot, slot, true
         local held = state.held + 1
-        state.held = held
         if held > 32 then
-            bound(state)
+            -- bound(), the common case: the oldest released hold is at `oldest`.
+            local oldest = list[state.oldest]
+            if oldest and state.released[oldest] then
+                list[state.oldest], state.index[state.token[oldest]] = false, nil
+                state.oldest, state.count, held = state.oldest + 1, state.count - 1, held - 1
+                if state.deadline[oldest] <= nowtext then
+                    state.expired = state.expired - 1
+                end
+            else
+                state.held = held
+                bound(state)
+                return 1, 0
+            end
         end
+        state.held = held
         return 1, 0
     end
     if unknown then
@@ -342,7 +354,10 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         -- acquire_shared's error, which it answers before it reads anything.
         error({err = 'relock: a hold token is 32 lowercase hex digits, not `' .. sub(token, 1, 64) .. '`'})
     end
-    local lease_ms, retention_ms = number(lease), number(retention)
+    local lease_ms, retention_ms = numbers[lease], numbers[retention]
+    if not lease_ms or not retention_ms then
+        lease_ms, retention_ms = number(lease), number(retention)
+    end
     local deadline = ends[lease]
     if #deadline ~= 13 or #ends[retention] ~= 13 then
         return nil
@@ -436,8 +451,10 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         tail = deadline .. ' ' .. text
         tails[lease] = tail
     end
-    add(state, token, deadline, false, tail)
-    state.live = state.live + 1
+    local entry, slot = state.entries + 1, state.size + 1
+    state.entries, state.size, state.count, state.live = entry, slot, state.count + 1, state.live + 1
+    state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
+    state.token[entry], state.deadline[entry], state.released[entry], state.tail[entry] = token, deadline, false, tail
     state.have, state.dirty = permits, true
     return 1, fence
 end
@@ -1059,7 +1076,7 @@ for k = 1, #KEYS do
     elseif byte(request, 33) == SHARED then
         -- "<hold token>*<permits>": a shared request with the call's lease and retention.
         local permits = sub(request, 34)
-        if permits == '' or find(permits, '%D') then
+        if permits ~= '0' and (permits == '' or find(permits, '%D')) then
             ok, status = false, {err = 'a shared request is "<hold token>*<permits>"'}
         else
             -- Named as below.
