@@ -130,7 +130,9 @@ end
 -- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
 -- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
 -- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
--- published. Every table here is filled from 1 without gaps (a table with gaps costs the server
+-- published. Grants come after every other entry (a call's releases come before its
+-- acquisitions; a release after a grant writes the group and runs alone): `grants` of them, in
+-- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table here is filled from 1 without gaps (a table with gaps costs the server
 -- a rehash of its hash part as it grows).
 local function new_group(lock, state)
     groups[lock] = state
@@ -141,7 +143,8 @@ end
 local function shared_state(last, have, writer, writer_text, waited)
     return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
         waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {},
-        released = {}, from = {}, tail = {}, slot = {}, count = 0, live = 0, held = 0, expired = 0, oldest = 1}
+        released = {}, from = {}, tail = {}, slot = {}, count = 0, live = 0, held = 0, expired = 0, oldest = 1,
+        grants = 0, granted = {}, grant_token = {}, grant_deadline = {}, grant_tail = {}}
 end
 
 local function add(state, token, deadline, released, tail)
@@ -256,6 +259,13 @@ local function lease_left(state, least)
             end
         end
     end
+    deadlines = state.grant_deadline
+    for grant = 1, state.grants do
+        local deadline = deadlines[grant]
+        if not found or (least and deadline < found) or (not least and deadline > found) then
+            found = deadline
+        end
+    end
     return found and tonumber(found) - now
 end
 
@@ -273,8 +283,11 @@ local function number(text)
 end
 
 -- A release of a key in a group, as release() decides it for a shared value or a tombstone; nil
--- when it is not for the group (the caller writes the group and runs release()).
+-- after a grant (the caller writes the group and runs release(), as grants come last).
 local function group_release(lock, state, token, unknown)
+    if state.grants > 0 then
+        return nil
+    end
     if state.kind == '-' then
         if state.named == token then
             return 2, 0
@@ -377,6 +390,11 @@ local function group_acquire(lock, state, token, lease, retention, permits)
             state.held = 1
         end
     else
+        local grant = state.granted[token]
+        if grant then
+            -- A request repeated in this call: the same grant.
+            return 1, tonumber(match(state.grant_tail[grant], '(%d+)$'))
+        end
         local entry = state.index[token]
         if entry then
             if state.released[entry] then
@@ -451,11 +469,10 @@ local function group_acquire(lock, state, token, lease, retention, permits)
         tail = deadline .. ' ' .. text
         tails[lease] = tail
     end
-    local entry, slot = state.entries + 1, state.size + 1
-    state.entries, state.size, state.count, state.live = entry, slot, state.count + 1, state.live + 1
-    state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
-    state.token[entry], state.deadline[entry], state.released[entry], state.tail[entry] = token, deadline, false, tail
-    state.have, state.dirty = permits, true
+    local grant = state.grants + 1
+    state.grants, state.count, state.live, state.have, state.dirty = grant, state.count + 1, state.live + 1, permits, true
+    state.granted[token], state.grant_token[grant], state.grant_deadline[grant], state.grant_tail[grant] =
+        grant, token, deadline, tail
     return 1, fence
 end
 
@@ -497,6 +514,14 @@ local function flush(lock, state)
                     n = n + 4
                 end
                 slot = slot + 1
+            end
+            local grant_tokens, grant_tails = state.grant_token, state.grant_tail
+            for grant = 1, state.grants do
+                out[n + 1] = ' '
+                out[n + 2] = grant_tokens[grant]
+                out[n + 3] = ' '
+                out[n + 4] = grant_tails[grant]
+                n = n + 4
             end
             value = table.concat(out)
         end
@@ -1021,8 +1046,9 @@ local function shared(lock, token, lease, retention, permits)
                 if #ends[lease] == 13 then
                     -- The value just written, parsed: its one holder.
                     local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
-                    state.live, state.longest = 1, lease_ms
-                    add(state, token, ends[lease], false, sub(tail, 2))
+                    state.live, state.count, state.longest, state.grants = 1, 1, lease_ms, 1
+                    state.granted[token], state.grant_token[1], state.grant_deadline[1], state.grant_tail[1] =
+                        1, token, ends[lease], sub(tail, 2)
                 else
                     groups[lock] = false
                 end
@@ -1068,6 +1094,14 @@ for k = 1, #KEYS do
             -- As release() reads its request.
             ok, status, value = pcall(group_release, KEYS[k], groups[KEYS[k]], sub(request, -32),
                 byte(request, 2) == 48 and byte(request, 3) == 32)
+            if ok and not status then
+                -- After a grant of its key: written, then run alone.
+                calling = 'SET'
+                ok, status = pcall(ungroup, KEYS[k])
+                if ok then
+                    ok, status, value = pcall(release, KEYS[k], request)
+                end
+            end
         else
             ok, status, value = pcall(release, KEYS[k], request)
         end
