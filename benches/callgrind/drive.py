@@ -163,7 +163,7 @@ elif mode in ('read-string', 'read-string-batch', 'read-string-group', 'read-has
         i += len(taking)
         if mode == 'read-string-group':
             reply = command('EVALSHA', batch, len(held) + len(taking), *[key] * (len(held) + len(taking)),
-                            HOLDER, 30000, 600000, len(held),
+                            HOLDER, 30000, 600000, '%d+' % len(held),
                             *['-%d %s' % (f, t) for t, f in held],
                             *[t + '*0' for t in taking])
             assert all(status == b':1\r\n' for status in reply[::2]), reply[:8]

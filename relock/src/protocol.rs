@@ -528,6 +528,19 @@ pub(crate) fn batch_command(requests: &[&Request], retention_ms: u64) -> redis::
     } else {
         String::new()
     };
+    // "+" after the number of releases: a key with more than one request in the call, whose
+    // shared requests the script then decides together (it reads and writes such a key once).
+    let repeated = requests.len() > 1 && {
+        let mut seen = std::collections::HashSet::with_capacity(requests.len());
+        !requests
+            .iter()
+            .all(|request| seen.insert(request.lock.as_str()))
+    };
+    let releases = if repeated {
+        format!("{releases}+")
+    } else {
+        releases.to_string()
+    };
     command
         .arg(holder)
         .arg(lease_ms)

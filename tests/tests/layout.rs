@@ -1412,7 +1412,14 @@ async fn batch_call(
 ) -> Vec<redis::Value> {
     let locks: Vec<String> = requests.iter().map(|(key, _)| lock_name(key)).collect();
     let locks: Vec<&str> = locks.iter().map(String::as_str).collect();
-    let mut args = ["1 1 host", "30000", "600000", "0"]
+    // Marked as the client marks a call with a key more than once.
+    let distinct: std::collections::HashSet<&str> = locks.iter().copied().collect();
+    let releases = if distinct.len() < locks.len() {
+        "0+"
+    } else {
+        "0"
+    };
+    let mut args = ["1 1 host", "30000", "600000", releases]
         .map(str::to_owned)
         .to_vec();
     args.extend(requests.iter().map(|(_, request)| request.clone()));

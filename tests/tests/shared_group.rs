@@ -338,11 +338,14 @@ async fn batch(
     for _ in requests {
         invocation.key(lock);
     }
-    invocation
-        .arg("1 1 host")
-        .arg(LEASE)
-        .arg(LEASE)
-        .arg(releases);
+    // Marked as the client marks a call with a key more than once ("+"): its shared requests
+    // are decided together.
+    let count = if requests.len() > 1 {
+        format!("{releases}+")
+    } else {
+        releases.to_string()
+    };
+    invocation.arg("1 1 host").arg(LEASE).arg(LEASE).arg(count);
     for request in requests {
         invocation.arg(&request.text);
     }

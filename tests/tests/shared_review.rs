@@ -698,11 +698,23 @@ async fn batch(
     for (lock, _) in releases.iter().chain(acquisitions) {
         invocation.key(*lock);
     }
+    // As the client marks a call with a key more than once: its shared requests are decided
+    // together.
+    let locks: std::collections::HashSet<&str> = releases
+        .iter()
+        .chain(acquisitions)
+        .map(|(lock, _)| *lock)
+        .collect();
+    let repeated = locks.len() < releases.len() + acquisitions.len();
     invocation
         .arg(HOLDER)
         .arg(LEASE)
         .arg(RETENTION)
-        .arg(releases.len());
+        .arg(format!(
+            "{}{}",
+            releases.len(),
+            if repeated { "+" } else { "" }
+        ));
     for (_, request) in releases.iter().chain(acquisitions) {
         invocation.arg(request);
     }

@@ -7,7 +7,9 @@
 -- ARGV[2]  lease in milliseconds, for the acquisitions that give none of their own
 -- ARGV[3]  retention in milliseconds (at least that lease): the expiry of a grant, and of a
 --          tombstone a release writes where nothing was
--- ARGV[4]  how many of the requests are releases
+-- ARGV[4]  how many of the requests are releases, then "+" when a key has more than one request in
+--          the call (the client knows, and the script then looks for keys whose shared requests
+--          it decides together, below; without it every request is decided alone)
 -- then one argument per request, in the order of KEYS:
 --   "-<fencing token> <hold token>"           release this hold: the tombstone to write (its
 --                                             fencing token 0 when unknown)
@@ -59,10 +61,13 @@
 -- Written for the server's CPU: the common cases (a free key, the release of a live hold) are
 -- one SET each, no string is built that a request does not need, and the grant's text after the
 -- hold token is built once per call for the shared lease.
-local holder, releases = ARGV[1], tonumber(ARGV[4])
 -- `try` returns an error as a table instead of raising it.
 local call, try, find, byte, sub, match, type = redis.call, redis.pcall, string.find, string.byte,
     string.sub, string.match, type
+local holder, releases, repeated = ARGV[1], tonumber(ARGV[4]), false
+if not releases and byte(ARGV[4], -1) == 43 then
+    releases, repeated = tonumber(sub(ARGV[4], 1, -2)), true
+end
 -- The server's clock, read at the first request that needs it: milliseconds, and microseconds as
 -- a number and as text (formatting a 16-digit number with string.format costs more than a call).
 local now, micros, clock
@@ -89,463 +94,472 @@ end
 -- request by request would cost each request a pass over the whole list (every Lua string the
 -- server builds costs a pass over its bytes): 24 times an exclusive pair for 64 readers of a key.
 --
--- counts: the requests of each key in this call, counted when a shared value or request is first
--- met (a call of exclusive requests only never counts). groups: a key's parsed form, or false
--- once the key runs request by request for the rest of the call; written in the order met.
--- Deadlines are compared as text with `nowtext`, the clock's milliseconds, which needs 13 digits
--- everywhere: until the year 2286, and a key or lease
--- that would give another length runs request by request.
-local counts, nowtext
-local groups, grouped = {}, {}
+-- All of it is made only in a call the client marked as having a key more than once ("+"): a call
+-- makes every function it defines, and a function costs the call that makes it (its upvalues)
+-- even when it never runs. `G`: its functions and `groups` (a key's parsed form, or false once the
+-- key runs request by request for the rest of the call), written at the end in the order met
+-- (`grouped`). counts: the requests of each key in this call, counted when a shared value or
+-- request is first met. Deadlines are compared as text with `nowtext`, the clock's milliseconds,
+-- which needs 13 digits everywhere: until the year 2286 (a call whose retention would give
+-- another length, or a lease, runs request by request).
+local G
 
-local function several(lock)
-    if not counts then
-        counts = {}
-        for k = 1, #KEYS do
-            local key = KEYS[k]
-            counts[key] = (counts[key] or 0) + 1
-        end
-        if not now then
-            tick()
-        end
-        nowtext = tostring(now)
-        if #nowtext ~= 13 or #tostring(now + tonumber(ARGV[3])) ~= 13 then
+if repeated then
+    local counts, nowtext
+    local groups, grouped = {}, {}
+
+    local function several(lock)
+        if not counts then
             counts = {}
+            if not now then
+                tick()
+            end
+            nowtext = tostring(now)
+            if #nowtext == 13 and #tostring(now + tonumber(ARGV[3])) == 13 then
+                for k = 1, #KEYS do
+                    local key = KEYS[k]
+                    counts[key] = (counts[key] or 0) + 1
+                end
+            end
         end
+        return groups[lock] == nil and (counts[lock] or 0) > 1
     end
-    return groups[lock] == nil and (counts[lock] or 0) > 1
-end
 
--- A parsed key: `kind` '*' (shared holders) or '-' (a tombstone: `last`, `named` the hold it
--- names). For '*': the header's fields as text (`writer` also as a number, `fence` the last
--- fencing token as one), and the entries. An entry is a number: the value's own entries are 1 to
--- `own`, read in place in `value` (`from`: the space before the token; an entry ends where the
--- next begins), so that the ones no request changes are written back as they were, a run of them
--- as one piece; entries added since (grants, released holds named by a release) have their text
--- after the token and its sign in `tail`. Per entry: `token`, `deadline` as text (unsigned),
--- `released` (a released hold's), its slot in `list` (`slot`). `list` holds the entries in order
--- in `size` slots, false where an entry was dropped or moved to the end. `index`: hold token →
--- entry. Counts kept as the requests go: `count` entries, `live` holders before their deadline,
--- `held` released entries, `expired` entries past their deadline (dropped at the next write of a
--- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
--- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
--- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
--- published. Grants come after every other entry (a call's releases come before its
--- acquisitions; a release after a grant writes the group and runs alone): `grants` of them, in
--- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table here is filled from 1 without gaps (a table with gaps costs the server
--- a rehash of its hash part as it grows).
-local function new_group(lock, state)
-    groups[lock] = state
-    grouped[#grouped + 1] = lock
-    return state
-end
-
-local function shared_state(last, have, writer, writer_text, waited)
-    return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
-        waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {},
-        released = {}, from = {}, tail = {}, slot = {}, count = 0, live = 0, held = 0, expired = 0, oldest = 1,
-        grants = 0, granted = {}, grant_token = {}, grant_deadline = {}, grant_tail = {}}
-end
-
-local function add(state, token, deadline, released, tail)
-    local entry, slot = state.entries + 1, state.size + 1
-    state.entries, state.size, state.count = entry, slot, state.count + 1
-    state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
-    state.token[entry], state.deadline[entry], state.released[entry], state.tail[entry] = token, deadline, released, tail
-    return entry
-end
-
--- The shared form `value` parsed, or nil when it is not relock's, or holds what this form does not
--- mirror (a deadline of another length, a token listed twice, a writer's claim with a leading
--- zero). Each entry is read with plain finds (a pattern costs the server several times more per
--- byte) and checked for its shape, not for every digit: relock's scripts alone write it.
-local function parse(value)
-    local last, have, writer, waited, at = match(value, '^%*(%d+) (%d+) (%d+) ([01])()')
-    if not last or tostring(tonumber(writer)) ~= writer then
-        return nil
+    -- A parsed key: `kind` '*' (shared holders) or '-' (a tombstone: `last`, `named` the hold it
+    -- names). For '*': the header's fields as text (`writer` also as a number, `fence` the last
+    -- fencing token as one), and the entries. An entry is a number: the value's own entries are 1 to
+    -- `own`, read in place in `value` (`from`: the space before the token; an entry ends where the
+    -- next begins), so that the ones no request changes are written back as they were, a run of them
+    -- as one piece; entries added since (grants, released holds named by a release) have their text
+    -- after the token and its sign in `tail`. Per entry: `token`, `deadline` as text (unsigned),
+    -- `released` (a released hold's), its slot in `list` (`slot`). `list` holds the entries in order
+    -- in `size` slots, false where an entry was dropped or moved to the end. `index`: hold token →
+    -- entry. Counts kept as the requests go: `count` entries, `live` holders before their deadline,
+    -- `held` released entries, `expired` entries past their deadline (dropped at the next write of a
+    -- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
+    -- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
+    -- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
+    -- published. Grants come after every other entry (a call's releases come before its
+    -- acquisitions; a release after a grant writes the group and runs alone): `grants` of them, in
+    -- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table here is filled from 1 without gaps (a table with gaps costs the server
+    -- a rehash of its hash part as it grows).
+    local function new_group(lock, state)
+        groups[lock] = state
+        grouped[#grouped + 1] = lock
+        return state
     end
-    local state = shared_state(last, have, tonumber(writer), writer, waited)
-    local index, tokens, deadlines, released, from, list, slots = state.index, state.token, state.deadline,
-        state.released, state.from, state.list, state.slot
-    local size, n, live, held, expired = #value, 0, 0, 0, 0
-    while at <= size do
-        local token = sub(value, at + 1, at + 32)
-        local space = find(value, ' ', at + 34, true)
-        if not space or index[token] then
+
+    local function shared_state(last, have, writer, writer_text, waited)
+        return {kind = '*', last = last, fence = tonumber(last), have = have, writer = writer, writer_text = writer_text,
+            waited = waited, own = 0, entries = 0, list = {}, size = 0, index = {}, token = {}, deadline = {},
+            released = {}, from = {}, tail = {}, slot = {}, count = 0, live = 0, held = 0, expired = 0, oldest = 1,
+            grants = 0, granted = {}, grant_token = {}, grant_deadline = {}, grant_tail = {}}
+    end
+
+    local function add(state, token, deadline, released, tail)
+        local entry, slot = state.entries + 1, state.size + 1
+        state.entries, state.size, state.count = entry, slot, state.count + 1
+        state.list[slot], state.slot[entry], state.index[token] = entry, slot, entry
+        state.token[entry], state.deadline[entry], state.released[entry], state.tail[entry] = token, deadline, released, tail
+        return entry
+    end
+
+    -- The shared form `value` parsed, or nil when it is not relock's, or holds what this form does not
+    -- mirror (a deadline of another length, a token listed twice, a writer's claim with a leading
+    -- zero). Each entry is read with plain finds (a pattern costs the server several times more per
+    -- byte) and checked for its shape, not for every digit: relock's scripts alone write it.
+    local function parse(value)
+        local last, have, writer, waited, at = match(value, '^%*(%d+) (%d+) (%d+) ([01])()')
+        if not last or tostring(tonumber(writer)) ~= writer then
             return nil
         end
-        local deadline = sub(value, space - 13, space - 1)
-        local gone = space - at == 48
-        if gone then
-            if byte(value, at + 34) ~= 45 then
+        local state = shared_state(last, have, tonumber(writer), writer, waited)
+        local index, tokens, deadlines, released, from, list, slots = state.index, state.token, state.deadline,
+            state.released, state.from, state.list, state.slot
+        local size, n, live, held, expired = #value, 0, 0, 0, 0
+        while at <= size do
+            local token = sub(value, at + 1, at + 32)
+            local space = find(value, ' ', at + 34, true)
+            if not space or index[token] then
                 return nil
             end
-            held = held + 1
-        elseif space - at ~= 47 then
-            return nil
-        elseif deadline > nowtext then
-            live = live + 1
+            local deadline = sub(value, space - 13, space - 1)
+            local gone = space - at == 48
+            if gone then
+                if byte(value, at + 34) ~= 45 then
+                    return nil
+                end
+                held = held + 1
+            elseif space - at ~= 47 then
+                return nil
+            elseif deadline > nowtext then
+                live = live + 1
+            end
+            if deadline <= nowtext then
+                expired = expired + 1
+            end
+            n = n + 1
+            index[token], tokens[n], deadlines[n], released[n], from[n], list[n], slots[n] = n, token, deadline, gone, at, n, n
+            at = find(value, ' ', space + 1, true) or size + 1
+            if at == space + 1 then
+                return nil
+            end
         end
-        if deadline <= nowtext then
-            expired = expired + 1
+        state.value, state.own, state.entries, state.size, state.count = value, n, n, n, n
+        state.live, state.held, state.expired = live, held, expired
+        return state
+    end
+
+    -- The text after an own entry's token and sign: its deadline and fence. (Only a holder's entry is
+    -- asked for: a holder's, or a released hold's moved to the end, which had no sign in the value.)
+    local function own_tail(state, entry)
+        local stop = #state.value
+        if entry < state.own then
+            stop = state.from[entry + 1] - 1
         end
-        n = n + 1
-        index[token], tokens[n], deadlines[n], released[n], from[n], list[n], slots[n] = n, token, deadline, gone, at, n, n
-        at = find(value, ' ', space + 1, true) or size + 1
-        if at == space + 1 then
-            return nil
+        return sub(state.value, state.from[entry] + 34, stop)
+    end
+
+    local function drop(state, entry)
+        state.list[state.slot[entry]] = false
+        state.index[state.token[entry]] = nil
+        state.count = state.count - 1
+        if state.released[entry] then
+            state.held = state.held - 1
+        end
+        if state.deadline[entry] <= nowtext then
+            state.expired = state.expired - 1
         end
     end
-    state.value, state.own, state.entries, state.size, state.count = value, n, n, n, n
-    state.live, state.held, state.expired = live, held, expired
-    return state
-end
 
--- The text after an own entry's token and sign: its deadline and fence. (Only a holder's entry is
--- asked for: a holder's, or a released hold's moved to the end, which had no sign in the value.)
-local function own_tail(state, entry)
-    local stop = #state.value
-    if entry < state.own then
-        stop = state.from[entry + 1] - 1
+    -- Drops the entries past their deadline, as the function does when it writes.
+    local function prune(state)
+        local list, deadlines = state.list, state.deadline
+        for slot = 1, state.size do
+            local entry = list[slot]
+            if entry and deadlines[entry] <= nowtext then
+                drop(state, entry)
+            end
+        end
     end
-    return sub(state.value, state.from[entry] + 34, stop)
-end
 
-local function drop(state, entry)
-    state.list[state.slot[entry]] = false
-    state.index[state.token[entry]] = nil
-    state.count = state.count - 1
-    if state.released[entry] then
-        state.held = state.held - 1
-    end
-    if state.deadline[entry] <= nowtext then
-        state.expired = state.expired - 1
-    end
-end
-
--- Drops the entries past their deadline, as the function does when it writes.
-local function prune(state)
-    local list, deadlines = state.list, state.deadline
-    for slot = 1, state.size do
+    -- At most 32 released holds: past that, the oldest (first listed) is dropped, as release_shared
+    -- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
+    local function bound(state)
+        local list, released, slot = state.list, state.released, state.oldest
         local entry = list[slot]
-        if entry and deadlines[entry] <= nowtext then
-            drop(state, entry)
+        while not entry or not released[entry] do
+            slot = slot + 1
+            entry = list[slot]
         end
+        drop(state, entry)
+        state.oldest = slot + 1
     end
-end
 
--- At most 32 released holds: past that, the oldest (first listed) is dropped, as release_shared
--- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
-local function bound(state)
-    local list, released, slot = state.list, state.released, state.oldest
-    local entry = list[slot]
-    while not entry or not released[entry] do
-        slot = slot + 1
-        entry = list[slot]
-    end
-    drop(state, entry)
-    state.oldest = slot + 1
-end
-
--- The most (or, `least`, the least) lease a holder has left, in milliseconds; nil for none.
-local function lease_left(state, least)
-    local list, deadlines, released, found = state.list, state.deadline, state.released, nil
-    for slot = 1, state.size do
-        local entry = list[slot]
-        if entry and not released[entry] then
-            local deadline = deadlines[entry]
-            if deadline > nowtext and (not found or (least and deadline < found) or (not least and deadline > found)) then
+    -- The most (or, `least`, the least) lease a holder has left, in milliseconds; nil for none.
+    local function lease_left(state, least)
+        local list, deadlines, released, found = state.list, state.deadline, state.released, nil
+        for slot = 1, state.size do
+            local entry = list[slot]
+            if entry and not released[entry] then
+                local deadline = deadlines[entry]
+                if deadline > nowtext and (not found or (least and deadline < found) or (not least and deadline > found)) then
+                    found = deadline
+                end
+            end
+        end
+        deadlines = state.grant_deadline
+        for grant = 1, state.grants do
+            local deadline = deadlines[grant]
+            if not found or (least and deadline < found) or (not least and deadline > found) then
                 found = deadline
             end
         end
+        return found and tonumber(found) - now
     end
-    deadlines = state.grant_deadline
-    for grant = 1, state.grants do
-        local deadline = deadlines[grant]
-        if not found or (least and deadline < found) or (not least and deadline > found) then
-            found = deadline
-        end
-    end
-    return found and tonumber(found) - now
-end
 
--- Numbers and deadline texts (now + it) of this call's lease and retention texts.
-local numbers, ends = {}, {}
+    -- Numbers and deadline texts (now + it) of this call's lease and retention texts.
+    local numbers, ends = {}, {}
 
-local function number(text)
-    local value = numbers[text]
-    if not value then
-        value = tonumber(text)
-        numbers[text] = value
-        ends[text] = tostring(now + value)
+    local function number(text)
+        local value = numbers[text]
+        if not value then
+            value = tonumber(text)
+            numbers[text] = value
+            ends[text] = tostring(now + value)
+        end
+        return value
     end
-    return value
-end
 
--- A release of a key in a group, as release() decides it for a shared value or a tombstone; nil
--- after a grant (the caller writes the group and runs release(), as grants come last).
-local function group_release(lock, state, token, unknown)
-    if state.grants > 0 then
-        return nil
-    end
-    if state.kind == '-' then
-        if state.named == token then
-            return 2, 0
+    -- A release of a key in a group, as release() decides it for a shared value or a tombstone; nil
+    -- after a grant (the caller writes the group and runs release(), as grants come last).
+    local function group_release(lock, state, token, unknown)
+        if state.grants > 0 then
+            return nil
         end
-        if unknown then
-            state.named = token
-            state.dirty = true
-        end
-        return 0, 0
-    end
-    local entry = state.index[token]
-    if entry then
-        if state.released[entry] then
-            return 2, 0
-        end
-        state.dirty, state.longest = true, nil
-        if state.waited == '1' then
-            state.announce = true
-        end
-        if state.count == 1 and state.writer_text == '0' then
-            -- The only entry, no writer's claim: the key becomes this hold's tombstone under the
-            -- last fencing token.
-            state.kind, state.named = '-', token
-            return 1, 0
-        end
-        -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
-        if state.deadline[entry] > nowtext then
-            state.live = state.live - 1
-        end
-        local slot, list, slots = state.size + 1, state.list, state.slot
-        list[slots[entry]], list[slot] = false, entry
-        state.size, slots[entry], state.released[entry] = slot, slot, true
-        local held = state.held + 1
-        if held > 32 then
-            -- bound(), the common case: the oldest released hold is at `oldest`.
-            local oldest = list[state.oldest]
-            if oldest and state.released[oldest] then
-                list[state.oldest], state.index[state.token[oldest]] = false, nil
-                state.oldest, state.count, held = state.oldest + 1, state.count - 1, held - 1
-                if state.deadline[oldest] <= nowtext then
-                    state.expired = state.expired - 1
-                end
-            else
-                state.held = held
-                bound(state)
-                return 1, 0
+        if state.kind == '-' then
+            if state.named == token then
+                return 2, 0
             end
-        end
-        state.held = held
-        return 1, 0
-    end
-    if unknown then
-        local retention = number(ARGV[3])
-        local deadline = ends[ARGV[3]]
-        add(state, token, deadline, true, deadline .. ' 0')
-        state.held = state.held + 1
-        if state.held > 32 then
-            bound(state)
-        end
-        local ttl = state.px
-        if not ttl then
-            calling = 'PTTL'
-            ttl = call('PTTL', lock)
-        end
-        if retention > ttl then
-            ttl = retention
-        end
-        state.px, state.dirty = ttl, true
-    end
-    return 0, 0
-end
-
--- A shared acquisition of a key in a group, as acquire_shared's function decides it; nil when it
--- is not for the group (the caller writes the group and runs the function).
-local function group_acquire(lock, state, token, lease, retention, permits)
-    if #token ~= 32 or not find(token, '^[0-9a-f]+$') then
-        -- acquire_shared's error, which it answers before it reads anything.
-        error({err = 'relock: a hold token is 32 lowercase hex digits, not `' .. sub(token, 1, 64) .. '`'})
-    end
-    local lease_ms, retention_ms = numbers[lease], numbers[retention]
-    if not lease_ms or not retention_ms then
-        lease_ms, retention_ms = number(lease), number(retention)
-    end
-    local deadline = ends[lease]
-    if #deadline ~= 13 or #ends[retention] ~= 13 then
-        return nil
-    end
-    if state.kind == '-' then
-        local named = state.named
-        if named == token then
-            return 2, 0
-        end
-        local last, announce = state.last, state.announce
-        state = shared_state(last, permits, 0, '0', '0')
-        state.announce, state.longest = announce, 0
-        groups[lock] = state
-        if #named == 32 and named ~= string.rep('0', 32) then
-            -- The hold it names may still have an acquisition on its way.
-            add(state, named, ends[retention], true, ends[retention] .. ' ' .. last)
-            state.held = 1
-        end
-    else
-        local grant = state.granted[token]
-        if grant then
-            -- A request repeated in this call: the same grant.
-            return 1, tonumber(match(state.grant_tail[grant], '(%d+)$'))
+            if unknown then
+                state.named = token
+                state.dirty = true
+            end
+            return 0, 0
         end
         local entry = state.index[token]
         if entry then
             if state.released[entry] then
                 return 2, 0
             end
+            state.dirty, state.longest = true, nil
+            if state.waited == '1' then
+                state.announce = true
+            end
+            if state.count == 1 and state.writer_text == '0' then
+                -- The only entry, no writer's claim: the key becomes this hold's tombstone under the
+                -- last fencing token.
+                state.kind, state.named = '-', token
+                return 1, 0
+            end
+            -- Moved to the end as a released hold's entry (past its deadline or not, as it was).
             if state.deadline[entry] > nowtext then
-                -- A retried request of a live holder: the same grant.
-                return 1, tonumber(match(state.tail[entry] or own_tail(state, entry), '(%d+)$'))
+                state.live = state.live - 1
             end
-        end
-        local live = state.live
-        if live > 0 and state.have ~= permits then
-            return 3, tonumber(state.have)
-        end
-        local refused
-        if state.writer > now then
-            refused = state.writer - now
-        elseif permits ~= '0' and live >= tonumber(permits) then
-            refused = lease_left(state, true)
-        end
-        if refused then
-            if state.waited == '0' or state.expired > 0 then
-                prune(state)
-                state.waited, state.dirty = '1', true
+            local slot, list, slots = state.size + 1, state.list, state.slot
+            list[slots[entry]], list[slot] = false, entry
+            state.size, slots[entry], state.released[entry] = slot, slot, true
+            local held = state.held + 1
+            if held > 32 then
+                -- bound(), the common case: the oldest released hold is at `oldest`.
+                local oldest = list[state.oldest]
+                if oldest and state.released[oldest] then
+                    list[state.oldest], state.index[state.token[oldest]] = false, nil
+                    state.oldest, state.count, held = state.oldest + 1, state.count - 1, held - 1
+                    if state.deadline[oldest] <= nowtext then
+                        state.expired = state.expired - 1
+                    end
+                else
+                    state.held = held
+                    bound(state)
+                    return 1, 0
+                end
             end
-            return 0, refused
+            state.held = held
+            return 1, 0
         end
-        -- An entry of this hold past its deadline is dropped here with the others.
-        if state.expired > 0 then
-            prune(state)
+        if unknown then
+            local retention = number(ARGV[3])
+            local deadline = ends[ARGV[3]]
+            add(state, token, deadline, true, deadline .. ' 0')
+            state.held = state.held + 1
+            if state.held > 32 then
+                bound(state)
+            end
+            local ttl = state.px
+            if not ttl then
+                calling = 'PTTL'
+                ttl = call('PTTL', lock)
+            end
+            if retention > ttl then
+                ttl = retention
+            end
+            state.px, state.dirty = ttl, true
         end
+        return 0, 0
     end
-    local fence, text
-    local last = state.last
-    if permits == '0' and last ~= '0' then
-        fence, text = state.fence, last
-    else
-        fence, text = micros, clock
-        if #last > 16 or (#last == 16 and last > '9007199254740990') then
-            error({err = 'relock: the fencing token of ' .. lock .. ' is ' .. last ..
-                ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
-        end
-        if state.fence >= fence then
-            fence = state.fence + 1
-            text = string.format('%.0f', fence)
-        end
-        state.last, state.fence = text, fence
-    end
-    local longest = state.longest
-    if not longest then
-        longest = lease_left(state) or 0
-    end
-    local px = retention_ms
-    if lease_ms > px then
-        px = lease_ms
-    end
-    if longest > px then
-        px = longest
-    end
-    if lease_ms > longest then
-        longest = lease_ms
-    end
-    state.px, state.longest = px, longest
-    -- Readers of one call share their text after the token: the deadline and the last token.
-    local tails = state.tails
-    if not tails or state.tails_of ~= text then
-        tails = {}
-        state.tails, state.tails_of = tails, text
-    end
-    local tail = tails[lease]
-    if not tail then
-        tail = deadline .. ' ' .. text
-        tails[lease] = tail
-    end
-    local grant = state.grants + 1
-    state.grants, state.count, state.live, state.have, state.dirty = grant, state.count + 1, state.live + 1, permits, true
-    state.granted[token], state.grant_token[grant], state.grant_deadline[grant], state.grant_tail[grant] =
-        grant, token, deadline, tail
-    return 1, fence
-end
 
--- Writes a group's key as its requests left it, and publishes a release that must be.
-local function flush(lock, state)
-    if state.dirty then
-        local value
+    -- A shared acquisition of a key in a group, as acquire_shared's function decides it; nil when it
+    -- is not for the group (the caller writes the group and runs the function).
+    local function group_acquire(lock, state, token, lease, retention, permits)
+        if #token ~= 32 or not find(token, '^[0-9a-f]+$') then
+            -- acquire_shared's error, which it answers before it reads anything.
+            error({err = 'relock: a hold token is 32 lowercase hex digits, not `' .. sub(token, 1, 64) .. '`'})
+        end
+        local lease_ms, retention_ms = numbers[lease], numbers[retention]
+        if not lease_ms or not retention_ms then
+            lease_ms, retention_ms = number(lease), number(retention)
+        end
+        local deadline = ends[lease]
+        if #deadline ~= 13 or #ends[retention] ~= 13 then
+            return nil
+        end
         if state.kind == '-' then
-            value = '-' .. state.last .. ' ' .. state.named
+            local named = state.named
+            if named == token then
+                return 2, 0
+            end
+            local last, announce = state.last, state.announce
+            state = shared_state(last, permits, 0, '0', '0')
+            state.announce, state.longest = announce, 0
+            groups[lock] = state
+            if #named == 32 and named ~= string.rep('0', 32) then
+                -- The hold it names may still have an acquisition on its way.
+                add(state, named, ends[retention], true, ends[retention] .. ' ' .. last)
+                state.held = 1
+            end
         else
-            local out, n = {'*', state.last, ' ', state.have, ' ', state.writer_text, ' ', state.waited}, 8
-            local list, own, original, tokens, released, tails, from = state.list, state.own, state.value,
-                state.token, state.released, state.tail, state.from
-            local slot, size = 1, state.size
-            while slot <= size do
-                local entry = list[slot]
-                if entry == slot and slot <= own then
-                    -- A run of the value's own entries, unchanged: one piece.
-                    local stop = slot
-                    while stop < own and list[stop + 1] == stop + 1 do
-                        stop = stop + 1
+            local grant = state.granted[token]
+            if grant then
+                -- A request repeated in this call: the same grant.
+                return 1, tonumber(match(state.grant_tail[grant], '(%d+)$'))
+            end
+            local entry = state.index[token]
+            if entry then
+                if state.released[entry] then
+                    return 2, 0
+                end
+                if state.deadline[entry] > nowtext then
+                    -- A retried request of a live holder: the same grant.
+                    return 1, tonumber(match(state.tail[entry] or own_tail(state, entry), '(%d+)$'))
+                end
+            end
+            local live = state.live
+            if live > 0 and state.have ~= permits then
+                return 3, tonumber(state.have)
+            end
+            local refused
+            if state.writer > now then
+                refused = state.writer - now
+            elseif permits ~= '0' and live >= tonumber(permits) then
+                refused = lease_left(state, true)
+            end
+            if refused then
+                if state.waited == '0' or state.expired > 0 then
+                    prune(state)
+                    state.waited, state.dirty = '1', true
+                end
+                return 0, refused
+            end
+            -- An entry of this hold past its deadline is dropped here with the others.
+            if state.expired > 0 then
+                prune(state)
+            end
+        end
+        local fence, text
+        local last = state.last
+        if permits == '0' and last ~= '0' then
+            fence, text = state.fence, last
+        else
+            fence, text = micros, clock
+            if #last > 16 or (#last == 16 and last > '9007199254740990') then
+                error({err = 'relock: the fencing token of ' .. lock .. ' is ' .. last ..
+                    ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
+            end
+            if state.fence >= fence then
+                fence = state.fence + 1
+                text = string.format('%.0f', fence)
+            end
+            state.last, state.fence = text, fence
+        end
+        local longest = state.longest
+        if not longest then
+            longest = lease_left(state) or 0
+        end
+        local px = retention_ms
+        if lease_ms > px then
+            px = lease_ms
+        end
+        if longest > px then
+            px = longest
+        end
+        if lease_ms > longest then
+            longest = lease_ms
+        end
+        state.px, state.longest = px, longest
+        -- Readers of one call share their text after the token: the deadline and the last token.
+        local tails = state.tails
+        if not tails or state.tails_of ~= text then
+            tails = {}
+            state.tails, state.tails_of = tails, text
+        end
+        local tail = tails[lease]
+        if not tail then
+            tail = deadline .. ' ' .. text
+            tails[lease] = tail
+        end
+        local grant = state.grants + 1
+        state.grants, state.count, state.live, state.have, state.dirty = grant, state.count + 1, state.live + 1, permits, true
+        state.granted[token], state.grant_token[grant], state.grant_deadline[grant], state.grant_tail[grant] =
+            grant, token, deadline, tail
+        return 1, fence
+    end
+
+    -- Writes a group's key as its requests left it, and publishes a release that must be.
+    local function flush(lock, state)
+        if state.dirty then
+            local value
+            if state.kind == '-' then
+                value = '-' .. state.last .. ' ' .. state.named
+            else
+                local out, n = {'*', state.last, ' ', state.have, ' ', state.writer_text, ' ', state.waited}, 8
+                local list, own, original, tokens, released, tails, from = state.list, state.own, state.value,
+                    state.token, state.released, state.tail, state.from
+                local slot, size = 1, state.size
+                while slot <= size do
+                    local entry = list[slot]
+                    if entry == slot and slot <= own then
+                        -- A run of the value's own entries, unchanged: one piece.
+                        local stop = slot
+                        while stop < own and list[stop + 1] == stop + 1 do
+                            stop = stop + 1
+                        end
+                        n = n + 1
+                        if stop < own then
+                            out[n] = sub(original, from[slot], from[stop + 1] - 1)
+                        else
+                            out[n] = sub(original, from[slot])
+                        end
+                        slot = stop
+                    elseif entry then
+                        out[n + 1] = ' '
+                        out[n + 2] = tokens[entry]
+                        if released[entry] then
+                            out[n + 3] = ' -'
+                        else
+                            out[n + 3] = ' '
+                        end
+                        out[n + 4] = tails[entry] or own_tail(state, entry)
+                        n = n + 4
                     end
-                    n = n + 1
-                    if stop < own then
-                        out[n] = sub(original, from[slot], from[stop + 1] - 1)
-                    else
-                        out[n] = sub(original, from[slot])
-                    end
-                    slot = stop
-                elseif entry then
+                    slot = slot + 1
+                end
+                local grant_tokens, grant_tails = state.grant_token, state.grant_tail
+                for grant = 1, state.grants do
                     out[n + 1] = ' '
-                    out[n + 2] = tokens[entry]
-                    if released[entry] then
-                        out[n + 3] = ' -'
-                    else
-                        out[n + 3] = ' '
-                    end
-                    out[n + 4] = tails[entry] or own_tail(state, entry)
+                    out[n + 2] = grant_tokens[grant]
+                    out[n + 3] = ' '
+                    out[n + 4] = grant_tails[grant]
                     n = n + 4
                 end
-                slot = slot + 1
+                value = table.concat(out)
             end
-            local grant_tokens, grant_tails = state.grant_token, state.grant_tail
-            for grant = 1, state.grants do
-                out[n + 1] = ' '
-                out[n + 2] = grant_tokens[grant]
-                out[n + 3] = ' '
-                out[n + 4] = grant_tails[grant]
-                n = n + 4
+            calling = 'SET'
+            if state.px then
+                call('SET', lock, value, 'PX', state.px)
+            else
+                call('SET', lock, value, 'KEEPTTL')
             end
-            value = table.concat(out)
         end
-        calling = 'SET'
-        if state.px then
-            call('SET', lock, value, 'PX', state.px)
-        else
-            call('SET', lock, value, 'KEEPTTL')
+        if state.announce then
+            calling = 'PUBLISH'
+            call('PUBLISH', lock .. ':released', '')
         end
     end
-    if state.announce then
-        calling = 'PUBLISH'
-        call('PUBLISH', lock .. ':released', '')
-    end
-end
 
--- Writes a group's key, for a request that runs alone (an exclusive acquisition): the key runs
--- request by request for the rest of the call.
-local function ungroup(lock)
-    local state = groups[lock]
-    if state then
-        groups[lock] = false
-        flush(lock, state)
+    -- Writes a group's key, for a request that runs alone (an exclusive acquisition): the key runs
+    -- request by request for the rest of the call.
+    local function ungroup(lock)
+        local state = groups[lock]
+        if state then
+            groups[lock] = false
+            flush(lock, state)
+        end
     end
+
+    G = {several = several, groups = groups, grouped = grouped, parse = parse, new_group = new_group,
+        shared_state = shared_state, release = group_release, acquire = group_acquire, flush = flush,
+        ungroup = ungroup, number = number, ends = ends}
 end
 
 -- The text after the hold token of a grant with the clock's token, per lease.
@@ -555,8 +569,8 @@ local function acquire(lock, token, lease, retention, once)
     if not now then
         tick()
     end
-    if counts then
-        ungroup(lock)
+    if G and G.groups[lock] then
+        G.ungroup(lock)
     end
     local tail = tails[lease]
     if not tail then
@@ -794,15 +808,15 @@ local function release(lock, tombstone)
             end
         end
         if byte(value, 1) == SHARED then
-            if several(lock) then
-                local state = parse(value)
+            if G and G.several(lock) then
+                local state = G.parse(value)
                 if state then
                     -- The key holds this release's tombstone until the group is written.
                     state.dirty = true
-                    new_group(lock, state)
-                    return group_release(lock, state, token, unknown)
+                    G.new_group(lock, state)
+                    return G.release(lock, state, token, unknown)
                 end
-                groups[lock] = false
+                G.groups[lock] = false
             end
             -- This hold's live entry is the only one and no writer claims the key: the key is
             -- left as this hold's tombstone under the last fencing token, as release.lua leaves
@@ -1018,13 +1032,13 @@ local function shared(lock, token, lease, retention, permits)
         -- A failure below is named after the grant's SET, as the caller named it.
         calling = 'SET'
     end
-    if counts and groups[lock] then
-        local status, value = group_acquire(lock, groups[lock], token, lease, retention, permits)
+    if G and G.groups[lock] then
+        local status, value = G.acquire(lock, G.groups[lock], token, lease, retention, permits)
         if status then
             return status, value
         end
         -- A deadline the group cannot hold: this key runs request by request from here.
-        ungroup(lock)
+        G.ungroup(lock)
     end
     local seen
     -- The expiry is the longer of lease and retention: compared as text only when both are
@@ -1041,24 +1055,24 @@ local function shared(lock, token, lease, retention, permits)
         end
         seen = try('SET', lock, '*' .. clock .. ' ' .. permits .. ' 0 0 ' .. token .. tail, 'NX', 'PX', expiry, 'GET')
         if not seen then
-            if several(lock) then
-                local lease_ms = number(lease)
+            if G and G.several(lock) then
+                local lease_ms, ends = G.number(lease), G.ends
                 if #ends[lease] == 13 then
                     -- The value just written, parsed: its one holder.
-                    local state = new_group(lock, shared_state(clock, permits, 0, '0', '0'))
+                    local state = G.new_group(lock, G.shared_state(clock, permits, 0, '0', '0'))
                     state.live, state.count, state.longest, state.grants = 1, 1, lease_ms, 1
                     state.granted[token], state.grant_token[1], state.grant_deadline[1], state.grant_tail[1] =
                         1, token, ends[lease], sub(tail, 2)
                 else
-                    groups[lock] = false
+                    G.groups[lock] = false
                 end
             end
             return 1, micros
         end
-        if type(seen) == 'string' and several(lock) then
+        if type(seen) == 'string' and G and G.several(lock) then
             local state
             if byte(seen, 1) == SHARED then
-                state = parse(seen)
+                state = G.parse(seen)
             elseif byte(seen, 1) == TOMBSTONE then
                 local last, named = match(seen, '^%-(%d+) (%x+)$')
                 if last then
@@ -1066,14 +1080,14 @@ local function shared(lock, token, lease, retention, permits)
                 end
             end
             if state then
-                local status, value = group_acquire(lock, new_group(lock, state), token, lease, retention, permits)
+                local status, value = G.acquire(lock, G.new_group(lock, state), token, lease, retention, permits)
                 if status then
                     return status, value
                 end
             end
             -- A hold, a value not relock's, a deadline the group cannot hold: request by request.
-            ungroup(lock)
-            groups[lock] = false
+            G.ungroup(lock)
+            G.groups[lock] = false
         end
     end
     local answer = acquire_shared(lock, token, tonumber(lease), tonumber(retention), permits, now, clock, seen)
@@ -1090,14 +1104,14 @@ for k = 1, #KEYS do
     local request = ARGV[k + 4]
     calling = 'the script'
     if k <= releases then
-        if counts and groups[KEYS[k]] then
+        if G and G.groups[KEYS[k]] then
             -- As release() reads its request.
-            ok, status, value = pcall(group_release, KEYS[k], groups[KEYS[k]], sub(request, -32),
+            ok, status, value = pcall(G.release, KEYS[k], G.groups[KEYS[k]], sub(request, -32),
                 byte(request, 2) == 48 and byte(request, 3) == 32)
             if ok and not status then
                 -- After a grant of its key: written, then run alone.
                 calling = 'SET'
-                ok, status = pcall(ungroup, KEYS[k])
+                ok, status = pcall(G.ungroup, KEYS[k])
                 if ok then
                     ok, status, value = pcall(release, KEYS[k], request)
                 end
@@ -1140,11 +1154,11 @@ for k = 1, #KEYS do
     reply[n + 2] = value
     n = n + 2
 end
-if counts then
-    for i = 1, #grouped do
-        local state = groups[grouped[i]]
+if G then
+    for i = 1, #G.grouped do
+        local state = G.groups[G.grouped[i]]
         if state then
-            flush(grouped[i], state)
+            G.flush(G.grouped[i], state)
         end
     end
 end
