@@ -21,8 +21,8 @@ MODE:
                   as individual EVALSHA; every reply is read and its status asserted
   read-string-batch  the same, the round's releases sent as one batch.lua call instead
   read-string-group  the same, each round ONE batch.lua call of the releases and the readers'
-                  acquisitions ("<hold token> 30000 600000 shared 0"), as relock's group commit
-                  sends them now
+                  acquisitions ("<hold token>*0", the call's lease and retention), marked "+" (a
+                  key more than once), as relock's group commit sends them
   read-hash       the read-string history with the hash-layout prototype scripts
                   benches/callgrind/proto/acquire_shared_hash.lua and release_shared_hash.lua
   read-hash-batch the same history, each round one call of the prototype group commit

@@ -196,7 +196,9 @@
 //! that arrive while calls are in flight on the locker's connection queue up and go out together
 //! as one call of a batch script (group commit), which runs each as its own call would (the
 //! releases first, so that a lock released and asked for in the same call is granted), with its
-//! own reply and error; an idle locker sends each request at once, alone.
+//! own reply and error (the shared requests of one key in one call — many readers, a burst of
+//! permits — are decided on its value read once and written once, with the answers one call each
+//! would give); an idle locker sends each request at once, alone.
 //!
 //! Every fresh acquisition writes a token of its own, and release and renewal act on that token
 //! only: a late release or renewal of an old hold (lost, force-released, cancelled mid-flight)
