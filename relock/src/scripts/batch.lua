@@ -79,6 +79,9 @@ local WAITED, TOMBSTONE, SHARED = 43, 45, 42
 -- The command being called, to name it if it fails.
 local calling
 
+-- Two items per request, and how many are written.
+local reply, n = {}, 0
+
 local function tick()
     calling = 'TIME'
     local time = call('TIME')
@@ -106,7 +109,7 @@ local G
 
 if repeated then
     local counts, nowtext
-    local groups, grouped = {}, {}
+    local groups, grouped, formed = {}, {}, {}
 
     local function several(lock)
         if not counts then
@@ -115,7 +118,7 @@ if repeated then
                 tick()
             end
             nowtext = tostring(now)
-            if #nowtext == 13 and #tostring(now + tonumber(ARGV[3])) == 13 then
+            if #nowtext == 13 and tonumber(ARGV[3]) > 0 and #tostring(now + tonumber(ARGV[3])) == 13 then
                 for k = 1, #KEYS do
                     local key = KEYS[k]
                     counts[key] = (counts[key] or 0) + 1
@@ -146,6 +149,7 @@ if repeated then
     local function new_group(lock, state)
         groups[lock] = state
         grouped[#grouped + 1] = lock
+        formed[lock] = n + 1
         return state
     end
 
@@ -381,13 +385,20 @@ if repeated then
             lease_ms, retention_ms = number(lease), number(retention)
         end
         local deadline = ends[lease]
-        if #deadline ~= 13 or #ends[retention] ~= 13 then
+        if lease_ms <= 0 or #deadline ~= 13 or #ends[retention] ~= 13 then
+            -- A lease of 0 is over at once, which the group does not keep track of.
             return nil
         end
         if state.kind == '-' then
             local named = state.named
             if named == token then
                 return 2, 0
+            end
+            local last = state.last
+            if (permits ~= '0' or last == '0') and (#last > 16 or (#last == 16 and last > '9007199254740990')) then
+                -- The error below, before the tombstone is replaced (a failed grant writes nothing).
+                error({err = 'relock: the fencing token of ' .. lock .. ' is ' .. last ..
+                    ', at the limit of exact arithmetic (2^53 - 1); no larger token can be handed out'})
             end
             local last, announce = state.last, state.announce
             state = shared_state(last, permits, 0, '0', '0')
@@ -534,16 +545,42 @@ if repeated then
                 end
                 value = table.concat(out)
             end
-            calling = 'SET'
             if state.px then
                 call('SET', lock, value, 'PX', state.px)
             else
                 call('SET', lock, value, 'KEEPTTL')
             end
         end
-        if state.announce then
-            calling = 'PUBLISH'
-            call('PUBLISH', lock .. ':released', '')
+    end
+
+    -- Writes a group's key, for a request that runs alone (an exclusive acquisition): the key runs
+    -- request by request for the rest of the call.
+    -- A refused write or announcement of a group's key at the end fails its requests as it would
+    -- have failed each of them alone: every request of the key decided in the group (from the
+    -- reply `formed` at, when the group was made), or the releases among them that were to be
+    -- announced (all that released: a call's releases come before its acquisitions, so the key's
+    -- `waited` mark was the same for each).
+
+    local function fail(lock, command, err, announced)
+        local text = command .. ' ' .. (type(err) == 'table' and err.err or tostring(err))
+        for k = (formed[lock] + 1) / 2, n / 2 do
+            if KEYS[k] == lock and (not announced or (k <= releases and reply[2 * k - 1] == 1)) then
+                reply[2 * k - 1], reply[2 * k] = -1, text
+            end
+        end
+    end
+
+    -- Writes a group's key and announces its releases; what fails is its requests' failure, and
+    -- every other key of the call is still written.
+    local function finish(lock, state)
+        local ok, err = pcall(flush, lock, state)
+        if not ok then
+            fail(lock, 'SET', err)
+        elseif state.announce then
+            ok, err = pcall(call, 'PUBLISH', lock .. ':released', '')
+            if not ok then
+                fail(lock, 'PUBLISH', err, true)
+            end
         end
     end
 
@@ -553,13 +590,14 @@ if repeated then
         local state = groups[lock]
         if state then
             groups[lock] = false
-            flush(lock, state)
+            finish(lock, state)
         end
     end
 
+
     G = {several = several, groups = groups, grouped = grouped, parse = parse, new_group = new_group,
         shared_state = shared_state, release = group_release, acquire = group_acquire, flush = flush,
-        ungroup = ungroup, number = number, ends = ends}
+        ungroup = ungroup, number = number, ends = ends, finish = finish}
 end
 
 -- The text after the hold token of a grant with the clock's token, per lease.
@@ -1097,7 +1135,6 @@ local function shared(lock, token, lease, retention, permits)
     return answer[1], answer[2]
 end
 
-local reply, n = {}, 0
 local lease, retention = ARGV[2], ARGV[3]
 for k = 1, #KEYS do
     local ok, status, value
@@ -1158,7 +1195,7 @@ if G then
     for i = 1, #G.grouped do
         local state = G.groups[G.grouped[i]]
         if state then
-            G.flush(G.grouped[i], state)
+            G.finish(G.grouped[i], state)
         end
     end
 end
