@@ -1097,5 +1097,44 @@ mod tests {
         // No acquisition: no lease, the locker's retention (a tombstone written where nothing was).
         assert_eq!(args[5], b"0");
         assert_eq!(args[6], b"600000");
+        // One release, no key twice: no "+".
+        assert_eq!(args[7], b"1");
+    }
+
+    /// A call with a key more than once is marked "+" after its number of releases (the script
+    /// then decides that key's shared requests together); a call of distinct keys is not.
+    #[test]
+    fn a_batch_with_a_key_twice_is_marked() {
+        let request = |kind: Kind, lock: &str| Request {
+            kind,
+            lock: lock.into(),
+            token: HoldToken::random(),
+        };
+        let shared = Kind::AcquireShared {
+            lease_ms: 30_000,
+            retention_ms: 600_000,
+            permits: 0,
+        };
+        let release = Kind::Release { fencing_token: 7 };
+        let marks = |requests: &[&Request]| {
+            let command = batch_command(requests, 600_000);
+            let args: Vec<Vec<u8>> = command
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            String::from_utf8(args[6 + requests.len()].clone()).unwrap()
+        };
+        let (a, b) = (
+            request(release, "relock:{a}"),
+            request(shared, "relock:{a}"),
+        );
+        let c = request(shared, "relock:{c}");
+        assert_eq!(marks(&[&a, &b]), "1+");
+        assert_eq!(marks(&[&a, &c]), "1");
+        assert_eq!(marks(&[&b, &c]), "0");
+        assert_eq!(marks(&[&b]), "0");
     }
 }
