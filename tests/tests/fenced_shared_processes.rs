@@ -22,6 +22,21 @@
 //! key — in an async sleep relock aborts the body before polling it again; in a blocking one its
 //! next step reaches the store, which refuses it.
 //!
+//! # Several tasks per process: requests decided together
+//!
+//! Two more scenarios run the same workers with eight tasks each on the process's one `Locker`
+//! (40 tasks on the key): readers and writers, and 6 permits that the 40 tasks contend for. The
+//! requests a process's tasks make while its calls are in flight go out together as one call of
+//! relock's group commit, and the batch script decides the shared requests of a key that a call
+//! carries more than once together: the key's value parsed once, each request applied to what
+//! the ones before it left, the result written once. A task names itself `<pid>.<task>` to the
+//! store, which tells two tasks of one process apart; the faults act on the whole process: a
+//! stall stops a process one of whose tasks is inside, with its other tasks inside too,
+//! mid-request or waiting (on waking, a request that was in flight past the 2 s response timeout
+//! fails as an unknown outcome), a kill ends all eight, and a blocking pause of one task stalls
+//! its siblings, inside or not. The replays run per task; a kill closes every section of the
+//! process.
+//!
 //! # What must hold
 //!
 //! * **No refusal a holder believed past.** A refused worker whose guard still says held right
@@ -36,10 +51,18 @@
 //!   accepted writer's (unless a worker was killed since, which may have been a writer granted a
 //!   token it never got to show); permit tokens are never repeated.
 //! * **Progress and coverage**: enough sections of each kind, readers inside together, permits
-//!   used concurrently, and the faults did bite (some round ended stale or lost).
+//!   used concurrently, and the faults did bite (some round ended stale or lost). With eight
+//!   tasks: tasks of one process inside together, and the lock server's slow log (every command
+//!   logged, the last 1,024 kept) shows script calls that named the key more than once — a run
+//!   prints e.g. `of the lock server's last 313 script calls, 31 named the key more than once, up
+//!   to 6 times`.
 //!
 //! A client or script that lets a writer in beside a live reader, or grants `n + 1` permits,
-//! or keeps a stopped holder believing it holds, fails these checks.
+//! or keeps a stopped holder believing it holds, fails these checks. The one-task scenarios never
+//! reach the grouped decisions (their calls name the key once); a batch script whose grouped
+//! path grants a seventh permit, or gives a reader a token of its own instead of the last
+//! writer's, fails the eight-task ones within a second of history (`believed enter permit …`,
+//! `believed leave read …`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -54,6 +77,11 @@ const LEASE: Duration = Duration::from_millis(1000);
 const DURATION: Duration = Duration::from_secs(12);
 const KILL_EVERY: (Duration, Duration) = (Duration::from_millis(1500), Duration::from_millis(2500));
 const STALLS: usize = 3;
+/// The grouped scenarios: tasks per worker, and permits fewer than the tasks that want them.
+const TASKS: u32 = 8;
+const GROUPED_PERMITS: usize = 6;
+/// The lock server's commands kept in its slow log.
+const SLOW_LOG: usize = 1024;
 
 const HISTORY: &str = "store:history";
 const VIOLATIONS: &str = "store:violations";
@@ -62,7 +90,7 @@ const INSIDE: &str = "store:inside";
 /// The `shared_worker` processes; SIGKILLed and reaped on drop.
 struct Workers {
     children: Vec<Child>,
-    args: [String; 5],
+    args: Vec<String>,
 }
 
 impl Workers {
@@ -141,6 +169,11 @@ impl Jitter {
     }
 }
 
+/// The process of a task named `<pid>.<task>` in the store (the kills and stalls name it).
+fn process(task: &str) -> &str {
+    task.split_once('.').map_or(task, |(pid, _)| pid)
+}
+
 async fn record(store: &mut MultiplexedConnection, event: String) {
     redis::cmd("RPUSH")
         .arg(HISTORY)
@@ -150,22 +183,26 @@ async fn record(store: &mut MultiplexedConnection, event: String) {
         .expect("RPUSH to the history");
 }
 
-/// SIGSTOPs a live worker that the store says is inside its section (retrying for up to 5 s:
-/// one that left before the signal landed is continued and another tried), keeps it stopped
-/// for `2 × LEASE`, then SIGCONTs it. Returns its pid.
+/// SIGSTOPs a live worker one of whose tasks the store says is inside its section (retrying for
+/// up to 5 s: one whose task left before the signal landed is continued and another tried),
+/// keeps it stopped for `2 × LEASE`, then SIGCONTs it. Returns its pid.
 async fn stall_one_inside(store: &mut MultiplexedConnection, workers: &Workers) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let inside: Vec<u32> = redis::cmd("HKEYS")
+        let inside: Vec<String> = redis::cmd("HKEYS")
             .arg(INSIDE)
             .query_async(store)
             .await
             .expect("HKEYS inside");
-        if let Some(&pid) = inside.iter().find(|&&pid| workers.has(pid)) {
+        let live = inside.iter().find_map(|task| {
+            let pid: u32 = process(task).parse().expect("a task is named <pid>.<task>");
+            workers.has(pid).then_some((task, pid))
+        });
+        if let Some((task, pid)) = live {
             signal(pid, libc::SIGSTOP);
             let still: bool = redis::cmd("HEXISTS")
                 .arg(INSIDE)
-                .arg(pid)
+                .arg(task)
                 .query_async(store)
                 .await
                 .expect("HEXISTS inside");
@@ -186,28 +223,96 @@ async fn stall_one_inside(store: &mut MultiplexedConnection, workers: &Workers) 
     }
 }
 
-/// What the store holds at the end of a scenario.
+/// What the store holds at the end of a scenario, and how the lock server's last script calls
+/// carried the key.
 struct Outcome {
     history: Vec<String>,
     violations: Vec<String>,
+    calls: Calls,
 }
 
-/// Runs `WORKERS` workers in `mode` (`rw` or `permits:<n>`) for `DURATION` under kills and
-/// stalls.
-async fn run(mode: &str) -> Outcome {
+/// The lock server's last commands (its slow log, every command logged): the script calls that
+/// named the key more than once — group commit calls deciding several requests of the key
+/// together — and the most requests of the key one of them carried.
+#[derive(Debug, Default)]
+struct Calls {
+    scripts: usize,
+    repeated: usize,
+    most: usize,
+}
+
+/// Logs every command of the lock server in its slow log (the last `SLOW_LOG` of them kept).
+async fn log_commands(lock: &mut MultiplexedConnection) {
+    for (name, value) in [
+        ("slowlog-max-len", SLOW_LOG.to_string()),
+        ("slowlog-log-slower-than", "0".to_owned()),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(lock)
+            .await
+            .expect("CONFIG SET the slow log");
+    }
+}
+
+/// How the script calls in the lock server's slow log carried the key: `EVALSHA <sha> <numkeys>
+/// <keys>…` (the log keeps a command's first 31 arguments).
+async fn script_calls(lock: &mut MultiplexedConnection) -> Calls {
+    type Entry = (i64, i64, i64, Vec<String>);
+    let log: Vec<Entry> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(SLOW_LOG)
+        .query_async::<Vec<Vec<redis::Value>>>(lock)
+        .await
+        .expect("SLOWLOG GET")
+        .into_iter()
+        .map(|entry| redis::from_redis_value(redis::Value::Array(entry[..4].to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("slow log entries");
+    let mut calls = Calls::default();
+    for (_, _, _, args) in log {
+        let [command, _, keys, rest @ ..] = args.as_slice() else {
+            continue;
+        };
+        if !command.eq_ignore_ascii_case("evalsha") {
+            continue;
+        }
+        calls.scripts += 1;
+        let keys: usize = keys.parse().unwrap_or(0);
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for key in rest.iter().take(keys) {
+            *per_key.entry(key.as_str()).or_default() += 1;
+        }
+        let most = per_key.into_values().max().unwrap_or(0);
+        if most > 1 {
+            calls.repeated += 1;
+            calls.most = calls.most.max(most);
+        }
+    }
+    calls
+}
+
+/// Runs `WORKERS` workers of `tasks` tasks each in `mode` (`rw` or `permits:<n>`) for `DURATION`
+/// under kills and stalls.
+async fn run(mode: &str, tasks: u32) -> Outcome {
     let lock_server = tokio::task::block_in_place(RedisServer::start);
     let store_server = tokio::task::block_in_place(RedisServer::start);
     let key = unique_key("fenced-shared");
     let mut workers = Workers {
         children: Vec::new(),
-        args: [
+        args: vec![
             lock_server.url(),
             store_server.url(),
             key,
             mode.to_owned(),
             LEASE.as_millis().to_string(),
+            tasks.to_string(),
         ],
     };
+    let mut lock = lock_server.connection().await;
+    log_commands(&mut lock).await;
     for _ in 0..WORKERS {
         workers.spawn();
     }
@@ -246,6 +351,7 @@ async fn run(mode: &str) -> Outcome {
             tokio::time::sleep_until(wake.into()).await;
         }
     }
+    let calls = script_calls(&mut lock).await;
     workers.kill_all();
     let list = |name: &'static str| {
         let mut store = store.clone();
@@ -262,6 +368,7 @@ async fn run(mode: &str) -> Outcome {
     let outcome = Outcome {
         history: list(HISTORY).await,
         violations: list(VIOLATIONS).await,
+        calls,
     };
     let (mut ends, mut refused): (BTreeMap<&str, usize>, BTreeMap<&str, usize>) =
         Default::default();
@@ -274,10 +381,14 @@ async fn run(mode: &str) -> Outcome {
     }
     let stalled: Vec<u32> = stalled.iter().map(|&(pid, _)| pid).collect();
     eprintln!(
-        "{mode}: {} events in {:?}; {kills} workers killed; stalled {stalled:?}; rounds {ends:?}; \
-         the store refused {refused:?}",
+        "{mode} × {tasks} tasks: {} events in {:?}; {kills} workers killed; stalled {stalled:?}; \
+         rounds {ends:?}; the store refused {refused:?}; of the lock server's last {} script \
+         calls, {} named the key more than once, up to {} times",
         outcome.history.len(),
-        started.elapsed()
+        started.elapsed(),
+        outcome.calls.scripts,
+        outcome.calls.repeated,
+        outcome.calls.most
     );
     outcome
 }
@@ -291,10 +402,12 @@ struct Open {
     conflict: Option<String>,
 }
 
-/// The checks both scenarios share: no refusal a holder believed past, and the faults bit.
-fn check_common(outcome: &Outcome) {
+/// The checks every scenario shares: no refusal a holder believed past, and the faults bit; with
+/// several `tasks` per worker, the group commit carried the key more than once in one call.
+fn check_common(outcome: &Outcome, tasks: u32) {
     if let Some(first) = outcome.violations.first() {
-        // `believed <step> <mode> <token> <pid>`: the store's refusal of it, and what led there.
+        // `believed <step> <mode> <token> <pid>.<task>`: the store's refusal of it, and what led
+        // there.
         let refusal = first.replacen("believed", "refused", 1);
         let at = outcome
             .history
@@ -311,7 +424,7 @@ fn check_common(outcome: &Outcome) {
         panic!(
             "the store refused a step of a holder whose guard still said held right after — two \
              owners believed they held the key at once: {} such refusals, the first {first:?}.\n\
-             pid {pid}'s own history:\n{}\nthe history up to the refusal (who entered and left \
+             task {pid}'s own history:\n{}\nthe history up to the refusal (who entered and left \
              with which token):\n{}",
             outcome.violations.len(),
             own[own.len().saturating_sub(8)..].join("\n"),
@@ -329,6 +442,12 @@ fn check_common(outcome: &Outcome) {
         bit > 0,
         "no round ended stale or lost: the stalls never caught a holder inside"
     );
+    assert!(
+        tasks == 1 || outcome.calls.repeated > 0,
+        "no script call of the lock server's last {} named the key more than once: the tasks' \
+         requests were never decided together",
+        outcome.calls.scripts
+    );
 }
 
 fn tail(history: &[String]) -> String {
@@ -341,9 +460,19 @@ fn tail(history: &[String]) -> String {
         .join("\n")
 }
 
-/// Replays the read-write history in the store's order.
-fn check_read_write(outcome: &Outcome) {
-    check_common(outcome);
+/// The most tasks of one process among `inside` (task names).
+fn most_of_one_process<'a>(inside: impl Iterator<Item = &'a str>) -> usize {
+    let mut per_process: HashMap<&str, usize> = HashMap::new();
+    for task in inside {
+        *per_process.entry(process(task)).or_default() += 1;
+    }
+    per_process.into_values().max().unwrap_or(0)
+}
+
+/// Replays the read-write history in the store's order; with several `tasks` per worker, readers
+/// of one process must have been inside together.
+fn check_read_write(outcome: &Outcome, tasks: u32) {
+    check_common(outcome, tasks);
     let history = &outcome.history;
     let context = |at: usize| {
         let from = at.saturating_sub(15);
@@ -357,7 +486,7 @@ fn check_read_write(outcome: &Outcome) {
     let mut open: HashMap<String, Open> = HashMap::new();
     let mut last_writer: Option<u64> = None;
     let mut killed_since_writer = false;
-    let (mut reads, mut writes, mut most_readers) = (0, 0, 0);
+    let (mut reads, mut writes, mut most_readers, mut most_of_one) = (0, 0, 0, 0);
     for (at, event) in history.iter().enumerate() {
         let parts: Vec<&str> = event.split(' ').collect();
         match parts.as_slice() {
@@ -386,7 +515,7 @@ fn check_read_write(outcome: &Outcome) {
                     let conflicts =
                         *mode == "write" || section.mode == "write" || section.token != token;
                     if conflicts && section.conflict.is_none() {
-                        section.conflict = Some(format!("#{at}: {event} (beside pid {other})"));
+                        section.conflict = Some(format!("#{at}: {event} (beside task {other})"));
                     }
                 }
                 open.insert(
@@ -400,29 +529,34 @@ fn check_read_write(outcome: &Outcome) {
                 );
                 // Readers sharing the key: same token, none overtaken by a writer (a stopped
                 // reader's section stays open until it wakes).
-                let readers = open
-                    .values()
-                    .filter(|section| {
+                let sharing = || {
+                    open.iter().filter(|(_, section)| {
                         section.mode == "read"
                             && section.token == token
                             && section.conflict.is_none()
                     })
-                    .count();
-                most_readers = most_readers.max(readers);
+                };
+                most_readers = most_readers.max(sharing().count());
+                most_of_one = most_of_one.max(most_of_one_process(
+                    sharing().map(|(task, _)| task.as_str()),
+                ));
             }
             ["leave", mode, token, pid] => {
                 let section = open.remove(*pid).unwrap_or_else(|| {
-                    panic!("pid {pid} left a section it never entered\n{}", context(at))
+                    panic!(
+                        "task {pid} left a section it never entered\n{}",
+                        context(at)
+                    )
                 });
                 assert_eq!(
                     (section.mode.as_str(), section.token.to_string().as_str()),
                     (*mode, *token),
-                    "pid {pid} left another section than it entered\n{}",
+                    "task {pid} left another section than it entered\n{}",
                     context(at)
                 );
                 if let Some(conflict) = section.conflict {
                     panic!(
-                        "pid {pid}'s {mode} section (token {token}, entered at #{}) left with \
+                        "task {pid}'s {mode} section (token {token}, entered at #{}) left with \
                          the store's consent after a conflicting entry {conflict}\n{}",
                         section.at,
                         context(at)
@@ -438,7 +572,7 @@ fn check_read_write(outcome: &Outcome) {
                 open.remove(*pid);
             }
             ["kill", pid] => {
-                open.remove(*pid);
+                open.retain(|task, _| process(task) != *pid);
                 killed_since_writer = true;
             }
             ["stop", _] | ["cont", _] => {}
@@ -447,7 +581,7 @@ fn check_read_write(outcome: &Outcome) {
     }
     eprintln!(
         "read-write: {reads} reads and {writes} writes left with consent; up to {most_readers} \
-         readers inside at once"
+         readers inside at once, {most_of_one} of one process"
     );
     assert!(
         reads >= 20 && writes >= 8,
@@ -457,16 +591,21 @@ fn check_read_write(outcome: &Outcome) {
         most_readers >= 2,
         "readers never shared the key (at most {most_readers} inside at once)"
     );
+    assert!(
+        tasks == 1 || most_of_one >= 2,
+        "the readers of one process were never inside together (at most {most_of_one})"
+    );
 }
 
-/// Replays the permit history in the store's order.
-fn check_permits(outcome: &Outcome, permits: usize) {
-    check_common(outcome);
+/// Replays the permit history in the store's order; with several `tasks` per worker, permits of
+/// one process must have been inside together.
+fn check_permits(outcome: &Outcome, permits: usize, tasks: u32) {
+    check_common(outcome, tasks);
     let history = &outcome.history;
     // fencing token -> pid
     let mut open: HashMap<String, String> = HashMap::new();
     let mut tokens = HashSet::new();
-    let (mut sections, mut most) = (0, 0);
+    let (mut sections, mut most, mut most_of_one) = (0, 0, 0);
     for (at, event) in history.iter().enumerate() {
         let parts: Vec<&str> = event.split(' ').collect();
         match parts.as_slice() {
@@ -477,6 +616,8 @@ fn check_permits(outcome: &Outcome, permits: usize) {
                 );
                 open.insert((*token).to_owned(), (*pid).to_owned());
                 most = most.max(open.len());
+                most_of_one =
+                    most_of_one.max(most_of_one_process(open.values().map(String::as_str)));
                 assert!(
                     open.len() <= permits,
                     "{} permits inside at #{at}: {open:?}\n{}",
@@ -492,25 +633,35 @@ fn check_permits(outcome: &Outcome, permits: usize) {
                 open.remove(*token);
             }
             ["refused", "enter", "permit", ..] | ["stop", _] | ["cont", _] => {}
-            ["end", pid, _] | ["kill", pid] => {
-                open.retain(|_, holder| holder != pid);
+            ["end", task, _] => {
+                open.retain(|_, holder| holder != task);
+            }
+            ["kill", pid] => {
+                open.retain(|_, holder| process(holder) != *pid);
             }
             _ => panic!("an unknown history entry: {event:?}"),
         }
     }
-    eprintln!("permits: {sections} sections left with consent; up to {most} inside at once");
+    eprintln!(
+        "permits: {sections} sections left with consent; up to {most} inside at once, \
+         {most_of_one} of one process"
+    );
     assert!(sections >= 20, "too little progress: {sections} sections");
     assert!(
         most >= 2,
         "the permits were never used concurrently (at most {most} inside)"
+    );
+    assert!(
+        tasks == 1 || most_of_one >= 2,
+        "the permits of one process were never inside together (at most {most_of_one})"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_and_writers_stay_exclusive_and_fenced_under_kills_and_stalls() {
     bounded(TEST_LIMIT, async {
-        let outcome = run("rw").await;
-        check_read_write(&outcome);
+        let outcome = run("rw", 1).await;
+        check_read_write(&outcome, 1);
     })
     .await;
 }
@@ -518,8 +669,26 @@ async fn readers_and_writers_stay_exclusive_and_fenced_under_kills_and_stalls() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_more_than_n_permits_inside_under_kills_and_stalls() {
     bounded(TEST_LIMIT, async {
-        let outcome = run("permits:3").await;
-        check_permits(&outcome, 3);
+        let outcome = run("permits:3", 1).await;
+        check_permits(&outcome, 3, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_writers_of_one_process_decided_together_stay_exclusive_and_fenced() {
+    bounded(TEST_LIMIT, async {
+        let outcome = run("rw", TASKS).await;
+        check_read_write(&outcome, TASKS);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_of_one_process_decided_together_never_exceed_n() {
+    bounded(TEST_LIMIT, async {
+        let outcome = run(&format!("permits:{GROUPED_PERMITS}"), TASKS).await;
+        check_permits(&outcome, GROUPED_PERMITS, TASKS);
     })
     .await;
 }

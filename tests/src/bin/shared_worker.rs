@@ -1,7 +1,15 @@
 //! Enters and leaves a critical section under a read, write or permit hold, forever, recording
 //! each step in a fenced store: the worker of `tests/tests/fenced_shared_processes.rs`.
 //!
-//! Usage: `shared_worker <lock-url> <store-url> <key> <rw|permits:<n>> <lease-ms>`.
+//! Usage: `shared_worker <lock-url> <store-url> <key> <rw|permits:<n>> <lease-ms> [<tasks>]`.
+//!
+//! The worker runs `tasks` (default 1) tasks on its one-thread runtime, each looping on the key
+//! through the process's one `Locker`: with several, requests of one key queue up behind the
+//! calls in flight and go out together (relock's group commit, whose script decides the shared
+//! requests of a key that a call carries more than once together). A task names itself to the
+//! store `<pid>.<task>` (in the store's scripts, its history and its violations): the store
+//! tells two tasks of one process apart, and the test finds the process to stop or kill by the
+//! part before the dot. A blocking pause stalls every task of the process.
 //!
 //! Each round takes `key` on the lock server (5 s wait) — in `rw` mode a read hold
 //! (`locker.read`, two rounds in three) or the write lock (`locker.lock`), in `permits:<n>` mode
@@ -36,7 +44,7 @@
 //! it): its guard says so. If, right after a refusal, the guard still says held (`is_held()`, by
 //! the local deadline, which never outlasts the server's lease), two owners believed they held
 //! the key at once: the worker appends the refusal to the store's `violations` list. After each
-//! round it appends `end <pid> <outcome>` (`ok`, `stale`, `lost`, `timeout`, `backend`,
+//! round it appends `end <pid>.<task> <outcome>` (`ok`, `stale`, `lost`, `timeout`, `backend`,
 //! `other`).
 
 use std::future::Future;
@@ -52,9 +60,9 @@ const HISTORY: &str = "store:history";
 const VIOLATIONS: &str = "store:violations";
 /// `rw`: `w` (the largest token accepted) and `mode` (the mode of the entry that set it).
 const STATE: &str = "store:state";
-/// The workers inside, `pid → fencing token`: where the test looks for one to stop.
+/// The tasks inside, `<pid>.<task> → fencing token`: where the test looks for a process to stop.
 const INSIDE: &str = "store:inside";
-/// `permits`: the permits inside, `fencing token → "<pid> <entered ms>"`.
+/// `permits`: the permits inside, `fencing token → "<pid>.<task> <entered ms>"`.
 const PERMITS: &str = "store:permits";
 
 /// Tokens are compared as decimal strings (shorter is smaller, else lexicographic): `tostring`
@@ -103,7 +111,7 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
-  local holder, at = string.match(entries[i + 1], '^(%d+) (%d+)$')
+  local holder, at = string.match(entries[i + 1], '^(%S+) (%d+)$')
   if now - tonumber(at) > fence then
     redis.call('HDEL', KEYS[1], entries[i])
     redis.call('RPUSH', KEYS[3], table.concat({'fenced', 'permit', entries[i], holder}, ' '))
@@ -159,6 +167,7 @@ struct Store {
     rw: redis::Script,
     permit: redis::Script,
     fence: Duration,
+    /// The task's name in the store: `<pid>.<task>`.
     pid: String,
 }
 
@@ -296,46 +305,17 @@ async fn holding<F: Future>(permit: &relock::Permit, body: F) -> Option<F::Outpu
     .await
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [lock_url, store_url, key, mode, lease_ms] = args.as_slice() else {
-        eprintln!("usage: shared_worker <lock-url> <store-url> <key> <rw|permits:<n>> <lease-ms>");
-        std::process::exit(2);
-    };
-    let permits = match mode.as_str() {
-        "rw" => None,
-        other => Some(
-            other
-                .strip_prefix("permits:")
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or_else(|| {
-                    eprintln!("shared_worker: mode is `rw` or `permits:<n>`, not {other:?}");
-                    std::process::exit(2);
-                }),
-        ),
-    };
-    let lease = Duration::from_millis(lease_ms.parse().expect("lease-ms is a number"));
-    let pid = std::process::id().to_string();
-    let locker = relock::Locker::connect(lock_url)
-        .await
-        .expect("connect to the lock server");
-    let connection = redis::Client::open(store_url.as_str())
-        .expect("a valid store url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the store");
-    let mut store = Store {
-        connection,
-        rw: redis::Script::new(&format!("{OLDER}{RW_STEP}")),
-        permit: redis::Script::new(PERMIT_STEP),
-        fence: lease / 2,
-        pid: pid.clone(),
-    };
+/// One task's rounds on `key`, forever: `store.pid` names the task.
+async fn rounds(
+    locker: relock::Locker,
+    mut store: Store,
+    key: String,
+    permits: Option<u32>,
+    lease: Duration,
+    mut jitter: Jitter,
+) {
     let key = key.as_str();
     let wait = Duration::from_secs(5);
-    let mut jitter = Jitter::new();
-
     loop {
         let pause = Duration::from_millis(10 + jitter.next() % 21);
         let blocking = jitter.next().is_multiple_of(2);
@@ -403,20 +383,102 @@ async fn main() {
             Ok(Ok(())) => "ok",
             Ok(Err(BodyError::Stale)) => "stale",
             Ok(Err(BodyError::Store(err))) => {
-                eprintln!("shared_worker {pid}: store error: {err}");
+                eprintln!("shared_worker {}: store error: {err}", store.pid);
                 "store"
             }
             Err(relock::Error::Timeout { .. }) => "timeout",
             Err(relock::Error::Lost { .. }) => "lost",
             Err(relock::Error::Backend(err)) => {
-                eprintln!("shared_worker {pid}: lock backend error: {err}");
+                eprintln!("shared_worker {}: lock backend error: {err}", store.pid);
                 "backend"
             }
             Err(err) => {
-                eprintln!("shared_worker {pid}: unexpected error: {err:?}");
+                eprintln!("shared_worker {}: unexpected error: {err:?}", store.pid);
                 "other"
             }
         };
         store.end(outcome).await;
+    }
+}
+
+const USAGE: &str =
+    "usage: shared_worker <lock-url> <store-url> <key> <rw|permits:<n>> <lease-ms> [<tasks>]";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (lock_url, store_url, key, mode, lease_ms, tasks) = match args.as_slice() {
+        [lock_url, store_url, key, mode, lease_ms] => (lock_url, store_url, key, mode, lease_ms, 1),
+        [lock_url, store_url, key, mode, lease_ms, tasks] => (
+            lock_url,
+            store_url,
+            key,
+            mode,
+            lease_ms,
+            tasks
+                .parse::<u32>()
+                .ok()
+                .filter(|&tasks| tasks > 0)
+                .unwrap_or_else(|| {
+                    eprintln!("shared_worker: tasks is a positive number, not {tasks:?}");
+                    std::process::exit(2);
+                }),
+        ),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let permits = match mode.as_str() {
+        "rw" => None,
+        other => Some(
+            other
+                .strip_prefix("permits:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or_else(|| {
+                    eprintln!("shared_worker: mode is `rw` or `permits:<n>`, not {other:?}");
+                    std::process::exit(2);
+                }),
+        ),
+    };
+    let lease = Duration::from_millis(lease_ms.parse().expect("lease-ms is a number"));
+    let pid = std::process::id();
+    let locker = relock::Locker::connect(lock_url)
+        .await
+        .expect("connect to the lock server");
+    let connection = redis::Client::open(store_url.as_str())
+        .expect("a valid store url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the store");
+    let rw = redis::Script::new(&format!("{OLDER}{RW_STEP}"));
+    let permit = redis::Script::new(PERMIT_STEP);
+    // The tasks share the runtime's one thread, the locker (its group commit) and the store's
+    // connection; each names itself `<pid>.<task>` to the store.
+    let mut jitter = Jitter::new();
+    let mut running = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let store = Store {
+            connection: connection.clone(),
+            rw: rw.clone(),
+            permit: permit.clone(),
+            fence: lease / 2,
+            pid: format!("{pid}.{task}"),
+        };
+        let seed = Jitter((jitter.next() ^ u64::from(task)) | 1);
+        running.spawn(rounds(
+            locker.clone(),
+            store,
+            key.clone(),
+            permits,
+            lease,
+            seed,
+        ));
+    }
+    while let Some(ended) = running.join_next().await {
+        if let Err(err) = ended {
+            eprintln!("shared_worker {pid}: a task ended: {err}");
+            std::process::exit(1);
+        }
     }
 }
