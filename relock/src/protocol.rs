@@ -1074,6 +1074,17 @@ mod tests {
         assert_eq!(millis(Duration::from_secs(30)), 30_000);
     }
 
+    /// A command's arguments, as bytes.
+    fn arguments(command: &redis::Cmd) -> Vec<Vec<u8>> {
+        command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batched_release_carries_the_tombstone_it_writes() {
         let token = HoldToken::random();
@@ -1082,14 +1093,7 @@ mod tests {
             lock: "relock:{k}".into(),
             token: token.clone(),
         };
-        let command = batch_command(&[&release], 600_000);
-        let args: Vec<Vec<u8>> = command
-            .args_iter()
-            .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => bytes.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let args = arguments(&batch_command(&[&release], 600_000));
         assert_eq!(
             args.last().unwrap(),
             format!("-42 {}", token.as_str()).as_bytes()
@@ -1117,14 +1121,7 @@ mod tests {
         };
         let release = Kind::Release { fencing_token: 7 };
         let marks = |requests: &[&Request]| {
-            let command = batch_command(requests, 600_000);
-            let args: Vec<Vec<u8>> = command
-                .args_iter()
-                .map(|arg| match arg {
-                    redis::Arg::Simple(bytes) => bytes.to_vec(),
-                    _ => Vec::new(),
-                })
-                .collect();
+            let args = arguments(&batch_command(requests, 600_000));
             String::from_utf8(args[6 + requests.len()].clone()).unwrap()
         };
         let (a, b) = (
