@@ -144,8 +144,9 @@ if repeated then
     -- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
     -- published. Grants come after every other entry (a call's releases come before its
     -- acquisitions; a release after a grant writes the group and runs alone): `grants` of them, in
-    -- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table here is filled from 1 without gaps (a table with gaps costs the server
-    -- a rehash of its hash part as it grows).
+    -- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table
+    -- here is filled from 1 without gaps (a table with gaps costs the server a rehash of its hash
+    -- part as it grows).
     local function new_group(lock, state)
         groups[lock] = state
         grouped[#grouped + 1] = lock
