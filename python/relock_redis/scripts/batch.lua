@@ -142,8 +142,8 @@ if repeated then
     -- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
     -- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
     -- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
-    -- published. Grants come after every other entry (a call's releases come before its
-    -- acquisitions; a release after a grant writes the group and runs alone): `grants` of them, in
+    -- published. Grants come after every other entry (a call's first `releases` requests are its
+    -- releases, so no release follows a grant): `grants` of them, in
     -- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table
     -- here is filled from 1 without gaps (a table with gaps costs the server a rehash of its hash
     -- part as it grows).
@@ -296,12 +296,8 @@ if repeated then
         return value
     end
 
-    -- A release of a key in a group, as release() decides it for a shared value or a tombstone; nil
-    -- after a grant (the caller writes the group and runs release(), as grants come last).
+    -- A release of a key in a group, as release() decides it for a shared value or a tombstone.
     local function group_release(lock, state, token, unknown)
-        if state.grants > 0 then
-            return nil
-        end
         if state.kind == '-' then
             if state.named == token then
                 return 2, 0
@@ -1146,14 +1142,6 @@ for k = 1, #KEYS do
             -- As release() reads its request.
             ok, status, value = pcall(G.release, KEYS[k], G.groups[KEYS[k]], sub(request, -32),
                 byte(request, 2) == 48 and byte(request, 3) == 32)
-            if ok and not status then
-                -- After a grant of its key: written, then run alone.
-                calling = 'SET'
-                ok, status = pcall(G.ungroup, KEYS[k])
-                if ok then
-                    ok, status, value = pcall(release, KEYS[k], request)
-                end
-            end
         else
             ok, status, value = pcall(release, KEYS[k], request)
         end
