@@ -409,7 +409,7 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
         eprintln!("permit handoff round {}/{}", round + 1, plan.handoff_rounds);
         for offset in 0..variants.len() {
             let index = (round + offset) % variants.len();
-            let before = script_calls(&mut stats).await;
+            let before = relock_tests::script_calls(&mut stats).await;
             let (rate, found, failed) = permits(
                 &variants[index].1,
                 &format!("bench:permits:{round}:{index}"),
@@ -417,7 +417,7 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
             )
             .await;
             if variants[index].2 {
-                scripts += script_calls(&mut stats).await - before;
+                scripts += relock_tests::script_calls(&mut stats).await - before;
             }
             rates[index].push(rate);
             holds[index].extend(&found);
@@ -482,16 +482,6 @@ pub(crate) async fn permit_scenario(bench: &Bench<'_>, rtt: Duration, report: &m
         ratio(relock_ratio),
         relock_ratio >= 0.8,
     ));
-}
-
-/// Script calls (`EVALSHA` and `EVAL`) the server has run so far.
-async fn script_calls(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
-    relock_tests::command_stats(connection)
-        .await
-        .into_iter()
-        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
-        .map(|(_, calls)| calls)
-        .sum()
 }
 
 /// Script calls per permit granted, with two decimals.

@@ -50,10 +50,11 @@ def rust() -> RustBinaries:
             "(install Rust from https://rustup.rs)",
             pytrace=False,
         )
-    # The workspace's binaries with every feature, as the README's test command builds them
-    # (`cargo test --workspace --all-features`), so that after it this build has nothing to do; a
-    # build of some packages only would unify other features and compile the crates again.
-    command = ["build", "--quiet", "--workspace", "--all-features", "--bins"]
+    # The workspace's binaries as the README's test command builds them (`cargo test --workspace
+    # --all-features`, which puts them in target/debug for its integration tests), so that after
+    # it this build has nothing to do: `cargo build` would unify features without the
+    # dev-dependencies and compile the crates again (about a minute on two cores).
+    command = ["test", "--quiet", "--workspace", "--all-features", "--no-run"]
     built = subprocess.run([cargo, *command], cwd=REPO)
     assert built.returncode == 0, f"cargo {' '.join(command)} failed"
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"

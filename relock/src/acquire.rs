@@ -352,7 +352,16 @@ async fn acquire_from_backend(
     };
 
     locker.start_background();
-    let mut waiter: Option<Waiter> = None;
+    // Where other waiters of this `Locker` wait for the key, the wake-up is armed before the
+    // first attempt, so that its refusal is followed by sleep, not by a second attempt.
+    let mut waiter: Option<Waiter> = if try_only {
+        None
+    } else {
+        match tokio::time::timeout_at(deadline.into(), locker.release_signal_at_hand(&key)).await {
+            Ok(Some(signal)) => Some(Waiter::new(Some(signal), mode)),
+            Ok(None) | Err(_) => None,
+        }
+    };
     loop {
         let armed = waiter.as_mut().and_then(Waiter::arm);
         let sent = Instant::now();
@@ -413,6 +422,9 @@ async fn acquire_from_backend(
         metrics::acquire_round_trip(mode, sent);
         match attempt {
             Attempt::Acquired { fencing_token } => {
+                if let Some(waiter) = &mut waiter {
+                    waiter.granted();
+                }
                 let slot = gate
                     .as_ref()
                     .map_or_else(|| locker.local().fresh_id(), Gate::id);

@@ -188,8 +188,13 @@
 //!
 //! A refusal marks the hold it met (the space after its token becomes `+`), and on a single
 //! server only a marked hold's release is announced: a waiter subscribes after its first refusal
-//! and then asks again, so the hold it waits for has always refused it. An uncontended lock costs
-//! no `PUBLISH`.
+//! and then asks again, so the hold it waits for has always refused it (a waiter whose `Locker` is
+//! subscribed already, as another of its waiters waits for the key, arms its wake-up before its
+//! first attempt and sleeps after that one refusal). An uncontended lock costs no `PUBLISH`. A
+//! release message counts the shared holds it returned (empty for an exclusive hold's release):
+//! each `Locker` wakes that many of its permit waiters, and every reader and writer waiter; a
+//! refused waiter's mark on a shared key survives the release of its only holder (the key keeps
+//! the shared form then, not a tombstone), so the next holder's release is announced too.
 //!
 //! On a single server (directly, through a pool or behind Sentinel), acquisitions (exclusive holds,
 //! readers and permits alike) and releases

@@ -445,6 +445,27 @@ impl Locker {
         }
     }
 
+    /// The release signal of `key` if it costs no round trip to the server: this `Locker`'s
+    /// subscriber is subscribed to the key's channel already (another of its waiters waits for
+    /// the key). A waiter that has it before its first attempt sleeps after that attempt's
+    /// refusal, with no second attempt.
+    pub(crate) async fn release_signal_at_hand(&self, key: &LockKey) -> Option<ReleaseSignal> {
+        let subscriber = self.shared.subscriber.get()?;
+        let channel = subscriber.subscribed(|| match &*self.shared.backend {
+            Backend::Redis(redis) => redis.channel(key),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(cluster) => cluster.channel(key),
+            Backend::Memory(_) => String::new(),
+        })?;
+        // Answered by the task from what it has; it subscribes again only if the last waiter
+        // left meanwhile.
+        subscriber
+            .subscribe(channel)
+            .await
+            .ok()
+            .map(ReleaseSignal::Subscribed)
+    }
+
     /// Starts, once and in the current runtime, the watchdog and the task that performs the
     /// releases of dropped guards.
     pub(crate) fn start_background(&self) {

@@ -2,8 +2,10 @@
 //!
 //! Waiters on one key share one subscription (counted; unsubscribed when the last leaves). A
 //! release message wakes every exclusive and read waiter of the key ([`Released::all`]), but only
-//! one permit waiter ([`Released::one`]): a message announces one returned permit (see `wait.rs`
-//! for how a wake-up that was not used is passed on). A
+//! as many permit waiters ([`Released::one`]) as it announces returned shared holds (its payload,
+//! a count; every permit waiter for an empty one — see `wait.rs` for how a wake-up that was not
+//! used is passed on). A `Locker`'s waiters that come while others of it wait for the key find
+//! the subscription at hand ([`Subscriber::subscribed`]) and sleep after their first refusal. A
 //! single task owns the connection and handles subscribe/unsubscribe requests in order, so an
 //! unsubscribe can never overtake a later subscribe to the same channel. The task counts a waiter
 //! only by building its [`Subscription`], whose drop un-counts it: one built for a waiter that was
@@ -22,8 +24,9 @@
 //! (re)connection, and is dropped as soon as a newer master is learned (a `+switch-master`, or a
 //! resolution by the command connection).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,6 +43,26 @@ const LONGEST_RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {
     requests: mpsc::UnboundedSender<Request>,
+    /// The channels the connection is subscribed to, as the task last left them: a hint, which
+    /// [`Subscriber::subscribe`] confirms. `None` where the task keeps no such list.
+    live: Option<Arc<Live>>,
+}
+
+/// The channels a subscriber task's connection is subscribed to, readable without asking the
+/// task.
+#[derive(Debug, Default)]
+struct Live {
+    /// How many channels are in `channels`, read before taking the lock.
+    count: AtomicUsize,
+    channels: Mutex<HashSet<String>>,
+}
+
+impl Live {
+    fn update(&self, change: impl FnOnce(&mut HashSet<String>)) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut channels);
+        self.count.store(channels.len(), Ordering::Release);
+    }
 }
 
 #[derive(Debug)]
@@ -74,16 +97,27 @@ pub(crate) struct Released {
     /// Every exclusive and read waiter: `notify_waiters` on every release message and every
     /// reconnection (a writer's release lets every reader in).
     pub(crate) all: Arc<Notify>,
-    /// Permit waiters: `notify_one` per release message (one returned permit), which goes to
-    /// the waiter that has slept longest; `notify_waiters` on a reconnection.
+    /// Permit waiters: `notify_one` per shared hold a release message returned, which goes to
+    /// the waiter that has slept longest; `notify_waiters` on any other message and on a
+    /// reconnection.
     pub(crate) one: Arc<Notify>,
 }
 
 impl Released {
-    /// A release message: every exclusive and read waiter, and one permit waiter.
-    fn message(&self) {
+    /// A release message: every exclusive and read waiter, and as many permit waiters as the
+    /// message says shared holds were returned (`"1"`, or the count of one call's releases of
+    /// the key); every permit waiter for any other message (an exclusive hold's release, a
+    /// force-release: anything may be free).
+    fn message(&self, payload: &[u8]) {
         self.all.notify_waiters();
-        self.one.notify_one();
+        match returned(payload) {
+            Some(returned) => {
+                for _ in 0..returned {
+                    self.one.notify_one();
+                }
+            }
+            None => self.one.notify_waiters(),
+        }
     }
 
     /// Messages may have been missed: every waiter looks again.
@@ -99,6 +133,20 @@ impl Drop for Subscription {
             channel: std::mem::take(&mut self.channel),
         });
     }
+}
+
+/// The number of shared holds a release message says were returned: a decimal count from 1; a
+/// larger count than any `Locker` has waiters for is taken as that many (a `Notify` keeps one
+/// wake-up for a waiter to come, no more).
+fn returned(payload: &[u8]) -> Option<usize> {
+    const MOST: usize = 4096;
+    if payload.is_empty() || payload.len() > 9 || !payload.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let count = payload
+        .iter()
+        .fold(0, |count, digit| count * 10 + usize::from(digit - b'0'));
+    (count > 0).then_some(count.min(MOST))
 }
 
 /// Where release notifications come from.
@@ -166,8 +214,10 @@ impl Subscriber {
             },
         };
         let (requests, inbox) = mpsc::unbounded_channel();
+        let live = Arc::new(Live::default());
         let task = Task {
             requests: requests.downgrade(),
+            live: live.clone(),
             source,
             connect_timeout,
             channels: HashMap::new(),
@@ -176,7 +226,26 @@ impl Subscriber {
             next_attempt: Instant::now(),
         };
         tokio::spawn(task.run(inbox));
-        Self { requests }
+        Self {
+            requests,
+            live: Some(live),
+        }
+    }
+
+    /// Whether the connection is, as far as the task last said, subscribed to `channel` (which
+    /// `channel` builds only if it is subscribed to anything): a [`Subscriber::subscribe`] of it
+    /// would then be answered without a round trip to the server.
+    pub(crate) fn subscribed(&self, channel: impl FnOnce() -> String) -> Option<String> {
+        let live = self.live.as_ref()?;
+        if live.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let channel = channel();
+        live.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&channel)
+            .then_some(channel)
     }
 
     /// Subscribes to `channel`; returns once the server has confirmed the subscription (or the
@@ -202,6 +271,8 @@ struct Task {
     /// For the subscriptions the task hands out; weak, so that the task ends when every
     /// `Subscriber` (and `Subscription`) is gone.
     requests: mpsc::WeakUnboundedSender<Request>,
+    /// The channels of `channels` while `connection` is up, for `Subscriber::subscribed`.
+    live: Arc<Live>,
     source: Source,
     connect_timeout: Duration,
     channels: HashMap<String, Channel>,
@@ -222,7 +293,7 @@ impl Task {
                 message = next_message(&mut self.connection) => match message {
                     Some(message) => {
                         if let Some(channel) = self.channels.get(message.get_channel_name()) {
-                            channel.released.message();
+                            channel.released.message(message.get_payload_bytes());
                         }
                     }
                     None => self.disconnected(),
@@ -233,6 +304,7 @@ impl Task {
                 () = self.source.moved() => {
                     tracing::debug!("relock: the sentinel master moved; moving the release subscriber");
                     self.connection = None;
+                    self.live.update(HashSet::clear);
                     self.retry = FIRST_RETRY;
                     self.next_attempt = Instant::now();
                 }
@@ -262,6 +334,9 @@ impl Task {
                     return;
                 }
                 self.channels.remove(&channel);
+                self.live.update(|live| {
+                    live.remove(&channel);
+                });
                 if let Some((sink, _)) = &mut self.connection {
                     if sink.unsubscribe(&channel).await.is_err() {
                         self.disconnected();
@@ -285,6 +360,9 @@ impl Task {
                     released: released.clone(),
                 };
                 self.channels.insert(channel.clone(), entry);
+                self.live.update(|live| {
+                    live.insert(channel.clone());
+                });
                 released
             }
         };
@@ -366,6 +444,7 @@ impl Task {
             "relock: release subscriber connected"
         );
         self.connection = Some(connection);
+        self.live.update(|live| live.extend(wanted));
         self.retry = FIRST_RETRY;
         // Releases published while disconnected were missed: let every waiter look again.
         self.wake_all();
@@ -382,6 +461,7 @@ impl Task {
     }
 
     fn disconnected(&mut self) {
+        self.live.update(HashSet::clear);
         if self.connection.take().is_some() {
             tracing::warn!("relock: release subscriber lost its connection; reconnecting");
             self.next_attempt = Instant::now();
@@ -418,7 +498,7 @@ mod sharded {
     use redis::{PushInfo, PushKind, Value};
     use tokio::sync::mpsc;
 
-    use super::{Channel, Released, Request, Subscriber, Subscription};
+    use super::{Channel, Live, Released, Request, Subscriber, Subscription};
     use crate::error::Error;
     use crate::tls::TlsSettings;
 
@@ -439,19 +519,27 @@ mod sharded {
                 .response_timeout(connect_timeout)
                 .build()?)
         });
+        let live = Arc::new(Live::default());
         let task = Task {
             requests: requests.downgrade(),
+            live: live.clone(),
             client,
             connect_timeout,
             channels: HashMap::new(),
             connection: None,
         };
         tokio::spawn(task.run(inbox, pushes));
-        Subscriber { requests }
+        Subscriber {
+            requests,
+            live: Some(live),
+        }
     }
 
     struct Task {
         requests: mpsc::WeakUnboundedSender<Request>,
+        /// The channels of `channels` (the client keeps them subscribed), for
+        /// `Subscriber::subscribed`.
+        live: Arc<Live>,
         client: Result<redis::cluster::ClusterClient, Error>,
         connect_timeout: Duration,
         channels: HashMap<String, Channel>,
@@ -484,7 +572,11 @@ mod sharded {
             match push.kind {
                 PushKind::SMessage => {
                     if let Some(entry) = self.channels.get(&channel) {
-                        entry.released.message();
+                        let payload = match push.data.get(1) {
+                            Some(Value::BulkString(payload)) => payload.as_slice(),
+                            _ => &[],
+                        };
+                        entry.released.message(payload);
                     }
                 }
                 // A (re-)subscription, after which earlier messages may be missing.
@@ -537,6 +629,9 @@ mod sharded {
                         return;
                     }
                     self.channels.remove(&channel);
+                    self.live.update(|live| {
+                        live.remove(&channel);
+                    });
                     if let Some(connection) = &mut self.connection {
                         let _ = tokio::time::timeout(
                             self.connect_timeout,
@@ -553,13 +648,16 @@ mod sharded {
             channel: String,
             requests: mpsc::UnboundedSender<Request>,
         ) -> Subscription {
-            let entry = self
-                .channels
-                .entry(channel.clone())
-                .or_insert_with(|| Channel {
+            let live = &self.live;
+            let entry = self.channels.entry(channel.clone()).or_insert_with(|| {
+                live.update(|live| {
+                    live.insert(channel.clone());
+                });
+                Channel {
                     waiters: 0,
                     released: Arc::new(Released::default()),
-                });
+                }
+            });
             entry.waiters += 1;
             Subscription {
                 channel,
@@ -606,6 +704,8 @@ mod sharded {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     fn subscription(requests: &mpsc::UnboundedSender<Request>) -> Subscription {
@@ -621,6 +721,44 @@ mod tests {
             inbox.try_recv(),
             Ok(Request::Unsubscribe { channel }) if channel == "relock:{k}:released"
         )
+    }
+
+    #[test]
+    fn a_message_counts_the_shared_holds_it_returned() {
+        assert_eq!(returned(b"1"), Some(1));
+        assert_eq!(returned(b"12"), Some(12));
+        assert_eq!(returned(b"999999999"), Some(4096));
+        for payload in [&b""[..], b"0", b"-1", b"1 ", b"x", b"1234567890"] {
+            assert_eq!(returned(payload), None, "{payload:?}");
+        }
+    }
+
+    /// How many of five sleeping permit waiters a message with `payload` wakes.
+    async fn permit_waiters_woken(payload: &[u8]) -> usize {
+        let released = Released::default();
+        let mut sleeping: Vec<_> = (0..5)
+            .map(|_| Box::pin(released.one.clone().notified_owned()))
+            .collect();
+        for waiter in &mut sleeping {
+            waiter.as_mut().enable();
+        }
+        released.message(payload);
+        let waker = futures_util::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        sleeping
+            .iter_mut()
+            .map(|waiter| waiter.as_mut().poll(&mut context).is_ready())
+            .filter(|woken| *woken)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_message_wakes_a_permit_waiter_per_returned_hold_and_an_uncounted_one_all() {
+        assert_eq!(permit_waiters_woken(b"1").await, 1);
+        assert_eq!(permit_waiters_woken(b"2").await, 2);
+        assert_eq!(permit_waiters_woken(b"9").await, 5);
+        // An exclusive hold's release, a force-release: anything may be free.
+        assert_eq!(permit_waiters_woken(b"").await, 5);
     }
 
     #[test]

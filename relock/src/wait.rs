@@ -10,16 +10,18 @@
 //! missed.
 //!
 //! Exclusive and read waiters are all woken by every release. Permit waiters on a subscription
-//! are woken one per release message (a message announces one returned permit), the one that has
-//! slept longest first, so that a returned permit costs one attempt per `Locker`, not one per
-//! waiter. A wake-up is never lost:
+//! are woken one per returned shared hold a release message announces (its payload counts them),
+//! the one that has slept longest first, so that a returned permit costs one attempt per
+//! `Locker`, not one per waiter; a message that counts nothing (an exclusive hold's release, a
+//! force-release) wakes them all. A wake-up is never lost:
 //!
 //! * it is armed (registered with `enable`) before the attempt it follows, so one that comes
 //!   while the attempt is in flight is kept for the sleep after it;
-//! * a wake-up received (or arriving in an armed wake-up that is dropped unused) is *passed on*
-//!   to the next permit waiter unless an attempt sent after it was refused: when the waiter is
-//!   granted (a message may stand for more than one permit: a writer's release, a
-//!   force-release), fails, or is cancelled;
+//! * a wake-up received is answered by an attempt sent after it: a refusal answers every one
+//!   (whatever was returned has been taken), a grant one (the permit taken is the one it
+//!   announced); one left unanswered, or arriving in an armed wake-up that is dropped unused, is
+//!   *passed on* to the next permit waiter when the waiter goes (granted, failed, or
+//!   cancelled);
 //! * the holder's remaining lease still bounds every sleep, and a reconnection of the subscriber
 //!   wakes every waiter.
 
@@ -88,6 +90,12 @@ impl Waiter {
     /// An attempt sent after every wake-up this waiter received was refused: they are answered.
     pub(crate) fn refused(&mut self) {
         self.held = 0;
+    }
+
+    /// An attempt sent after every wake-up this waiter received was granted: the permit it took
+    /// answers one of them; any other is passed on when the waiter goes.
+    pub(crate) fn granted(&mut self) {
+        self.held = self.held.saturating_sub(1);
     }
 
     /// Sleeps until `armed` fires, the holder's lease would end, or `deadline`.
@@ -243,29 +251,38 @@ mod tests {
         second.abort();
     }
 
-    #[tokio::test]
-    async fn a_waiter_granted_after_a_wake_up_passes_it_on_and_a_refused_one_does_not() {
-        for granted in [true, false] {
-            let notify = Arc::new(Notify::new());
-            let mut first = permit_waiter(&notify);
-            let armed = first.arm();
-            let (second, mut second_woken) = sleeping(permit_waiter(&notify));
-            tokio::task::yield_now().await;
-            notify.notify_one();
-            first.sleep(armed, None, far()).await;
-            if !granted {
-                // Refused by an attempt sent after the wake-up: the permit was someone else's.
-                first.refused();
-            }
-            // Granted, a message may stand for more than one permit (a writer's release).
-            drop(first);
-            assert_eq!(
-                woken_soon(&mut second_woken).await,
-                granted,
-                "granted: {granted}"
-            );
-            second.abort();
+    /// How a woken waiter's attempt answers its wake-ups: `wake_ups` wake-ups reach it, then its
+    /// attempt is answered (or it goes unanswered); does the next waiter wake when it goes?
+    async fn passes_on(wake_ups: usize, answer: Option<fn(&mut Waiter)>) -> bool {
+        let notify = Arc::new(Notify::new());
+        let mut first = permit_waiter(&notify);
+        let armed = first.arm();
+        let (second, mut second_woken) = sleeping(permit_waiter(&notify));
+        tokio::task::yield_now().await;
+        notify.notify_one();
+        first.sleep(armed, None, far()).await;
+        // Further wake-ups, as the waiter's next arming takes those kept for it.
+        first.held += wake_ups - 1;
+        if let Some(answer) = answer {
+            answer(&mut first);
         }
+        drop(first);
+        let woken = woken_soon(&mut second_woken).await;
+        second.abort();
+        woken
+    }
+
+    #[tokio::test]
+    async fn an_answered_wake_up_is_not_passed_on_and_an_unanswered_one_is() {
+        // Refused by an attempt sent after the wake-up: the permit was someone else's.
+        assert!(!passes_on(1, Some(Waiter::refused)).await);
+        // Granted: the permit taken is the one the wake-up announced.
+        assert!(!passes_on(1, Some(Waiter::granted)).await);
+        // Failed or cancelled before an answer: the permit may be free.
+        assert!(passes_on(1, None).await);
+        // Two wake-ups (two returned permits), one grant: the other is passed on.
+        assert!(passes_on(2, Some(Waiter::granted)).await);
+        assert!(!passes_on(2, Some(Waiter::refused)).await);
     }
 
     #[tokio::test]

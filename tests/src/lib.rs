@@ -436,6 +436,16 @@ pub async fn command_stats(
         .collect()
 }
 
+/// The script calls (`EVALSHA` and `EVAL`) the server has run since its counts were last reset.
+pub async fn script_calls(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
+    command_stats(connection)
+        .await
+        .into_iter()
+        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
 /// The channel relock publishes on when it releases `key` (default prefix).
 pub fn release_channel(key: &str) -> String {
     format!("relock:{{{key}}}:released")

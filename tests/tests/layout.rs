@@ -1565,7 +1565,8 @@ fn shared_requests_in_one_batch_call_are_decided_one_after_another() {
 /// release answers 2, P's late acquisition is refused, the next permit gets a larger token, a
 /// reader of a key whose last writer had token T still reads under T. A release that does not
 /// know its fencing token (0) still leaves the last one, never 0 (a token going back). With a
-/// writer's claim on the key, the shared form stays, so that the claim survives.
+/// writer's claim on the key, or the mark of a refused waiter, the shared form stays, so that the
+/// claim or the mark survives.
 #[test]
 fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() {
     run_bounded(LIMIT, || async {
@@ -1617,7 +1618,9 @@ fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() 
             );
 
             // The only permit of 1 refused another (the key is marked): its release is
-            // announced, so the refused one wakes.
+            // announced, so the refused one wakes; and the key keeps the shared form with the
+            // mark (a tombstone would drop it), its entry released, so that the release of the
+            // next holder is announced too: the waiters not woken wait for it.
             let key = unique_key(&format!("sole-waited-{batched}"));
             let (_, fence) = acquire_shared_script(&mut admin, &key, p, 1).await;
             assert_eq!(acquire_shared_script(&mut admin, &key, q, 1).await.0, 0);
@@ -1626,11 +1629,27 @@ fn a_release_of_the_only_shared_entry_leaves_a_tombstone_under_the_last_token() 
                 release_script(&mut admin, &key, p, fence as u64, batched).await,
                 1
             );
-            assert_eq!(
-                value(&mut admin, &key).await.unwrap(),
-                format!("-{fence} {p}")
+            let left = value(&mut admin, &key).await.unwrap();
+            assert!(
+                left.starts_with(&format!("*{fence} 1 0 1 ")) && left.contains(&format!(" {p} -")),
+                "batched {batched}: {left}"
             );
             assert_eq!(publishes(&mut admin).await, before + 1, "batched {batched}");
+            assert_eq!(
+                release_script(&mut admin, &key, p, fence as u64, batched).await,
+                2
+            );
+            let (status, next) = acquire_shared_script(&mut admin, &key, q, 1).await;
+            assert!(status == 1 && next > fence, "{status} {next} after {fence}");
+            assert_eq!(
+                release_script(&mut admin, &key, q, next as u64, batched).await,
+                1
+            );
+            assert_eq!(
+                publishes(&mut admin).await,
+                before + 2,
+                "batched {batched}: the next holder's release is announced"
+            );
 
             // A writer claims the key: the shared form stays, with the claim.
             let key = unique_key(&format!("sole-claimed-{batched}"));

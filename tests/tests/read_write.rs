@@ -308,6 +308,60 @@ async fn a_reader_is_woken_by_the_writers_release_and_carries_its_token(b: &Test
     next.release().await.unwrap();
 }
 
+/// A reader that comes to wait for a key another reader of its `Locker` already waits for has
+/// its wake-up armed before its first attempt (the subscription is at hand): one refused attempt,
+/// then sleep. The writer's release lets both in together.
+async fn a_reader_beside_another_waiting_reader_of_its_locker_sleeps_after_one_attempt(
+    b: &TestBackend,
+) {
+    let key = unique_key("rw-beside");
+    let warm_up = b.locker.read(unique_key("rw-warm-up")).await.unwrap();
+    warm_up.release().await.unwrap();
+    let other = b.another_locker().await;
+    let writer = other.lock(&key).await.unwrap();
+    let readers = Arc::new(AtomicUsize::new(0));
+    let (granted, mut grants) = tokio::sync::mpsc::unbounded_channel();
+    let reader = || {
+        let (locker, key, granted, readers) = (
+            b.locker.clone(),
+            key.clone(),
+            granted.clone(),
+            readers.clone(),
+        );
+        tokio::spawn(async move {
+            let guard = locker.read(&key).wait(LONG_WAIT).await.expect("read");
+            readers.fetch_add(1, Ordering::SeqCst);
+            granted.send(()).expect("the test listens");
+            // Both readers hold the key at once before either leaves.
+            while readers.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            guard.release().await.expect("released");
+        })
+    };
+    let first = reader();
+    until_waiting(b, &key).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut admin = b.admin().expect("a Redis backend");
+    b.reset_stats().await;
+    let second = reader();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scripts: u64 = relock_tests::script_calls(&mut admin).await;
+    assert_eq!(
+        scripts, 1,
+        "script calls of a reader that joins another waiting reader of its Locker"
+    );
+    writer.release().await.unwrap();
+    for _ in 0..2 {
+        tokio::time::timeout(LONG_WAIT, grants.recv())
+            .await
+            .expect("every reader is let in before its wait ends")
+            .expect("the test listens");
+    }
+    first.await.unwrap();
+    second.await.unwrap();
+}
+
 async fn a_read_hold_is_renewed_and_run_aborts_when_it_is_force_released(b: &TestBackend) {
     let key = unique_key("rw-renew");
     let other = b.another_locker().await;
@@ -427,6 +481,9 @@ every_backend!(
 );
 
 backends!(redis_crash => Redis: a_crashed_readers_hold_ends_with_its_lease);
+backends!(redis_wake => Redis:
+    a_reader_beside_another_waiting_reader_of_its_locker_sleeps_after_one_attempt,
+);
 backends!(redis_pool_crash => RedisPool: a_crashed_readers_hold_ends_with_its_lease);
 
 backends!(cluster => Cluster:

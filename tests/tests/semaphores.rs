@@ -198,8 +198,8 @@ async fn every_waiter_gets_in_within_a_bound(b: &TestBackend) {
     );
 }
 
-/// A returned permit is announced once; in a `Locker` where six tasks wait for it, one is woken
-/// (granted, it passes the wake-up on: one more attempt), not six.
+/// A returned permit is announced once, as one returned permit; in a `Locker` where six tasks
+/// wait for it, one is woken, not six, and granted it wakes no other.
 async fn a_returned_permit_wakes_one_waiter_per_locker(b: &TestBackend) {
     let key = unique_key("sem-one");
     // The server learns the release script first, so that the count below has no `NOSCRIPT`
@@ -228,19 +228,146 @@ async fn a_returned_permit_wakes_one_waiter_per_locker(b: &TestBackend) {
     grants.recv().await.expect("a waiter gets the permit");
     // Any other woken waiter has asked by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let scripts: u64 = relock_tests::command_stats(&mut admin)
-        .await
-        .into_iter()
-        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval"))
-        .map(|(_, calls)| calls)
-        .sum();
-    // The release, the grant, and the refused attempt of the waiter it was passed on to.
+    let scripts: u64 = relock_tests::script_calls(&mut admin).await;
+    // The release and the grant: the message counts one returned permit, so one waiter is
+    // woken, and its grant answers the wake-up (nothing is passed on).
     assert!(
-        scripts <= 3,
+        scripts <= 2,
         "{scripts} script calls for one returned permit and six waiters"
     );
     for task in tasks {
         task.abort();
+    }
+}
+
+/// A task that comes to wait for a key that another task of its `Locker` already waits for has
+/// its wake-up armed before its first attempt (the subscription is at hand): one refused attempt,
+/// then sleep — no second attempt after subscribing. Both are let in, one after the other, well
+/// before a holder's lease (30 s) would end: the release of the only permit keeps the mark its
+/// refused waiters left, so the first waiter's release is announced to the second.
+async fn a_waiter_beside_another_of_its_locker_sleeps_after_one_attempt(b: &TestBackend) {
+    let key = unique_key("sem-beside");
+    let warm_up = b.locker.semaphore(unique_key("sem-warm-up"), 1);
+    warm_up.acquire().await.unwrap().release().await.unwrap();
+    let held = b.locker.semaphore(&key, 1).acquire().await.unwrap();
+    let other = b.another_locker().await;
+    let (granted, mut grants) = tokio::sync::mpsc::unbounded_channel();
+    let waiter = |name: &'static str| {
+        let (semaphore, granted) = (other.semaphore(&key, 1), granted.clone());
+        tokio::spawn(async move {
+            let permit = semaphore.acquire().wait(LONG_WAIT).await.expect("a permit");
+            granted
+                .send((name, Instant::now()))
+                .expect("the test listens");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            permit.release().await.expect("released");
+        })
+    };
+    let first = waiter("first");
+    until_waiting(b, &key).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut admin = b.admin().expect("a Redis backend");
+    b.reset_stats().await;
+    let second = waiter("second");
+    // The second waiter's attempt has been refused and it sleeps by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scripts: u64 = relock_tests::script_calls(&mut admin).await;
+    assert_eq!(
+        scripts, 1,
+        "script calls of a waiter that joins another waiter of its Locker"
+    );
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let (name, at) = tokio::time::timeout(LONG_WAIT, grants.recv())
+            .await
+            .expect("every waiter is let in before its wait ends")
+            .expect("the test listens");
+        assert!(
+            at - released < SLACK,
+            "{name} got in {:?} after the release",
+            at - released
+        );
+        order.push(name);
+    }
+    order.sort_unstable();
+    assert_eq!(order, ["first", "second"]);
+    first.await.unwrap();
+    second.await.unwrap();
+}
+
+/// Four permits returned at once while the server is paused: the first two releases go out as
+/// a call each and the last two queue into a third (a `Locker` has two calls in flight at most),
+/// which announces them with one message counting two. Four waiters of another `Locker` are woken
+/// — as many as the messages count, not one per message — and get in without waiting for a
+/// holder's lease (30 s) to end.
+async fn permits_returned_together_wake_as_many_waiters(b: &TestBackend) {
+    const PERMITS: u32 = 4;
+    let key = unique_key("sem-together");
+    let semaphore = b.locker.semaphore(&key, PERMITS);
+    let mut held = Vec::new();
+    for _ in 0..PERMITS {
+        held.push(semaphore.acquire().await.unwrap());
+    }
+    let server = b.server().expect("a Redis backend");
+    let mut pubsub = server.client().get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(relock_tests::release_channel(&key))
+        .await
+        .unwrap();
+    let other = b.another_locker().await;
+    let (granted, mut grants) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for _ in 0..PERMITS {
+        let (semaphore, granted) = (other.semaphore(&key, PERMITS), granted.clone());
+        waiters.push(tokio::spawn(async move {
+            let permit = semaphore.acquire().wait(LONG_WAIT).await.expect("a permit");
+            granted.send(Instant::now()).expect("the test listens");
+            std::future::pending::<()>().await;
+            drop(permit);
+        }));
+    }
+    until_waiting(b, &key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admin = b.admin().expect("a Redis backend");
+    let _: () = ::redis::cmd("CLIENT")
+        .arg(&["PAUSE", "300", "ALL"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let released = Instant::now();
+    for release in futures_util::future::join_all(held.into_iter().map(|p| p.release())).await {
+        release.unwrap();
+    }
+    for _ in 0..PERMITS {
+        let at = tokio::time::timeout(LONG_WAIT, grants.recv())
+            .await
+            .expect("every waiter gets in before its wait ends")
+            .expect("the test listens");
+        assert!(
+            at - released < SLACK,
+            "a waiter got in {:?} after the releases",
+            at - released
+        );
+    }
+    let mut stream = pubsub.on_message();
+    let mut counts = Vec::new();
+    while counts.iter().sum::<u32>() < PERMITS {
+        let message = tokio::time::timeout(SLACK, futures_util::StreamExt::next(&mut stream))
+            .await
+            .expect("the releases are announced")
+            .expect("subscribed");
+        let payload: String = message.get_payload().unwrap();
+        counts.push(payload.parse().expect("a count of returned permits"));
+    }
+    assert_eq!(counts.iter().sum::<u32>(), PERMITS, "messages {counts:?}");
+    assert!(
+        counts.len() < PERMITS as usize,
+        "some releases share a call and a message: {counts:?}"
+    );
+    for waiter in waiters {
+        waiter.abort();
     }
 }
 
@@ -494,7 +621,11 @@ every_backend!(
     every_waiter_gets_in_within_a_bound,
 );
 
-backends!(redis_wake => Redis: a_returned_permit_wakes_one_waiter_per_locker);
+backends!(redis_wake => Redis:
+    a_returned_permit_wakes_one_waiter_per_locker,
+    permits_returned_together_wake_as_many_waiters,
+    a_waiter_beside_another_of_its_locker_sleeps_after_one_attempt,
+);
 
 redis_backends!(a_crashed_holders_permit_comes_back_when_its_lease_ends);
 

@@ -372,12 +372,57 @@ async fn batch(
         .collect()
 }
 
-/// What a key is left holding: its value and its PTTL; and how many releases were announced.
+/// What a key is left holding: its value and its PTTL; how many releases were announced, and
+/// the messages that announced them.
 #[derive(Debug)]
 struct Final {
     value: Option<String>,
     pttl: i64,
     announced: u64,
+    messages: Vec<String>,
+}
+
+impl Final {
+    /// The shared holds the messages say were returned, and the messages that count none (an
+    /// exclusive hold's release).
+    fn returned(&self) -> (u64, usize) {
+        let counted: Vec<u64> = self
+            .messages
+            .iter()
+            .filter_map(|m| m.parse().ok())
+            .collect();
+        (counted.iter().sum(), self.messages.len() - counted.len())
+    }
+}
+
+/// Every message published on `lock`'s release channel since the last call (`pubsub` is
+/// subscribed to every release channel): a marker published now comes after them all.
+async fn messages(
+    connection: &mut redis::aio::MultiplexedConnection,
+    pubsub: &mut redis::aio::PubSub,
+    lock: &str,
+) -> Vec<String> {
+    let channel = format!("{lock}:released");
+    let _: () = connection
+        .publish(&channel, "end")
+        .await
+        .expect("PUBLISH the marker");
+    let mut stream = pubsub.on_message();
+    let mut messages = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the marker arrives")
+            .expect("the subscription lasts");
+        if message.get_channel_name() != channel {
+            continue;
+        }
+        let payload: String = message.get_payload().expect("a text payload");
+        if payload == "end" {
+            return messages;
+        }
+        messages.push(payload);
+    }
 }
 
 /// `lock`'s final state, on a server that had run `before` `PUBLISH` commands.
@@ -393,6 +438,7 @@ async fn final_state(
         value,
         pttl,
         announced,
+        messages: Vec::new(),
     }
 }
 
@@ -593,11 +639,18 @@ fn compare_values(a: &Final, b: &Final, fixed: bool) -> Result<(), String> {
     if !pttl_agrees {
         return Err(format!("the final PTTLs differ: {} and {}", a.pttl, b.pttl));
     }
-    // One call may announce several releases of a key once: a waiter needs one message.
+    // One call may announce several releases of a key once: a waiter needs one message, which
+    // counts the shared holds returned (a client wakes that many permit waiters).
     if (a.announced > 0) != (b.announced > 0) {
         return Err(format!(
             "releases announced {} times in one call, {} times one at a time",
             a.announced, b.announced
+        ));
+    }
+    if a.returned() != b.returned() {
+        return Err(format!(
+            "the messages count other returns: {:?} in one call, {:?} one at a time",
+            a.messages, b.messages
         ));
     }
     Ok(())
@@ -732,13 +785,15 @@ fn report(
     }
     write!(
         text,
-        "final A: {:?} (pttl {}, {} announced)\nfinal B: {:?} (pttl {}, {} announced)",
+        "final A: {:?} (pttl {}, {} announced {:?})\nfinal B: {:?} (pttl {}, {} announced {:?})",
         final_a.value,
         final_a.pttl,
         final_a.announced,
+        final_a.messages,
         final_b.value,
         final_b.pttl,
-        final_b.announced
+        final_b.announced,
+        final_b.messages
     )
     .unwrap();
     text
@@ -763,6 +818,12 @@ fn shared_requests_of_one_key_in_one_call_answer_as_one_call_each() {
     run_bounded(LIMIT, || async {
         let (server_a, server_b) = (RedisServer::start(), RedisServer::start());
         let (mut a, mut b) = (server_a.connection().await, server_b.connection().await);
+        let mut pubsub = Vec::new();
+        for server in [&server_a, &server_b] {
+            let mut connection = server.client().get_async_pubsub().await.unwrap();
+            connection.psubscribe("*:released").await.unwrap();
+            pubsub.push(connection);
+        }
         let script = redis::Script::new(BATCH);
         let seeds: Vec<u64> = match std::env::var("RELOCK_SHARED_GROUP_SEED") {
             Ok(seed) => vec![seed.parse().expect("RELOCK_SHARED_GROUP_SEED is a number")],
@@ -792,10 +853,12 @@ fn shared_requests_of_one_key_in_one_call_answer_as_one_call_each() {
                 let releases = usize::from(request.release);
                 answers_b.extend(batch(&mut b, &script, &lock, releases, &[*request]).await);
             }
-            let (final_a, final_b) = (
+            let (mut final_a, mut final_b) = (
                 final_state(&mut a, &lock, announced.0).await,
                 final_state(&mut b, &lock, announced.1).await,
             );
+            final_a.messages = messages(&mut a, &mut pubsub[0], &lock).await;
+            final_b.messages = messages(&mut b, &mut pubsub[1], &lock).await;
             if let Err(problem) = compare_answers(&history, &answers_a, &answers_b)
                 .and_then(|()| compare_values(&final_a, &final_b, history.fixed))
             {
@@ -831,8 +894,9 @@ fn shared_requests_of_one_key_in_one_call_answer_as_one_call_each() {
 }
 
 /// History: permits P1, P2, P3 share k, and someone was refused (`waited` 1): the three release in
-/// one group-commit call. The release channel must be published to (a waiter subscribed to it
-/// wakes), and each entry becomes a released hold's. With `waited` 0 nobody waits: nothing is
+/// one group-commit call. The release channel must be published to once, with the count 3 (a
+/// waiter subscribed to it wakes, and a `Locker` wakes three permit waiters), and each entry
+/// becomes a released hold's. With `waited` 0 nobody waits: nothing is
 /// published (an uncontended key costs no `PUBLISH`).
 #[test]
 fn releases_of_shared_holds_in_one_call_are_announced_only_when_someone_waited() {
@@ -874,10 +938,14 @@ fn releases_of_shared_holds_in_one_call_are_announced_only_when_someone_waited()
             let mut messages = subscriber.on_message();
             if waited {
                 let message = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-                assert!(
-                    matches!(message, Ok(Some(_))),
-                    "no release announced on {lock}:released though someone waited: {message:?}"
-                );
+                let Ok(Some(message)) = message else {
+                    panic!("no release announced on {lock}:released though someone waited: {message:?}");
+                };
+                // One message for the call, counting the three returned permits: a client
+                // wakes three of its permit waiters.
+                assert_eq!(message.get_payload::<String>().unwrap(), "3");
+                let more = tokio::time::timeout(Duration::from_millis(300), messages.next()).await;
+                assert!(more.is_err(), "a second message: {more:?}");
             } else {
                 let message =
                     tokio::time::timeout(Duration::from_millis(300), messages.next()).await;

@@ -10,10 +10,15 @@
 -- ARGV[4]  (Redis Cluster only) "sharded": announce with SPUBLISH on the sharded channel; on one
 --          server only a hold that has refused someone ("+" after its token) is announced
 --
+-- The announcement's message is "1" for a shared hold (one permit or read hold returned: a
+-- client wakes one permit waiter) and empty for an exclusive hold (anything may be free: every
+-- waiter looks).
+--
 -- A shared hold (a reader or a permit, in the "*" form) leaves the holders: its entry becomes a
 -- released hold's, " <hold token> -<deadline> <fencing token>", moved to the end of the list,
--- which stays with the last fencing token and any waiting writer. When its entry is the only one
--- and no writer claims the key ("writer until" 0), the key becomes the tombstone
+-- which stays with the last fencing token and any waiting writer. When its entry is the only one,
+-- no writer claims the key ("writer until" 0) and nobody waits ("waited" 0), the key becomes the
+-- tombstone
 -- "-<last fencing token> <hold token>" instead, as an exclusive release leaves it: it names the
 -- released hold as the entry would (a retry answers 2, a late acquisition is refused), for the
 -- key's expiry rather than the hold's deadline, and costs the release no second write. A release whose fencing token
@@ -105,10 +110,12 @@ if string.byte(value, 1) == 42 and #token == 32 then
         end
         local stop = string.find(rest, ' ', string.find(rest, ' ', to + 1, true) + 1, true)
         local last, writer = string.match(head, '^%*(%d+) %d+ (%d+) ')
-        if not stop and from == 1 and writer == '0' then
-            -- This hold's entry is the only one (no other holder, no released hold) and no writer
-            -- claims the key: the key becomes the tombstone of this hold under the last fencing
-            -- token, as an exclusive release leaves it. It names the hold as its entry would.
+        if not stop and from == 1 and writer == '0' and waited == '0' then
+            -- This hold's entry is the only one (no other holder, no released hold), no writer
+            -- claims the key and nobody was refused: the key becomes the tombstone of this hold
+            -- under the last fencing token, as an exclusive release leaves it. It names the hold
+            -- as its entry would. (A waiter's mark must outlive the release: the permit waiters
+            -- it does not wake wait for the next release's announcement.)
             if ARGV[2] ~= last then
                 redis.call('SET', KEYS[1], '-' .. last .. ' ' .. token, 'KEEPTTL')
             end
@@ -147,10 +154,11 @@ if string.byte(value, 1) == 42 and #token == 32 then
         end
     end
     if from then
+        -- The message says how many shared holds it returned: one.
         if ARGV[4] == 'sharded' then
-            redis.call('SPUBLISH', KEYS[2], '')
+            redis.call('SPUBLISH', KEYS[2], '1')
         elseif waited == '1' then
-            redis.call('PUBLISH', KEYS[2], '')
+            redis.call('PUBLISH', KEYS[2], '1')
         end
         return 1
     end

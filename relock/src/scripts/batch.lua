@@ -33,7 +33,10 @@
 --            3, permits         (a shared hold) refused: the key's live holders use another
 --                               number of permits (see acquire_shared.lua)
 --   release  1, 0               released: the hold had the lock until now (and the channel was
---                               published to, if the hold had refused someone); see release.lua
+--                               published to, if the hold had refused someone); see release.lua.
+--                               The shared releases of one key in a call are announced by one
+--                               message, their count ("1" from a release run alone; empty for
+--                               an exclusive hold's)
 --            2, 0               released already: the tombstone, or a released hold's entry in the
 --                               shared form, names this hold (a retry)
 --            0, 0               the hold no longer had the lock; nothing another hold has changed
@@ -141,8 +144,8 @@ if repeated then
     -- `held` released entries, `expired` entries past their deadline (dropped at the next write of a
     -- grant or a refusal, as the function drops them). `longest`: the most lease any holder has left
     -- (nil: to be counted). `px`: the expiry the last grant or new released entry set (nil: the key
-    -- keeps its own). `dirty`: the key must be written at the end; `announce`: a release must be
-    -- published. Grants come after every other entry (a call's first `releases` requests are its
+    -- keeps its own). `dirty`: the key must be written at the end; `announce`: how many returned
+    -- shared holds the one message published at the end announces (nil: none). Grants come after every other entry (a call's first `releases` requests are its
     -- releases, so no release follows a grant): `grants` of them, in
     -- `grant_token`, `grant_deadline`, `grant_tail`, and `granted`: hold token → grant. Every table
     -- here is filled from 1 without gaps (a table with gaps costs the server a rehash of its hash
@@ -315,11 +318,11 @@ if repeated then
             end
             state.dirty, state.longest = true, nil
             if state.waited == '1' then
-                state.announce = true
+                state.announce = (state.announce or 0) + 1
             end
-            if state.count == 1 and state.writer_text == '0' then
-                -- The only entry, no writer's claim: the key becomes this hold's tombstone under the
-                -- last fencing token.
+            if state.count == 1 and state.writer_text == '0' and state.waited ~= '1' then
+                -- The only entry, no writer's claim, nobody waits: the key becomes this hold's
+                -- tombstone under the last fencing token.
                 state.kind, state.named = '-', token
                 return 1, 0
             end
@@ -574,7 +577,7 @@ if repeated then
         if not ok then
             fail(lock, 'SET', err)
         elseif state.announce then
-            ok, err = pcall(call, 'PUBLISH', lock .. ':released', '')
+            ok, err = pcall(call, 'PUBLISH', lock .. ':released', tostring(state.announce))
             if not ok then
                 fail(lock, 'PUBLISH', err, true)
             end
@@ -781,7 +784,7 @@ local function release_shared(lock, value, token, unknown, full)
     end
     if waited == '1' then
         calling = 'PUBLISH'
-        call('PUBLISH', lock .. ':released', '')
+        call('PUBLISH', lock .. ':released', '1')
     end
     return 1
 end
@@ -853,18 +856,15 @@ local function release(lock, tombstone)
                 end
                 G.groups[lock] = false
             end
-            -- This hold's live entry is the only one and no writer claims the key: the key is
-            -- left as this hold's tombstone under the last fencing token, as release.lua leaves
-            -- it. Checked with matches that create no string (each would cost a pass over it).
+            -- This hold's live entry is the only one, no writer claims the key and nobody waits:
+            -- the key is left as this hold's tombstone under the last fencing token, as
+            -- release.lua leaves it (nothing to announce). Checked with matches that create no
+            -- string (each would cost a pass over it).
             local from = find(value, token, 1, true)
-            if from and match(value, '^%*%d+ %d+ 0 [01] ()') == from and find(value, '^ %d+ %d+$', from + 32) then
+            if from and match(value, '^%*%d+ %d+ 0 0 ()') == from and find(value, '^ %d+ %d+$', from + 32) then
                 local fence = sub(tombstone, 2, #tombstone - 33)
                 if sub(value, 2, #fence + 1) ~= fence or byte(value, #fence + 2) ~= 32 then
                     call('SET', lock, '-' .. match(value, '^%*(%d+)') .. ' ' .. token, 'KEEPTTL')
-                end
-                if byte(value, from - 2) == 49 then
-                    calling = 'PUBLISH'
-                    call('PUBLISH', lock .. ':released', '')
                 end
                 return 1, 0
             end
