@@ -58,6 +58,8 @@ pub(crate) struct Plan {
     pub(crate) reentries: u32,
     pub(crate) handoff_rounds: usize,
     pub(crate) handoff_time: Duration,
+    /// Independent lockers the permit handoff's 16 tasks are spread over (`--permit-lockers`).
+    pub(crate) permit_lockers: usize,
     pub(crate) renewal_holds: usize,
     pub(crate) renewal_lease: Duration,
     pub(crate) http_rounds: usize,
@@ -78,6 +80,7 @@ impl Plan {
             reentries: 200_000,
             handoff_rounds: 2,
             handoff_time: Duration::from_secs(1),
+            permit_lockers: 4,
             renewal_holds: 10_000,
             renewal_lease: Duration::from_millis(1_500),
             http_rounds: 2,
@@ -97,6 +100,7 @@ impl Plan {
             reentries: 1_000_000,
             handoff_rounds: 4,
             handoff_time: Duration::from_secs(3),
+            permit_lockers: 4,
             renewal_holds: 10_000,
             renewal_lease: Duration::from_secs(3),
             http_rounds: 5,
@@ -116,6 +120,8 @@ struct Options {
     fence_memory: Option<usize>,
     /// Runs only these scenarios (`--only throughput,handoff`); all when empty.
     only: Vec<String>,
+    /// Lockers of the permit handoff (1, 2, 4, 8 or 16; 4 when not given).
+    permit_lockers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +138,7 @@ struct Serve {
 }
 
 const USAGE: &str = "usage: relock-benches [--quick] [--markdown] [--svg PATH] [--only SCENARIOS]
+                      [--permit-lockers 1|2|4|8|16]
        relock-benches --cluster [--quick] [--markdown]
        relock-benches --serve none|memory|redis [--port 3000] [--seconds 60]
        relock-benches --fence-memory 1000000";
@@ -148,6 +155,7 @@ fn options() -> Result<Options, String> {
         serve: None,
         fence_memory: None,
         only: Vec::new(),
+        permit_lockers: None,
     };
     let (mut port, mut seconds) = (3000, 60);
     let mut args = std::env::args().skip(1);
@@ -185,6 +193,15 @@ fn options() -> Result<Options, String> {
                     port,
                     seconds,
                 });
+            }
+            "--permit-lockers" => {
+                let lockers = value("--permit-lockers")?.parse().unwrap_or(0);
+                if ![1, 2, 4, 8, 16].contains(&lockers) {
+                    return Err(
+                        "--permit-lockers takes 1, 2, 4, 8 or 16 (16 tasks share them)".into(),
+                    );
+                }
+                options.permit_lockers = Some(lockers);
             }
             "--fence-memory" => {
                 options.fence_memory = Some(
@@ -230,11 +247,14 @@ fn main() -> ExitCode {
         runtime.block_on(memory::run(keys));
         return ExitCode::SUCCESS;
     }
-    let plan = if options.quick {
+    let mut plan = if options.quick {
         Plan::quick()
     } else {
         Plan::full()
     };
+    if let Some(lockers) = options.permit_lockers {
+        plan.permit_lockers = lockers;
+    }
     if options.cluster {
         return cluster::run(&plan, options.quick, options.markdown);
     }

@@ -354,14 +354,14 @@ async fn acquire_from_backend(
     locker.start_background();
     // Where other waiters of this `Locker` wait for the key, the wake-up is armed before the
     // first attempt, so that its refusal is followed by sleep, not by a second attempt.
-    let mut waiter: Option<Waiter> = if try_only {
-        None
-    } else {
-        match tokio::time::timeout_at(deadline.into(), locker.release_signal_at_hand(&key)).await {
-            Ok(Some(signal)) => Some(Waiter::new(Some(signal), mode)),
-            Ok(None) | Err(_) => None,
+    let mut waiter: Option<Waiter> = None;
+    if !try_only {
+        if let Some(signal) = locker.release_signal_at_hand(&key) {
+            if let Ok(Some(signal)) = tokio::time::timeout_at(deadline.into(), signal).await {
+                waiter = Some(Waiter::new(Some(signal), mode));
+            }
         }
-    };
+    }
     loop {
         let armed = waiter.as_mut().and_then(Waiter::arm);
         let sent = Instant::now();

@@ -448,8 +448,12 @@ impl Locker {
     /// The release signal of `key` if it costs no round trip to the server: this `Locker`'s
     /// subscriber is subscribed to the key's channel already (another of its waiters waits for
     /// the key). A waiter that has it before its first attempt sleeps after that attempt's
-    /// refusal, with no second attempt.
-    pub(crate) async fn release_signal_at_hand(&self, key: &LockKey) -> Option<ReleaseSignal> {
+    /// refusal, with no second attempt. `None` at once, with nothing awaited, where no waiter
+    /// of this `Locker` waits for the key.
+    pub(crate) fn release_signal_at_hand(
+        &self,
+        key: &LockKey,
+    ) -> Option<impl std::future::Future<Output = Option<ReleaseSignal>> + '_> {
         let subscriber = self.shared.subscriber.get()?;
         let channel = subscriber.subscribed(|| match &*self.shared.backend {
             Backend::Redis(redis) => redis.channel(key),
@@ -459,11 +463,13 @@ impl Locker {
         })?;
         // Answered by the task from what it has; it subscribes again only if the last waiter
         // left meanwhile.
-        subscriber
-            .subscribe(channel)
-            .await
-            .ok()
-            .map(ReleaseSignal::Subscribed)
+        Some(async move {
+            subscriber
+                .subscribe(channel)
+                .await
+                .ok()
+                .map(ReleaseSignal::Subscribed)
+        })
     }
 
     /// Starts, once and in the current runtime, the watchdog and the task that performs the
