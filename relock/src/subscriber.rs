@@ -44,8 +44,8 @@ const LONGEST_RETRY: Duration = Duration::from_secs(2);
 pub(crate) struct Subscriber {
     requests: mpsc::UnboundedSender<Request>,
     /// The channels the connection is subscribed to, as the task last left them: a hint, which
-    /// [`Subscriber::subscribe`] confirms. `None` where the task keeps no such list.
-    live: Option<Arc<Live>>,
+    /// [`Subscriber::subscribe`] confirms.
+    live: Arc<Live>,
 }
 
 /// The channels a subscriber task's connection is subscribed to, readable without asking the
@@ -226,17 +226,14 @@ impl Subscriber {
             next_attempt: Instant::now(),
         };
         tokio::spawn(task.run(inbox));
-        Self {
-            requests,
-            live: Some(live),
-        }
+        Self { requests, live }
     }
 
     /// Whether the connection is, as far as the task last said, subscribed to `channel` (which
     /// `channel` builds only if it is subscribed to anything): a [`Subscriber::subscribe`] of it
     /// would then be answered without a round trip to the server.
     pub(crate) fn subscribed(&self, channel: impl FnOnce() -> String) -> Option<String> {
-        let live = self.live.as_ref()?;
+        let live = &self.live;
         if live.count.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -529,10 +526,7 @@ mod sharded {
             connection: None,
         };
         tokio::spawn(task.run(inbox, pushes));
-        Subscriber {
-            requests,
-            live: Some(live),
-        }
+        Subscriber { requests, live }
     }
 
     struct Task {
