@@ -27,7 +27,7 @@ MODE:
                   benches/callgrind/proto/acquire_shared_hash.lua and release_shared_hash.lua
   read-hash-batch the same history, each round one call of the prototype group commit
                   benches/callgrind/proto/batch_shared_hash.lua (releases first)
-In the read modes the key's 32 released entries fill after the first 32 releases: the run is
+In the read modes the key's released entries (8 kept; the hash prototype's ring keeps 32) fill after the first releases: the run is
 measured with the list full. The key is new for each TAG (warm-up and run use distinct keys).
 
 Scripts are read from relock/src/scripts (run from the repository root), or from the files named

@@ -181,7 +181,7 @@
 //! token); the exclusive scripts recognise it only after a free key and a tombstone, so an
 //! exclusive acquisition and release cost what they did before shared holds existed. A released
 //! reader or permit stays in that list as a *released* entry until its lease would have ended (at
-//! most 32 per key, the oldest forgotten first): like a tombstone, it makes a retried release
+//! most 8 per key, the oldest forgotten first): like a tombstone, it makes a retried release
 //! report success and refuses an acquisition that reaches the server after its own release. It
 //! is no holder: it takes no permit, no writer waits for it, and `inspect` and `list` do not show
 //! it.

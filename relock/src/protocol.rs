@@ -21,7 +21,7 @@
 //!   readers queue behind it; `waited` is 1 once anyone was refused (releases then publish).
 //!   Holders past their deadline are dropped by the next script that writes the value. A
 //!   release turns its holder's entry into a released hold's, ` <hold token> -<deadline ms>
-//!   <fencing token>` (at most 32 are kept, until their deadline): not a holder, but what a
+//!   <fencing token>` (at most 8 are kept, until their deadline): not a holder, but what a
 //!   retried release and a late acquisition of that hold find, as a tombstone. An exclusive
 //!   acquisition takes the key once no holder is live, keeping the fencing token.
 //!   A reader's fencing token is the key's last one (the last writer's); a permit's is fresh.

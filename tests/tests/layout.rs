@@ -1074,7 +1074,7 @@ fn a_retried_release_of_a_shared_hold_answers_released_already() {
 }
 
 /// History: reader B holds k while 40 readers come and go. Their released entries stay until
-/// their deadline, but at most 32 of them: the value of a busy key does not grow without bound.
+/// their deadline, but at most 8 of them: the value of a busy key does not grow without bound.
 /// The oldest are forgotten first (their retried release then answers 0); the newest are still
 /// remembered. A released entry whose deadline has passed is dropped by the next grant.
 #[test]
@@ -1101,12 +1101,12 @@ fn released_shared_holds_are_bounded_and_dropped_after_their_deadline() {
             .filter(|entry| entry.2)
             .map(|entry| entry.0.as_str())
             .collect();
-        assert_eq!(released.len(), 32, "{left}");
+        assert_eq!(released.len(), 8, "{left}");
         assert_eq!(
             released,
-            tokens[8..].iter().map(String::as_str).collect::<Vec<_>>()
+            tokens[32..].iter().map(String::as_str).collect::<Vec<_>>()
         );
-        assert_eq!(entries.len(), 33, "B and 32 released entries: {left}");
+        assert_eq!(entries.len(), 9, "B and 8 released entries: {left}");
         assert_eq!(
             release_script(&mut admin, &key, &tokens[0], 0, false).await,
             0

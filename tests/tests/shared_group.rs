@@ -129,10 +129,10 @@ fn draw(seed: u64, now: u64) -> History {
             let waited = u8::from(rng.random_bool(0.4));
             let mut value = format!("*{LAST} {permits} {writer} {waited}");
             // A quarter of the values are long, mostly released holds: their releases pass the
-            // bound of 32 released holds, which drops the oldest.
+            // bound of 8 released holds, which drops the oldest.
             let long = rng.random_bool(0.25);
             let entries = if long {
-                rng.random_range(26..=48)
+                rng.random_range(6..=40)
             } else {
                 rng.random_range(0..=6)
             };

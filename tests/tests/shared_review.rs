@@ -164,8 +164,8 @@ impl Lock {
             })
             .collect();
         assert!(
-            entries.iter().filter(|entry| entry.1 < 0).count() <= 32,
-            "at most 32 released holds: {value}"
+            entries.iter().filter(|entry| entry.1 < 0).count() <= 8,
+            "at most 8 released holds: {value}"
         );
         (header.join(" "), entries)
     }
@@ -182,7 +182,7 @@ async fn config(conn: &mut MultiplexedConnection, setting: &str, value: &str) {
 }
 
 /// A live reader, then 40 readers that come and go (and 5 releases of acquisitions never seen,
-/// fencing token 0): the list of released holds fills up to 32 and drops its oldest. Through it
+/// fencing token 0): the list of released holds fills up to 8 and drops its oldest. Through it
 /// all the writer is refused while the first reader lives, every retried release of a kept
 /// entry answers 2, every late acquisition of one is refused, the live reader still renews, and
 /// the writer that gets in after the last reader has a larger fencing token. Run with releases
@@ -224,7 +224,7 @@ async fn a_full_list_of_released_readers_never_lets_a_writer_beside_a_live_one()
             assert!(ttl > 0);
         }
         let (_, entries) = lock.shared_form().await;
-        assert_eq!(entries.iter().filter(|entry| entry.1 < 0).count(), 32);
+        assert_eq!(entries.iter().filter(|entry| entry.1 < 0).count(), 8);
         assert_eq!(lock.renew(&live).await, 1, "the live reader renews");
         // The oldest released readers were dropped: a retry answers 0 (documented).
         assert_eq!(lock.release(&readers[0].0, readers[0].1, batched).await, 0);
@@ -1080,9 +1080,9 @@ async fn the_one_write_fast_path_takes_only_a_free_key() {
 }
 
 /// History: released holds come before a live holder in the list (the released ones moved to
-/// the end before it was granted), then more releases, batched, pass the bound of 32: the oldest
+/// the end before it was granted), then more releases, batched, pass the bound of 8: the oldest
 /// released entry, in the middle of the value, is dropped, the live holder's entry is left whole
-/// (it still renews, and keeps the writer out), the newest 32 are kept in order, a retried
+/// (it still renews, and keeps the writer out), the newest 8 are kept in order, a retried
 /// release of a kept one answers 2 and of the dropped one 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bound_of_released_holds_drops_the_oldest_even_before_a_live_holder() {
@@ -1112,13 +1112,14 @@ async fn the_bound_of_released_holds_drops_the_oldest_even_before_a_live_holder(
         .collect();
     assert_eq!(
         released,
-        tokens[8..].iter().map(String::as_str).collect::<Vec<_>>()
+        tokens[32..].iter().map(String::as_str).collect::<Vec<_>>()
     );
     let alive: Vec<_> = entries.iter().filter(|entry| entry.1 > 0).collect();
     assert_eq!(alive.len(), 1, "{entries:?}");
     assert_eq!(alive[0].0, live);
     assert_eq!(lock.renew(&live).await, 1);
     assert_eq!(lock.exclusive(&token(0xeeee), true).await.0, 0);
-    assert_eq!(lock.release(&tokens[8], fences[8], true).await, 2);
+    assert_eq!(lock.release(&tokens[32], fences[32], true).await, 2);
+    assert_eq!(lock.release(&tokens[31], fences[31], true).await, 0);
     assert_eq!(lock.release(&tokens[0], fences[0], true).await, 0);
 }

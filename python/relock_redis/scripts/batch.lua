@@ -251,7 +251,7 @@ if repeated then
         end
     end
 
-    -- At most 32 released holds: past that, the oldest (first listed) is dropped, as release_shared
+    -- At most 8 released holds: past that, the oldest (first listed) is dropped, as release_shared
     -- drops it. Slots before `oldest` are empty or holders' (a holder released later moves to the end).
     local function bound(state)
         local list, released, slot = state.list, state.released, state.oldest
@@ -334,7 +334,7 @@ if repeated then
             list[slots[entry]], list[slot] = false, entry
             state.size, slots[entry], state.released[entry] = slot, slot, true
             local held = state.held + 1
-            if held > 32 then
+            if held > 8 then
                 -- bound(), the common case: the oldest released hold is at `oldest`.
                 local oldest = list[state.oldest]
                 if oldest and state.released[oldest] then
@@ -357,7 +357,7 @@ if repeated then
             local deadline = ends[ARGV[3]]
             add(state, token, deadline, true, deadline .. ' 0')
             state.held = state.held + 1
-            if state.held > 32 then
+            if state.held > 8 then
                 bound(state)
             end
             local ttl = state.px
@@ -743,14 +743,14 @@ local function release_shared(lock, value, token, unknown, full)
     if not released then
         return nil
     end
-    -- At most 32 released holds: past that, the oldest one is forgotten. Counted with plain finds
+    -- At most 8 released holds: past that, the oldest one is forgotten. Counted with plain finds
     -- (" -" starts a released hold's deadline and nothing else, the first fields included).
     local count, at = 0, find(released, ' -', 1, true)
-    while at and count <= 32 do
+    while at and count <= 8 do
         count = count + 1
         at = find(released, ' -', at + 2, true)
     end
-    if count > 32 then
+    if count > 8 then
         -- The first " -" is its deadline's: the entry starts at the token before it.
         local at = find(released, ' -', 1, true)
         local stop = find(released, ' ', find(released, ' ', at + 1, true) + 1, true)

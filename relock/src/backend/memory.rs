@@ -46,7 +46,7 @@ struct Shared {
 }
 
 /// At most this many released holds are kept per key; past it, the oldest is forgotten.
-const MAX_RELEASED: usize = 32;
+const MAX_RELEASED: usize = 8;
 
 impl Shared {
     /// Remembers `token` as released until `until`, forgetting the oldest past [`MAX_RELEASED`].

@@ -22,7 +22,7 @@
 --
 -- The shared form is "*<last fencing token> <permits> <writer until ms> <waited>" followed by
 -- " <hold token> <deadline ms> <fencing token>" per holder and " <hold token> -<deadline ms>
--- <fencing token>" per released hold (written by release.lua, at most 32). A released hold is
+-- <fencing token>" per released hold (written by release.lua, at most 8). A released hold is
 -- not a holder (it takes no permit, and no writer waits for it): it is kept until its deadline
 -- so that a retried release answers "released already" and its own acquisition, arriving late,
 -- is refused {2, 0}, as a tombstone refuses it. A tombstone met here becomes such an entry, kept

@@ -23,7 +23,7 @@
 -- released hold as the entry would (a retry answers 2, a late acquisition is refused), for the
 -- key's expiry rather than the hold's deadline, and costs the release no second write. A release whose fencing token
 -- is unknown that finds no entry of its hold in a shared value adds one, with the deadline
--- TIME + retention and the fencing token 0. At most 32 released holds are kept: past that, the
+-- TIME + retention and the fencing token 0. At most 8 released holds are kept: past that, the
 -- oldest one is dropped (its retried release then answers 0, and its late acquisition is granted
 -- until the client's repeated release frees it).
 --
@@ -130,15 +130,15 @@ if string.byte(value, 1) == 42 and #token == 32 then
         released = rest .. ' ' .. token .. ' -' .. (time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(ARGV[3])) .. ' 0'
     end
     if released then
-        -- At most 32 released holds: past that, the oldest one is forgotten. Counted with plain
+        -- At most 8 released holds: past that, the oldest one is forgotten. Counted with plain
         -- finds (" -" starts a released hold's deadline and nothing else): a pattern scan of a
         -- long list costs several times more.
         local count, at = 0, string.find(released, ' -', 1, true)
-        while at and count <= 32 do
+        while at and count <= 8 do
             count = count + 1
             at = string.find(released, ' -', at + 2, true)
         end
-        if count > 32 then
+        if count > 8 then
             -- The first " -" is its deadline's: the entry starts at the token before it.
             local at = string.find(released, ' -', 1, true)
             local stop = string.find(released, ' ', string.find(released, ' ', at + 1, true) + 1, true)
