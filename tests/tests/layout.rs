@@ -1404,6 +1404,99 @@ fn a_permit_delayed_past_its_own_release_is_refused_alone_and_beside_another() {
     });
 }
 
+/// History: another owner holds one permit of a semaphore of 2; the other permit is asked for on
+/// a pooled connection whose path delays it by 4 s; the client gives up (outcome unknown) and
+/// releases its hold token in the background, which adds a released entry naming it (fencing
+/// token 0), and repeats that release while the acquisition may still land. Each time the entry
+/// is there, the other owner takes and returns the second permit 9 times: the key keeps at most
+/// 8 released holds, so the entry is pushed out (and the next repeat puts it back). When the
+/// delayed acquisition lands after such a push, nothing refuses it — a permit nobody owns — and
+/// the next repeat releases it, within one interval (2 s at most), not after its 30 s lease.
+/// Never are there more holders than permits.
+#[test]
+fn a_delayed_permit_whose_released_entry_was_pushed_out_is_freed_by_the_repeated_release() {
+    run_bounded(LIMIT, || async {
+        let Delayed {
+            server: _server,
+            proxy,
+            delayed,
+            other,
+            mut admin,
+        } = Delayed::start().await;
+        let key = unique_key("pushed-out");
+        // Loads the shared script on the delayed locker's connection.
+        take_shared(&delayed, &key, Share::Permit)
+            .await
+            .expect("a first permit")
+            .release()
+            .await;
+        let semaphore = other.semaphore(&key, 2);
+        let kept = semaphore.acquire().await.unwrap();
+        // Live holders and whether an entry with fencing token 0 (a release of an acquisition
+        // whose answer never came) is listed.
+        let read = |left: &str| {
+            let fields: Vec<&str> = left.split(' ').skip(4).collect();
+            let live = fields
+                .chunks(3)
+                .filter(|entry| !entry[1].starts_with('-'))
+                .count();
+            (live, fields.chunks(3).any(|entry| entry[2] == "0"))
+        };
+
+        proxy.delay_requests_of_open_connections(Duration::from_millis(4_000));
+        let sent = tokio::time::Instant::now();
+        let err = take_shared(&delayed, &key, Share::Permit)
+            .await
+            .err()
+            .expect("the delayed acquisition's answer cannot come within the timeout");
+        assert!(err.is_backend(), "{err:?}");
+        let (mut pushes, mut most) = (0, 0);
+        let (mut late, mut freed) = (None, None);
+        while sent.elapsed() < Duration::from_millis(7_000) && freed.is_none() {
+            let left = value(&mut admin, &key).await.unwrap();
+            let (live, unknown) = read(&left);
+            assert!(live <= 2, "{live} holders of a semaphore of 2: {left}");
+            most = most.max(live);
+            match (live, late) {
+                (2, None) => late = Some(sent.elapsed()),
+                (1, Some(_)) => freed = Some(sent.elapsed()),
+                _ => {}
+            }
+            if unknown && sent.elapsed() < Duration::from_millis(3_700) {
+                for _ in 0..9 {
+                    semaphore.acquire().await.unwrap().release().await.unwrap();
+                }
+                let left = value(&mut admin, &key).await.unwrap();
+                assert!(!read(&left).1, "pushed out by 8 releases: {left}");
+                assert_eq!(shared_entries(&left).len(), 9, "{left}");
+                pushes += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            pushes >= 2,
+            "the repeated release put the entry back: {pushes} pushes"
+        );
+        assert_eq!(
+            most, 2,
+            "the delayed acquisition, its entry pushed out, was granted beside the kept permit"
+        );
+        let (late, freed) = (late.unwrap(), freed.expect("the late grant is released"));
+        assert!(
+            freed - late <= Duration::from_millis(2_500),
+            "the late grant held from {late:?} to {freed:?}: longer than one repeat interval"
+        );
+        println!("{pushes} pushes; the late grant held from {late:?} to {freed:?} after the send");
+        kept.release().await.unwrap();
+        until_free(&other, &key, sent, Duration::from_secs(9)).await;
+        let (one, two) = (
+            semaphore.try_acquire().await.unwrap(),
+            semaphore.try_acquire().await.unwrap(),
+        );
+        assert!(one.is_some() && two.is_some(), "both permits free again");
+    });
+}
+
 /// One batch call's `{status, value}` pairs for `requests` (no releases), as the group commit
 /// sends it.
 async fn batch_call(
