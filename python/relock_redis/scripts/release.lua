@@ -40,6 +40,8 @@
 -- request on another connection) is refused. It keeps the key's expiry, set at the grant or the
 -- last renewal. Flagged allow-oom: a release frees memory, and a server out of memory must not
 -- keep a lock that nobody can release.
+-- The most released holds a shared value keeps (batch.lua keeps the same bound).
+local KEPT_RELEASED = 8
 local token = ARGV[1]
 local value = redis.call('SET', KEYS[1], '-' .. ARGV[2] .. ' ' .. token, 'KEEPTTL', 'GET')
 if value and string.find(value, token, 1, true) == 1 then
@@ -134,11 +136,11 @@ if string.byte(value, 1) == 42 and #token == 32 then
         -- finds (" -" starts a released hold's deadline and nothing else): a pattern scan of a
         -- long list costs several times more.
         local count, at = 0, string.find(released, ' -', 1, true)
-        while at and count <= 8 do
+        while at and count <= KEPT_RELEASED do
             count = count + 1
             at = string.find(released, ' -', at + 2, true)
         end
-        if count > 8 then
+        if count > KEPT_RELEASED then
             -- The first " -" is its deadline's: the entry starts at the token before it.
             local at = string.find(released, ' -', 1, true)
             local stop = string.find(released, ' ', string.find(released, ' ', at + 1, true) + 1, true)

@@ -78,6 +78,8 @@ local now, micros, clock
 -- "+": the byte after the hold token of a lock that has refused someone. "-": a tombstone.
 -- "*": shared holders (readers, permits).
 local WAITED, TOMBSTONE, SHARED = 43, 45, 42
+-- The most released holds a shared value keeps (release.lua keeps the same bound).
+local KEPT_RELEASED = 8
 
 -- The command being called, to name it if it fails.
 local calling
@@ -334,7 +336,7 @@ if repeated then
             list[slots[entry]], list[slot] = false, entry
             state.size, slots[entry], state.released[entry] = slot, slot, true
             local held = state.held + 1
-            if held > 8 then
+            if held > KEPT_RELEASED then
                 -- bound(), the common case: the oldest released hold is at `oldest`.
                 local oldest = list[state.oldest]
                 if oldest and state.released[oldest] then
@@ -357,7 +359,7 @@ if repeated then
             local deadline = ends[ARGV[3]]
             add(state, token, deadline, true, deadline .. ' 0')
             state.held = state.held + 1
-            if state.held > 8 then
+            if state.held > KEPT_RELEASED then
                 bound(state)
             end
             local ttl = state.px
@@ -746,11 +748,11 @@ local function release_shared(lock, value, token, unknown, full)
     -- At most 8 released holds: past that, the oldest one is forgotten. Counted with plain finds
     -- (" -" starts a released hold's deadline and nothing else, the first fields included).
     local count, at = 0, find(released, ' -', 1, true)
-    while at and count <= 8 do
+    while at and count <= KEPT_RELEASED do
         count = count + 1
         at = find(released, ' -', at + 2, true)
     end
-    if count > 8 then
+    if count > KEPT_RELEASED then
         -- The first " -" is its deadline's: the entry starts at the token before it.
         local at = find(released, ' -', 1, true)
         local stop = find(released, ' ', find(released, ' ', at + 1, true) + 1, true)
